@@ -1,0 +1,1 @@
+"""Everything that turns pixels, prompts and weak labels into masks."""

@@ -1,0 +1,122 @@
+"""Engine configuration (YAML / environment) and the backend registry."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.engine.base import CachedSegmenter
+from models.engine.cache import DEFAULT_CACHE_BYTES
+
+ENV_PREFIX = "SESAM_"
+
+
+@dataclass
+class EngineConfig:
+    """Which backend, which model, how much cache. `auto` = SAM when a checkpoint is set, else classical."""
+
+    backend: str = "auto"
+    sam_type: str = "vit_b"
+    sam_checkpoint: str | None = None
+    device: str = "cpu"
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    max_prompts: int | None = None
+
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "torch" if self.sam_checkpoint else "classical"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> EngineConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{source}: unknown engine settings {unknown}; known: {sorted(known)}")
+        out = cls()
+        for key, raw in values.items():
+            setattr(out, key, _coerce(key, raw, known[key].type, source))
+        out.validate(source)
+        return out
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, base: EngineConfig | None = None) -> EngineConfig:
+        """Read SESAM_BACKEND, SESAM_SAM_TYPE, SESAM_SAM_CHECKPOINT, SESAM_DEVICE, SESAM_CACHE_BYTES, ..."""
+        env = os.environ if env is None else env
+        values = {f.name: getattr(base, f.name) for f in fields(cls)} if base else {}
+        for f in fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if env.get(name, "") != "":
+                values[f.name] = env[name]
+        return cls.from_mapping(values, source="environment")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> EngineConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        section = data.get("engine", data) if isinstance(data, dict) else None
+        if not isinstance(section, dict):
+            raise ValueError(f"{path}: expected a mapping (optionally under 'engine:')")
+        return cls.from_mapping(section, source=str(path))
+
+    def validate(self, source: str = "config") -> None:
+        if self.backend != "auto" and self.backend not in ENGINE_BACKENDS:
+            raise ValueError(
+                f"{source}: backend {self.backend!r} unknown; choose auto or one of {sorted(ENGINE_BACKENDS)}"
+            )
+        if self.sam_checkpoint and not Path(self.sam_checkpoint).is_file():
+            raise ValueError(f"{source}: sam_checkpoint {self.sam_checkpoint!r} is not a file")
+        if self.cache_bytes < 0:
+            raise ValueError(f"{source}: cache_bytes must be >= 0, got {self.cache_bytes}")
+
+
+def _coerce(key: str, raw: Any, annotation: Any, source: str) -> Any:
+    text = str(annotation)
+    if raw is None or raw == "":
+        return None
+    try:
+        if text.startswith("int"):
+            return int(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: {key}={raw!r} is not a valid {text}") from exc
+
+
+def _build_classical(config: EngineConfig) -> CachedSegmenter:
+    from models.engine.classical import ClassicalPrior
+
+    return ClassicalPrior(cache_bytes=config.cache_bytes, max_prompts=config.max_prompts)
+
+
+def _build_torch(config: EngineConfig) -> CachedSegmenter:
+    from models.engine.sam_torch import SamEngine
+
+    if not config.sam_checkpoint and config.sam_type != "tiny":
+        raise ValueError(
+            f"backend torch with SAM {config.sam_type} needs sam_checkpoint (e.g. SESAM_SAM_CHECKPOINT="
+            "/path/sam_vit_b_01ec64.pth); only the test model 'tiny' runs without one"
+        )
+    return SamEngine.from_checkpoint(
+        config.sam_type,
+        config.sam_checkpoint,
+        device=config.device,
+        cache_bytes=config.cache_bytes,
+        max_prompts=config.max_prompts,
+    )
+
+
+ENGINE_BACKENDS: dict[str, Callable[[EngineConfig], CachedSegmenter]] = {
+    "classical": _build_classical,
+    "torch": _build_torch,
+}
+
+
+def build_engine(config: EngineConfig | None = None) -> CachedSegmenter:
+    """The engine a config asks for (defaults: classical prior, no weights needed)."""
+    config = config or EngineConfig()
+    config.validate()
+    return ENGINE_BACKENDS[config.resolved_backend()](config)

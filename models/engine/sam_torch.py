@@ -1,0 +1,219 @@
+"""The PyTorch SAM backend: official segment-anything modules, batched encoder and decoder.
+
+Equal to `SamPredictor` (same resize, normalisation, padding, coordinate transform, prompt
+encoder and decoder math) but: several images per encoder call, embeddings cached by content,
+many prompts per decoder call through `ManyPromptDecoder`, and masks brought back to the
+original size with one precomputed matrix per axis instead of two interpolations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from models.engine.base import CachedSegmenter, stability_score
+from models.engine.cache import DEFAULT_CACHE_BYTES
+from models.engine.types import ImageHandle, Predictions, Prompt
+from models.sam.build import build_sam
+from models.sam.fast_decoder import DEFAULT_CHUNK, ManyPromptDecoder
+
+MAX_DECODE_BATCH = 64  # prompts per decoder call; bounds the memory of full-size outputs
+
+
+@dataclass(frozen=True)
+class SamImage:
+    """Cached per-image state: the 1x256x64x64 embedding and the sizes needed to undo resizing."""
+
+    embedding: torch.Tensor
+    input_size: tuple[int, int]  # (h, w) after the longest side was resized to 1024
+    original_size: tuple[int, int]
+
+
+def _resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """size_out x size_in matrix equal to 1-D bilinear interpolation (align_corners=False)."""
+    eye = torch.eye(size_in, dtype=torch.float64)[None, None]
+    return F.interpolate(eye, size=(size_out, size_in), mode="bilinear", align_corners=False)[0, 0]
+
+
+class SamEngine(CachedSegmenter):
+    """PromptableSegmenter backed by a PyTorch `Sam` model."""
+
+    def __init__(
+        self,
+        sam: Sam,
+        name: str = "sam",
+        device: str | torch.device = "cpu",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        encoder_batch: int = 4,
+        decode_batch: int = MAX_DECODE_BATCH,
+        fast_decoder: bool = True,
+        decoder_chunk: int = DEFAULT_CHUNK,
+        max_prompts: int | None = None,
+    ) -> None:
+        super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts)
+        self.name = name
+        self.device = torch.device(device)
+        self.model = sam.to(self.device).eval()
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+        self.encoder_batch = max(1, encoder_batch)
+        self.decode_batch = max(1, decode_batch)
+        with torch.inference_mode():
+            self._image_pe = sam.prompt_encoder.get_dense_pe()
+        self._fast = (
+            ManyPromptDecoder(sam.mask_decoder, self._image_pe, chunk=decoder_chunk) if fast_decoder else None
+        )
+        self._resize_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._namespace = f"{name}:{self._fingerprint()}"
+
+    @classmethod
+    def from_checkpoint(cls, sam_type: str, checkpoint: str | Path | None, **kwargs) -> SamEngine:
+        """Build an official SAM type from a checkpoint path (or `tiny` with seeded weights)."""
+        return cls(build_sam(sam_type, checkpoint), name=f"sam-{sam_type}", **kwargs)
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    def _fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for tensor in (
+            self.model.mask_decoder.iou_token.weight,
+            self.model.image_encoder.patch_embed.proj.weight,
+        ):
+            digest.update(tensor.detach().cpu().float().numpy().tobytes()[:65536])
+        return digest.hexdigest()[:16]
+
+    # -- encoder -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _encode(self, images: list[np.ndarray]) -> list[SamImage]:
+        model = self.model
+        prepared, sizes = [], []
+        for image in images:
+            resized = self.transform.apply_image(image)
+            tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+            sizes.append(tuple(tensor.shape[-2:]))
+            prepared.append(model.preprocess(tensor))
+        out: list[SamImage] = []
+        for start in range(0, len(prepared), self.encoder_batch):
+            batch = torch.cat(prepared[start : start + self.encoder_batch])
+            features = model.image_encoder(batch)
+            self.stats.encoder_calls += 1
+            self.stats.images_encoded += batch.shape[0]
+            for j in range(batch.shape[0]):
+                i = start + j
+                out.append(SamImage(features[j : j + 1].clone(), sizes[i], images[i].shape[:2]))
+        return out
+
+    def _payload_nbytes(self, payload: SamImage) -> int:
+        return payload.embedding.numel() * payload.embedding.element_size()
+
+    # -- decoder -----------------------------------------------------------------------------
+    def _postprocess_matrices(self, input_size: tuple[int, int], original_size: tuple[int, int]):
+        """Per axis: low-res (256) -> padded 1024 -> crop input_size -> original size, as one matrix."""
+        key = (input_size, original_size)
+        if key not in self._resize_cache:
+            img = self.model.image_encoder.img_size
+            low = self.model.prompt_encoder.mask_input_size[0]
+            mats = []
+            for axis in (0, 1):
+                up = _resize_matrix(low, img)[: input_size[axis]]
+                mats.append(
+                    (_resize_matrix(input_size[axis], original_size[axis]) @ up).float().to(self.device)
+                )
+            self._resize_cache[key] = (mats[0], mats[1].t().contiguous())
+        return self._resize_cache[key]
+
+    @staticmethod
+    def _layout(prompt: Prompt) -> tuple[int, bool]:
+        """Prompts with the same layout produce the same token count and share a decoder call."""
+        return (prompt.num_points, prompt.box is not None)
+
+    @torch.inference_mode()
+    def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
+        image: SamImage = handle.payload
+        groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
+        for i, prompt in enumerate(prompts):
+            groups[self._layout(prompt)].append(i)
+        n = len(prompts)
+        c = 3 if multimask else 1
+        h, w = image.original_size
+        masks = np.zeros((n, c, h, w), dtype=bool)
+        iou = np.zeros((n, c), dtype=np.float32)
+        stability = np.zeros((n, c), dtype=np.float32)
+        low_res = np.zeros((n, c, 256, 256), dtype=np.float32)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.decode_batch):
+                idx = indices[start : start + self.decode_batch]
+                lr, sc = self._decode_group(image, [prompts[i] for i in idx], multimask)
+                self.stats.decoder_calls += 1
+                self.stats.prompts_decoded += len(idx)
+                low_res[idx] = lr.cpu().numpy()
+                iou[idx] = sc.cpu().numpy()
+                self._upsample_into(image, lr, idx, masks, stability)
+        return Predictions(masks, iou, stability, low_res)
+
+    def _decode_group(self, image: SamImage, prompts: list[Prompt], multimask: bool):
+        """One decoder call for prompts of one layout. Returns Bx(3|1)x256x256 logits and Bx(3|1) IoU."""
+        model, dev = self.model, self.device
+        pe = model.prompt_encoder
+        bsz = len(prompts)
+        points = boxes = None
+        if prompts[0].points is not None:
+            coords = self.transform.apply_coords(np.stack([p.points for p in prompts]), image.original_size)
+            labels = np.stack([p.labels for p in prompts]).astype(np.int64)
+            points = (
+                torch.as_tensor(coords, dtype=torch.float, device=dev),
+                torch.as_tensor(labels, device=dev),
+            )
+        if prompts[0].box is not None:
+            box = self.transform.apply_boxes(np.stack([p.box for p in prompts]), image.original_size)
+            boxes = torch.as_tensor(box, dtype=torch.float, device=dev)
+        if points is None and boxes is None:
+            sparse = torch.empty((bsz, 0, pe.embed_dim), device=dev)
+        else:
+            sparse, _ = pe(points=points, boxes=boxes, masks=None)
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *pe.image_embedding_size)
+        with_mask = [i for i, p in enumerate(prompts) if p.mask_logits is not None]
+        if with_mask:
+            dense = no_mask.expand(bsz, -1, -1, -1).clone()
+            mask_in = torch.as_tensor(
+                np.stack([prompts[i].mask_logits.reshape(1, 256, 256) for i in with_mask]), device=dev
+            )
+            dense[with_mask] = pe.mask_downscaling(mask_in)
+        else:
+            dense = no_mask
+        if self._fast is not None:
+            return self._fast(image.embedding, sparse, dense, multimask)
+        return model.mask_decoder(
+            image_embeddings=image.embedding,
+            image_pe=self._image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense.expand(bsz, -1, -1, -1),
+            multimask_output=multimask,
+        )
+
+    def _upsample_into(
+        self,
+        image: SamImage,
+        low_res: torch.Tensor,
+        idx: list[int],
+        masks: np.ndarray,
+        stability: np.ndarray,
+        chunk: int = 8,
+    ) -> None:
+        """Full-size logits -> thresholded masks and stability scores, a few prompts at a time."""
+        rows, cols = self._postprocess_matrices(image.input_size, image.original_size)
+        threshold = self.model.mask_threshold
+        for s in range(0, len(idx), chunk):
+            logits = rows @ low_res[s : s + chunk] @ cols  # b x C x H x W
+            part = idx[s : s + chunk]
+            masks[part] = (logits > threshold).cpu().numpy()
+            stability[part] = stability_score(logits, threshold).cpu().numpy()

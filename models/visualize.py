@@ -1,0 +1,48 @@
+"""Drawing: masks over images, for overlays and reports."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+PALETTE = np.array(
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+        [0, 128, 128],
+        [220, 190, 255],
+        [170, 110, 40],
+    ],
+    dtype=np.uint8,
+)
+
+
+def overlay_masks(
+    image: np.ndarray,
+    masks: np.ndarray,
+    alpha: float = 0.45,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    box: list[float] | None = None,
+) -> np.ndarray:
+    """HxWx3 uint8 image with each of the KxHxW masks tinted in its own colour, prompts drawn on top."""
+    out = image.astype(np.float32).copy()
+    for k, mask in enumerate(masks):
+        color = PALETTE[k % len(PALETTE)].astype(np.float32)
+        out[mask] = (1 - alpha) * out[mask] + alpha * color
+    canvas = Image.fromarray(out.round().astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    if box is not None:
+        draw.rectangle([float(v) for v in box], outline=(255, 255, 0), width=2)
+    if points is not None:
+        for (x, y), lab in zip(points, labels if labels is not None else np.ones(len(points))):
+            fill = (0, 255, 0) if lab == 1 else (255, 0, 0)
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=fill, outline=(0, 0, 0))
+    return np.asarray(canvas)

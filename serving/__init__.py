@@ -1,0 +1,1 @@
+"""HTTP serving of the engine (BentoML). Imports `models/` only, never `training/`."""

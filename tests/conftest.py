@@ -1,0 +1,53 @@
+"""Shared fixtures: a seeded tiny SAM, synthetic and real images, GPU marker handling."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "data" / "camvid"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam():
+    from models.sam import build_sam
+
+    return build_sam("tiny")
+
+
+@pytest.fixture(scope="session")
+def scene() -> np.ndarray:
+    """A 360x480 RGB image with flat shapes on a textured background (deterministic)."""
+    rng = np.random.default_rng(0)
+    img = (rng.normal(90, 12, (360, 480, 3))).clip(0, 255).astype(np.uint8)
+    img[60:200, 50:200] = (200, 40, 40)  # red rectangle
+    yy, xx = np.mgrid[:360, :480]
+    img[(yy - 250) ** 2 + (xx - 330) ** 2 < 70**2] = (40, 200, 60)  # green disc
+    img[20:120, 300:460] = (30, 30, 220)  # blue rectangle
+    return img
+
+
+@pytest.fixture(scope="session")
+def camvid_image() -> np.ndarray:
+    from models.engine import read_image
+
+    stems = (CAMVID / "val.txt").read_text().split()
+    if not stems:
+        pytest.skip("CamVid val list is empty")
+    return read_image(CAMVID / "images" / "val" / f"{stems[0]}.jpg")

@@ -1,0 +1,63 @@
+"""Behaviour of the weight-free classical prior on an image whose objects are known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.engine import Prompt
+from models.engine.classical import ClassicalPrior, contrast_score, superpixels
+
+
+def test_superpixel_scales_grow(scene) -> None:
+    sp = superpixels(scene)
+    counts = [len(a) for a in sp.areas]
+    assert counts[0] > counts[1] > counts[2] >= 2
+    assert sp.labels.shape == (3, 360, 480)
+
+
+def test_point_on_object_returns_that_object(scene) -> None:
+    out = ClassicalPrior().predict(scene, [Prompt(points=[[120, 130]], labels=[1])])
+    rect = np.zeros((360, 480), bool)
+    rect[60:200, 50:200] = True
+    for mask in out.masks[0]:
+        assert mask[130, 120]
+    # The flat red rectangle is one region at some scale: its best candidate matches it closely.
+    ious = [(m & rect).sum() / (m | rect).sum() for m in out.masks[0]]
+    assert max(ious) > 0.9
+
+
+def test_negative_point_removes_its_region(scene) -> None:
+    engine = ClassicalPrior()
+    both = engine.predict(scene, [Prompt(points=[[120, 130], [330, 250]], labels=[1, 1])]).masks[0]
+    minus = engine.predict(scene, [Prompt(points=[[120, 130], [330, 250]], labels=[1, 0])]).masks[0]
+    assert both[:, 250, 330].all() and not minus[:, 250, 330].any()
+    assert minus[:, 130, 120].all()
+
+
+def test_box_prompt_stays_inside_box(scene) -> None:
+    out = ClassicalPrior().predict(scene, [Prompt(box=[250, 170, 410, 330])])
+    outside = np.ones((360, 480), bool)
+    outside[170:330, 250:410] = False
+    assert not out.masks[0][:, outside].any()
+    disc = np.zeros((360, 480), bool)
+    yy, xx = np.mgrid[:360, :480]
+    disc[(yy - 250) ** 2 + (xx - 330) ** 2 < 70**2] = True
+    assert max((m & disc).sum() / disc.sum() for m in out.masks[0]) > 0.9
+
+
+def test_contrast_score_ranks_true_object_higher(scene) -> None:
+    from skimage.color import rgb2lab
+
+    lab = rgb2lab(scene).astype(np.float32)
+    rect = np.zeros((360, 480), bool)
+    rect[60:200, 50:200] = True
+    shifted = np.roll(rect, 60, axis=1)
+    assert contrast_score(rect, lab) > contrast_score(shifted, lab)
+    assert contrast_score(np.zeros_like(rect), lab) == 0.0
+
+
+def test_mask_round_trip_through_low_res(scene) -> None:
+    rect = np.zeros((360, 480), bool)
+    rect[60:200, 50:200] = True
+    back = ClassicalPrior._low_res_to_mask(ClassicalPrior._mask_to_low_res(rect), (360, 480))
+    assert (back ^ rect).sum() / rect.sum() < 0.05

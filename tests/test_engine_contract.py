@@ -1,0 +1,155 @@
+"""The PromptableSegmenter contract, run against every backend that can run here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, PromptableSegmenter, build_engine
+from models.engine.classical import ClassicalPrior
+from models.engine.sam_torch import SamEngine
+
+BACKENDS = ["classical", "torch-tiny"]
+
+
+def make_engine(name: str, tiny_sam) -> PromptableSegmenter:
+    if name == "classical":
+        return ClassicalPrior()
+    return SamEngine(tiny_sam, name="sam-tiny")
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request, tiny_sam):
+    return make_engine(request.param, tiny_sam)
+
+
+def test_every_registered_backend_is_covered() -> None:
+    assert set(ENGINE_BACKENDS) == {"classical", "torch"}
+
+
+def test_is_a_promptable_segmenter(engine) -> None:
+    assert isinstance(engine, PromptableSegmenter)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_output_shapes_and_types(engine, scene, multimask: bool) -> None:
+    prompts = [
+        Prompt(points=[[120, 130]], labels=[1]),
+        Prompt(box=[40, 50, 210, 210]),
+        Prompt(points=[[330, 250], [120, 130]], labels=[1, 0], box=[250, 170, 410, 330]),
+    ]
+    out = engine.predict(scene, prompts, multimask=multimask)
+    c = 3 if multimask else 1
+    assert out.masks.shape == (3, c, 360, 480) and out.masks.dtype == bool
+    assert out.iou.shape == (3, c) and out.stability.shape == (3, c)
+    assert out.low_res_logits.shape == (3, c, 256, 256) and out.low_res_logits.dtype == np.float32
+    assert np.isfinite(out.iou).all() and np.isfinite(out.stability).all()
+    assert ((out.stability >= 0) & (out.stability <= 1)).all()
+
+
+def test_low_res_logits_feed_back(engine, scene) -> None:
+    first = engine.predict(scene, [Prompt(points=[[120, 130]], labels=[1])])
+    again = engine.predict(
+        scene, [Prompt(points=[[120, 130]], labels=[1], mask_logits=first.low_res_logits[0, :1])]
+    )
+    assert again.masks.shape == first.masks.shape
+
+
+def test_cached_image_makes_no_encoder_call(engine, scene) -> None:
+    handle = engine.embed([scene])[0]
+    calls = engine.stats.encoder_calls
+    again = engine.embed([scene.copy()])[0]
+    engine.predict(scene, [Prompt(points=[[10, 10]], labels=[1])])
+    assert engine.stats.encoder_calls == calls
+    assert again.key == handle.key and engine.stats.cache_hits >= 2
+    assert engine.lookup(handle.key).original_size == (360, 480)
+    assert engine.lookup("0" * 64) is None
+
+
+def test_duplicate_images_in_one_call_are_encoded_once(engine, scene) -> None:
+    engine.embed([scene, scene])
+    assert engine.stats.images_encoded == 1
+
+
+def test_empty_prompt_list(engine, scene) -> None:
+    out = engine.predict(scene, [])
+    assert out.masks.shape == (0, 3, 360, 480)
+
+
+def test_image_conversions(engine, scene) -> None:
+    gray = scene[..., 0]
+    rgba = np.dstack([scene, np.full(scene.shape[:2], 255, np.uint8)])
+    deep = scene.astype(np.uint16) * 257
+    handles = engine.embed([gray, rgba, deep])
+    assert handles[1].key == handles[2].key  # RGBA and 16-bit versions reduce to the same RGB pixels
+    assert all(h.original_size == (360, 480) for h in handles)
+
+
+BAD_PROMPTS = [
+    (Prompt(), "prompt 0 is empty"),
+    (
+        Prompt(points=[[500, 10]], labels=[1]),
+        r"prompt 0.points\[0\] = \(500, 10\) lies outside the 480x360 image",
+    ),
+    (Prompt(points=[[5, 10]]), "labels missing"),
+    (Prompt(points=[[5, 10]], labels=[1, 1]), r"prompt 0.labels: expected shape \(1,\)"),
+    (Prompt(points=[[5, 10]], labels=[2]), r"must be 1 \(positive\) or 0 \(negative\), got \[2.0\]"),
+    (Prompt(points=[[np.nan, 10]], labels=[1]), "contains NaN"),
+    (Prompt(box=[10, 10, 5, 50]), "need x0 <= x1"),
+    (Prompt(box=[10, 10, 50]), "expected 4 numbers"),
+    (Prompt(box=[0, 0, 481, 100]), "lies outside the 480x360 image"),
+    (Prompt(mask_logits=np.zeros((64, 64))), "expected 1x256x256 logits"),
+]
+
+
+@pytest.mark.parametrize(("prompt", "message"), BAD_PROMPTS)
+def test_bad_prompts_raise_clear_errors(engine, scene, prompt: Prompt, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        engine.predict(scene, [prompt])
+
+
+def test_bad_images(engine) -> None:
+    with pytest.raises(ValueError, match=r"images\[0\]: expected HxW"):
+        engine.embed([np.zeros((4, 4, 5), np.uint8)])
+    with pytest.raises(ValueError, match=r"images\[0\]: empty image"):
+        engine.embed([np.zeros((0, 4, 3), np.uint8)])
+    with pytest.raises(ValueError, match="float pixels must lie in"):
+        engine.embed([np.full((4, 4, 3), 2.0)])
+    with pytest.raises(ValueError, match="single image in a list"):
+        engine.embed(np.zeros((4, 4, 3), np.uint8))
+
+
+def test_handle_from_other_backend_is_refused(tiny_sam, scene) -> None:
+    handle = ClassicalPrior().embed([scene])[0]
+    with pytest.raises(ValueError, match="comes from backend 'classical'"):
+        SamEngine(tiny_sam).predict(handle, [Prompt(points=[[1, 1]], labels=[1])])
+
+
+def test_max_prompts(tiny_sam, scene) -> None:
+    engine = ClassicalPrior(max_prompts=2)
+    with pytest.raises(ValueError, match="3 prompts exceed the limit of 2"):
+        engine.predict(scene, [Prompt(points=[[1, 1]], labels=[1])] * 3)
+
+
+def test_factory_defaults_to_classical_and_reads_env(monkeypatch, tmp_path) -> None:
+    assert build_engine().name == "classical"
+    monkeypatch.setenv("SESAM_BACKEND", "torch")
+    monkeypatch.setenv("SESAM_SAM_TYPE", "tiny")
+    assert build_engine(EngineConfig.from_env()).name == "sam-tiny"
+    monkeypatch.setenv("SESAM_SAM_TYPE", "vit_b")
+    with pytest.raises(ValueError, match="needs sam_checkpoint"):
+        build_engine(EngineConfig.from_env())
+    monkeypatch.setenv("SESAM_SAM_CHECKPOINT", str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match=r"missing\.pth' is not a file"):
+        EngineConfig.from_env()
+    with pytest.raises(ValueError, match="unknown engine settings"):
+        EngineConfig.from_mapping({"backnd": "torch"})
+    with pytest.raises(ValueError, match="cache_bytes='lots' is not a valid int"):
+        EngineConfig.from_mapping({"cache_bytes": "lots"})
+
+
+def test_yaml_config(tmp_path) -> None:
+    path = tmp_path / "engine.yaml"
+    path.write_text("engine:\n  backend: classical\n  cache_bytes: 1000\n")
+    config = EngineConfig.from_yaml(path)
+    assert config.backend == "classical" and config.cache_bytes == 1000
