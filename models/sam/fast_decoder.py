@@ -133,7 +133,7 @@ class ManyPromptDecoder:
         vt = _heads(attn.v_proj(v_tok), h)
         d = kt.shape[-1]
         # Logits laid out B x N x (h*T) so the softmax and the output product read contiguous rows.
-        kt_cat = torch.zeros(bsz, h * d, h * t, dtype=kt.dtype)  # block diagonal over heads
+        kt_cat = torch.zeros(bsz, h * d, h * t, dtype=kt.dtype, device=kt.device)  # block diagonal over heads
         for i in range(h):
             kt_cat[:, i * d : (i + 1) * d, i * t : (i + 1) * t] = kt[:, i].transpose(1, 2)
         if shared_q is not None:
