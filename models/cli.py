@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
+import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from models.engine import EngineConfig, Prompt, build_engine, read_image
+from models.refine import build_labeler
+from models.refine.run import RefineRun, refine_folder
+from models.refine.sampling import SAMPLERS
+from models.refine.selection import SELECTORS
+from models.refine.sesam import PROMPT_TYPES
 from models.visualize import overlay_masks
+from models.weak import save_png
 
 
 def _pairs(text: str) -> list[list[float]]:
@@ -51,18 +55,6 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     return config
 
 
-def _save_png_atomic(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.png")
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def run_predict(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     points = list(args.point or []) + list(args.negative or [])
@@ -77,8 +69,8 @@ def run_predict(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     stem = Path(args.image).stem
     for j, mask in enumerate(out.masks[0]):
-        _save_png_atomic(mask.astype(np.uint8) * 255, out_dir / f"{stem}_mask{j}.png")
-    _save_png_atomic(
+        save_png(mask.astype(np.uint8) * 255, out_dir / f"{stem}_mask{j}.png")
+    save_png(
         overlay_masks(
             image,
             out.masks[0],
@@ -100,6 +92,54 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def labeler_options(args: argparse.Namespace) -> dict:
+    """The chosen method's options from the command line (only those the user set)."""
+    if args.method == "sesam":
+        names = ("k", "sampling", "selection", "prompt", "tau1", "tau2", "overlap", "seed", "scribble_points")
+        opts = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+        if args.no_instance_separation:
+            opts["instance_separation"] = False
+        return opts
+    if args.method == "naive":
+        return {n: getattr(args, n) for n in ("overlap", "scribble_points") if getattr(args, n) is not None}
+    names = ("points_per_side", "pred_iou_thresh", "stability_thresh", "overlap")
+    opts = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.backend_name == "classical":
+        # The prior's scores are not SAM's calibrated IoU; SAM's automatic-mask thresholds would drop all.
+        opts.setdefault("pred_iou_thresh", 0.0)
+        opts.setdefault("stability_thresh", 0.0)
+    return opts
+
+
+def run_refine(args: argparse.Namespace) -> int:
+    engine = build_engine(engine_config_from_args(args))
+    args.backend_name = engine.name
+    options = labeler_options(args)
+    labeler = build_labeler(args.method, engine, **options)
+    run = RefineRun(
+        images=Path(args.images),
+        weak=Path(args.weak),
+        out=Path(args.out),
+        method=args.method,
+        num_classes=args.num_classes,
+        overlays=Path(args.overlays) if args.overlays else None,
+        report=args.report,
+        overwrite=args.overwrite,
+        limit=args.limit,
+        options=options,
+    )
+    summary = refine_folder(run, engine, labeler, quiet=args.quiet)
+    brief = {k: v for k, v in summary.items() if k != "per_image"}
+    print(json.dumps(brief, indent=1))
+    if summary["failed"]:
+        print(
+            f"sesam refine: {summary['failed']} image(s) failed: " + ", ".join(summary["failures"]),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict", help="segment one image from point/box prompts; write masks and overlay"
@@ -112,3 +152,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/predict", help="output folder")
     add_engine_args(p)
     p.set_defaults(func=run_predict)
+
+    r = subparsers.add_parser("refine", help="weak labels -> dense labels for a folder of images")
+    r.add_argument("--images", required=True, help="folder of images (<stem>.jpg/.png/...)")
+    r.add_argument("--weak", required=True, help="folder of weak labels (<stem>.json and/or <stem>.png)")
+    r.add_argument("--out", required=True, help="output folder for <stem>.png class maps (255 = unlabeled)")
+    r.add_argument("--method", choices=["sesam", "naive", "sepl"], default="sesam")
+    r.add_argument("--num-classes", type=int, default=None, help="reject class ids >= this")
+    r.add_argument("--overlays", default=None, help="also write weak|refined overlay PNGs here")
+    r.add_argument("--report", action="store_true", help="write report.html with pictures (implies overlays)")
+    r.add_argument("--overwrite", action="store_true", help="redo images already refined (default: resume)")
+    r.add_argument("--limit", type=int, default=None, help="only the first N images")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = r.add_argument_group("sesam options (paper defaults)")
+    g.add_argument("--k", type=int, default=None, help="points per component (5)")
+    g.add_argument("--sampling", choices=sorted(SAMPLERS), default=None, help="skeleton-grid")
+    g.add_argument("--selection", choices=sorted(SELECTORS), default=None, help="coverage")
+    g.add_argument("--prompt", choices=PROMPT_TYPES, default=None, help="points")
+    g.add_argument("--no-instance-separation", action="store_true")
+    g.add_argument("--tau1", type=float, default=None, help="0.3")
+    g.add_argument("--tau2", type=float, default=None, help="0.7")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--scribble-points", type=int, default=None, help="points spread along a scribble (10)")
+    g.add_argument("--overlap", choices=["score", "unlabeled"], default=None, help="class overlaps (score)")
+    s = r.add_argument_group("sepl options")
+    s.add_argument("--points-per-side", type=int, default=None, help="16")
+    s.add_argument("--pred-iou-thresh", type=float, default=None, help="0.86 (0 with the classical prior)")
+    s.add_argument("--stability-thresh", type=float, default=None, help="0.92 (0 with the classical prior)")
+    add_engine_args(r)
+    r.set_defaults(func=run_refine)

@@ -6,6 +6,7 @@ import numpy as np
 
 from models.engine import Prompt
 from models.engine.classical import ClassicalPrior, contrast_score, superpixels
+from models.engine.lowres import low_res_to_mask, mask_to_low_res
 
 
 def test_superpixel_scales_grow(scene) -> None:
@@ -59,5 +60,5 @@ def test_contrast_score_ranks_true_object_higher(scene) -> None:
 def test_mask_round_trip_through_low_res(scene) -> None:
     rect = np.zeros((360, 480), bool)
     rect[60:200, 50:200] = True
-    back = ClassicalPrior._low_res_to_mask(ClassicalPrior._mask_to_low_res(rect), (360, 480))
+    back = low_res_to_mask(mask_to_low_res(rect), (360, 480))
     assert (back ^ rect).sum() / rect.sum() < 0.05

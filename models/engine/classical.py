@@ -23,14 +23,13 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb
-from skimage.transform import resize
 
 from models.engine.base import CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
+from models.engine.lowres import low_res_to_mask, mask_to_low_res
 from models.engine.types import LOW_RES, ImageHandle, Predictions, Prompt
 
-SAM_FRAME = 1024  # SAM's padded input side; low-res logits live in this frame
-DEFAULT_SCALES = (100, 300, 800)  # Felzenszwalb scale per level: larger -> larger regions
+DEFAULT_SCALES = (60, 200, 600)  # Felzenszwalb scale per level: larger -> larger regions
 
 
 @dataclass(frozen=True)
@@ -133,29 +132,6 @@ class ClassicalPrior(CachedSegmenter):
         return payload.nbytes
 
     # -- candidate construction --------------------------------------------------------------
-    @staticmethod
-    def _low_res_to_mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """SAM-frame 256x256 logits -> HxW bool mask (undo the padding, then resize)."""
-        h, w = size
-        scale = SAM_FRAME / max(h, w)
-        ch, cw = (
-            max(1, round(h * scale * LOW_RES / SAM_FRAME)),
-            max(1, round(w * scale * LOW_RES / SAM_FRAME)),
-        )
-        crop = logits.reshape(LOW_RES, LOW_RES)[:ch, :cw]
-        return resize(crop, (h, w), order=1, mode="edge", anti_aliasing=False) > 0
-
-    @staticmethod
-    def _mask_to_low_res(mask: np.ndarray) -> np.ndarray:
-        """HxW bool -> 256x256 logits (+8 inside, -8 outside) in SAM's padded frame."""
-        h, w = mask.shape
-        scale = LOW_RES / max(h, w)
-        ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
-        out = np.full((LOW_RES, LOW_RES), -8.0, dtype=np.float32)
-        small = resize(mask.astype(np.float32), (ch, cw), order=1, mode="edge", anti_aliasing=True)
-        out[:ch, :cw] = np.where(small >= 0.5, 8.0, -8.0)
-        return out
-
     def _candidate(
         self, sp: SuperpixelImage, scale: int, prompt: Prompt, guide: np.ndarray | None
     ) -> np.ndarray:
@@ -196,7 +172,7 @@ class ClassicalPrior(CachedSegmenter):
         stability = np.zeros((n, c), dtype=np.float32)
         low_res = np.zeros((n, c, LOW_RES, LOW_RES), dtype=np.float32)
         for i, prompt in enumerate(prompts):
-            guide = None if prompt.mask_logits is None else self._low_res_to_mask(prompt.mask_logits, (h, w))
+            guide = None if prompt.mask_logits is None else low_res_to_mask(prompt.mask_logits, (h, w))
             cands = [self._candidate(sp, s, prompt, guide) for s in range(3)]
             scores = np.array([contrast_score(m, sp.lab) for m in cands], dtype=np.float32)
             stab = np.array(
@@ -208,7 +184,7 @@ class ClassicalPrior(CachedSegmenter):
                 masks[i, j] = cands[s]
                 iou[i, j] = scores[s]
                 stability[i, j] = stab[s]
-                low_res[i, j] = self._mask_to_low_res(cands[s])
+                low_res[i, j] = mask_to_low_res(cands[s])[0]
         self.stats.decoder_calls += 1
         self.stats.prompts_decoded += n
         return Predictions(masks, iou, stability, low_res)

@@ -15,6 +15,16 @@ from PIL import Image, UnidentifiedImageError
 from models.engine.types import LOW_RES, Prompt
 
 DEFAULT_MAX_PIXELS = 64_000_000  # refuse decompression bombs well before memory runs out
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(directory: str | Path) -> dict[str, Path]:
+    """stem -> path of every image file in a folder, sorted by stem."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: not a folder")
+    found = {p.stem: p for p in directory.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
+    return dict(sorted(found.items()))
 
 
 def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:

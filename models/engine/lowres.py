@@ -1,0 +1,37 @@
+"""Conversions between full-size binary masks and SAM's 256x256 low-res logits.
+
+SAM's low-res masks live in its padded frame: the image's longest side scaled to 256, the rest
+padded at the bottom/right. These helpers let a plain mask be used as a `Prompt(mask_logits=...)`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.transform import resize
+
+from models.engine.types import LOW_RES
+
+MASK_LOGIT = 8.0  # magnitude given to inside / outside when a binary mask becomes logits
+
+
+def low_res_shape(size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) the image occupies inside the 256x256 frame."""
+    h, w = size
+    scale = LOW_RES / max(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+def mask_to_low_res(mask: np.ndarray, value: float = MASK_LOGIT) -> np.ndarray:
+    """HxW bool -> 1x256x256 float32 logits (+value inside, -value outside and in the padding)."""
+    ch, cw = low_res_shape(mask.shape)
+    small = resize(mask.astype(np.float32), (ch, cw), order=1, mode="edge", anti_aliasing=True)
+    out = np.full((1, LOW_RES, LOW_RES), -value, dtype=np.float32)
+    out[0, :ch, :cw] = np.where(small >= 0.5, value, -value)
+    return out
+
+
+def low_res_to_mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """256x256 (or 1x256x256) logits -> HxW bool mask of an image of `size` (H, W)."""
+    ch, cw = low_res_shape(size)
+    crop = np.asarray(logits, dtype=np.float32).reshape(LOW_RES, LOW_RES)[:ch, :cw]
+    return resize(crop, size, order=1, mode="edge", anti_aliasing=False) > 0

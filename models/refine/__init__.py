@@ -1,0 +1,40 @@
+"""Refinement labelers: weak labels + a promptable segmenter -> dense pseudo-labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from models.engine import PromptableSegmenter
+from models.refine.common import RefineResult
+from models.refine.naive import NaiveLabeler, NaiveOptions
+from models.refine.sepl import SEPLLabeler, SEPLOptions
+from models.refine.sesam import SeSAMLabeler, SeSAMOptions
+
+LABELERS: dict[str, Callable[..., object]] = {
+    "sesam": lambda engine, **kw: SeSAMLabeler(engine, SeSAMOptions(**kw)),
+    "naive": lambda engine, **kw: NaiveLabeler(engine, NaiveOptions(**kw)),
+    "sepl": lambda engine, **kw: SEPLLabeler(engine, SEPLOptions(**kw)),
+}
+
+
+def build_labeler(method: str, engine: PromptableSegmenter, **options: object):
+    """A labeler by name ('sesam', 'naive', 'sepl') with its options."""
+    if method not in LABELERS:
+        raise ValueError(f"unknown refinement method {method!r}; choose one of {sorted(LABELERS)}")
+    try:
+        return LABELERS[method](engine, **options)
+    except TypeError as exc:
+        raise ValueError(f"{method}: {exc}") from exc
+
+
+__all__ = [
+    "LABELERS",
+    "NaiveLabeler",
+    "NaiveOptions",
+    "RefineResult",
+    "SEPLLabeler",
+    "SEPLOptions",
+    "SeSAMLabeler",
+    "SeSAMOptions",
+    "build_labeler",
+]

@@ -1,0 +1,88 @@
+"""What every labeler shares: the result type and turning sparse weak labels into SAM prompts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.engine import ImageHandle, Predictions, Prompt, PromptableSegmenter
+from models.refine.sampling import even_points_along
+from models.weak import WeakLabels
+
+UNLABELED = 255
+
+
+@dataclass
+class RefineResult:
+    """A dense label map (HxW uint8, 255 = unlabeled) and what produced it, per instance."""
+
+    labels: np.ndarray
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    decoder_calls: int = 0
+    prompts: int = 0
+
+    def stats(self) -> dict[str, Any]:
+        labelled = self.labels != UNLABELED
+        return {
+            "labelled_fraction": float(labelled.mean()),
+            "instances": len(self.instances),
+            "prompts": self.prompts,
+            "decoder_calls": self.decoder_calls,
+            "classes": sorted(int(c) for c in np.unique(self.labels[labelled])),
+        }
+
+
+def ensure_handle(engine: PromptableSegmenter, image: ImageHandle | np.ndarray) -> ImageHandle:
+    return image if isinstance(image, ImageHandle) else engine.embed([image])[0]
+
+
+def sparse_prompts(
+    weak: WeakLabels, scribble_points: int = 10
+) -> tuple[list[Prompt], list[tuple[str, int, int]]]:
+    """One prompt per point, per scribble (up to `scribble_points` points spread along it) and per box.
+
+    Returns the prompts and, for each, (kind, index in its list, class id).
+    """
+    prompts, origin = [], []
+    for i, p in enumerate(weak.points):
+        prompts.append(Prompt(points=[[p.x, p.y]], labels=[1]))
+        origin.append(("point", i, p.class_id))
+    for i, s in enumerate(weak.scribbles):
+        pts = even_points_along(s.points, scribble_points)
+        prompts.append(Prompt(points=pts, labels=np.ones(len(pts), dtype=int)))
+        origin.append(("scribble", i, s.class_id))
+    for i, b in enumerate(weak.boxes):
+        prompts.append(Prompt(box=np.asarray(b.box)))
+        origin.append(("box", i, b.class_id))
+    return prompts, origin
+
+
+def box_clip(mask: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """The part of a mask inside a box (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    out = np.zeros_like(mask)
+    rs = slice(int(np.floor(y0)), int(np.ceil(y1)))
+    cs = slice(int(np.floor(x0)), int(np.ceil(x1)))
+    out[rs, cs] = mask[rs, cs]
+    return out
+
+
+def count_calls(engine: PromptableSegmenter) -> int:
+    return engine.stats.decoder_calls
+
+
+def predict_counted(
+    engine: PromptableSegmenter,
+    handle: ImageHandle,
+    prompts: list[Prompt],
+    result: RefineResult,
+    multimask: bool = True,
+) -> Predictions:
+    """engine.predict that books its decoder calls and prompt count on the result."""
+    before = count_calls(engine)
+    out = engine.predict(handle, prompts, multimask=multimask)
+    result.decoder_calls += count_calls(engine) - before
+    result.prompts += len(prompts)
+    return out

@@ -1,0 +1,52 @@
+"""Merging per-instance masks into one class map.
+
+The rule (documented in the README):
+1. Every instance mask paints its class.
+2. Where instances of DIFFERENT classes overlap: `overlap="score"` gives the pixel to the instance
+   with the higher score; `overlap="unlabeled"` leaves it unlabeled (255). Instances of the same
+   class never conflict.
+3. Weak labels always win: every pixel the weak labels name directly keeps its weak class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UNLABELED = 255
+OVERLAP_RULES = ("score", "unlabeled")
+
+
+@dataclass(frozen=True)
+class Instance:
+    class_id: int
+    mask: np.ndarray  # HxW bool
+    score: float
+
+
+def merge_instances(
+    size: tuple[int, int],
+    instances: list[Instance],
+    weak_map: np.ndarray | None = None,
+    overlap: str = "score",
+) -> np.ndarray:
+    """HxW uint8 class map from instance masks (see the module rule); 255 where nothing is known."""
+    if overlap not in OVERLAP_RULES:
+        raise ValueError(f"overlap rule {overlap!r} unknown; choose one of {OVERLAP_RULES}")
+    out = np.full(size, UNLABELED, dtype=np.uint8)
+    best = np.full(size, -np.inf)
+    conflict = np.zeros(size, dtype=bool)
+    for inst in sorted(instances, key=lambda i: i.score):  # ascending: higher scores paint last
+        m = inst.mask
+        taken = m & (out != UNLABELED) & (out != inst.class_id)
+        conflict |= taken
+        win = m & (inst.score >= best)
+        out[win] = inst.class_id
+        best[win] = inst.score
+    if overlap == "unlabeled":
+        out[conflict] = UNLABELED
+    if weak_map is not None:
+        named = weak_map != UNLABELED
+        out[named] = weak_map[named]
+    return out

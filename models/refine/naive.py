@@ -1,0 +1,62 @@
+"""The paper's naive SAM baseline: weak labels straight in as prompts, SAM's best-scored mask out.
+
+Each point is a prompt; a scribble is a point set (up to `scribble_points` spread along it); a box
+is a box prompt (mask clipped to the box); each class of a coarse mask is one mask prompt. The
+candidate SAM scores highest is kept. Merged like every labeler (weak labels always win).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.engine import ImageHandle, Prompt, PromptableSegmenter
+from models.engine.lowres import mask_to_low_res
+from models.refine.common import RefineResult, box_clip, ensure_handle, predict_counted, sparse_prompts
+from models.refine.merge import Instance, merge_instances
+from models.weak import WeakLabels
+
+
+@dataclass
+class NaiveOptions:
+    scribble_points: int = 10
+    overlap: str = "score"
+
+
+class NaiveLabeler:
+    name = "naive"
+
+    def __init__(self, engine: PromptableSegmenter, options: NaiveOptions | None = None) -> None:
+        self.engine = engine
+        self.options = options or NaiveOptions()
+
+    def refine(self, image: ImageHandle | np.ndarray, weak: WeakLabels, **_: object) -> RefineResult:
+        handle = ensure_handle(self.engine, image)
+        result = RefineResult(labels=np.empty(0))
+        prompts, origin = sparse_prompts(weak, self.options.scribble_points)
+        if weak.coarse is not None:
+            for c in np.unique(weak.coarse):
+                if c != 255:
+                    prompts.append(Prompt(mask_logits=mask_to_low_res(weak.coarse == c)))
+                    origin.append(("coarse", -1, int(c)))
+        instances = []
+        if prompts:
+            out = predict_counted(self.engine, handle, prompts, result)
+            for i, (kind, j, c) in enumerate(origin):
+                best = int(np.argmax(out.iou[i]))
+                mask = out.masks[i, best]
+                if kind == "box":
+                    mask = box_clip(mask, weak.boxes[j].box)
+                instances.append(Instance(c, mask, float(out.iou[i, best])))
+                result.instances.append(
+                    {
+                        "class_id": c,
+                        "kind": kind,
+                        "candidate": best,
+                        "iou": round(float(out.iou[i, best]), 4),
+                        "area": int(mask.sum()),
+                    }
+                )
+        result.labels = merge_instances(weak.size, instances, weak.sparse_map(), self.options.overlap)
+        return result

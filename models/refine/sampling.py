@@ -1,0 +1,139 @@
+"""Point sampling inside one instance mask (SeSAM step 3 and the paper's ablation samplers).
+
+Every sampler: (component HxW bool, k, rng, confidence HxW float | None) -> Kx2 float (x, y) pixel
+coordinates, all inside the component. Pure numpy/scipy; no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from scipy import ndimage as ndi
+
+EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def connected_components(mask: np.ndarray, min_area: int = 1) -> list[np.ndarray]:
+    """8-connected components of a bool mask with at least `min_area` pixels, largest first."""
+    labelled, n = ndi.label(mask, structure=EIGHT)
+    if n == 0:
+        return []
+    areas = np.bincount(labelled.ravel(), minlength=n + 1)
+    keep = [k for k in np.argsort(-areas[1:]) + 1 if areas[k] >= min_area]
+    return [labelled == k for k in keep]
+
+
+def grid_shape(s1: int, s2: int, k: int) -> tuple[int, int]:
+    """Grid over an s1 x s2 box for k samples: ceil(s1/sqrt(S/K)) x ceil(s2/sqrt(S/K)), S = s1*s2."""
+    if s1 <= 0 or s2 <= 0 or k <= 0:
+        raise ValueError(f"grid_shape needs positive sides and k, got {s1}x{s2}, k={k}")
+    cell = math.sqrt(s1 * s2 / k)
+    return math.ceil(s1 / cell), math.ceil(s2 / cell)
+
+
+def distance_probability(component: np.ndarray) -> np.ndarray:
+    """Euclidean distance to the background, normalised to [0, 1]: 1 on the skeleton, small at the edge."""
+    dist = ndi.distance_transform_edt(component)
+    top = dist.max()
+    return dist / top if top > 0 else dist
+
+
+def _bbox(component: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(component.any(1)), np.flatnonzero(component.any(0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def grid_cells(component: np.ndarray, k: int) -> list[tuple[slice, slice]]:
+    """The cells of the component's bounding-box grid (grid_shape) as absolute slices, row-major."""
+    r0, r1, c0, c1 = _bbox(component)
+    n1, n2 = grid_shape(r1 - r0, c1 - c0, k)
+    rows = np.linspace(r0, r1, n1 + 1).round().astype(int)
+    cols = np.linspace(c0, c1, n2 + 1).round().astype(int)
+    return [
+        (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1]))
+        for i in range(n1)
+        for j in range(n2)
+        if rows[i + 1] > rows[i] and cols[j + 1] > cols[j]
+    ]
+
+
+def sample_skeleton_grid(
+    component: np.ndarray, k: int, rng: np.random.Generator, confidence: np.ndarray | None = None
+) -> np.ndarray:
+    """SeSAM: K grid cells that intersect the component, one point per cell drawn with probability
+    proportional to the normalised distance transform inside that cell. Fewer cells -> fewer points."""
+    prob = distance_probability(component)
+    cells = [cell for cell in grid_cells(component, k) if prob[cell].sum() > 0]
+    chosen = rng.choice(len(cells), size=min(k, len(cells)), replace=False)
+    points = []
+    for i in sorted(chosen):
+        rs, cs = cells[i]
+        local = prob[rs, cs].ravel()
+        flat = rng.choice(local.size, p=local / local.sum())
+        y, x = divmod(int(flat), cs.stop - cs.start)
+        points.append((cs.start + x, rs.start + y))
+    return np.asarray(points, dtype=np.float64).reshape(-1, 2)
+
+
+def sample_random(
+    component: np.ndarray, k: int, rng: np.random.Generator, confidence: np.ndarray | None = None
+) -> np.ndarray:
+    """Uniform over the component's pixels, without replacement."""
+    ys, xs = np.nonzero(component)
+    idx = rng.choice(len(ys), size=min(k, len(ys)), replace=False)
+    return np.column_stack([xs[idx], ys[idx]]).astype(np.float64)
+
+
+def _top_k(values: np.ndarray, component: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    ys, xs = np.nonzero(component)
+    v = values[ys, xs] + rng.uniform(0, 1e-9, size=len(ys))  # random tie-breaking
+    idx = np.argsort(-v)[: min(k, len(ys))]
+    return np.column_stack([xs[idx], ys[idx]]).astype(np.float64)
+
+
+def sample_center(
+    component: np.ndarray, k: int, rng: np.random.Generator, confidence: np.ndarray | None = None
+) -> np.ndarray:
+    """The k pixels nearest the distance-transform maxima (largest distance to the background)."""
+    return _top_k(ndi.distance_transform_edt(component), component, k, rng)
+
+
+def sample_boundary(
+    component: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    confidence: np.ndarray | None = None,
+    band: float = 2.0,
+) -> np.ndarray:
+    """Uniform among pixels within `band` px of the boundary."""
+    dist = ndi.distance_transform_edt(component)
+    edge = component & (dist <= band)
+    return sample_random(edge if edge.any() else component, k, rng)
+
+
+def sample_confidence(
+    component: np.ndarray, k: int, rng: np.random.Generator, confidence: np.ndarray | None = None
+) -> np.ndarray:
+    """The k most confident pixels of a teacher's confidence map (Kweon and Yoon, 2024)."""
+    if confidence is None:
+        raise ValueError("sampling 'confidence' needs a confidence map (a teacher's probabilities)")
+    return _top_k(confidence, component, k, rng)
+
+
+SAMPLERS: dict[str, Callable[..., np.ndarray]] = {
+    "skeleton-grid": sample_skeleton_grid,
+    "random": sample_random,
+    "center": sample_center,
+    "boundary": sample_boundary,
+    "confidence": sample_confidence,
+}
+
+
+def even_points_along(points: np.ndarray, n: int) -> np.ndarray:
+    """At most n points spread evenly (by index) along an ordered polyline or point list."""
+    if len(points) <= n:
+        return points
+    idx = np.linspace(0, len(points) - 1, n).round().astype(int)
+    return points[idx]

@@ -1,0 +1,1 @@
+"""Datasets, weak-label protocols, metrics and (later) training of students."""
