@@ -5,8 +5,8 @@ Regions are 8-connected components of one class. Parameters and their defaults:
 
 - points (Paul et al.): one pixel per class present, drawn uniformly from that class's pixels.
 - scribbles: for every region of at least `min_area` pixels, one stroke along its skeleton: the
-  region is shrunk by `margin` px (kept whole if that empties it), skeletonised, and the longest
-  path through the skeleton becomes a polyline (a vertex every `step` px) drawn `width` px thick.
+  region is shrunk by `margin` px (kept whole if that empties it), thinned to its skeleton (the
+  medial axis when thinning collapses a blocky shape to a dot), and the longest path through it becomes a polyline (a vertex every `step` px) drawn `width` px thick.
 - coarse: every region of at least `min_area` px is shrunk by a margin that grows with its size
   (`margin_frac` * sqrt(area), clipped to [`margin_min`, `margin_max`] px), its outline simplified
   to a polygon (Douglas-Peucker, `tolerance` px) and filled; smaller regions are dropped. This
@@ -105,6 +105,8 @@ def derive_scribbles(
         if not shrunk.any():
             shrunk = region
         path = longest_skeleton_path(morphology.skeletonize(shrunk))
+        if len(path) < 0.3 * np.sqrt(shrunk.sum()):  # thinning collapsed a blocky shape to a dot
+            path = longest_skeleton_path(morphology.medial_axis(shrunk, rng=0))
         if len(path) == 0:
             continue
         vertices = path[::step]

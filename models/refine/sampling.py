@@ -33,9 +33,14 @@ def grid_shape(s1: int, s2: int, k: int) -> tuple[int, int]:
     return math.ceil(s1 / cell), math.ceil(s2 / cell)
 
 
+def distance_to_background(component: np.ndarray) -> np.ndarray:
+    """Euclidean distance to the nearest background pixel; the image border counts as background."""
+    return ndi.distance_transform_edt(np.pad(component, 1))[1:-1, 1:-1]
+
+
 def distance_probability(component: np.ndarray) -> np.ndarray:
     """Euclidean distance to the background, normalised to [0, 1]: 1 on the skeleton, small at the edge."""
-    dist = ndi.distance_transform_edt(component)
+    dist = distance_to_background(component)
     top = dist.max()
     return dist / top if top > 0 else dist
 
@@ -97,7 +102,7 @@ def sample_center(
     component: np.ndarray, k: int, rng: np.random.Generator, confidence: np.ndarray | None = None
 ) -> np.ndarray:
     """The k pixels nearest the distance-transform maxima (largest distance to the background)."""
-    return _top_k(ndi.distance_transform_edt(component), component, k, rng)
+    return _top_k(distance_to_background(component), component, k, rng)
 
 
 def sample_boundary(
@@ -108,8 +113,7 @@ def sample_boundary(
     band: float = 2.0,
 ) -> np.ndarray:
     """Uniform among pixels within `band` px of the boundary."""
-    dist = ndi.distance_transform_edt(component)
-    edge = component & (dist <= band)
+    edge = component & (distance_to_background(component) <= band)
     return sample_random(edge if edge.any() else component, k, rng)
 
 

@@ -1,0 +1,68 @@
+"""A scripted PromptableSegmenter for tests: known candidates per object, known scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from models.engine import CachedSegmenter, ImageHandle, Predictions, Prompt
+from models.engine.lowres import low_res_to_mask
+
+
+@dataclass(frozen=True)
+class Canvas:
+    original_size: tuple[int, int]
+
+
+class ScriptedSegmenter(CachedSegmenter):
+    """For a prompt on object k it returns [part, whole, too large] of that object, scored
+    [0.95, 0.80, 0.60] so that SAM's own best score prefers the part."""
+
+    name = "scripted"
+
+    def __init__(self, objects: list[np.ndarray]) -> None:
+        super().__init__()
+        self.objects = objects
+        self.seen: list[list[Prompt]] = []
+
+    def _encode(self, images):
+        self.stats.encoder_calls += 1
+        self.stats.images_encoded += len(images)
+        return [Canvas(img.shape[:2]) for img in images]
+
+    def _payload_nbytes(self, payload) -> int:
+        return 64
+
+    def _which(self, prompt: Prompt, size) -> int:
+        if prompt.points is not None:
+            x, y = prompt.points[0]
+            probe = np.zeros(size, bool)
+            probe[int(y), int(x)] = True
+        elif prompt.box is not None:
+            x0, y0, x1, y1 = prompt.box
+            probe = np.zeros(size, bool)
+            probe[int((y0 + y1) / 2), int((x0 + x1) / 2)] = True
+        else:
+            probe = low_res_to_mask(prompt.mask_logits, size)
+        hits = [int((probe & o).sum()) for o in self.objects]
+        return int(np.argmax(hits))
+
+    def candidates(self, k: int) -> np.ndarray:
+        obj = self.objects[k]
+        rows, cols = np.flatnonzero(obj.any(1)), np.flatnonzero(obj.any(0))
+        part = np.zeros_like(obj)
+        part[rows[0] : (rows[0] + rows[-1]) // 2 + 1, cols[0] : (cols[0] + cols[-1]) // 2 + 1] = True
+        part &= obj
+        huge = ndi.binary_dilation(obj, iterations=12)
+        return np.stack([part, obj, huge])
+
+    def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
+        self.seen.append(prompts)
+        self.stats.decoder_calls += 1
+        masks = np.stack([self.candidates(self._which(p, handle.original_size)) for p in prompts])
+        n = len(prompts)
+        iou = np.tile(np.array([0.95, 0.80, 0.60], np.float32), (n, 1))
+        stab = np.full((n, 3), 0.9, np.float32)
+        return Predictions(masks, iou, stab, np.zeros((n, 3, 256, 256), np.float32))

@@ -1,0 +1,150 @@
+"""SeSAM / naive / SEPL labelers end to end on a scripted segmenter and on the classical prior."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from models.engine.classical import ClassicalPrior
+from models.refine import SeSAMLabeler, SeSAMOptions, build_labeler
+from models.weak import PointLabel, Scribble, WeakLabels
+from tests.scripted import ScriptedSegmenter
+
+H, W = 80, 120
+
+
+def _objects() -> tuple[np.ndarray, np.ndarray]:
+    a = np.zeros((H, W), bool)
+    a[10:50, 10:50] = True
+    b = np.zeros((H, W), bool)
+    b[20:70, 70:110] = True
+    return a, b
+
+
+@pytest.fixture
+def setup():
+    a, b = _objects()
+    coarse = np.full((H, W), 255, np.uint8)
+    coarse[ndi.binary_erosion(a, iterations=3)] = 1
+    coarse[ndi.binary_erosion(b, iterations=3)] = 2
+    image = np.zeros((H, W, 3), np.uint8)
+    return ScriptedSegmenter([a, b]), WeakLabels(H, W, coarse=coarse), image, a, b
+
+
+def test_sesam_selection_picks_whole_where_best_score_picks_part(setup) -> None:
+    engine, weak, image, a, b = setup
+    sesam = SeSAMLabeler(engine).refine(image, weak)
+    assert (sesam.labels[a] == 1).all() and (sesam.labels[b] == 2).all()
+    assert ((sesam.labels != 255) == (a | b)).all()  # never the too-large candidate
+    assert [i["candidate"] for i in sesam.instances] == [1, 1]
+
+    best = SeSAMLabeler(engine, SeSAMOptions(selection="best-score")).refine(image, weak)
+    assert [i["candidate"] for i in best.instances] == [0, 0]
+    part = engine.candidates(0)[0]
+    assert (best.labels[part] == 1).all()
+    assert (best.labels == 1).sum() < a.sum()  # only part + the weak pixels
+
+
+def test_all_component_prompts_go_in_one_predict_call(setup) -> None:
+    engine, weak, image, *_ = setup
+    result = SeSAMLabeler(engine).refine(image, weak)
+    assert len(engine.seen) == 1 and len(engine.seen[0]) == 2
+    assert result.decoder_calls == 1 and result.prompts == 2
+    assert all(p.num_points == 5 for p in engine.seen[0])
+
+
+def test_instance_separation_switch(setup) -> None:
+    engine, _, image, _a, _ = setup
+    coarse = np.full((H, W), 255, np.uint8)
+    coarse[12:20, 12:20] = 1
+    coarse[30:45, 30:45] = 1  # two separate blobs of class 1
+    weak = WeakLabels(H, W, coarse=coarse)
+    SeSAMLabeler(engine).refine(image, weak)
+    assert len(engine.seen[-1]) == 2
+    SeSAMLabeler(engine, SeSAMOptions(instance_separation=False)).refine(image, weak)
+    assert len(engine.seen[-1]) == 1
+
+
+@pytest.mark.parametrize("prompt", ["box", "mask"])
+def test_box_and_mask_prompt_modes(setup, prompt: str) -> None:
+    engine, weak, image, a, _b = setup
+    result = SeSAMLabeler(engine, SeSAMOptions(prompt=prompt)).refine(image, weak)
+    sent = engine.seen[-1]
+    assert all((p.box is not None) == (prompt == "box") for p in sent)
+    assert all((p.mask_logits is not None) == (prompt == "mask") for p in sent)
+    assert (result.labels[a] == 1).all()
+
+
+def test_points_start_from_the_smallest_mask_and_keep_the_weak_pixel(setup) -> None:
+    engine, _, image, _a, _ = setup
+    weak = WeakLabels(H, W, points=[PointLabel(15, 15, 1)])
+    result = SeSAMLabeler(engine).refine(image, weak)
+    part = engine.candidates(0)[0]
+    assert (result.labels[part] == 1).all()
+    assert result.labels[15, 15] == 1
+    assert result.decoder_calls == 2  # initial masks, then component prompts
+
+
+def test_weak_labels_always_win(setup) -> None:
+    engine, weak, image, _a, _b = setup
+    weak.coarse[40, 40] = 2  # a (wrong) weak label inside object a
+    result = SeSAMLabeler(engine).refine(image, weak)
+    assert result.labels[40, 40] == 2
+
+
+def test_teacher_extension(setup) -> None:
+    _engine, weak, _image, _a, _b = setup
+    probs = np.zeros((3, H, W), np.float32)
+    probs[0] = 1.0
+    probs[:, 0:5, 0:5] = 0
+    probs[1, 0:5, 0:5] = 0.99  # confident class 1 in an unlabeled corner
+    masks = SeSAMLabeler.extend({1: weak.coarse == 1}, probs, weak.sparse_map(), theta2=0.98)
+    assert masks[1][0:5, 0:5].all()
+    assert masks[0].sum() == (weak.sparse_map() == 255).sum() - 25  # class 0 everywhere else free
+    low = SeSAMLabeler.extend({1: weak.coarse == 1}, probs * 0.5, weak.sparse_map(), theta2=0.98)
+    assert not low[1][0:5, 0:5].any()
+
+
+def test_naive_takes_sam_best_score(setup) -> None:
+    engine, weak, image, _a, _ = setup
+    result = build_labeler("naive", engine).refine(image, weak)
+    assert all(i["candidate"] == 0 for i in result.instances)
+
+
+def test_sepl_runs_on_scripted_masks(setup) -> None:
+    engine, weak, image, a, b = setup
+    result = build_labeler(
+        "sepl", engine, points_per_side=4, pred_iou_thresh=0.0, stability_thresh=0.0
+    ).refine(image, weak)
+    assert (result.labels[a] == 1).mean() > 0.9 and (result.labels[b] == 2).mean() > 0.9
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ValueError, match="sampling 'grid' unknown"):
+        build_labeler("sesam", ClassicalPrior(), sampling="grid")
+    with pytest.raises(ValueError, match="unknown refinement method 'fancy'"):
+        build_labeler("fancy", ClassicalPrior())
+    with pytest.raises(ValueError, match="sesam: "):
+        build_labeler("sesam", ClassicalPrior(), colour="red")
+
+
+@pytest.mark.parametrize("kind", ["points", "scribbles", "coarse"])
+def test_classical_prior_refinement_on_scene(scene, kind: str) -> None:
+    h, w = scene.shape[:2]
+    rect = np.zeros((h, w), bool)
+    rect[60:200, 50:200] = True
+    if kind == "points":
+        weak = WeakLabels(h, w, points=[PointLabel(120, 130, 4)])
+    elif kind == "scribbles":
+        weak = WeakLabels(h, w, scribbles=[Scribble(4, np.array([[70.0, 100.0], [180.0, 160.0]]), 3)])
+    else:
+        coarse = np.full((h, w), 255, np.uint8)
+        coarse[80:180, 70:180] = 4
+        weak = WeakLabels(h, w, coarse=coarse)
+    result = build_labeler("sesam", ClassicalPrior()).refine(scene, weak)
+    named = weak.sparse_map() != 255
+    assert (result.labels[named] == 4).all()
+    labelled = result.labels == 4
+    assert labelled.sum() > named.sum()  # refinement added pixels
+    assert (labelled & rect).sum() / labelled.sum() > 0.95  # and they are on the red rectangle

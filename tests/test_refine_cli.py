@@ -1,0 +1,139 @@
+"""`sesam weak derive`, `sesam refine` and `sesam eval-labels` on files, including bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from sesam.cli import main
+from tests.conftest import CAMVID
+
+
+def _folder(tmp_path, scene):
+    images, weak = tmp_path / "images", tmp_path / "weak"
+    images.mkdir()
+    weak.mkdir()
+    for stem in ("a", "b"):
+        Image.fromarray(scene).save(images / f"{stem}.png")
+        coarse = np.full(scene.shape[:2], 255, np.uint8)
+        coarse[80:180, 70:180] = 4
+        Image.fromarray(coarse).save(weak / f"{stem}.png")
+    return images, weak
+
+
+def test_refine_folder_resume_report_and_failures(tmp_path, scene, capsys) -> None:
+    images, weak = _folder(tmp_path, scene)
+    (images / "broken.jpg").write_bytes(b"not an image")
+    Image.fromarray(scene).save(images / "bad_class.png")
+    (weak / "bad_class.json").write_text(
+        json.dumps({"version": 1, "width": 480, "height": 360, "points": [{"x": 5, "y": 5, "class_id": 40}]})
+    )
+    Image.fromarray(scene).save(images / "no_labels.png")
+    out = tmp_path / "out"
+    args = [
+        "refine",
+        "--images",
+        str(images),
+        "--weak",
+        str(weak),
+        "--out",
+        str(out),
+        "--method",
+        "sesam",
+        "--num-classes",
+        "11",
+        "--report",
+        "--quiet",
+        "--backend",
+        "classical",
+    ]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "3 image(s) failed" in captured.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["refined"] == 2 and summary["failed"] == 3
+    assert "class_id = 40 is out of range for 11 classes" in summary["failures"]["bad_class"]
+    assert "not a readable image" in summary["failures"]["broken"]
+    assert "no weak labels" in summary["failures"]["no_labels"]
+    assert {p.name for p in out.glob("*.png")} == {"a.png", "b.png"}
+    assert (out / "overlays" / "a.png").exists() and "overlays/a.png" in (out / "report.html").read_text()
+    refined = np.asarray(Image.open(out / "a.png"))
+    assert refined.shape == (360, 480) and (refined[80:180, 70:180] == 4).all()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+    for stem in ("broken", "bad_class", "no_labels"):
+        for p in images.glob(f"{stem}.*"):
+            p.unlink()
+    before = (out / "a.png").stat().st_mtime_ns
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_existing"] == 2 and summary["refined"] == 0
+    assert (out / "a.png").stat().st_mtime_ns == before
+
+
+def test_refine_rejects_bad_folders(tmp_path, capsys) -> None:
+    assert (
+        main(["refine", "--images", str(tmp_path / "none"), "--weak", str(tmp_path), "--out", str(tmp_path)])
+        == 2
+    )
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_derive_then_eval(tmp_path, capsys) -> None:
+    if not (CAMVID / "val.txt").exists():
+        import pytest
+
+        pytest.skip("CamVid not present")
+    weak = tmp_path / "weak"
+    assert (
+        main(
+            [
+                "weak",
+                "derive",
+                "--root",
+                str(CAMVID),
+                "--split",
+                "val",
+                "--kind",
+                "coarse",
+                "--out",
+                str(weak),
+                "--limit",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    derived = json.loads(capsys.readouterr().out)
+    assert derived["images"] == 3 and 0.4 < derived["coverage"] < 0.8
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for png in sorted(weak.glob("*.png")):
+        shutil.copy(CAMVID / "labels" / "val" / png.name, gt / png.name)
+    assert (
+        main(
+            [
+                "eval-labels",
+                "--pred",
+                str(weak),
+                "--gt",
+                str(gt),
+                "--num-classes",
+                "11",
+                "--ignore-index",
+                "11",
+                "--weak",
+                str(weak),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert (report["images"] == 3 and report["coverage"] == derived["coverage"]) or abs(
+        report["coverage"] - derived["coverage"]
+    ) < 1e-9
+    assert report["added_pixels"] == 0

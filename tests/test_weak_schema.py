@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.weak import BoxLabel, PointLabel, Scribble, WeakLabels, load_weak_labels, save_weak_labels
+
+
+def _weak() -> WeakLabels:
+    coarse = np.full((30, 40), 255, np.uint8)
+    coarse[5:10, 5:10] = 2
+    return WeakLabels(
+        30,
+        40,
+        points=[PointLabel(3.5, 4, 1)],
+        scribbles=[Scribble(0, np.array([[1.0, 1.0], [20.0, 1.0], [20.0, 20.0]]), 3)],
+        boxes=[BoxLabel(2, (0.0, 0.0, 10.0, 12.0))],
+        tags=[0, 1, 2],
+        coarse=coarse,
+    )
+
+
+def test_round_trip(tmp_path) -> None:
+    weak = _weak()
+    written = save_weak_labels(weak, tmp_path, "img")
+    assert sorted(p.name for p in written) == ["img.json", "img.png"]
+    back = load_weak_labels(tmp_path, "img", (30, 40), num_classes=3)
+    assert back.to_json() == weak.to_json()
+    assert np.array_equal(back.coarse, weak.coarse)
+    assert back.kinds() == ["points", "scribbles", "boxes", "tags", "coarse"]
+    assert back.class_ids() == {0, 1, 2}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_scribble_raster_and_sparse_map() -> None:
+    weak = _weak()
+    stroke = weak.scribble_mask(weak.scribbles[0])
+    assert stroke[1, 1:21].all() and stroke[1:21, 20].all()
+    assert stroke[0, 10] and stroke[2, 10] and not stroke[4, 10]  # 3 px thick
+    sparse = weak.sparse_map()
+    assert sparse[4, 3] == 1 and sparse[7, 7] == 2 and sparse[1, 10] == 0
+    assert sparse[25, 35] == 255
+
+
+BAD = [
+    (
+        {"points": [{"x": 1, "y": 1, "class_id": 11}]},
+        r"points\[0\].class_id = 11 is out of range for 11 classes",
+    ),
+    ({"points": [{"x": 50, "y": 1, "class_id": 1}]}, r"points\[0\] = \(50, 1\) lies outside the 40x30 image"),
+    ({"points": [{"x": 1, "y": 1}]}, "missing field 'class_id'"),
+    ({"points": [{"x": 1, "y": 1, "class_id": 1.5}]}, "is not an integer"),
+    (
+        {"boxes": [{"class_id": 1, "box": [0, 0, 50, 5]}]},
+        r"boxes\[0\].box = \[0.0, 0.0, 50.0, 5.0\] is not inside",
+    ),
+    ({"scribbles": [{"class_id": 1, "points": []}]}, "must be a non-empty list"),
+    ({"tags": [300]}, r"tags\[0\] = 300 is not a class id"),
+    ({"colour": "red"}, r"unknown fields \['colour'\]"),
+    ({"version": 2}, "version = 2; this reader understands version 1"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD)
+def test_invalid_json_labels(tmp_path, extra: dict, message: str) -> None:
+    data = {"version": 1, "width": 40, "height": 30} | extra
+    (tmp_path / "img.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as info:
+        load_weak_labels(tmp_path, "img", (30, 40), num_classes=11)
+    assert "img.json" in str(info.value)
+
+
+def test_unreadable_and_mismatched_files(tmp_path) -> None:
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken\.json: invalid JSON"):
+        load_weak_labels(tmp_path, "broken")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="labels are for a 10x10 image, the image is 40x30"):
+        load_weak_labels(tmp_path, "small", (30, 40))
+    Image.fromarray(np.full((30, 40), 20, np.uint8)).save(tmp_path / "range.png")
+    with pytest.raises(ValueError, match=r"class ids \[20\] out of range for 11 classes"):
+        load_weak_labels(tmp_path, "range", (30, 40), num_classes=11)
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="8-bit single-channel"):
+        load_weak_labels(tmp_path, "rgb", (30, 40))
+    with pytest.raises(ValueError, match="no weak labels for 'ghost'"):
+        load_weak_labels(tmp_path, "ghost")
