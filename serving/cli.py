@@ -7,6 +7,13 @@ import os
 import subprocess
 import sys
 
+SERVICE = "serving.service:SegmentationService"
+
+
+def serve_command(host: str, port: int) -> list[str]:
+    """The `bentoml serve` command line for this project's service (used by the CLI and the tests)."""
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
+
 
 def run_serve(args: argparse.Namespace) -> int:
     env = dict(os.environ, BENTOML_DO_NOT_TRACK="true")
@@ -18,18 +25,7 @@ def run_serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value:
             env[name] = value
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serving.service:SegmentationService",
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(serve_command(args.host, args.port), env=env)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

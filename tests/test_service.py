@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -19,6 +18,7 @@ from PIL import Image
 from models.engine import Prompt
 from models.engine.classical import ClassicalPrior
 from models.engine.sam_torch import SamEngine
+from serving.cli import serve_command
 from serving.codec import decode_png, decode_rle
 from tests.conftest import REPO
 
@@ -39,17 +39,7 @@ def server(request) -> Iterator[tuple[str, str]]:
     env["SESAM_BACKEND"] = "classical" if request.param == "classical" else "torch"
     env["SESAM_SAM_TYPE"] = "tiny"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "serving.service:SegmentationService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        serve_command("127.0.0.1", port),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
