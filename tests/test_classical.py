@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.engine import Prompt
-from models.engine.classical import ClassicalPrior, contrast_score, superpixels
+from models.engine.classical import ClassicalPrior, region_contrast, superpixels
 from models.engine.lowres import low_res_to_mask, mask_to_low_res
 
 
@@ -46,15 +46,20 @@ def test_box_prompt_stays_inside_box(scene) -> None:
     assert max((m & disc).sum() / disc.sum() for m in out.masks[0]) > 0.9
 
 
-def test_contrast_score_ranks_true_object_higher(scene) -> None:
-    from skimage.color import rgb2lab
-
-    lab = rgb2lab(scene).astype(np.float32)
-    rect = np.zeros((360, 480), bool)
-    rect[60:200, 50:200] = True
-    shifted = np.roll(rect, 60, axis=1)
-    assert contrast_score(rect, lab) > contrast_score(shifted, lab)
-    assert contrast_score(np.zeros_like(rect), lab) == 0.0
+def test_region_contrast_ranks_true_object_higher(scene) -> None:
+    sp = superpixels(scene)
+    s = 1
+    labels = sp.labels[s]
+    stats = (sp.areas[s], sp.colors[s], sp.spreads[s], sp.adjacency[s])
+    rect_region = labels[130, 120]
+    whole = np.zeros(len(sp.areas[s]), bool)
+    whole[np.unique(labels[60:200, 50:200])] = True  # the rectangle's regions (and any that straddle it)
+    mixed = whole.copy()
+    mixed[np.unique(labels[250:300, 0:40])] = True  # plus unrelated background
+    single = np.zeros_like(whole)
+    single[rect_region] = True
+    assert region_contrast(single, *stats) > region_contrast(mixed, *stats)
+    assert region_contrast(np.zeros_like(whole), *stats) == 0.0
 
 
 def test_mask_round_trip_through_low_res(scene) -> None:

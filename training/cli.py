@@ -77,7 +77,22 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from training.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig.from_yaml(args.config, args.set)
+    summary = Trainer(cfg).train()
+    if int(__import__("os").environ.get("RANK", 0)) == 0:
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    t = subparsers.add_parser("train", help="train a student from weak labels (YAML config)")
+    t.add_argument("--config", required=True, help="YAML file with TrainConfig settings (see configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    t.set_defaults(func=run_train)
+
     weak = subparsers.add_parser("weak", help="weak-label tools")
     weak_sub = weak.add_subparsers(dest="weak_command", metavar="SUBCOMMAND")
     d = weak_sub.add_parser("derive", help="derive weak labels from dense ground truth (CamVid layout)")

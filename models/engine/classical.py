@@ -9,9 +9,9 @@ three candidates (small to large, like SAM's part / object / whole):
 - a box: the regions lying mostly (>= half their area) inside the box, clipped to the box;
 - mask_logits: the regions lying mostly inside the mask the logits describe.
 
-Scores come from region statistics: `iou` is the colour contrast between the mask and the ring
-around it, squashed to [0, 1); `stability` is the IoU of the candidate with its neighbouring
-scale(s). Low-res logits are +/-8 in SAM's 256x256 padded frame, so they can be fed back as
+Scores come from region statistics: `iou` is the colour contrast between the chosen regions and
+the regions touching them, squashed to [0, 1); `stability` is the IoU of the candidate with its
+neighbouring scale(s). Low-res logits are +/-8 in SAM's 256x256 padded frame, so they can be fed back as
 `Prompt.mask_logits` exactly like SAM's.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
+from scipy import sparse
 from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb
 
@@ -29,70 +29,102 @@ from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.lowres import low_res_to_mask, mask_to_low_res
 from models.engine.types import LOW_RES, ImageHandle, Predictions, Prompt
 
+RING_HOPS = 3
 DEFAULT_SCALES = (60, 200, 600)  # Felzenszwalb scale per level: larger -> larger regions
 
 
 @dataclass(frozen=True)
 class SuperpixelImage:
-    """Per-image state: labels per scale (3xHxW int32), areas and mean Lab colour per region."""
+    """Per-image state, per scale: labels (3xHxW int32), region areas, mean Lab colours, Lab spreads
+    and which regions touch."""
 
     labels: np.ndarray
     areas: list[np.ndarray]
     colors: list[np.ndarray]
-    lab: np.ndarray
+    spreads: list[np.ndarray]
+    adjacency: list[sparse.csr_matrix]
     original_size: tuple[int, int]
 
     @property
     def nbytes(self) -> int:
-        return (
-            self.labels.nbytes
-            + self.lab.nbytes
-            + sum(a.nbytes + c.nbytes for a, c in zip(self.areas, self.colors))
+        extra = sum(
+            a.nbytes + c.nbytes + d.nbytes + m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
+            for a, c, d, m in zip(self.areas, self.colors, self.spreads, self.adjacency)
         )
+        return self.labels.nbytes + extra
+
+
+def _region_adjacency(seg: np.ndarray, count: int) -> sparse.csr_matrix:
+    pairs = np.concatenate(
+        [
+            np.stack([seg[:, :-1].ravel(), seg[:, 1:].ravel()], 1),
+            np.stack([seg[:-1, :].ravel(), seg[1:, :].ravel()], 1),
+        ]
+    )
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    adj = sparse.coo_matrix(
+        (np.ones(len(pairs), np.float32), (pairs[:, 0], pairs[:, 1])), shape=(count, count)
+    )
+    adj = adj.tocsr()
+    return ((adj + adj.T) > 0).astype(np.float32).tocsr()
 
 
 def superpixels(
     image: np.ndarray, scales: tuple[int, ...] = DEFAULT_SCALES, sigma: float = 0.8
 ) -> SuperpixelImage:
-    """Felzenszwalb segmentation per scale (min region size scale/2); ids contiguous from 0."""
+    """Felzenszwalb segmentation per scale (min region size scale/2), ids contiguous from 0, with
+    per-region colour statistics and adjacency for scoring."""
     h, w = image.shape[:2]
-    lab = rgb2lab(image).astype(np.float32)
-    labels, areas, colors = [], [], []
+    lab = rgb2lab(image).astype(np.float64).reshape(-1, 3)
+    labels, areas, colors, spreads, adjacency = [], [], [], [], []
     for scale in scales:
         seg = felzenszwalb(image, scale=scale, sigma=sigma, min_size=max(1, scale // 2))
         seg = np.unique(seg, return_inverse=True)[1].reshape(h, w).astype(np.int32)
         count = int(seg.max()) + 1
-        area = np.bincount(seg.ravel(), minlength=count).astype(np.float64)
-        color = (
-            np.stack(
-                [np.bincount(seg.ravel(), weights=lab[..., k].ravel(), minlength=count) for k in range(3)],
-                axis=1,
-            )
-            / np.maximum(area, 1)[:, None]
-        )
+        flat = seg.ravel()
+        area = np.bincount(flat, minlength=count).astype(np.float64)
+        sums = np.stack([np.bincount(flat, weights=lab[:, k], minlength=count) for k in range(3)], 1)
+        squares = np.stack([np.bincount(flat, weights=lab[:, k] ** 2, minlength=count) for k in range(3)], 1)
+        mean = sums / np.maximum(area, 1)[:, None]
+        var = np.maximum(squares / np.maximum(area, 1)[:, None] - mean**2, 0)
         labels.append(seg)
         areas.append(area)
-        colors.append(color.astype(np.float32))
-    return SuperpixelImage(np.stack(labels), areas, colors, lab, (h, w))
+        colors.append(mean.astype(np.float32))
+        spreads.append(np.sqrt(var).mean(1).astype(np.float32))
+        adjacency.append(_region_adjacency(seg, count))
+    return SuperpixelImage(np.stack(labels), areas, colors, spreads, adjacency, (h, w))
 
 
-def contrast_score(mask: np.ndarray, lab: np.ndarray, ring: int = 5) -> float:
-    """Mean-colour distance between a mask and the ring around it over their spread, in [0, 1)."""
-    if not mask.any() or mask.all():
+def region_contrast(
+    chosen: np.ndarray,
+    areas: np.ndarray,
+    colors: np.ndarray,
+    spreads: np.ndarray,
+    adjacency: sparse.csr_matrix,
+) -> float:
+    """Colour contrast between a set of regions and the regions around it (area-weighted), in [0, 1).
+
+    |mean Lab inside - mean Lab of the touching ring| / (spread inside + spread of the ring),
+    squashed by x / (1 + x); all from per-region statistics, so it costs O(regions).
+    """
+    if not chosen.any() or chosen.all():
         return 0.0
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    window = (
-        slice(max(rows[0] - ring, 0), rows[-1] + ring + 1),
-        slice(max(cols[0] - ring, 0), cols[-1] + ring + 1),
-    )
-    mask, lab = mask[window], lab[window]
-    outer = ndi.binary_dilation(mask, iterations=ring) & ~mask
-    if not outer.any():
+    # Up to RING_HOPS hops: Felzenszwalb often gives an object's blurred edge one or two thin
+    # regions of its own, which alone would make the object look like its own surroundings.
+    near = chosen.copy()
+    for _ in range(RING_HOPS):
+        near |= adjacency @ near.astype(np.float32) > 0
+    ring = near & ~chosen
+    if not ring.any():
         return 0.0
-    inside, around = lab[mask], lab[outer]
-    gap = float(np.linalg.norm(inside.mean(0) - around.mean(0)))
-    spread = float(inside.std(0).mean() + around.std(0).mean()) + 1e-6
-    ratio = gap / spread
+
+    def pooled(sel: np.ndarray) -> tuple[np.ndarray, float]:
+        weights = areas[sel] / areas[sel].sum()
+        return weights @ colors[sel], float(weights @ spreads[sel])
+
+    inside, inside_spread = pooled(chosen)
+    around, around_spread = pooled(ring)
+    ratio = float(np.linalg.norm(inside - around)) / (inside_spread + around_spread + 1e-6)
     return ratio / (1.0 + ratio)
 
 
@@ -134,7 +166,8 @@ class ClassicalPrior(CachedSegmenter):
     # -- candidate construction --------------------------------------------------------------
     def _candidate(
         self, sp: SuperpixelImage, scale: int, prompt: Prompt, guide: np.ndarray | None
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(HxW mask, chosen regions) at one scale."""
         labels = sp.labels[scale]
         count = len(sp.areas[scale])
         chosen = np.zeros(count, dtype=bool)
@@ -161,7 +194,7 @@ class ClassicalPrior(CachedSegmenter):
             clipped = np.zeros_like(mask)
             clipped[box_clip] = mask[box_clip]
             mask = clipped
-        return mask
+        return mask, chosen
 
     def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
         sp: SuperpixelImage = handle.payload
@@ -173,10 +206,21 @@ class ClassicalPrior(CachedSegmenter):
         low_res = np.zeros((n, c, LOW_RES, LOW_RES), dtype=np.float32)
         for i, prompt in enumerate(prompts):
             guide = None if prompt.mask_logits is None else low_res_to_mask(prompt.mask_logits, (h, w))
-            cands = [self._candidate(sp, s, prompt, guide) for s in range(3)]
-            scores = np.array([contrast_score(m, sp.lab) for m in cands], dtype=np.float32)
+            built = [self._candidate(sp, s, prompt, guide) for s in range(3)]
+            cands = [m for m, _ in built]
+            scores = np.array(
+                [
+                    region_contrast(chosen, sp.areas[s], sp.colors[s], sp.spreads[s], sp.adjacency[s])
+                    for s, (_, chosen) in enumerate(built)
+                ],
+                dtype=np.float32,
+            )
+            thumbs = [m[::4, ::4] for m in cands]  # stability on a 1/4 grid: plenty for an IoU
             stab = np.array(
-                [np.mean([_iou(cands[s], cands[t]) for t in (s - 1, s + 1) if 0 <= t < 3]) for s in range(3)],
+                [
+                    np.mean([_iou(thumbs[s], thumbs[t]) for t in (s - 1, s + 1) if 0 <= t < 3])
+                    for s in range(3)
+                ],
                 dtype=np.float32,
             )
             order = range(3) if multimask else [int(np.argmax(scores + stab))]

@@ -7,7 +7,8 @@ padded at the bottom/right. These helpers let a plain mask be used as a `Prompt(
 from __future__ import annotations
 
 import numpy as np
-from skimage.transform import resize
+import torch
+import torch.nn.functional as F
 
 from models.engine.types import LOW_RES
 
@@ -24,7 +25,8 @@ def low_res_shape(size: tuple[int, int]) -> tuple[int, int]:
 def mask_to_low_res(mask: np.ndarray, value: float = MASK_LOGIT) -> np.ndarray:
     """HxW bool -> 1x256x256 float32 logits (+value inside, -value outside and in the padding)."""
     ch, cw = low_res_shape(mask.shape)
-    small = resize(mask.astype(np.float32), (ch, cw), order=1, mode="edge", anti_aliasing=True)
+    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    small = F.interpolate(t, size=(ch, cw), mode="area")[0, 0].numpy()
     out = np.full((1, LOW_RES, LOW_RES), -value, dtype=np.float32)
     out[0, :ch, :cw] = np.where(small >= 0.5, value, -value)
     return out
@@ -33,5 +35,5 @@ def mask_to_low_res(mask: np.ndarray, value: float = MASK_LOGIT) -> np.ndarray:
 def low_res_to_mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """256x256 (or 1x256x256) logits -> HxW bool mask of an image of `size` (H, W)."""
     ch, cw = low_res_shape(size)
-    crop = np.asarray(logits, dtype=np.float32).reshape(LOW_RES, LOW_RES)[:ch, :cw]
-    return resize(crop, size, order=1, mode="edge", anti_aliasing=False) > 0
+    crop = torch.from_numpy(np.asarray(logits, dtype=np.float32).reshape(LOW_RES, LOW_RES)[:ch, :cw].copy())
+    return F.interpolate(crop[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy() > 0

@@ -1,0 +1,68 @@
+"""Losses and the EMA teacher update. Pure torch; no I/O."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+UNLABELED = 255
+
+
+def partial_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over labelled pixels only (255 ignored); 0 when none is labelled."""
+    if not (target != UNLABELED).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=UNLABELED)
+
+
+def pseudo_labels(teacher_probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """BxCxHxW probabilities -> BxHxW labels where max prob >= threshold, else 255."""
+    conf, cls = teacher_probs.max(1)
+    return torch.where(conf >= threshold, cls, torch.full_like(cls, UNLABELED))
+
+
+def sesam_targets(
+    weak: torch.Tensor, sam: torch.Tensor | None, pseudo: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split pixels by precedence weak > SAM > pseudo: each target holds its labels only where no
+    higher-precedence label exists (255 elsewhere)."""
+    taken = weak != UNLABELED
+    if sam is not None:
+        sam = torch.where(taken, torch.full_like(sam, UNLABELED), sam)
+        taken = taken | (sam != UNLABELED)
+    else:
+        sam = torch.full_like(weak, UNLABELED)
+    if pseudo is not None:
+        pseudo = torch.where(taken, torch.full_like(pseudo, UNLABELED), pseudo)
+    else:
+        pseudo = torch.full_like(weak, UNLABELED)
+    return weak, sam, pseudo
+
+
+def sesam_loss(
+    logits: torch.Tensor,
+    weak: torch.Tensor,
+    sam: torch.Tensor | None,
+    pseudo: torch.Tensor | None,
+    w_sam: float = 1.0,
+    w_pseudo: float = 0.01,
+) -> dict[str, torch.Tensor]:
+    """L = L_weak + w_sam * L_SAM + w_pseudo * L_pseudo, each on its own pixels (precedence weak > SAM > pseudo)."""
+    weak_t, sam_t, pseudo_t = sesam_targets(weak, sam, pseudo)
+    terms = {
+        "weak": partial_ce(logits, weak_t),
+        "sam": partial_ce(logits, sam_t),
+        "pseudo": partial_ce(logits, pseudo_t),
+    }
+    terms["total"] = terms["weak"] + w_sam * terms["sam"] + w_pseudo * terms["pseudo"]
+    return terms
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
+    """teacher <- alpha * teacher + (1 - alpha) * student (parameters); buffers copied."""
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.mul_(alpha).add_(s.detach(), alpha=1 - alpha)
+    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+        t.copy_(s)
