@@ -141,9 +141,12 @@ def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def weights_digest(model: nn.Module) -> str:
+def weights_digest(model: nn.Module, parameters_only: bool = False) -> str:
+    """sha256 of the state dict (or of the parameters alone: DDP keeps those identical across ranks,
+    while BatchNorm running statistics stay per rank)."""
     digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
+    items = model.named_parameters() if parameters_only else model.state_dict().items()
+    for key, value in sorted(items):
         digest.update(key.encode())
         digest.update(value.detach().cpu().numpy().tobytes())
     return digest.hexdigest()
@@ -218,13 +221,13 @@ class Trainer:
             return
         self.engine = build_engine(EngineConfig.from_mapping(c.engine, source="engine settings"))
         ds = self.train_ds
+        with self._progress("embed train images") as progress:
+            task = progress.add_task("embed", total=len(ds), info=self.engine.name)
+            for i in range(0, len(ds), 4):
+                self.engine.embed(ds.images[i : i + 4])
+                progress.advance(task, len(ds.images[i : i + 4]))
         if c.mode == "sesam":
             self.labeler = SeSAMLabeler(self.engine, SeSAMOptions(**c.sesam))
-            with self._progress("embed train images") as progress:
-                task = progress.add_task("embed", total=len(ds), info=self.engine.name)
-                for i in range(0, len(ds), 4):
-                    self.engine.embed(ds.images[i : i + 4])
-                    progress.advance(task, len(ds.images[i : i + 4]))
             return
         cache = self.out / "naive_labels"
         labeler = NaiveLabeler(self.engine)
@@ -236,7 +239,8 @@ class Trainer:
                 if path.exists():
                     labels.append(read_label_png(path))
                 else:
-                    labels.append(labeler.refine(ds.images[i], ds.weak[i]).labels)
+                    handle = self.engine.embed([ds.images[i]])[0]  # cached above
+                    labels.append(labeler.refine(handle, ds.weak[i]).labels)
                     if self.rank == 0:
                         save_png(labels[-1], path)
                 progress.advance(task)
@@ -254,11 +258,11 @@ class Trainer:
 
     def _refresh_sam(self, batch, probs: torch.Tensor) -> None:
         """SeSAM labels for the batch's images in original coordinates, from the cached embeddings."""
+        confident = pseudo_labels(probs, self.cfg.theta2).to(torch.uint8).numpy()  # view space
         for j, idx in enumerate(batch.indices):
-            view = batch.views[j]
-            probs_original = view.probs_to_original(probs[j]).numpy()
+            extension = batch.views[j].labels_to_original(confident[j])  # 255 outside the view
             handle = self.engine.embed([self.train_ds.images[idx]])[0]  # a cache hit, never an encoder call
-            result = self.labeler.refine(handle, self.train_ds.weak[idx], teacher_probs=probs_original)
+            result = self.labeler.refine(handle, self.train_ds.weak[idx], extension=extension)
             self.sam_labels[idx] = result.labels
 
     def _sam_targets(self, batch) -> torch.Tensor:
@@ -453,6 +457,7 @@ class Trainer:
             "seconds_per_iter": float(np.mean(seconds)) if seconds else None,
             "val_miou": final.get("miou"),
             "weights_sha256": weights_digest(self.student),
+            "parameters_sha256": weights_digest(self.student, parameters_only=True),
             "encoder_calls": self.engine.stats.encoder_calls if self.engine is not None else None,
             "images": len(self.train_ds),
         }

@@ -26,7 +26,7 @@ from skimage.segmentation import felzenszwalb
 
 from models.engine.base import CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
-from models.engine.lowres import low_res_to_mask, mask_to_low_res
+from models.engine.lowres import MASK_LOGIT, low_res_shape, low_res_to_mask
 from models.engine.types import LOW_RES, ImageHandle, Predictions, Prompt
 
 RING_HOPS = 3
@@ -43,6 +43,7 @@ class SuperpixelImage:
     colors: list[np.ndarray]
     spreads: list[np.ndarray]
     adjacency: list[sparse.csr_matrix]
+    low_res: np.ndarray  # 3xLxL int32 region ids at SAM's low-res grid (-1 in the padding)
     original_size: tuple[int, int]
 
     @property
@@ -51,7 +52,7 @@ class SuperpixelImage:
             a.nbytes + c.nbytes + d.nbytes + m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
             for a, c, d, m in zip(self.areas, self.colors, self.spreads, self.adjacency)
         )
-        return self.labels.nbytes + extra
+        return self.labels.nbytes + self.low_res.nbytes + extra
 
 
 def _region_adjacency(seg: np.ndarray, count: int) -> sparse.csr_matrix:
@@ -92,7 +93,19 @@ def superpixels(
         colors.append(mean.astype(np.float32))
         spreads.append(np.sqrt(var).mean(1).astype(np.float32))
         adjacency.append(_region_adjacency(seg, count))
-    return SuperpixelImage(np.stack(labels), areas, colors, spreads, adjacency, (h, w))
+    stacked = np.stack(labels)
+    return SuperpixelImage(stacked, areas, colors, spreads, adjacency, low_res_ids(stacked), (h, w))
+
+
+def low_res_ids(labels: np.ndarray) -> np.ndarray:
+    """Region ids sampled at the centres of SAM's 256x256 low-res cells (-1 in the padding)."""
+    _, h, w = labels.shape
+    ch, cw = low_res_shape((h, w))
+    rows = np.minimum(((np.arange(ch) + 0.5) * h / ch).astype(int), h - 1)
+    cols = np.minimum(((np.arange(cw) + 0.5) * w / cw).astype(int), w - 1)
+    out = np.full((labels.shape[0], LOW_RES, LOW_RES), -1, dtype=np.int32)
+    out[:, :ch, :cw] = labels[:, rows][:, :, cols]
+    return out
 
 
 def region_contrast(
@@ -196,6 +209,24 @@ class ClassicalPrior(CachedSegmenter):
             mask = clipped
         return mask, chosen
 
+    @staticmethod
+    def _low_res_logits(sp: SuperpixelImage, scale: int, chosen: np.ndarray, prompt: Prompt) -> np.ndarray:
+        """256x256 logits of a candidate from the precomputed low-res region ids (box-clipped)."""
+        ids = sp.low_res[scale]
+        inside = np.zeros(ids.shape, dtype=bool)
+        valid = ids >= 0
+        inside[valid] = chosen[ids[valid]]
+        if prompt.box is not None:
+            h, w = sp.original_size
+            ch, cw = low_res_shape((h, w))
+            x0, y0, x1, y1 = prompt.box
+            keep = np.zeros_like(inside)
+            r0, r1 = int(np.floor(y0 * ch / h)), int(np.ceil(y1 * ch / h))
+            c0, c1 = int(np.floor(x0 * cw / w)), int(np.ceil(x1 * cw / w))
+            keep[r0:r1, c0:c1] = True
+            inside &= keep
+        return np.where(inside, MASK_LOGIT, -MASK_LOGIT).astype(np.float32)
+
     def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
         sp: SuperpixelImage = handle.payload
         h, w = sp.original_size
@@ -228,7 +259,7 @@ class ClassicalPrior(CachedSegmenter):
                 masks[i, j] = cands[s]
                 iou[i, j] = scores[s]
                 stability[i, j] = stab[s]
-                low_res[i, j] = mask_to_low_res(cands[s])[0]
+                low_res[i, j] = self._low_res_logits(sp, s, built[s][1], prompt)
         self.stats.decoder_calls += 1
         self.stats.prompts_decoded += n
         return Predictions(masks, iou, stability, low_res)

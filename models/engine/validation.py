@@ -75,7 +75,7 @@ def read_image(
                 arr = np.asarray(img).astype(np.float64)
                 arr = arr / max(float(arr.max()), 1.0) if img.mode == "I" else arr / 65535.0
                 return as_rgb_uint8(np.clip(arr, 0, 1), label)
-            return as_rgb_uint8(np.asarray(img.convert("RGB")), label)
+            return as_rgb_uint8(np.array(img.convert("RGB")), label)
     except FileNotFoundError as exc:
         raise ValueError(f"{label}: no such file") from exc
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:

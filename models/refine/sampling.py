@@ -34,8 +34,17 @@ def grid_shape(s1: int, s2: int, k: int) -> tuple[int, int]:
 
 
 def distance_to_background(component: np.ndarray) -> np.ndarray:
-    """Euclidean distance to the nearest background pixel; the image border counts as background."""
-    return ndi.distance_transform_edt(np.pad(component, 1))[1:-1, 1:-1]
+    """Euclidean distance to the nearest background pixel; the image border counts as background.
+
+    Computed on the component's bounding box (plus a background margin), which gives the same
+    distances as the full image at a fraction of the cost."""
+    out = np.zeros(component.shape, dtype=np.float64)
+    if not component.any():
+        return out
+    r0, r1, c0, c1 = _bbox(component)
+    window = np.pad(component[r0:r1, c0:c1], 1)
+    out[r0:r1, c0:c1] = ndi.distance_transform_edt(window)[1:-1, 1:-1]
+    return out
 
 
 def distance_probability(component: np.ndarray) -> np.ndarray:

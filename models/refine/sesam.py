@@ -17,6 +17,9 @@ engine in one `predict` (one decoder call per prompt layout).
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,15 +76,47 @@ class SeSAMOptions:
                 raise ValueError(f"sesam options: {message}")
 
 
+def weak_fingerprint(weak: WeakLabels) -> str:
+    """A content hash of weak labels (JSON kinds and the coarse mask)."""
+    digest = hashlib.sha256(json.dumps(weak.to_json(), sort_keys=True).encode())
+    if weak.coarse is not None:
+        digest.update(weak.coarse.tobytes())
+    return digest.hexdigest()
+
+
 class SeSAMLabeler:
     """Weak labels of one image -> SeSAM labels, driven by any PromptableSegmenter."""
 
     name = "sesam"
 
-    def __init__(self, engine: PromptableSegmenter, options: SeSAMOptions | None = None) -> None:
+    def __init__(
+        self, engine: PromptableSegmenter, options: SeSAMOptions | None = None, initial_cache_size: int = 1024
+    ) -> None:
         self.engine = engine
         self.options = options or SeSAMOptions()
         self.options.validate()
+        # Step 1 depends only on the image and its weak labels, not on a teacher: during training
+        # it is computed once per image and reused at every SAM refresh (bit-packed masks).
+        self._initial_cache: OrderedDict[tuple[str, str], dict[int, np.ndarray]] = OrderedDict()
+        self._initial_cache_size = initial_cache_size
+
+    def _cached_initial_masks(
+        self, handle: ImageHandle, weak: WeakLabels, result: RefineResult
+    ) -> dict[int, np.ndarray]:
+        key = (handle.key, weak_fingerprint(weak))
+        packed = self._initial_cache.get(key)
+        if packed is not None:
+            self._initial_cache.move_to_end(key)
+            n = weak.height * weak.width
+            return {
+                c: np.unpackbits(bits, count=n).view(bool).reshape(weak.size) for c, bits in packed.items()
+            }
+        masks = self.initial_masks(handle, weak, result)
+        if self._initial_cache_size > 0:
+            self._initial_cache[key] = {c: np.packbits(m) for c, m in masks.items()}
+            while len(self._initial_cache) > self._initial_cache_size:
+                self._initial_cache.popitem(last=False)
+        return masks
 
     def initial_masks(
         self, handle: ImageHandle, weak: WeakLabels, result: RefineResult
@@ -112,15 +147,21 @@ class SeSAMLabeler:
         return masks
 
     @staticmethod
-    def extend(
-        masks: dict[int, np.ndarray], teacher_probs: np.ndarray, weak_map: np.ndarray, theta2: float
-    ) -> dict[int, np.ndarray]:
-        """Refined mask sampling: add unlabeled pixels the teacher gives class c with prob >= theta2."""
+    def confident_labels(teacher_probs: np.ndarray, theta2: float) -> np.ndarray:
+        """CxHxW probabilities -> HxW class map where max prob >= theta2, 255 elsewhere."""
         conf, cls = teacher_probs.max(0), teacher_probs.argmax(0)
-        free = (weak_map == 255) & (conf >= theta2)
+        return np.where(conf >= theta2, cls, 255).astype(np.uint8)
+
+    @staticmethod
+    def extend(
+        masks: dict[int, np.ndarray], extension: np.ndarray, weak_map: np.ndarray
+    ) -> dict[int, np.ndarray]:
+        """Refined mask sampling: add the unlabeled pixels a teacher labels confidently (HxW map,
+        255 = not confident) to the class masks."""
+        free = (weak_map == 255) & (extension != 255)
         out = {c: m.copy() for c, m in masks.items()}
-        for c in np.unique(cls[free]):
-            extra = free & (cls == c)
+        for c in np.unique(extension[free]):
+            extra = free & (extension == c)
             out[int(c)] = out[int(c)] | extra if int(c) in out else extra
         return out
 
@@ -150,9 +191,12 @@ class SeSAMLabeler:
         weak: WeakLabels,
         teacher_probs: np.ndarray | None = None,
         confidence: np.ndarray | None = None,
+        extension: np.ndarray | None = None,
     ) -> RefineResult:
-        """SeSAM labels for one image. teacher_probs: CxHxW class probabilities (optional extension);
-        confidence: HxW map for the 'confidence' sampler (defaults to the teacher's max probability)."""
+        """SeSAM labels for one image. Optional training inputs: teacher_probs (CxHxW) or directly
+        `extension`, the teacher's confident labels (HxW, 255 = none; see `confident_labels`), which
+        extend the weak masks before sampling; confidence: HxW map for the 'confidence' sampler
+        (defaults to the teacher's max probability)."""
         o = self.options
         handle = ensure_handle(self.engine, image)
         if handle.original_size != weak.size:
@@ -163,11 +207,13 @@ class SeSAMLabeler:
         rng = np.random.default_rng(o.seed)
         result = RefineResult(labels=np.empty(0))
         weak_map = weak.sparse_map()
-        masks = self.initial_masks(handle, weak, result)
+        masks = self._cached_initial_masks(handle, weak, result)
         if teacher_probs is not None:
-            masks = self.extend(masks, teacher_probs, weak_map, o.theta2)
+            extension = self.confident_labels(teacher_probs, o.theta2) if extension is None else extension
             if confidence is None:
                 confidence = teacher_probs.max(0)
+        if extension is not None:
+            masks = self.extend(masks, extension, weak_map)
 
         components: list[tuple[int, np.ndarray]] = []
         for c, mask in sorted(masks.items()):

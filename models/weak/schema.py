@@ -156,7 +156,14 @@ class WeakLabels:
             rr, cc = line(y0, x0, y1, x1)
             centre[rr, cc] = True
         radius = int(scribble.width) // 2
-        return ndi.binary_dilation(centre, structure=morphology.disk(radius)) if radius else centre
+        if not radius:
+            return centre
+        rows, cols = np.flatnonzero(centre.any(1)), np.flatnonzero(centre.any(0))
+        r0, r1 = max(rows[0] - radius, 0), min(rows[-1] + radius + 1, self.height)
+        c0, c1 = max(cols[0] - radius, 0), min(cols[-1] + radius + 1, self.width)
+        mask = np.zeros(self.size, dtype=bool)
+        mask[r0:r1, c0:c1] = ndi.binary_dilation(centre[r0:r1, c0:c1], structure=morphology.disk(radius))
+        return mask
 
     def sparse_map(self) -> np.ndarray:
         """HxW uint8 of the pixels the weak labels name directly (points, scribbles, coarse); 255 elsewhere.

@@ -1,0 +1,267 @@
+"""Training: losses, EMA, view geometry, every mode on tiny data, resume equality, students, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+
+from models.students import build_student, load_student, predict_logits, save_student, student_registry
+from models.weak import save_weak_labels
+from tests.conftest import REPO
+from training.augment import View, random_view
+from training.data import WeakDataset
+from training.losses import ema_update, sesam_loss, sesam_targets
+from training.protocols import derive
+from training.trainer import MODES, TrainConfig, Trainer
+
+U = 255
+
+
+# -- losses and EMA ------------------------------------------------------------------------------
+def test_loss_precedence_on_a_hand_made_batch() -> None:
+    weak = torch.tensor([[[0, U, U, U]]])
+    sam = torch.tensor([[[1, 1, U, U]]])
+    pseudo = torch.tensor([[[2, 2, 2, U]]])
+    w, s, p = sesam_targets(weak, sam, pseudo)
+    assert w.tolist() == [[[0, U, U, U]]]
+    assert s.tolist() == [[[U, 1, U, U]]]  # weak wins over SAM at pixel 0
+    assert p.tolist() == [[[U, U, 2, U]]]  # SAM and weak win over pseudo
+    logits = torch.randn(1, 3, 1, 4)
+    terms = sesam_loss(logits, weak, sam, pseudo, w_sam=1.0, w_pseudo=0.01)
+    ce = F.cross_entropy(logits, torch.tensor([[[0, 1, 2, 0]]]), reduction="none")[0, 0]
+    assert terms["weak"].item() == pytest.approx(ce[0].item(), rel=1e-6)
+    assert terms["sam"].item() == pytest.approx(ce[1].item(), rel=1e-6)
+    assert terms["pseudo"].item() == pytest.approx(ce[2].item(), rel=1e-6)
+    assert terms["total"].item() == pytest.approx((ce[0] + ce[1] + 0.01 * ce[2]).item(), rel=1e-6)
+
+
+def test_empty_terms_are_zero() -> None:
+    terms = sesam_loss(torch.randn(1, 3, 2, 2), torch.full((1, 2, 2), U), None, None)
+    assert terms["total"].item() == 0.0
+
+
+def test_ema_update() -> None:
+    torch.manual_seed(0)
+    student, teacher = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        student.weight.fill_(1.0)
+        teacher.weight.fill_(0.0)
+        student.running_mean.fill_(5.0)
+    ema_update(teacher, student, alpha=0.999)
+    assert torch.allclose(teacher.weight, torch.full((3,), 0.001))
+    assert torch.equal(teacher.running_mean, student.running_mean)
+
+
+# -- geometry ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(12))
+def test_points_round_trip(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    view = random_view((360, 480), (160, 224), rng, base_scale=0.5)
+    pts = np.column_stack([rng.uniform(0, 480, 50), rng.uniform(0, 360, 50)])
+    back = view.points_to_original(view.points_to_view(pts))
+    assert np.abs(back - pts).max() < 1e-6
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("scale", [0.5, 0.8, 1.3])
+def test_masks_and_points_agree_through_views(flip: bool, scale: float) -> None:
+    h, w = 120, 160
+    labels = np.full((h, w), 0, np.uint8)
+    labels[30:70, 20:90] = 1
+    labels[80:110, 100:150] = 2
+    view = View((h, w), flip, scale, 7, 11, (64, 96))
+    in_view = view.labels_to_view(labels)
+    back = view.labels_to_original(in_view)
+    covered = back != U
+    assert covered.mean() > 0.15  # a 64x96 view at scale 1.3 covers ~19% of 120x160
+    # Round trip: equal wherever the view reached, except within 1 px (after scaling) of a class edge.
+    edge = np.zeros_like(covered)
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    from scipy.ndimage import binary_dilation
+
+    near_edge = binary_dilation(edge, iterations=int(np.ceil(1 / scale)) + 1)
+    assert (back[covered & ~near_edge] == labels[covered & ~near_edge]).all()
+    # A point and the mask it lies in stay together in the view (within 1 px).
+    for x, y in [(50.5, 45.5), (120.5, 95.5)]:
+        vx, vy = view.points_to_view(np.array([[x, y]]))[0]
+        if 1 <= vx < 95 and 1 <= vy < 63:
+            window = in_view[int(vy) - 1 : int(vy) + 2, int(vx) - 1 : int(vx) + 2]
+            assert labels[int(y), int(x)] in window
+
+
+def test_image_view_matches_label_view() -> None:
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[30:70, 20:90] = 255
+    labels = (image[..., 0] > 0).astype(np.uint8)
+    view = View((120, 160), True, 0.75, 5, 3, (64, 96))
+    bright = view.image_to_view(image)[..., 0] > 127
+    assert (bright == (view.labels_to_view(labels) == 1)).mean() > 0.97
+
+
+# -- students ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(student_registry))
+def test_every_student_builds_and_predicts_any_size(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_student(name, 5).eval()
+    images = torch.randint(0, 255, (1, 3, 50, 70), dtype=torch.uint8)
+    assert predict_logits(model, images).shape == (1, 5, 50, 70)
+
+
+def test_student_checkpoint_round_trip(tmp_path) -> None:
+    model = build_student("fpn-mobilenetv2", 4)
+    save_student(tmp_path / "s.pt", model, "fpn-mobilenetv2", 4, extra={"val_miou": 0.5})
+    loaded, meta = load_student(tmp_path / "s.pt")
+    assert meta["val_miou"] == 0.5 and meta["name"] == "fpn-mobilenetv2"
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    (tmp_path / "bad.pt").write_text("no")
+    with pytest.raises(ValueError, match=r"bad\.pt: cannot read the student checkpoint"):
+        load_student(tmp_path / "bad.pt")
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a student checkpoint"):
+        load_student(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="unknown student"):
+        build_student("resnet9000", 3)
+
+
+# -- training runs on tiny data ------------------------------------------------------------------
+def tiny_dataset(n: int = 6, seed: int = 0) -> WeakDataset:
+    rng = np.random.default_rng(seed)
+    images, weak, gts, stems = [], [], [], []
+    for i in range(n):
+        gt = np.zeros((64, 96), np.uint8)
+        r, c = rng.integers(5, 30), rng.integers(5, 50)
+        gt[r : r + 25, c : c + 35] = 1
+        gt[50:, :] = 2
+        image = np.stack([gt * 90 + 20, 200 - gt * 60, np.full_like(gt, 80)], -1).astype(np.uint8)
+        image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+        images.append(image)
+        gts.append(gt)
+        weak.append(derive("scribbles", gt, None, seed, str(i)))
+        stems.append(f"img{i}")
+    return WeakDataset(stems, images, weak, gts, ignore_index=None)
+
+
+def tiny_config(tmp_path: Path, mode: str, **kw) -> TrainConfig:
+    values = dict(
+        mode=mode,
+        train_images="unused",
+        train_weak="unused",
+        num_classes=3,
+        iterations=3,
+        batch_size=2,
+        crop=(64, 96),
+        base_scale=1.0,
+        out_dir=str(tmp_path / mode),
+        quiet=True,
+        eval_every=2,
+        checkpoint_every=1,
+        log_every=1,
+        lr=1e-3,
+        sam_every=2,
+    )
+    values.update(kw)
+    return TrainConfig.from_mapping(values)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_three_iterations_of_every_mode(tmp_path, mode: str) -> None:
+    ds = tiny_dataset()
+    trainer = Trainer(tiny_config(tmp_path, mode), train_ds=ds, val_ds=tiny_dataset(3, seed=1))
+    summary = trainer.train()
+    out = tmp_path / mode
+    assert summary["iterations"] == 3 and summary["val_miou"] is not None
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("iteration") and len(rows) == 4
+    _model, meta = load_student(out / "student.pt")
+    assert meta["mode"] == mode
+    if mode in ("sesam", "naive-sam"):
+        # every image embedded once up front (in batches of 4), never again
+        assert trainer.engine.stats.images_encoded == len(ds)
+        assert trainer.engine.stats.encoder_calls == -(-len(ds) // 4)
+    if mode == "sesam":
+        assert trainer.sam_labels  # SAM labels were produced in the loop
+
+
+@pytest.mark.parametrize("mode", ["fixmatch", "sesam"])
+def test_resume_equals_uninterrupted(tmp_path, mode: str) -> None:
+    ds = tiny_dataset()
+    straight = Trainer(tiny_config(tmp_path / "a", mode, iterations=4), train_ds=ds, val_ds=None).train()
+    Trainer(tiny_config(tmp_path / "b", mode, iterations=2), train_ds=ds, val_ds=None).train()
+    resumed = Trainer(tiny_config(tmp_path / "b", mode, iterations=4), train_ds=ds, val_ds=None)
+    summary = resumed.train()
+    assert resumed.iteration == 3
+    assert summary["weights_sha256"] == straight["weights_sha256"]
+
+
+def test_config_errors(tmp_path) -> None:
+    with pytest.raises(ValueError, match="mode 'semi' unknown"):
+        tiny_config(tmp_path, "semi")
+    with pytest.raises(ValueError, match="must be multiples of 32"):
+        tiny_config(tmp_path, "weak", crop=(60, 96))
+    with pytest.raises(ValueError, match=r"unknown training settings \['colour'\]"):
+        TrainConfig.from_mapping({"colour": 1})
+    path = tmp_path / "c.yaml"
+    path.write_text("mode: weak\ncamvid_root: x\n")
+    with pytest.raises(ValueError, match="expected key=value"):
+        TrainConfig.from_yaml(path, ["iterations"])
+    assert TrainConfig.from_yaml(path, ["iterations=7"]).iterations == 7
+
+
+def test_two_process_ddp(tmp_path) -> None:
+    ds = tiny_dataset(8)
+    images, weak = tmp_path / "images", tmp_path / "weak"
+    images.mkdir()
+    for stem, image, labels in zip(ds.stems, ds.images, ds.weak, strict=True):
+        Image.fromarray(image).save(images / f"{stem}.png")
+        save_weak_labels(labels, weak, stem)
+    config = tmp_path / "ddp.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "mode": "sesam",
+                "train_images": str(images),
+                "train_weak": str(weak),
+                "num_classes": 3,
+                "iterations": 3,
+                "batch_size": 4,
+                "crop": [64, 96],
+                "base_scale": 1.0,
+                "sam_every": 1,
+                "out_dir": str(tmp_path / "out"),
+                "quiet": True,
+                "checkpoint_every": 1,
+                "ignore_index": None,
+            }
+        )
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", BENTOML_DO_NOT_TRACK="true")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sesam.cli",
+        "train",
+        "--config",
+        str(config),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]  # DDP kept the replicas identical
+    assert (tmp_path / "out" / "student.pt").exists()
