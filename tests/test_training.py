@@ -265,3 +265,24 @@ def test_two_process_ddp(tmp_path) -> None:
     ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]  # DDP kept the replicas identical
     assert (tmp_path / "out" / "student.pt").exists()
+
+
+def test_tensorboard_scalars_when_available(tmp_path, monkeypatch) -> None:
+    import types
+
+    written: list[tuple[str, float, int]] = []
+
+    class RecordingWriter:
+        def __init__(self, logdir: str) -> None:
+            self.logdir = logdir
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            written.append((tag, value, step))
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = RecordingWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    Trainer(tiny_config(tmp_path, "weak", iterations=2), train_ds=tiny_dataset(), val_ds=None).train()
+    totals = [(step, value) for tag, value, step in written if tag == "total"]
+    assert [step for step, _ in totals] == [0, 1] and all(value > 0 for _, value in totals)
+    assert {tag for tag, _, _ in written} >= {"total", "seconds_per_iter", "lr"}

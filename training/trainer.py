@@ -185,6 +185,14 @@ class Trainer:
         self.labeler: SeSAMLabeler | None = None
         self.history: list[dict[str, Any]] = []
         self.best_miou = float("nan")
+        self._tensorboard = None
+        if self.rank == 0:
+            try:  # optional: scalars for TensorBoard when it is installed
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                pass
 
     # -- setup ---------------------------------------------------------------------------------
     def _load_train(self) -> WeakDataset:
@@ -402,6 +410,10 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        if self._tensorboard is not None:
+            for key, value in row.items():
+                if key != "iteration" and isinstance(value, float):
+                    self._tensorboard.add_scalar(key, value, row["iteration"])
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
