@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from rich.progress import track
@@ -82,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig.from_yaml(args.config, args.set)
     summary = Trainer(cfg).train()
-    if int(__import__("os").environ.get("RANK", 0)) == 0:
+    if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(summary, indent=1))
     return 0
 

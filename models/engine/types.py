@@ -57,10 +57,6 @@ class Predictions:
     def __len__(self) -> int:
         return int(self.masks.shape[0])
 
-    def select(self, index: np.ndarray) -> np.ndarray:
-        """Masks picked per prompt by candidate index (P ints) -> PxHxW bool."""
-        return self.masks[np.arange(len(self)), np.asarray(index)]
-
     @classmethod
     def concatenate(
         cls, parts: Sequence[Predictions], image_size: tuple[int, int], multimask: bool
