@@ -286,3 +286,17 @@ def test_tensorboard_scalars_when_available(tmp_path, monkeypatch) -> None:
     totals = [(step, value) for tag, value, step in written if tag == "total"]
     assert [step for step, _ in totals] == [0, 1] and all(value > 0 for _, value in totals)
     assert {tag for tag, _, _ in written} >= {"total", "seconds_per_iter", "lr"}
+
+
+def test_shipped_student_loads_and_segments_camvid(camvid_image) -> None:
+    from tests.conftest import CAMVID
+
+    model, meta = load_student(REPO / "models" / "weights" / "camvid_student.pt")
+    assert meta["num_classes"] == 11 and meta["mode"] == "sesam" and len(meta["class_names"]) == 11
+    stem = (CAMVID / "val.txt").read_text().split()[0]
+    gt = np.asarray(Image.open(CAMVID / "labels" / "val" / f"{stem}.png"))
+    small = torch.from_numpy(camvid_image[::2, ::2].copy()).permute(2, 0, 1)[None]
+    logits = F.interpolate(predict_logits(model, small), size=gt.shape, mode="bilinear", align_corners=False)
+    pred = logits.argmax(1)[0].numpy()
+    valid = gt != 11
+    assert (pred[valid] == gt[valid]).mean() > 0.5  # chance is ~0.09 for 11 classes
