@@ -194,6 +194,16 @@ def test_three_iterations_of_every_mode(tmp_path, mode: str) -> None:
         assert trainer.sam_labels  # SAM labels were produced in the loop
 
 
+@pytest.mark.parametrize("view", ["weak", "both"])
+def test_student_views(tmp_path, view: str) -> None:
+    summary = Trainer(
+        tiny_config(tmp_path, "sesam", student_view=view), train_ds=tiny_dataset(), val_ds=None
+    ).train()
+    assert summary["iterations"] == 3
+    with pytest.raises(ValueError, match="student_view 'side' unknown"):
+        tiny_config(tmp_path, "sesam", student_view="side")
+
+
 @pytest.mark.parametrize("mode", ["fixmatch", "sesam"])
 def test_resume_equals_uninterrupted(tmp_path, mode: str) -> None:
     ds = tiny_dataset()

@@ -48,7 +48,7 @@ from models.students import build_student, normalize, pad_to_multiple, save_stud
 from models.weak import atomic_write, read_label_png, save_png
 from training.augment import center_view
 from training.data import WeakDataset, batch_indices, make_batch
-from training.losses import UNLABELED, ema_update, partial_ce, pseudo_labels, sesam_loss
+from training.losses import UNLABELED, ema_update, partial_ce, pseudo_labels, sesam_loss, sesam_targets
 from training.metrics import ConfusionMatrix
 
 MODES = ("supervised", "weak", "fixmatch", "naive-sam", "sesam")
@@ -86,6 +86,9 @@ class TrainConfig:
     w_sam: float = 1.0
     w_pseudo: float = 0.01
     fixmatch_w_pseudo: float = 1.0
+    # which view the student learns from in fixmatch / sesam: "strong" (one forward), "weak", or
+    # "both" (FixMatch proper: weak and SAM losses on the weak view, pseudo-labels on the strong view)
+    student_view: str = "strong"
     sesam: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] = field(
         default_factory=lambda: {"backend": "classical", "cache_bytes": 4 * 1024**3}
@@ -107,6 +110,8 @@ class TrainConfig:
             raise ValueError(f"crop {list(self.crop)} must be multiples of 32 (the students' stride)")
         if self.iterations < 1 or self.batch_size < 1 or self.sam_every < 1:
             raise ValueError("iterations, batch_size and sam_every must be >= 1")
+        if self.student_view not in ("strong", "weak", "both"):
+            raise ValueError(f"student_view {self.student_view!r} unknown; choose strong, weak or both")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
         SeSAMOptions(**self.sesam).validate()
@@ -285,6 +290,22 @@ class Trainer:
             )
         return torch.from_numpy(np.stack(maps)).long()
 
+    def _semi_supervised_loss(
+        self, batch, sam, pseudo, w_sam: float, w_pseudo: float
+    ) -> dict[str, torch.Tensor]:
+        """The precedence loss on the view(s) `student_view` names; "both" runs the student twice."""
+        view = self.cfg.student_view
+        if view != "both":
+            images = batch.strong_images if view == "strong" else batch.weak_images
+            return sesam_loss(self._forward(images), batch.weak_labels, sam, pseudo, w_sam, w_pseudo)
+        labelled = sesam_loss(self._forward(batch.weak_images), batch.weak_labels, sam, None, w_sam, 0.0)
+        # pseudo-labels only where neither a weak nor a SAM label exists (the same precedence)
+        _, _, pseudo_only = sesam_targets(batch.weak_labels, sam, pseudo)
+        pseudo_term = partial_ce(self._forward(batch.strong_images), pseudo_only)
+        labelled["pseudo"] = pseudo_term
+        labelled["total"] = labelled["total"] + w_pseudo * pseudo_term
+        return labelled
+
     def step(self, iteration: int) -> dict[str, float]:
         c = self.cfg
         torch.manual_seed(c.seed * 1_000_003 + iteration)
@@ -308,25 +329,12 @@ class Trainer:
             probs = self._teacher_probs(batch.weak_images)
             pseudo = pseudo_labels(probs, c.theta1)
             if c.mode == "fixmatch":
-                terms = sesam_loss(
-                    self._forward(batch.strong_images),
-                    batch.weak_labels,
-                    None,
-                    pseudo,
-                    0.0,
-                    c.fixmatch_w_pseudo,
-                )
+                sam, w_sam, w_pseudo = None, 0.0, c.fixmatch_w_pseudo
             else:
                 if iteration % c.sam_every == 0:
                     self._refresh_sam(batch, probs)
-                terms = sesam_loss(
-                    self._forward(batch.strong_images),
-                    batch.weak_labels,
-                    self._sam_targets(batch),
-                    pseudo,
-                    c.w_sam,
-                    c.w_pseudo,
-                )
+                sam, w_sam, w_pseudo = self._sam_targets(batch), c.w_sam, c.w_pseudo
+            terms = self._semi_supervised_loss(batch, sam, pseudo, w_sam, w_pseudo)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         self.optimizer.step()
