@@ -213,9 +213,7 @@ class ClassicalPrior(CachedSegmenter):
     def _low_res_logits(sp: SuperpixelImage, scale: int, chosen: np.ndarray, prompt: Prompt) -> np.ndarray:
         """256x256 logits of a candidate from the precomputed low-res region ids (box-clipped)."""
         ids = sp.low_res[scale]
-        inside = np.zeros(ids.shape, dtype=bool)
-        valid = ids >= 0
-        inside[valid] = chosen[ids[valid]]
+        inside = np.append(chosen, False)[ids]  # padding (-1) reads the appended False
         if prompt.box is not None:
             h, w = sp.original_size
             ch, cw = low_res_shape((h, w))

@@ -35,11 +35,17 @@ def select_coverage(
 ) -> int:
     """SeSAM: keep r >= tau1 and p >= tau2, take the kept mask with the highest p; if none is kept,
     the mask with the highest p overall."""
-    r, p = coverage_compatibility(candidates, weak)
-    kept = np.flatnonzero((r >= tau1) & (p >= tau2))
+    return choose_by_coverage(*coverage_compatibility(candidates, weak), tau1, tau2)
+
+
+def choose_by_coverage(
+    coverage: np.ndarray, compatibility: np.ndarray, tau1: float = 0.3, tau2: float = 0.7
+) -> int:
+    """The SeSAM rule on precomputed scores (see `select_coverage`)."""
+    kept = np.flatnonzero((coverage >= tau1) & (compatibility >= tau2))
     if len(kept):
-        return int(kept[np.argmax(p[kept])])
-    return int(np.argmax(p))
+        return int(kept[np.argmax(compatibility[kept])])
+    return int(np.argmax(compatibility))
 
 
 def select_best_score(

@@ -29,7 +29,7 @@ from models.engine.lowres import mask_to_low_res
 from models.refine.common import RefineResult, box_clip, ensure_handle, predict_counted, sparse_prompts
 from models.refine.merge import OVERLAP_RULES, Instance, merge_instances
 from models.refine.sampling import SAMPLERS, connected_components
-from models.refine.selection import SELECTORS, coverage_compatibility, select_coverage, select_smallest
+from models.refine.selection import SELECTORS, choose_by_coverage, coverage_compatibility, select_smallest
 from models.weak import WeakLabels
 
 PROMPT_TYPES = ("points", "box", "mask")
@@ -177,14 +177,6 @@ class SeSAMLabeler:
         pts = SAMPLERS[o.sampling](component, o.k, rng, confidence)
         return Prompt(points=pts, labels=np.ones(len(pts), dtype=int))
 
-    def _select(
-        self, candidates: np.ndarray, weak: np.ndarray, scores: np.ndarray, rng: np.random.Generator
-    ) -> int:
-        o = self.options
-        if o.selection == "coverage":
-            return select_coverage(candidates, weak, scores, rng, o.tau1, o.tau2)
-        return SELECTORS[o.selection](candidates, weak, scores, rng)
-
     def refine(
         self,
         image: ImageHandle | np.ndarray,
@@ -224,8 +216,12 @@ class SeSAMLabeler:
             prompts = [self._prompt_for(part, rng, confidence) for _, part in components]
             out = predict_counted(self.engine, handle, prompts, result)
             for i, (c, part) in enumerate(components):
-                choice = self._select(out.masks[i], part, out.iou[i], rng)
-                cov, comp = coverage_compatibility(out.masks[i, choice : choice + 1], part)
+                cov, comp = coverage_compatibility(out.masks[i], part)
+                if o.selection == "coverage":
+                    choice = choose_by_coverage(cov, comp, o.tau1, o.tau2)
+                else:
+                    choice = SELECTORS[o.selection](out.masks[i], part, out.iou[i], rng)
+                cov, comp = cov[choice : choice + 1], comp[choice : choice + 1]
                 instances.append(Instance(c, out.masks[i, choice], float(comp[0])))
                 result.instances.append(
                     {
