@@ -32,17 +32,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 from torch import nn
 
 from models.engine import EngineConfig, build_engine
+from models.progress import progress_bar
 from models.refine import NaiveLabeler, SeSAMLabeler, SeSAMOptions
 from models.students import build_student, normalize, pad_to_multiple, save_student
 from models.weak import atomic_write, read_label_png, save_png
@@ -217,15 +211,7 @@ class Trainer:
         return None
 
     def _progress(self, description: str) -> Progress:
-        return Progress(
-            TextColumn(f"[bold]{description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            disable=self.cfg.quiet or self.rank != 0,
-        )
+        return progress_bar(description, disable=self.cfg.quiet or self.rank != 0)
 
     def prepare_sam(self) -> None:
         """Embed every training image once (sesam) or pre-generate naive labels (naive-sam)."""

@@ -15,17 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from models.engine import PromptableSegmenter, read_image
 from models.engine.validation import list_images
+from models.progress import progress_bar
 from models.visualize import label_overlay, side_by_side
 from models.weak import atomic_write, load_weak_labels, save_json, save_png
 
@@ -59,19 +52,11 @@ def refine_folder(
     failures: dict[str, str] = {}
     done = skipped = 0
     started = time.perf_counter()
-    progress = Progress(
-        TextColumn("[bold]refine {task.fields[method]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[stem]}"),
-        disable=quiet,
-    )
+    progress = progress_bar(f"refine {run.method}", disable=quiet)
     with progress:
-        task = progress.add_task("refine", total=len(items), method=run.method, stem="")
+        task = progress.add_task("refine", total=len(items), info="")
         for stem, path in items:
-            progress.update(task, stem=stem)
+            progress.update(task, info=stem)
             target = run.out / f"{stem}.png"
             if target.exists() and (meta_dir / f"{stem}.json").exists() and not run.overwrite:
                 skipped += 1
