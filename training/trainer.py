@@ -35,7 +35,7 @@ import yaml
 from rich.progress import Progress
 from torch import nn
 
-from models.engine import EngineConfig, build_engine
+from models.engine import EngineConfig, ImageHandle, build_engine
 from models.progress import progress_bar
 from models.refine import NaiveLabeler, SeSAMLabeler, SeSAMOptions
 from models.students import build_student, normalize, pad_to_multiple, save_student
@@ -181,6 +181,7 @@ class Trainer:
         self.sam_labels: dict[int, np.ndarray] = {}
         self.naive_labels: list[np.ndarray] | None = None
         self.engine = None
+        self.handles: list[ImageHandle] = []
         self.labeler: SeSAMLabeler | None = None
         self.history: list[dict[str, Any]] = []
         self.best_miou = float("nan")
@@ -220,10 +221,11 @@ class Trainer:
             return
         self.engine = build_engine(EngineConfig.from_mapping(c.engine, source="engine settings"))
         ds = self.train_ds
+        self.handles = []  # one per training image; refreshes use these, never re-hash or re-encode
         with self._progress("embed train images") as progress:
             task = progress.add_task("embed", total=len(ds), info=self.engine.name)
             for i in range(0, len(ds), 4):
-                self.engine.embed(ds.images[i : i + 4])
+                self.handles.extend(self.engine.embed(ds.images[i : i + 4]))
                 progress.advance(task, len(ds.images[i : i + 4]))
         if c.mode == "sesam":
             self.labeler = SeSAMLabeler(self.engine, SeSAMOptions(**c.sesam))
@@ -238,8 +240,7 @@ class Trainer:
                 if path.exists():
                     labels.append(read_label_png(path))
                 else:
-                    handle = self.engine.embed([ds.images[i]])[0]  # cached above
-                    labels.append(labeler.refine(handle, ds.weak[i]).labels)
+                    labels.append(labeler.refine(self.handles[i], ds.weak[i]).labels)
                     if self.rank == 0:
                         save_png(labels[-1], path)
                 progress.advance(task)
@@ -260,8 +261,7 @@ class Trainer:
         confident = pseudo_labels(probs, self.cfg.theta2).to(torch.uint8).numpy()  # view space
         for j, idx in enumerate(batch.indices):
             extension = batch.views[j].labels_to_original(confident[j])  # 255 outside the view
-            handle = self.engine.embed([self.train_ds.images[idx]])[0]  # a cache hit, never an encoder call
-            result = self.labeler.refine(handle, self.train_ds.weak[idx], extension=extension)
+            result = self.labeler.refine(self.handles[idx], self.train_ds.weak[idx], extension=extension)
             self.sam_labels[idx] = result.labels
 
     def _sam_targets(self, batch) -> torch.Tensor:
