@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from models.engine.cache import DEFAULT_CACHE_BYTES, EmbeddingCache, content_key
 from models.engine.types import EngineStats, ImageHandle, Predictions, Prompt
@@ -94,20 +95,18 @@ class CachedSegmenter(ABC):
         prompts = list(prompts) if not isinstance(prompts, Prompt) else prompts
         validate_prompts(prompts, handle.original_size, self.max_prompts)
         if not prompts:
-            return Predictions.concatenate([], handle.original_size, multimask)
+            return Predictions.empty(handle.original_size, multimask)
         return self._decode(handle, prompts, multimask)
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "stats": self.stats.as_dict(), "cache": self.cache.info()}
 
 
-def stability_score(logits: np.ndarray | Any, threshold: float = 0.0, offset: float = 1.0) -> Any:
+def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
     """SAM's stability: IoU of the mask thresholded at threshold+offset vs threshold-offset.
 
-    logits: ...xHxW (numpy or torch). 0 where even the loose mask is empty.
+    logits: ...xHxW. 0 where even the loose mask is empty.
     """
     inner = (logits > threshold + offset).sum((-1, -2))
     outer = (logits > threshold - offset).sum((-1, -2))
-    if isinstance(inner, np.ndarray):
-        return np.where(outer > 0, inner / np.maximum(outer, 1), 0.0).astype(np.float32)
     return (inner / outer.clamp(min=1)).float()

@@ -45,10 +45,10 @@ class EngineConfig:
         return out
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, base: EngineConfig | None = None) -> EngineConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineConfig:
         """Read SESAM_BACKEND, SESAM_SAM_TYPE, SESAM_SAM_CHECKPOINT, SESAM_DEVICE, SESAM_CACHE_BYTES, ..."""
         env = os.environ if env is None else env
-        values = {f.name: getattr(base, f.name) for f in fields(cls)} if base else {}
+        values = {}
         for f in fields(cls):
             name = ENV_PREFIX + f.name.upper()
             if env.get(name, "") != "":

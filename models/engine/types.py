@@ -58,23 +58,15 @@ class Predictions:
         return int(self.masks.shape[0])
 
     @classmethod
-    def concatenate(
-        cls, parts: Sequence[Predictions], image_size: tuple[int, int], multimask: bool
-    ) -> Predictions:
-        if not parts:
-            c = 3 if multimask else 1
-            h, w = image_size
-            return cls(
-                np.zeros((0, c, h, w), bool),
-                np.zeros((0, c), np.float32),
-                np.zeros((0, c), np.float32),
-                np.zeros((0, c, LOW_RES, LOW_RES), np.float32),
-            )
+    def empty(cls, image_size: tuple[int, int], multimask: bool) -> Predictions:
+        """No prompts: zero-length arrays with the right trailing shapes."""
+        c = 3 if multimask else 1
+        h, w = image_size
         return cls(
-            np.concatenate([p.masks for p in parts]),
-            np.concatenate([p.iou for p in parts]),
-            np.concatenate([p.stability for p in parts]),
-            np.concatenate([p.low_res_logits for p in parts]),
+            np.zeros((0, c, h, w), bool),
+            np.zeros((0, c), np.float32),
+            np.zeros((0, c), np.float32),
+            np.zeros((0, c, LOW_RES, LOW_RES), np.float32),
         )
 
 

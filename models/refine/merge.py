@@ -35,15 +35,10 @@ def merge_instances(
     if overlap not in OVERLAP_RULES:
         raise ValueError(f"overlap rule {overlap!r} unknown; choose one of {OVERLAP_RULES}")
     out = np.full(size, UNLABELED, dtype=np.uint8)
-    best = np.full(size, -np.inf)
     conflict = np.zeros(size, dtype=bool)
-    for inst in sorted(instances, key=lambda i: i.score):  # ascending: higher scores paint last
-        m = inst.mask
-        taken = m & (out != UNLABELED) & (out != inst.class_id)
-        conflict |= taken
-        win = m & (inst.score >= best)
-        out[win] = inst.class_id
-        best[win] = inst.score
+    for inst in sorted(instances, key=lambda i: i.score):  # ascending: a higher score paints last and wins
+        conflict |= inst.mask & (out != UNLABELED) & (out != inst.class_id)
+        out[inst.mask] = inst.class_id
     if overlap == "unlabeled":
         out[conflict] = UNLABELED
     if weak_map is not None:
