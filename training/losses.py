@@ -59,6 +59,12 @@ def sesam_loss(
     return terms
 
 
+def ema_decay(alpha: float, iteration: int, warmup: bool = True) -> float:
+    """The EMA decay at `iteration` (0-based): `alpha`, or with warm-up min(alpha, 1 - 1/(t + 1)), so
+    the teacher averages the student's recent weights rather than its random initialisation."""
+    return min(alpha, 1.0 - 1.0 / (iteration + 1)) if warmup else alpha
+
+
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
     """teacher <- alpha * teacher + (1 - alpha) * student (parameters); buffers copied."""

@@ -42,7 +42,15 @@ from models.students import build_student, normalize, pad_to_multiple, save_stud
 from models.weak import atomic_write, read_label_png, save_png
 from training.augment import center_view
 from training.data import WeakDataset, batch_indices, make_batch
-from training.losses import UNLABELED, ema_update, partial_ce, pseudo_labels, sesam_loss, sesam_targets
+from training.losses import (
+    UNLABELED,
+    ema_decay,
+    ema_update,
+    partial_ce,
+    pseudo_labels,
+    sesam_loss,
+    sesam_targets,
+)
 from training.metrics import ConfusionMatrix
 
 MODES = ("supervised", "weak", "fixmatch", "naive-sam", "sesam")
@@ -74,6 +82,9 @@ class TrainConfig:
     seed: int = 0
     # semi-supervision (paper defaults)
     ema: float = 0.999
+    # Mean-Teacher warm-up: decay min(ema, 1 - 1/(t+1)) so that early teachers are not mostly the
+    # random initial weights (at 0.999 a fixed decay keeps 67% of them after 400 iterations)
+    ema_warmup: bool = True
     theta1: float = 0.96
     theta2: float = 0.98
     sam_every: int = 4
@@ -325,7 +336,7 @@ class Trainer:
         terms["total"].backward()
         self.optimizer.step()
         if self.teacher is not None:
-            ema_update(self.teacher, self.student, c.ema)
+            ema_update(self.teacher, self.student, ema_decay(c.ema, iteration, c.ema_warmup))
         return {k: float(v.detach()) for k, v in terms.items()}
 
     # -- evaluation ------------------------------------------------------------------------------

@@ -26,11 +26,19 @@ class EngineConfig:
     device: str = "cpu"
     cache_bytes: int = DEFAULT_CACHE_BYTES
     max_prompts: int | None = None
+    # exported SAM (`sesam export sam --out DIR`) for the onnx / tensorrt / triton backends
+    export_dir: str | None = None
+    providers: str | None = None  # onnx: comma-separated execution providers; default: best available
+    threads: int | None = None  # onnx: intra-op threads; default: onnxruntime's choice
+    triton_url: str | None = None  # triton: host:port of the server's HTTP endpoint
 
     def resolved_backend(self) -> str:
+        """auto: torch SAM with a checkpoint, else ONNX with an export directory, else the classical prior."""
         if self.backend != "auto":
             return self.backend
-        return "torch" if self.sam_checkpoint else "classical"
+        if self.sam_checkpoint:
+            return "torch"
+        return "onnx" if self.export_dir else "classical"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> EngineConfig:
@@ -70,6 +78,10 @@ class EngineConfig:
             )
         if self.sam_checkpoint and not Path(self.sam_checkpoint).is_file():
             raise ValueError(f"{source}: sam_checkpoint {self.sam_checkpoint!r} is not a file")
+        if self.export_dir and not (Path(self.export_dir) / "metadata.json").is_file():
+            raise ValueError(
+                f"{source}: export_dir {self.export_dir!r} holds no metadata.json (make one with `sesam export sam`)"
+            )
         if self.cache_bytes < 0:
             raise ValueError(f"{source}: cache_bytes must be >= 0, got {self.cache_bytes}")
 
@@ -109,9 +121,53 @@ def _build_torch(config: EngineConfig) -> CachedSegmenter:
     )
 
 
+def _needs_export_dir(config: EngineConfig, backend: str) -> str:
+    if not config.export_dir:
+        raise ValueError(
+            f"backend {backend} needs export_dir (SESAM_EXPORT_DIR), written by `sesam export sam`"
+        )
+    return config.export_dir
+
+
+def _build_onnx(config: EngineConfig) -> CachedSegmenter:
+    from models.engine.sam_onnx import OnnxSamEngine
+
+    return OnnxSamEngine(
+        _needs_export_dir(config, "onnx"),
+        providers=config.providers,
+        threads=config.threads,
+        cache_bytes=config.cache_bytes,
+        max_prompts=config.max_prompts,
+    )
+
+
+def _build_tensorrt(config: EngineConfig) -> CachedSegmenter:
+    from models.engine.sam_tensorrt import TensorRTSamEngine
+
+    return TensorRTSamEngine(
+        _needs_export_dir(config, "tensorrt"), cache_bytes=config.cache_bytes, max_prompts=config.max_prompts
+    )
+
+
+def _build_triton(config: EngineConfig) -> CachedSegmenter:
+    from models.engine.sam_triton import TritonSamEngine
+
+    if not config.triton_url:
+        raise ValueError("backend triton needs triton_url (SESAM_TRITON_URL), e.g. localhost:8000")
+    return TritonSamEngine(
+        _needs_export_dir(config, "triton"),
+        url=config.triton_url,
+        cache_bytes=config.cache_bytes,
+        max_prompts=config.max_prompts,
+    )
+
+
 ENGINE_BACKENDS: dict[str, Callable[[EngineConfig], CachedSegmenter]] = {
     "classical": _build_classical,
     "torch": _build_torch,
+    "onnx": _build_onnx,
+    "tensorrt": _build_tensorrt,
+    "triton": _build_triton,
 }
 
 

@@ -1,0 +1,295 @@
+"""SAM and students to ONNX with torch.export (dynamo), opset 18, dynamic shapes, and a metadata.json.
+
+An export directory holds the ONNX files and `metadata.json`: what was exported (SAM type or
+student name), the preprocessing a runtime must apply (input size, normalisation, padding value),
+the files' sha256, the source checkpoint's sha256 and the versions of the tools. Runtimes
+(`models.engine.sam_onnx`, `models.students_onnx`, TensorRT, Triton) read only this directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from segment_anything.modeling import Sam
+from torch import nn
+
+from export.sam_modules import SamDecoderOnnx, SamEncoderOnnx, StudentOnnx
+from models.onnx_runtime import EXPORT_FORMAT
+from models.sam.build import build_sam, sha256_of
+from models.students import IMAGE_MEAN, IMAGE_STD, STRIDE, load_student
+from models.weak import atomic_write
+
+OPSET = 18
+EXTERNAL_DATA_BYTES = 1 << 31  # protobuf's 2 GB limit: larger models keep weights in a .data file
+MAX_ENCODER_BATCH = 64
+MAX_PROMPTS = 4096
+MAX_POINTS = 64
+
+ENCODER_INPUTS = ["images"]
+ENCODER_OUTPUTS = ["image_embeddings"]
+DECODER_INPUTS = [
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+]
+DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
+STUDENT_INPUTS = ["images"]
+STUDENT_OUTPUTS = ["logits"]
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in (
+        "torch",
+        "onnx",
+        "onnxscript",
+        "segment-anything",
+        "segmentation-models-pytorch",
+        "sesam",
+    ):
+        with contextlib.suppress(PackageNotFoundError):
+            out[package] = version(package)
+    return out
+
+
+def _parameter_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _onnx_export(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: dict[str, Any],
+    quiet: bool = True,
+) -> None:
+    """torch.export-based ONNX export, written atomically (and its .data file when > 2 GB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = _parameter_bytes(module) >= EXTERNAL_DATA_BYTES
+    tmp = path.with_name(path.name + ".tmp.onnx")
+    sink = io.StringIO()
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext(),
+        torch.no_grad(),
+    ):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(
+            module.eval(),
+            args,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            external_data=external,
+            verbose=False,
+        )
+        program.save(str(tmp), external_data=external)
+    if external:  # the sidecar is named after the temporary file: rename it and repoint the graph
+        import onnx
+
+        model = onnx.load(str(tmp), load_external_data=True)
+        Path(str(tmp) + ".data").unlink(missing_ok=True)
+        onnx.save_model(
+            model,
+            str(tmp),
+            save_as_external_data=True,
+            location=path.name + ".data",
+            all_tensors_to_one_file=True,
+        )
+    tmp.replace(path)
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    entry = {"path": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size}
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        entry["external_data"] = data.name
+    return entry
+
+
+def write_metadata(out: Path, metadata: dict[str, Any]) -> Path:
+    path = out / "metadata.json"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=1)))
+    return path
+
+
+def export_sam(
+    sam: Sam,
+    out: str | Path,
+    sam_type: str,
+    checkpoint: str | Path | None = None,
+    quiet: bool = True,
+    random_seed: int | None = None,
+) -> dict[str, Any]:
+    """Write encoder.onnx, decoder.onnx (3 masks), decoder_single.onnx (1 mask) and metadata.json."""
+    out = Path(out)
+    sam = sam.eval()
+    size = sam.image_encoder.img_size
+    batch = torch.export.Dim("batch", min=1, max=MAX_ENCODER_BATCH)
+    # batch 2: torch.export specialises dimensions whose example size is 0 or 1
+    images = torch.zeros(2, 3, size, size)
+    _onnx_export(
+        SamEncoderOnnx(sam),
+        (images,),
+        out / "encoder.onnx",
+        ENCODER_INPUTS,
+        ENCODER_OUTPUTS,
+        {"images": {0: batch}},
+        quiet,
+    )
+    with torch.no_grad():
+        embedding = sam.image_encoder(images[:1])
+    prompts = torch.export.Dim("prompts", min=1, max=MAX_PROMPTS)
+    points = torch.export.Dim("points", min=1, max=MAX_POINTS)
+    example = (
+        embedding,
+        torch.tensor([[[10.0, 20.0], [30.0, 40.0]]]).repeat(2, 1, 1),
+        torch.tensor([[1.0, -1.0]]).repeat(2, 1),
+        torch.zeros(2, 1, 256, 256),
+        torch.zeros(2),
+        torch.tensor([480, 640], dtype=torch.int64),
+    )
+    dynamic = {
+        "image_embeddings": None,
+        "point_coords": {0: prompts, 1: points},
+        "point_labels": {0: prompts, 1: points},
+        "mask_input": {0: prompts},
+        "has_mask_input": {0: prompts},
+        "orig_im_size": None,
+    }
+    for name, multimask in (("decoder.onnx", True), ("decoder_single.onnx", False)):
+        _onnx_export(
+            SamDecoderOnnx(sam, multimask),
+            example,
+            out / name,
+            DECODER_INPUTS,
+            DECODER_OUTPUTS,
+            dynamic,
+            quiet,
+        )
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "kind": "sam",
+        "sam_type": sam_type,
+        "image_size": size,
+        "low_res_size": int(sam.prompt_encoder.mask_input_size[0]),
+        "embedding_shape": list(embedding.shape[1:]),
+        "pixel_mean": [float(v) for v in sam.pixel_mean.flatten()],
+        "pixel_std": [float(v) for v in sam.pixel_std.flatten()],
+        "mask_threshold": float(sam.mask_threshold),
+        "opset": OPSET,
+        "limits": {"encoder_batch": MAX_ENCODER_BATCH, "prompts": MAX_PROMPTS, "points": MAX_POINTS},
+        "files": {
+            "encoder": _file_entry(out / "encoder.onnx"),
+            "decoder": _file_entry(out / "decoder.onnx"),
+            "decoder_single": _file_entry(out / "decoder_single.onnx"),
+        },
+        "source": _source(checkpoint, random_seed),
+        "versions": versions(),
+    }
+    write_metadata(out, metadata)
+    return metadata
+
+
+def _source(checkpoint: str | Path | None, random_seed: int | None = None) -> dict[str, Any]:
+    if checkpoint is None:
+        return {
+            "checkpoint": None,
+            "random_seed": random_seed,
+            "note": "random weights, for tests and benchmarks",
+        }
+    path = Path(checkpoint).resolve()
+    return {"checkpoint": str(path), "checkpoint_sha256": sha256_of(path)}
+
+
+def build_seeded_sam(sam_type: str, seed: int) -> Sam:
+    """SAM `sam_type` with random weights drawn from `seed` (the same every time)."""
+    if sam_type == "tiny":
+        return build_sam("tiny", None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_sam(sam_type, None)
+
+
+def export_sam_checkpoint(
+    sam_type: str,
+    checkpoint: str | Path | None,
+    out: str | Path,
+    random_seed: int | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Build SAM `sam_type` from `checkpoint` and export it. Without a checkpoint only `tiny` (seeded)
+    or an explicit `random_seed` (random weights: for verification and speed benchmarks) are allowed."""
+    if checkpoint is None:
+        if sam_type != "tiny" and random_seed is None:
+            raise ValueError(
+                f"SAM {sam_type} needs --checkpoint (e.g. sam_vit_b_01ec64.pth); random weights only with --random-weights SEED"
+            )
+        seed = 0 if random_seed is None else random_seed
+        return export_sam(build_seeded_sam(sam_type, seed), out, sam_type, None, quiet, random_seed=seed)
+    return export_sam(build_sam(sam_type, checkpoint), out, sam_type, checkpoint, quiet)
+
+
+def export_student_module(
+    student: nn.Module,
+    out: str | Path,
+    info: dict[str, Any],
+    checkpoint: str | Path | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Write student.onnx (dynamic batch, height, width in multiples of the stride) and metadata.json."""
+    out = Path(out)
+    wrapper = StudentOnnx(student.eval(), IMAGE_MEAN, IMAGE_STD)
+    batch = torch.export.Dim("batch", min=1, max=256)
+    height = STRIDE * torch.export.Dim("height_blocks", min=1, max=256)
+    width = STRIDE * torch.export.Dim("width_blocks", min=1, max=256)
+    example = torch.full((2, 3, 3 * STRIDE, 5 * STRIDE), 128.0)
+    _onnx_export(
+        wrapper,
+        (example,),
+        out / "student.onnx",
+        STUDENT_INPUTS,
+        STUDENT_OUTPUTS,
+        {"images": {0: batch, 2: height, 3: width}},
+        quiet,
+    )
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "kind": "student",
+        "student": info["name"],
+        "num_classes": int(info["num_classes"]),
+        "class_names": info.get("class_names"),
+        "stride": STRIDE,
+        "input": "Bx3xHxW float RGB in [0, 255]; H, W multiples of stride; pad with pad_value",
+        "pad_value": wrapper.pad_value(),
+        "base_scale": info.get("base_scale", 1.0),
+        "opset": OPSET,
+        "files": {"student": _file_entry(out / "student.onnx")},
+        "source": _source(checkpoint),
+        "trained": {k: info[k] for k in ("mode", "kind", "iterations", "val_miou") if k in info},
+        "versions": versions(),
+    }
+    write_metadata(out, metadata)
+    return metadata
+
+
+def export_student_checkpoint(checkpoint: str | Path, out: str | Path, quiet: bool = True) -> dict[str, Any]:
+    model, info = load_student(checkpoint)
+    return export_student_module(model, out, info, checkpoint, quiet)

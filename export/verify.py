@@ -1,0 +1,192 @@
+"""Parity of an export directory with the PyTorch model it came from.
+
+SAM: the torch backend (`SamEngine`, itself proven equal to `SamPredictor`) vs the ONNX Runtime
+backend on real images (scikit-image samples, CamVid when present) and a random one, cropped to
+three aspect ratios (landscape, portrait, square), with 1, 5 and 64 mixed prompts (points, boxes,
+both), multimask on and off. Reported per case: max abs diff of embeddings and of low-res mask
+logits, agreement of the binarized full-size masks, max IoU-score diff.
+
+Students: `predict_logits` of the source checkpoint vs `OnnxStudent` at several batch sizes and
+image sizes (multiples of the stride and not): max abs diff of logits, argmax agreement.
+
+A case fails when a logits diff exceeds `atol` or mask agreement falls below `min_agreement`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.engine.types import Prompt
+from models.onnx_runtime import read_metadata
+
+CAMVID_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid" / "val"
+PROMPT_COUNTS = (1, 5, 64)
+
+
+@dataclass
+class Case:
+    model: str
+    image: str
+    size: tuple[int, int]
+    prompts: int
+    multimask: bool | None
+    max_abs_diff: float  # low-res logits (SAM) or logits (student)
+    embedding_diff: float | None
+    mask_agreement: float  # binarized masks (SAM) or argmax (student)
+    iou_diff: float | None
+    passed: bool = True
+
+
+def sample_images(seed: int = 0) -> dict[str, np.ndarray]:
+    """Real and random RGB images cropped to three aspect ratios (landscape, portrait, square)."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    images = {
+        "coffee landscape": skimage.data.coffee(),  # 400x600
+        "astronaut portrait": skimage.data.astronaut()[:, 100:400],  # 512x300
+        "chelsea square": skimage.data.chelsea()[:, 60:360],  # 300x300
+        "random 333x517": rng.integers(0, 256, (333, 517, 3), dtype=np.uint8),
+    }
+    camvid = sorted(CAMVID_VAL.glob("*.png"))[:1] if CAMVID_VAL.is_dir() else []
+    if camvid:
+        from models.engine import read_image
+
+        images[f"camvid {camvid[0].stem}"] = read_image(camvid[0])
+    return {k: np.ascontiguousarray(v) for k, v in images.items()}
+
+
+def random_prompts(count: int, size: tuple[int, int], rng: np.random.Generator) -> list[Prompt]:
+    """`count` prompts of mixed kinds: 1-3 points, a box, or points with a box."""
+    h, w = size
+    out = []
+    for i in range(count):
+        kind = i % 3
+        n = int(rng.integers(1, 4))
+        pts = np.stack([rng.uniform(0, w - 1, n), rng.uniform(0, h - 1, n)], 1)
+        lbl = (rng.random(n) < 0.7).astype(np.int64)
+        lbl[0] = 1
+        x0, x1 = np.sort(rng.uniform(0, w - 1, 2))
+        y0, y1 = np.sort(rng.uniform(0, h - 1, 2))
+        box = np.array([x0, y0, x1, y1])
+        if kind == 0:
+            out.append(Prompt(points=pts, labels=lbl))
+        elif kind == 1:
+            out.append(Prompt(box=box))
+        else:
+            out.append(Prompt(points=pts, labels=lbl, box=box))
+    return out
+
+
+def verify_sam(
+    directory: str | Path,
+    checkpoint: str | Path | None = None,
+    prompt_counts: tuple[int, ...] = PROMPT_COUNTS,
+    atol: float = 1e-4,
+    min_agreement: float = 0.999,
+    seed: int = 0,
+    progress: Any = None,
+) -> list[Case]:
+    from export.onnx_export import build_seeded_sam
+    from models.engine.sam_onnx import OnnxSamEngine
+    from models.engine.sam_torch import SamEngine
+    from models.sam.build import build_sam
+
+    md = read_metadata(directory, kind="sam")
+    source = md["source"]
+    checkpoint = checkpoint or source.get("checkpoint")
+    if checkpoint:
+        sam = build_sam(md["sam_type"], checkpoint)
+    else:
+        sam = build_seeded_sam(md["sam_type"], int(source.get("random_seed") or 0))
+    reference = SamEngine(sam, name=f"sam-{md['sam_type']}")
+    onnx = OnnxSamEngine(directory)
+    rng = np.random.default_rng(seed)
+    cases = []
+    for name, image in sample_images(seed).items():
+        ref_handle = reference.embed([image])[0]
+        onnx_handle = onnx.embed([image])[0]
+        emb_diff = float(np.abs(ref_handle.payload.embedding.numpy() - onnx_handle.payload.embedding).max())
+        for count in prompt_counts:
+            prompts = random_prompts(count, image.shape[:2], rng)
+            for multimask in (True, False):
+                a = reference.predict(ref_handle, prompts, multimask)
+                b = onnx.predict(onnx_handle, prompts, multimask)
+                case = Case(
+                    model=f"sam {md['sam_type']}",
+                    image=name,
+                    size=image.shape[:2],
+                    prompts=count,
+                    multimask=multimask,
+                    max_abs_diff=float(np.abs(a.low_res_logits - b.low_res_logits).max()),
+                    embedding_diff=emb_diff,
+                    mask_agreement=float((a.masks == b.masks).mean()),
+                    iou_diff=float(np.abs(a.iou - b.iou).max()),
+                )
+                case.passed = case.max_abs_diff <= atol and case.mask_agreement >= min_agreement
+                cases.append(case)
+        if progress is not None:
+            progress()
+    return cases
+
+
+def verify_student(
+    directory: str | Path,
+    checkpoint: str | Path | None = None,
+    atol: float = 1e-4,
+    min_agreement: float = 0.999,
+    seed: int = 0,
+    progress: Any = None,
+) -> list[Case]:
+    from models.students import load_student, predict_logits
+    from models.students_onnx import OnnxStudent
+
+    md = read_metadata(directory, kind="student")
+    checkpoint = checkpoint or md["source"].get("checkpoint")
+    if not checkpoint:
+        raise ValueError(f"{directory}: metadata names no student checkpoint; pass --checkpoint")
+    model, _ = load_student(checkpoint)
+    runtime = OnnxStudent(directory)
+    cases = []
+    for name, image in sample_images(seed).items():
+        for batch, scale in ((1, 1.0), (3, 0.5)):
+            h, w = (max(16, round(s * scale)) for s in image.shape[:2])
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+            x = x.round().clamp(0, 255).repeat(batch, 1, 1, 1)
+            ref = predict_logits(model, x).numpy()
+            out = runtime.logits(x.numpy())
+            case = Case(
+                model=f"student {md['student']}",
+                image=name,
+                size=(h, w),
+                prompts=batch,
+                multimask=None,
+                max_abs_diff=float(np.abs(ref - out).max()),
+                embedding_diff=None,
+                mask_agreement=float((ref.argmax(1) == out.argmax(1)).mean()),
+                iou_diff=None,
+            )
+            case.passed = case.max_abs_diff <= atol and case.mask_agreement >= min_agreement
+            cases.append(case)
+        if progress is not None:
+            progress()
+    return cases
+
+
+def verify(directory: str | Path, checkpoint: str | Path | None = None, **kwargs: Any) -> list[Case]:
+    """Verify any export directory (SAM or student)."""
+    kind = read_metadata(directory)["kind"]
+    if kind == "sam":
+        return verify_sam(directory, checkpoint, **kwargs)
+    kwargs.pop("prompt_counts", None)
+    return verify_student(directory, checkpoint, **kwargs)
+
+
+def as_rows(cases: list[Case]) -> list[dict[str, Any]]:
+    return [asdict(c) for c in cases]

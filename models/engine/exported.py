@@ -1,0 +1,169 @@
+"""The host side shared by every backend that runs an exported SAM (ONNX Runtime, TensorRT, Triton).
+
+The exported graphs (see `export.sam_modules`) take preprocessed 1024x1024 images and, for the
+decoder, prompts packed as points in ORIGINAL image coordinates. This module owns that packing,
+exactly as `SamPredictor` and the torch backend do it: resize the longest side to 1024 (the
+official `ResizeLongestSide`), normalise, zero-pad; points first, then a box as two points labelled
+2 and 3; without a box one padding point (0, 0) labelled -1. A subclass only runs the graphs.
+
+One difference from the torch backend is inherent to the exported decoder: it needs at least one
+point per prompt, so a prompt holding only `mask_logits` carries the padding point (as the official
+ONNX export does), where the torch backend passes no sparse token at all.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from models.engine.base import CachedSegmenter
+from models.engine.cache import DEFAULT_CACHE_BYTES
+from models.engine.types import LOW_RES, ImageHandle, Predictions, Prompt
+from models.onnx_runtime import read_metadata
+
+
+@dataclass(frozen=True)
+class ExportedImage:
+    """Cached per-image state: the 1x256x64x64 float32 embedding and the original (H, W)."""
+
+    embedding: np.ndarray
+    original_size: tuple[int, int]
+
+
+def stability_numpy(logits: np.ndarray, threshold: float = 0.0, offset: float = 1.0) -> np.ndarray:
+    """SAM's stability score over the last two axes (as `models.engine.base.stability_score`)."""
+    inner = (logits > threshold + offset).sum((-1, -2))
+    outer = (logits > threshold - offset).sum((-1, -2))
+    return (inner / np.maximum(outer, 1)).astype(np.float32)
+
+
+def pack_prompts(prompts: list[Prompt]) -> dict[str, np.ndarray]:
+    """Prompts of ONE layout (same point count, all or none with a box) -> decoder inputs.
+
+    Returns point_coords BxNx2, point_labels BxN, mask_input Bx1x256x256, has_mask_input B (float32)."""
+    coords, labels = [], []
+    for p in prompts:
+        pts = p.points.astype(np.float32) if p.points is not None else np.zeros((0, 2), np.float32)
+        lbl = p.labels.astype(np.float32) if p.labels is not None else np.zeros((0,), np.float32)
+        if p.box is not None:
+            pts = np.concatenate([pts, p.box.reshape(2, 2).astype(np.float32)])
+            lbl = np.concatenate([lbl, np.array([2.0, 3.0], np.float32)])
+        else:
+            pts = np.concatenate([pts, np.zeros((1, 2), np.float32)])
+            lbl = np.concatenate([lbl, np.array([-1.0], np.float32)])
+        coords.append(pts)
+        labels.append(lbl)
+    masks = np.zeros((len(prompts), 1, LOW_RES, LOW_RES), np.float32)
+    has = np.zeros((len(prompts),), np.float32)
+    for i, p in enumerate(prompts):
+        if p.mask_logits is not None:
+            masks[i, 0] = p.mask_logits.reshape(LOW_RES, LOW_RES)
+            has[i] = 1.0
+    return {
+        "point_coords": np.stack(coords),
+        "point_labels": np.stack(labels),
+        "mask_input": masks,
+        "has_mask_input": has,
+    }
+
+
+class ExportedSamEngine(CachedSegmenter):
+    """PromptableSegmenter over an export directory; subclasses implement `_run_encoder`/`_run_decoder`."""
+
+    def __init__(
+        self,
+        export_dir: str | Path,
+        name: str,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        encoder_batch: int = 4,
+        decode_batch: int = 16,
+        max_prompts: int | None = None,
+    ) -> None:
+        super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts)
+        self.export_dir = Path(export_dir)
+        self.metadata = read_metadata(self.export_dir, kind="sam")
+        self.name = name
+        self.image_size = int(self.metadata["image_size"])
+        self.transform = ResizeLongestSide(self.image_size)
+        self.mean = np.asarray(self.metadata["pixel_mean"], np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(self.metadata["pixel_std"], np.float32).reshape(3, 1, 1)
+        self.threshold = float(self.metadata["mask_threshold"])
+        self.encoder_batch = max(1, encoder_batch)
+        self.decode_batch = max(1, decode_batch)
+        # the encoder file's hash names the model: caches shared between engines never mix models
+        self._namespace = f"{name}:{self.metadata['files']['encoder']['sha256'][:16]}"
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    # -- what a runtime implements -------------------------------------------------------------
+    @abstractmethod
+    def _run_encoder(self, images: np.ndarray) -> np.ndarray:
+        """Bx3x1024x1024 float32 -> Bx256x64x64 float32."""
+
+    @abstractmethod
+    def _run_decoder(self, inputs: dict[str, np.ndarray], multimask: bool) -> dict[str, np.ndarray]:
+        """Decoder inputs (see `pack_prompts`, plus image_embeddings and orig_im_size) -> a dict with
+        masks BxCxHxW, iou_predictions BxC, low_res_masks BxCx256x256."""
+
+    # -- host side -----------------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 -> 3x1024x1024 float32, as `Sam.preprocess` after `ResizeLongestSide`."""
+        resized = self.transform.apply_image(image)
+        x = (resized.transpose(2, 0, 1).astype(np.float32) - self.mean) / self.std
+        out = np.zeros((3, self.image_size, self.image_size), np.float32)
+        out[:, : x.shape[1], : x.shape[2]] = x
+        return out
+
+    def _encode(self, images: list[np.ndarray]) -> list[ExportedImage]:
+        out: list[ExportedImage] = []
+        for start in range(0, len(images), self.encoder_batch):
+            chunk = images[start : start + self.encoder_batch]
+            features = self._run_encoder(np.stack([self.preprocess(im) for im in chunk]))
+            self.stats.encoder_calls += 1
+            self.stats.images_encoded += len(chunk)
+            out.extend(
+                ExportedImage(np.ascontiguousarray(features[j : j + 1]), im.shape[:2])
+                for j, im in enumerate(chunk)
+            )
+        return out
+
+    def _payload_nbytes(self, payload: ExportedImage) -> int:
+        return int(payload.embedding.nbytes)
+
+    def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
+        image: ExportedImage = handle.payload
+        groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
+        for i, p in enumerate(prompts):
+            groups[(p.num_points, p.box is not None)].append(i)
+        n, c = len(prompts), 3 if multimask else 1
+        h, w = image.original_size
+        masks = np.zeros((n, c, h, w), dtype=bool)
+        iou = np.zeros((n, c), np.float32)
+        stability = np.zeros((n, c), np.float32)
+        low_res = np.zeros((n, c, LOW_RES, LOW_RES), np.float32)
+        size = np.array([h, w], np.int64)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.decode_batch):
+                idx = indices[start : start + self.decode_batch]
+                inputs = pack_prompts([prompts[i] for i in idx])
+                inputs["image_embeddings"] = image.embedding
+                inputs["orig_im_size"] = size
+                out = self._run_decoder(inputs, multimask)
+                self.stats.decoder_calls += 1
+                self.stats.prompts_decoded += len(idx)
+                masks[idx] = out["masks"] > self.threshold
+                stability[idx] = stability_numpy(out["masks"], self.threshold)
+                iou[idx] = out["iou_predictions"]
+                low_res[idx] = out["low_res_masks"]
+        return Predictions(masks, iou, stability, low_res)
+
+    def info(self) -> dict[str, Any]:
+        return super().info() | {"export_dir": str(self.export_dir), "sam_type": self.metadata["sam_type"]}
