@@ -24,11 +24,11 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 lint: install
-	$(VENV)/bin/ruff check models serving sesam tests benchmarks
-	$(VENV)/bin/ruff format --check models serving sesam tests benchmarks
+	$(VENV)/bin/ruff check models serving sesam training export tests benchmarks
+	$(VENV)/bin/ruff format --check models serving sesam training export tests benchmarks
 
 test: install
-	$(VENV)/bin/ruff check models serving sesam tests benchmarks
+	$(VENV)/bin/ruff check models serving sesam training export tests benchmarks
 	$(PY) -m pytest -q
 
 serve: install

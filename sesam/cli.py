@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from sesam import __version__
 
 # Packages that contribute subcommands, each exposing register(subparsers).
-COMMAND_MODULES = ("models.cli", "training.cli", "serving.cli")
+COMMAND_MODULES = ("models.cli", "training.cli", "export.cli", "serving.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

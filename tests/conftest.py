@@ -53,3 +53,13 @@ def camvid_image() -> np.ndarray:
     if not stems:
         pytest.skip("CamVid val list is empty")
     return read_image(CAMVID / "images" / "val" / f"{stems[0]}.jpg")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> Path:
+    """The seeded tiny SAM exported to ONNX once per session (encoder + both decoders)."""
+    from export.onnx_export import export_sam_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny_export")
+    export_sam_checkpoint("tiny", None, out)
+    return out

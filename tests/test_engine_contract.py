@@ -9,22 +9,27 @@ from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, PromptableSegme
 from models.engine.classical import ClassicalPrior
 from models.engine.sam_torch import SamEngine
 
-BACKENDS = ["classical", "torch-tiny"]
+BACKENDS = ["classical", "torch-tiny", "onnx-tiny"]
 
 
-def make_engine(name: str, tiny_sam) -> PromptableSegmenter:
+def make_engine(name: str, request: pytest.FixtureRequest) -> PromptableSegmenter:
     if name == "classical":
         return ClassicalPrior()
-    return SamEngine(tiny_sam, name="sam-tiny")
+    if name == "onnx-tiny":
+        from models.engine.sam_onnx import OnnxSamEngine
+
+        return OnnxSamEngine(request.getfixturevalue("tiny_export"))
+    return SamEngine(request.getfixturevalue("tiny_sam"), name="sam-tiny")
 
 
 @pytest.fixture(params=BACKENDS)
-def engine(request, tiny_sam):
-    return make_engine(request.param, tiny_sam)
+def engine(request):
+    return make_engine(request.param, request)
 
 
 def test_every_registered_backend_is_covered() -> None:
-    assert set(ENGINE_BACKENDS) == {"classical", "torch"}
+    # tensorrt runs in the gpu-marked tests; triton against a server in tests/test_export.py
+    assert set(ENGINE_BACKENDS) == {"classical", "torch", "onnx", "tensorrt", "triton"}
 
 
 def test_is_a_promptable_segmenter(engine) -> None:
@@ -146,6 +151,19 @@ def test_factory_defaults_to_classical_and_reads_env(monkeypatch, tmp_path) -> N
         EngineConfig.from_mapping({"backnd": "torch"})
     with pytest.raises(ValueError, match="cache_bytes='lots' is not a valid int"):
         EngineConfig.from_mapping({"cache_bytes": "lots"})
+
+
+def test_factory_builds_onnx_from_an_export_dir(tiny_export, monkeypatch) -> None:
+    monkeypatch.setenv("SESAM_EXPORT_DIR", str(tiny_export))
+    monkeypatch.setenv("SESAM_THREADS", "1")
+    engine = build_engine(EngineConfig.from_env())  # auto: no checkpoint, an export dir -> onnx
+    assert engine.name == "onnx" and engine.info()["providers"] == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="holds no metadata.json"):
+        EngineConfig.from_mapping({"export_dir": "/nonexistent"})
+    with pytest.raises(ValueError, match="backend onnx needs export_dir"):
+        build_engine(EngineConfig(backend="onnx"))
+    with pytest.raises(ValueError, match="provider 'Bogus' is not available"):
+        build_engine(EngineConfig(backend="onnx", export_dir=str(tiny_export), providers="Bogus"))
 
 
 def test_yaml_config(tmp_path) -> None:

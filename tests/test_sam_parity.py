@@ -1,4 +1,4 @@
-"""The torch engine equals segment-anything's official SamPredictor (seeded tiny SAM)."""
+"""The torch and ONNX engines equal segment-anything's official SamPredictor (seeded tiny SAM)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,13 @@ def predictor(tiny_sam, scene):
     return pred
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_sam):
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def engine(request, tiny_sam):
+    """Both backends must equal SamPredictor: torch directly, onnx through its exported graphs."""
+    if request.param == "onnx":
+        from models.engine.sam_onnx import OnnxSamEngine
+
+        return OnnxSamEngine(request.getfixturevalue("tiny_export"))
     return SamEngine(tiny_sam, name="sam-tiny")
 
 

@@ -1,0 +1,175 @@
+"""`sesam export sam|student|verify|quantize|tensorrt|triton`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from models.progress import progress_bar
+
+
+def _sam(args: argparse.Namespace) -> int:
+    from export.onnx_export import export_sam_checkpoint
+
+    md = export_sam_checkpoint(args.sam_type, args.checkpoint, args.out, random_seed=args.random_weights)
+    if args.int8:
+        from export.quantize import quantize_encoder
+
+        quantize_encoder(args.out)
+    print(f"wrote {', '.join(f['path'] for f in md['files'].values())} and metadata.json to {args.out}")
+    return 0
+
+
+def _student(args: argparse.Namespace) -> int:
+    from export.onnx_export import export_student_checkpoint
+
+    md = export_student_checkpoint(args.checkpoint, args.out)
+    print(
+        f"wrote {md['files']['student']['path']} ({md['student']}, {md['num_classes']} classes) to {args.out}"
+    )
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from export.verify import as_rows, sample_images, verify
+    from models.onnx_runtime import read_metadata
+
+    kind = read_metadata(args.directory)["kind"]
+    counts = tuple(args.prompts)
+    with progress_bar(f"verify {args.directory}") as progress:
+        task = progress.add_task("verify", total=len(sample_images()), info=kind)
+        cases = verify(
+            args.directory,
+            args.checkpoint,
+            atol=args.atol,
+            min_agreement=args.min_agreement,
+            prompt_counts=counts,
+            progress=lambda: progress.advance(task),
+        )
+    table = Table(title=f"PyTorch vs ONNX Runtime: {args.directory}")
+    for col in (
+        "model",
+        "image",
+        "size",
+        "prompts/batch",
+        "multimask",
+        "max |diff| logits",
+        "embedding |diff|",
+        "mask agreement",
+        "IoU |diff|",
+        "ok",
+    ):
+        table.add_column(col)
+    for c in cases:
+        table.add_row(
+            c.model,
+            c.image,
+            f"{c.size[0]}x{c.size[1]}",
+            str(c.prompts),
+            "-" if c.multimask is None else str(c.multimask),
+            f"{c.max_abs_diff:.2e}",
+            "-" if c.embedding_diff is None else f"{c.embedding_diff:.2e}",
+            f"{100 * c.mask_agreement:.4f}%",
+            "-" if c.iou_diff is None else f"{c.iou_diff:.2e}",
+            "yes" if c.passed else "NO",
+        )
+    Console().print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(as_rows(cases), indent=1))
+    failed = [c for c in cases if not c.passed]
+    if failed:
+        print(
+            f"{len(failed)} of {len(cases)} cases over tolerance (atol {args.atol:g}, agreement {args.min_agreement:g})",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"all {len(cases)} cases within atol {args.atol:g} and agreement >= {args.min_agreement:g}")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from export.quantize import fidelity, quantize_encoder
+
+    path = quantize_encoder(args.directory)
+    print(f"wrote {path}")
+    print(json.dumps(fidelity(args.directory), indent=1))
+    return 0
+
+
+def _tensorrt(args: argparse.Namespace) -> int:
+    from export.tensorrt import build_engines
+    from models.tensorrt_runtime import TensorRTUnavailable
+
+    try:
+        built = build_engines(args.directory, fp16=args.fp16, workspace=args.workspace_gb << 30)
+    except TensorRTUnavailable as exc:
+        print(f"sesam export tensorrt: {exc}", file=sys.stderr)
+        return 3
+    for role, name in built.items():
+        print(f"{role}: {name}")
+    return 0
+
+
+def _triton(args: argparse.Namespace) -> int:
+    from export.triton import write_repository
+
+    platform = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[args.platform]
+    for model in write_repository(args.directory, args.repo, platform, args.prefix, args.instances):
+        print(f"wrote {model}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="export SAM / students to ONNX, TensorRT, Triton")
+    sub = parser.add_subparsers(dest="export_command", metavar="WHAT", required=True)
+
+    p = sub.add_parser("sam", help="SAM encoder + decoders to ONNX (dynamic batch, prompts, points)")
+    p.add_argument("--sam-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
+    p.add_argument("--checkpoint", default=None, help="official checkpoint, e.g. sam_vit_b_01ec64.pth")
+    p.add_argument(
+        "--random-weights",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="no checkpoint: seeded random weights (benchmarks)",
+    )
+    p.add_argument("--int8", action="store_true", help="also write a dynamically quantized int8 encoder")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_sam)
+
+    p = sub.add_parser("student", help="a student checkpoint to ONNX (dynamic batch, height, width)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_student)
+
+    p = sub.add_parser("verify", help="PyTorch vs ONNX Runtime parity of an export directory")
+    p.add_argument("directory")
+    p.add_argument("--checkpoint", default=None, help="source checkpoint if not the one in metadata.json")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--min-agreement", type=float, default=0.999)
+    p.add_argument("--prompts", type=int, nargs="+", default=[1, 5, 64])
+    p.add_argument("--json", default=None, help="also write the cases as JSON here")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("quantize", help="int8 dynamic quantization of the SAM encoder + fidelity report")
+    p.add_argument("directory")
+    p.set_defaults(func=_quantize)
+
+    p = sub.add_parser("tensorrt", help="TensorRT engines from the ONNX files (needs TensorRT + CUDA)")
+    p.add_argument("directory")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--workspace-gb", type=int, default=4)
+    p.set_defaults(func=_tensorrt)
+
+    p = sub.add_parser("triton", help="a Triton model repository from an export directory")
+    p.add_argument("directory")
+    p.add_argument("--repo", required=True, help="model repository directory to write")
+    p.add_argument("--platform", choices=["onnx", "tensorrt"], default="onnx")
+    p.add_argument("--prefix", default="sam_", help="model name prefix for SAM models")
+    p.add_argument("--instances", type=int, default=1)
+    p.set_defaults(func=_triton)

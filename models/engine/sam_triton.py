@@ -1,0 +1,72 @@
+"""The Triton SAM backend: the exported encoder and decoders served by Triton Inference Server
+(a repository from `sesam export triton`), called over HTTP with tritonclient.
+
+The host side (resize, normalise, prompt packing, cache) is the ONNX backend's; the export
+directory supplies the metadata. Install with `pip install 'sesam[triton]'`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models.engine.cache import DEFAULT_CACHE_BYTES
+from models.engine.exported import ExportedSamEngine
+
+
+class TritonSamEngine(ExportedSamEngine):
+    def __init__(
+        self,
+        export_dir: str | Path,
+        url: str = "localhost:8000",
+        prefix: str = "sam_",
+        timeout_s: float = 60.0,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        encoder_batch: int = 4,
+        decode_batch: int = 16,
+        max_prompts: int | None = None,
+    ) -> None:
+        try:
+            import tritonclient.http as httpclient
+        except ImportError as exc:
+            raise ValueError("backend triton needs tritonclient: pip install 'sesam[triton]'") from exc
+        super().__init__(export_dir, "triton", cache_bytes, encoder_batch, decode_batch, max_prompts)
+        self._http = httpclient
+        self.url = url.removeprefix("http://")
+        self.prefix = prefix
+        self.client = httpclient.InferenceServerClient(
+            self.url, connection_timeout=timeout_s, network_timeout=timeout_s
+        )
+        for role in ("encoder", "decoder", "decoder_single"):
+            name = prefix + role
+            try:
+                ready = self.client.is_model_ready(name)
+            except Exception as exc:
+                raise ValueError(f"triton server at {self.url} is not reachable ({exc})") from exc
+            if not ready:
+                raise ValueError(f"triton server at {self.url}: model {name!r} is not loaded/ready")
+
+    def _infer(self, model: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        http = self._http
+        inputs = []
+        for name, value in feeds.items():
+            value = np.ascontiguousarray(value)
+            item = http.InferInput(name, list(value.shape), "INT64" if value.dtype == np.int64 else "FP32")
+            item.set_data_from_numpy(value, binary_data=True)
+            inputs.append(item)
+        requested = [http.InferRequestedOutput(n, binary_data=True) for n in outputs]
+        result = self.client.infer(model, inputs, outputs=requested)
+        return {n: result.as_numpy(n) for n in outputs}
+
+    def _run_encoder(self, images: np.ndarray) -> np.ndarray:
+        return self._infer(self.prefix + "encoder", {"images": images}, ["image_embeddings"])[
+            "image_embeddings"
+        ]
+
+    def _run_decoder(self, inputs: dict[str, np.ndarray], multimask: bool) -> dict[str, np.ndarray]:
+        model = self.prefix + ("decoder" if multimask else "decoder_single")
+        return self._infer(model, inputs, ["masks", "iou_predictions", "low_res_masks"])
+
+    def info(self) -> dict:
+        return super().info() | {"triton_url": self.url}

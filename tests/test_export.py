@@ -1,0 +1,224 @@
+"""Export to ONNX (SAM, students), verification, int8, TensorRT's pure parts, Triton repositories."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.onnx_export import export_student_module
+from export.sam_modules import SamDecoderOnnx
+from export.triton import model_config, write_repository
+from export.verify import verify
+from models.onnx_runtime import read_metadata
+from models.sam.build import sha256_of
+from models.students import build_student, predict_logits, save_student, student_registry
+from models.students_onnx import OnnxStudent
+from sesam.cli import main
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "weights" / "camvid_student.pt"
+
+
+def test_metadata_describes_the_export(tiny_export: Path) -> None:
+    md = read_metadata(tiny_export, kind="sam")
+    assert md["sam_type"] == "tiny" and md["opset"] == 18 and md["image_size"] == 1024
+    assert md["embedding_shape"] == [256, 64, 64]
+    for entry in md["files"].values():
+        assert sha256_of(tiny_export / entry["path"]) == entry["sha256"]
+    assert {"torch", "onnx"} <= set(md["versions"])
+    with pytest.raises(ValueError, match="holds a 'sam' export, expected 'student'"):
+        read_metadata(tiny_export, kind="student")
+
+
+@pytest.mark.parametrize("size", [(300, 500), (500, 300), (257, 257)])
+def test_decoder_module_has_no_size_baked_in(tiny_sam, size) -> None:
+    """The wrapper's full-size masks equal SAM's own postprocess at any aspect ratio."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    dec = SamDecoderOnnx(tiny_sam).eval()
+    emb = torch.randn(1, 256, 64, 64)
+    coords = torch.tensor([[[40.0, 60.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1.0, -1.0]])
+    with torch.no_grad():
+        masks, _, low = dec(
+            emb, coords, labels, torch.zeros(1, 1, 256, 256), torch.zeros(1), torch.tensor(size)
+        )
+        input_size = ResizeLongestSide(1024).get_preprocess_shape(*size, 1024)
+        ref = tiny_sam.postprocess_masks(low, input_size, size)
+    assert masks.shape[-2:] == size
+    torch.testing.assert_close(masks, ref, atol=1e-4, rtol=0)
+
+
+def test_verify_sam_passes_and_fails_over_tolerance(tiny_export: Path, capsys) -> None:
+    cases = verify(tiny_export, prompt_counts=(1, 5))
+    sizes = {c.size for c in cases}
+    assert any(h > w for h, w in sizes) and any(h < w for h, w in sizes) and any(h == w for h, w in sizes)
+    assert all(c.passed for c in cases), [c for c in cases if not c.passed]
+    assert max(c.max_abs_diff for c in cases) < 1e-4
+    # the command exits non-zero when the tolerance cannot be met
+    assert main(["export", "verify", str(tiny_export), "--prompts", "1", "--atol", "0"]) == 1
+    assert "cases over tolerance" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def student_export(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("student_export")
+    assert main(["export", "student", "--checkpoint", str(SHIPPED), "--out", str(out)]) == 0
+    return out
+
+
+def test_shipped_student_exports_and_verifies(student_export: Path) -> None:
+    md = read_metadata(student_export, kind="student")
+    assert md["student"] == "fpn-mobilenetv2" and md["num_classes"] == 11
+    cases = verify(student_export)
+    assert all(c.passed for c in cases), [c for c in cases if not c.passed]
+    assert {c.prompts for c in cases} == {1, 3}  # batch sizes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(student_registry))
+def test_every_student_exports_with_dynamic_batch_and_size(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_student(name, 5).eval()
+    save_student(tmp_path / "s.pt", model, name, 5)
+    export_student_module(model, tmp_path / "onnx", {"name": name, "num_classes": 5}, tmp_path / "s.pt")
+    runtime = OnnxStudent(tmp_path / "onnx")
+    for shape in ((1, 3, 64, 96), (2, 3, 70, 45)):
+        x = torch.randint(0, 256, shape).float()
+        ref = predict_logits(model, x).numpy()
+        out = runtime.logits(x.numpy())
+        assert out.shape == ref.shape
+        # random-init students reach large logits: compare relative to their scale
+        assert np.abs(out - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+        assert (out.argmax(1) == ref.argmax(1)).mean() > 0.999
+
+
+def test_int8_encoder_and_fidelity(tiny_export: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from export.quantize import fidelity, quantize_encoder
+    from models.engine.sam_onnx import OnnxSamEngine
+
+    work = tmp_path / "export"
+    shutil.copytree(tiny_export, work)
+    quantize_encoder(work)
+    assert "encoder_int8" in read_metadata(work)["files"]
+    engine = OnnxSamEngine(work, encoder_file="encoder_int8")
+    assert engine.name == "onnx-encoder_int8" and engine.namespace != OnnxSamEngine(work).namespace
+    report = fidelity(work, prompts_per_image=2)
+    assert report["embedding_cosine_min"] > 0.99 and report["mask_pixel_agreement_mean"] > 0.95
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not an export directory"):
+        read_metadata(tmp_path)
+    (tmp_path / "metadata.json").write_text("{not json")
+    with pytest.raises(ValueError, match="metadata.json: cannot read"):
+        read_metadata(tmp_path)
+    assert main(["export", "sam", "--sam-type", "vit_b", "--out", str(tmp_path / "x")]) == 2
+    assert main(["export", "student", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 2
+
+
+# -- TensorRT: what runs without it ---------------------------------------------------------------
+def test_tensorrt_names_profiles_and_precision() -> None:
+    from export.tensorrt import keep_fp32, profile_shapes, shape_input_values
+    from models.tensorrt_runtime import engine_filename
+
+    name = engine_filename("encoder", "NVIDIA H100 80GB HBM3", "10.5.0", True)
+    assert name == "encoder.NVIDIA_H100_80GB_HBM3.trt10.5.0.fp16.plan"
+    assert engine_filename("decoder", "x", "10.0", False).endswith(".fp32.plan")
+    enc = profile_shapes("encoder")["images"]
+    assert [s[0] for s in enc] == [1, 4, 8] and all(s[1:] == (3, 1024, 1024) for s in enc)
+    dec = profile_shapes("decoder")
+    assert [s[0] for s in dec["point_coords"]] == [1, 64, 256] and [s[1] for s in dec["point_coords"]] == [
+        1,
+        4,
+        16,
+    ]
+    for shapes in list(dec.values()) + [enc, profile_shapes("student")["images"]]:
+        lo, opt, hi = (np.array(s) for s in shapes)
+        assert (lo <= opt).all() and (opt <= hi).all()
+    assert shape_input_values("decoder")["orig_im_size"][0] == (1, 1)
+    assert keep_fp32("NORMALIZATION") and keep_fp32("SOFTMAX") and keep_fp32("REDUCE")
+    assert keep_fp32("UNARY", "SQRT") and not keep_fp32("UNARY", "ABS") and not keep_fp32("CONVOLUTION")
+    with pytest.raises(ValueError, match="no TensorRT profile"):
+        profile_shapes("bogus")
+
+
+def test_tensorrt_missing_is_a_clear_error(tiny_export: Path, monkeypatch, capsys) -> None:
+    from models.engine import EngineConfig, build_engine
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when not installed
+    assert main(["export", "tensorrt", str(tiny_export)]) == 3
+    assert "TensorRT is not installed" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="TensorRT is not installed"):
+        build_engine(EngineConfig(backend="tensorrt", export_dir=str(tiny_export)))
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_matches_onnx(tiny_export: Path, tmp_path: Path, scene) -> None:
+    import shutil
+
+    pytest.importorskip("tensorrt")
+    from export.tensorrt import build_engines
+    from models.engine import Prompt
+    from models.engine.sam_onnx import OnnxSamEngine
+    from models.engine.sam_tensorrt import TensorRTSamEngine
+
+    work = tmp_path / "export"
+    shutil.copytree(tiny_export, work)
+    build_engines(work, fp16=False)
+    trt_engine, ort_engine = TensorRTSamEngine(work, fp16=False), OnnxSamEngine(work, providers="cpu")
+    prompts = [Prompt(points=[[120, 130]], labels=[1]), Prompt(box=[40, 50, 210, 210])]
+    a, b = trt_engine.predict(scene, prompts), ort_engine.predict(scene, prompts)
+    assert np.abs(a.low_res_logits - b.low_res_logits).max() < 1e-3
+    assert (a.masks == b.masks).mean() > 0.999
+
+
+# -- Triton ---------------------------------------------------------------------------------------
+def _parse_config(text: str):
+    pb = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, pb.ModelConfig())
+
+
+def test_triton_repository(tiny_export: Path, student_export: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert main(["export", "triton", str(tiny_export), "--repo", str(repo)]) == 0
+    write_repository(student_export, repo)
+    assert sorted(p.name for p in repo.iterdir()) == [
+        "sam_decoder",
+        "sam_decoder_single",
+        "sam_encoder",
+        "student",
+    ]
+    for model in repo.iterdir():
+        cfg = _parse_config((model / "config.pbtxt").read_text())  # Triton's own schema
+        assert cfg.name == model.name and cfg.platform == "onnxruntime_onnx"
+        assert (model / "1" / "model.onnx").is_file()
+    enc = _parse_config((repo / "sam_encoder" / "config.pbtxt").read_text())
+    assert enc.max_batch_size == 8 and enc.HasField("dynamic_batching")
+    assert list(enc.input[0].dims) == [3, 1024, 1024]
+    dec = _parse_config((repo / "sam_decoder" / "config.pbtxt").read_text())
+    assert dec.max_batch_size == 0 and list(dec.output[0].dims) == [-1, 3, -1, -1]
+    assert [i.name for i in dec.input][-1] == "orig_im_size"
+    with pytest.raises(ValueError, match="no TensorRT engine for encoder"):
+        write_repository(tiny_export, tmp_path / "trt", platform="tensorrt_plan")
+    with pytest.raises(ValueError, match="platform 'bogus' unknown"):
+        model_config("encoder", "x", "bogus")
+    assert json.loads((tiny_export / "metadata.json").read_text())["kind"] == "sam"
+
+
+def test_triton_backend_without_a_server_is_a_clear_error(tiny_export: Path) -> None:
+    pytest.importorskip("tritonclient.http")
+    from models.engine import EngineConfig, build_engine
+
+    with pytest.raises(ValueError, match="not reachable"):
+        build_engine(EngineConfig(backend="triton", export_dir=str(tiny_export), triton_url="127.0.0.1:9"))
+    with pytest.raises(ValueError, match="needs triton_url"):
+        build_engine(EngineConfig(backend="triton", export_dir=str(tiny_export)))
