@@ -158,7 +158,7 @@ def test_factory_builds_onnx_from_an_export_dir(tiny_export, monkeypatch) -> Non
     monkeypatch.setenv("SESAM_THREADS", "1")
     engine = build_engine(EngineConfig.from_env())  # auto: no checkpoint, an export dir -> onnx
     assert engine.name == "onnx" and engine.info()["providers"] == ["CPUExecutionProvider"]
-    with pytest.raises(ValueError, match="holds no metadata.json"):
+    with pytest.raises(ValueError, match=r"holds no metadata\.json"):
         EngineConfig.from_mapping({"export_dir": "/nonexistent"})
     with pytest.raises(ValueError, match="backend onnx needs export_dir"):
         build_engine(EngineConfig(backend="onnx"))

@@ -117,7 +117,7 @@ def test_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an export directory"):
         read_metadata(tmp_path)
     (tmp_path / "metadata.json").write_text("{not json")
-    with pytest.raises(ValueError, match="metadata.json: cannot read"):
+    with pytest.raises(ValueError, match=r"metadata\.json: cannot read"):
         read_metadata(tmp_path)
     assert main(["export", "sam", "--sam-type", "vit_b", "--out", str(tmp_path / "x")]) == 2
     assert main(["export", "student", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 2
@@ -139,7 +139,7 @@ def test_tensorrt_names_profiles_and_precision() -> None:
         4,
         16,
     ]
-    for shapes in list(dec.values()) + [enc, profile_shapes("student")["images"]]:
+    for shapes in [*dec.values(), enc, profile_shapes("student")["images"]]:
         lo, opt, hi = (np.array(s) for s in shapes)
         assert (lo <= opt).all() and (opt <= hi).all()
     assert shape_input_values("decoder")["orig_im_size"][0] == (1, 1)
