@@ -1,0 +1,113 @@
+"""ViT-B SAM: PyTorch vs ONNX Runtime fp32 vs ONNX Runtime int8 encoder; decoder 1 vs 64 prompts.
+
+Baseline: the PyTorch encoder (`SamEngine`, segment-anything's modules) in the same run, same
+images, same threads. Weights are random (seeded): speed does not depend on them. The int8 row
+also reports how far its masks are from fp32 (same decoder, 16 prompts per image).
+
+Run: `python benchmarks/export.py [--sam-type vit_b] [--repeats 3]`; writes
+benchmarks/results/export.md. The export directory is kept (runs/export_vit_b) for
+`sesam export verify runs/export_vit_b`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# run as a script, this file's folder comes first on sys.path and its name would hide the `export` package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from export.onnx_export import build_seeded_sam, export_sam  # noqa: E402
+from export.quantize import fidelity, quantize_encoder  # noqa: E402
+from export.verify import random_prompts, sample_images  # noqa: E402
+from models.engine.sam_onnx import OnnxSamEngine  # noqa: E402
+from models.engine.sam_torch import SamEngine  # noqa: E402
+from models.onnx_runtime import read_metadata  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sam-type", default="vit_b")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out-dir", default=None)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "export.md"))
+    args = parser.parse_args()
+    export_dir = Path(args.out_dir or ROOT / "runs" / f"export_{args.sam_type}")
+    sam = build_seeded_sam(args.sam_type, 0)
+    if not (export_dir / "metadata.json").is_file():
+        t0 = time.perf_counter()
+        export_sam(sam, export_dir, args.sam_type, random_seed=0)
+        print(f"exported {args.sam_type} in {time.perf_counter() - t0:.0f} s")
+    if "encoder_int8" not in read_metadata(export_dir)["files"]:
+        quantize_encoder(export_dir)
+
+    image = sample_images()["coffee landscape"]
+    torch_engine = SamEngine(sam, name=f"sam-{args.sam_type}", cache_bytes=0)
+    fp32 = OnnxSamEngine(export_dir, cache_bytes=0)
+    int8 = OnnxSamEngine(export_dir, encoder_file="encoder_int8", cache_bytes=0)
+    threads = torch.get_num_threads()
+    rows = []
+    base = timed(lambda: torch_engine.embed([image]), args.repeats)
+    rows.append(("encoder", "PyTorch fp32 (baseline)", base, 1.0, "-"))
+    t = timed(lambda: fp32.embed([image]), args.repeats)
+    rows.append(("encoder", "ONNX Runtime fp32", t, base / t, "-"))
+    t = timed(lambda: int8.embed([image]), args.repeats)
+    report = fidelity(export_dir, prompts_per_image=16)
+    agreement = (
+        f"{100 * report['mask_pixel_agreement_mean']:.2f}% pixels, mask IoU {report['mask_iou_int8_vs_fp32_mean']:.3f}, "
+        f"embedding cosine >= {report['embedding_cosine_min']:.4f}"
+    )
+    rows.append(("encoder", "ONNX Runtime int8 (dynamic)", t, base / t, agreement))
+
+    rng = np.random.default_rng(0)
+    torch_handle, onnx_handle = torch_engine.embed([image])[0], fp32.embed([image])[0]
+    for count in (1, 64):
+        prompts = [p for p in random_prompts(3 * count, image.shape[:2], rng) if p.box is None][:count]
+        prompts = [type(p)(points=p.points[:1], labels=p.labels[:1]) for p in prompts]  # one layout: one call
+        t_torch = timed(lambda ps=prompts: torch_engine.predict(torch_handle, ps), args.repeats)
+        fp32.decode_batch = count
+        t_onnx = timed(lambda ps=prompts: fp32.predict(onnx_handle, ps), args.repeats)
+        rows.append(
+            (f"decoder, {count} prompt(s) in one call", "PyTorch (ManyPromptDecoder)", t_torch, 1.0, "-")
+        )
+        rows.append(
+            (f"decoder, {count} prompt(s) in one call", "ONNX Runtime fp32", t_onnx, t_torch / t_onnx, "-")
+        )
+
+    title = (
+        f"SAM {args.sam_type} (random weights), {image.shape[0]}x{image.shape[1]} image, "
+        f"{threads} torch threads, median of {args.repeats} after a warm-up; speed-up vs the PyTorch row above it"
+    )
+    table = Table(title=title)
+    for col in ("part", "runtime", "seconds", "speed-up", "int8 vs fp32"):
+        table.add_column(col)
+    lines = [title, "", "| part | runtime | seconds | speed-up | int8 vs fp32 |", "|---|---|---|---|---|"]
+    for part, runtime, seconds, speedup, note in rows:
+        table.add_row(part, runtime, f"{seconds:.3f}", f"{speedup:.2f}x", note)
+        lines.append(f"| {part} | {runtime} | {seconds:.3f} | {speedup:.2f}x | {note} |")
+    Console().print(table)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
