@@ -72,7 +72,7 @@ def main() -> None:
     t = timed(lambda: fp32.embed([image]), args.repeats)
     rows.append(("encoder", "ONNX Runtime fp32", t, base / t, "-"))
     t = timed(lambda: int8.embed([image]), args.repeats)
-    report = fidelity(export_dir, prompts_per_image=16)
+    report = fidelity(export_dir, prompts_per_image=16, fp32=fp32, int8=int8)
     agreement = (
         f"{100 * report['mask_pixel_agreement_mean']:.2f}% pixels, mask IoU {report['mask_iou_int8_vs_fp32_mean']:.3f}, "
         f"embedding cosine >= {report['embedding_cosine_min']:.4f}"

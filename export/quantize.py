@@ -40,13 +40,16 @@ def quantize_encoder(directory: str | Path) -> Path:
     return target
 
 
-def fidelity(directory: str | Path, prompts_per_image: int = 16, seed: int = 0) -> dict[str, Any]:
-    """int8 vs fp32 encoder on the verification images; the decoder is the same fp32 one."""
+def fidelity(
+    directory: str | Path, prompts_per_image: int = 16, seed: int = 0, fp32: Any = None, int8: Any = None
+) -> dict[str, Any]:
+    """int8 vs fp32 encoder on the verification images; the decoder is the same fp32 one.
+    `fp32` / `int8`: engines already open on this directory (saves loading the models twice)."""
     from export.verify import random_prompts, sample_images
     from models.engine.sam_onnx import OnnxSamEngine
 
-    fp32 = OnnxSamEngine(directory)
-    int8 = OnnxSamEngine(directory, encoder_file="encoder_int8")
+    fp32 = fp32 or OnnxSamEngine(directory)
+    int8 = int8 or OnnxSamEngine(directory, encoder_file="encoder_int8")
     rng = np.random.default_rng(seed)
     cosines, diffs, agreements, ious = [], [], [], []
     for image in sample_images(seed).values():
