@@ -24,7 +24,7 @@ import torch
 from models.engine.types import Prompt
 from models.onnx_runtime import read_metadata
 
-CAMVID_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid" / "val"
+CAMVID_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid" / "images" / "val"
 PROMPT_COUNTS = (1, 5, 64)
 
 
@@ -53,7 +53,7 @@ def sample_images(seed: int = 0) -> dict[str, np.ndarray]:
         "chelsea square": skimage.data.chelsea()[:, 60:360],  # 300x300
         "random 333x517": rng.integers(0, 256, (333, 517, 3), dtype=np.uint8),
     }
-    camvid = sorted(CAMVID_VAL.glob("*.png"))[:1] if CAMVID_VAL.is_dir() else []
+    camvid = sorted(CAMVID_VAL.glob("*.jpg"))[:1] if CAMVID_VAL.is_dir() else []
     if camvid:
         from models.engine import read_image
 
