@@ -124,6 +124,13 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return entry
 
 
+def model_roles(metadata: dict[str, Any]) -> list[str]:
+    """The ONNX graphs an export directory holds, by role (the keys of its `files`)."""
+    if metadata["kind"] == "student":
+        return ["student"]
+    return [r for r in ("encoder", "decoder", "decoder_single") if r in metadata["files"]]
+
+
 def write_metadata(out: Path, metadata: dict[str, Any]) -> Path:
     path = out / "metadata.json"
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=1)))

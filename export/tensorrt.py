@@ -16,9 +16,8 @@ tested by `gpu`-marked tests where the hardware exists.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from export.onnx_export import write_metadata
+from export.onnx_export import model_roles, write_metadata
 from models.onnx_runtime import model_file, read_metadata
 from models.tensorrt_runtime import engine_filename, require_tensorrt
 
@@ -64,12 +63,6 @@ def keep_fp32(layer_type: str, unary_op: str | None = None) -> bool:
     if layer_type in FP32_LAYER_TYPES:
         return True
     return layer_type == "UNARY" and unary_op in FP32_UNARY_OPS
-
-
-def _roles(md: dict[str, Any]) -> list[str]:
-    if md["kind"] == "student":
-        return ["student"]
-    return [r for r in ("encoder", "decoder", "decoder_single") if r in md["files"]]
 
 
 def _build_one(trt, onnx_path: Path, role: str, fp16: bool, workspace: int) -> bytes:
@@ -118,7 +111,7 @@ def build_engines(
     md = read_metadata(directory)
     gpu = torch.cuda.get_device_name(0)
     built = {}
-    for role in _roles(md):
+    for role in model_roles(md):
         name = engine_filename(role, gpu, trt.__version__, fp16)
         plan = _build_one(trt, model_file(directory, md, role), role, fp16, workspace)
         tmp = directory / (name + ".tmp")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
+from export.onnx_export import model_roles
 from models.onnx_runtime import model_file, read_metadata
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
@@ -77,12 +77,6 @@ def model_config(role: str, name: str, platform: str, instances: int = 1, kind: 
     return "\n".join(lines) + "\n"
 
 
-def _roles(md: dict[str, Any]) -> list[str]:
-    if md["kind"] == "student":
-        return ["student"]
-    return [r for r in ("encoder", "decoder", "decoder_single") if r in md["files"]]
-
-
 def write_repository(
     directory: str | Path,
     out: str | Path,
@@ -95,7 +89,7 @@ def write_repository(
     md = read_metadata(directory)
     prefix = "" if md["kind"] == "student" and prefix == "sam_" else prefix
     written = []
-    for role in _roles(md):
+    for role in model_roles(md):
         name = prefix + role
         model_dir = out / name
         version = model_dir / "1"
