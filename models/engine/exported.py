@@ -84,6 +84,7 @@ class ExportedSamEngine(CachedSegmenter):
         encoder_batch: int = 4,
         decode_batch: int = 16,
         max_prompts: int | None = None,
+        encoder_file: str = "encoder",
     ) -> None:
         super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts)
         self.export_dir = Path(export_dir)
@@ -97,7 +98,7 @@ class ExportedSamEngine(CachedSegmenter):
         self.encoder_batch = max(1, encoder_batch)
         self.decode_batch = max(1, decode_batch)
         # the encoder file's hash names the model: caches shared between engines never mix models
-        self._namespace = f"{name}:{self.metadata['files']['encoder']['sha256'][:16]}"
+        self._namespace = f"{name}:{self.metadata['files'][encoder_file]['sha256'][:16]}"
 
     @property
     def namespace(self) -> str:

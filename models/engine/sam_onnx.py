@@ -33,13 +33,13 @@ class OnnxSamEngine(ExportedSamEngine):
     ) -> None:
         super().__init__(
             export_dir,
-            name=f"onnx-{encoder_file}",
+            name="onnx" if encoder_file == "encoder" else f"onnx-{encoder_file}",
             cache_bytes=cache_bytes,
             encoder_batch=encoder_batch,
             decode_batch=decode_batch,
             max_prompts=max_prompts,
+            encoder_file=encoder_file,
         )
-        self.name = "onnx" if encoder_file == "encoder" else f"onnx-{encoder_file}"
         md = self.metadata
         self.encoder = create_session(model_file(export_dir, md, encoder_file), providers, threads)
         self.decoders = {
@@ -47,7 +47,6 @@ class OnnxSamEngine(ExportedSamEngine):
             False: create_session(model_file(export_dir, md, "decoder_single"), providers, threads),
         }
         self.providers = self.encoder.get_providers()
-        self._namespace = f"{self.name}:{md['files'][encoder_file]['sha256'][:16]}"
 
     def _run_encoder(self, images: np.ndarray) -> np.ndarray:
         return self.encoder.run(None, {"images": images})[0]
