@@ -63,3 +63,14 @@ def tiny_export(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_export")
     export_sam_checkpoint("tiny", None, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def student_export(tmp_path_factory) -> Path:
+    """The shipped CamVid student exported to ONNX once per session."""
+    from sesam.cli import main
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "weights" / "camvid_student.pt"
+    out = tmp_path_factory.mktemp("student_export")
+    assert main(["export", "student", "--checkpoint", str(shipped), "--out", str(out)]) == 0
+    return out

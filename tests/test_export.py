@@ -64,13 +64,6 @@ def test_verify_sam_passes_and_fails_over_tolerance(tiny_export: Path, capsys) -
     assert "cases over tolerance" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def student_export(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("student_export")
-    assert main(["export", "student", "--checkpoint", str(SHIPPED), "--out", str(out)]) == 0
-    return out
-
-
 def test_shipped_student_exports_and_verifies(student_export: Path) -> None:
     md = read_metadata(student_export, kind="student")
     assert md["student"] == "fpn-mobilenetv2" and md["num_classes"] == 11
