@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from models.engine import EngineConfig, Prompt, build_engine, read_image
-from models.refine import build_labeler
+from models.refine import backend_defaults, build_labeler
 from models.refine.run import RefineRun, refine_folder
 from models.refine.sampling import SAMPLERS
 from models.refine.selection import SELECTORS
@@ -104,11 +104,7 @@ def labeler_options(args: argparse.Namespace) -> dict:
         return {n: getattr(args, n) for n in ("overlap", "scribble_points") if getattr(args, n) is not None}
     names = ("points_per_side", "pred_iou_thresh", "stability_thresh", "overlap")
     opts = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    if args.backend_name == "classical":
-        # The prior's scores are not SAM's calibrated IoU; SAM's automatic-mask thresholds would drop all.
-        opts.setdefault("pred_iou_thresh", 0.0)
-        opts.setdefault("stability_thresh", 0.0)
-    return opts
+    return backend_defaults(args.method, args.backend_name, opts)
 
 
 def run_refine(args: argparse.Namespace) -> int:

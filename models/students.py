@@ -118,3 +118,60 @@ def load_student(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit student {payload['name']!r}: {str(exc)[:300]}") from exc
     return model.eval(), {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+class StudentSegmenter:
+    """A trained student as images -> label maps, at the scale it was trained at.
+
+    Each image is resized by the checkpoint's `base_scale` (bilinear, antialiased when shrinking, as
+    the trainer's evaluation does), padded to the stride, predicted, and its logits resized back to
+    the image size before the argmax. Images of equal size share one forward pass.
+    """
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.meta = meta
+        self.name = str(meta.get("name", "student"))
+        self.num_classes = int(meta["num_classes"])
+        self.base_scale = float(meta.get("base_scale", 1.0))
+        names = meta.get("class_names")
+        self.class_names = list(names) if names else [f"class_{i}" for i in range(self.num_classes)]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> StudentSegmenter:
+        model, meta = load_student(path)
+        return cls(model, meta)
+
+    @torch.inference_mode()
+    def logits(self, images: list) -> list[torch.Tensor]:
+        """HxWx3 uint8 images -> CxHxW float logits at each image's own size."""
+        out: list[torch.Tensor | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"images[{i}]: expected HxWx3, got shape {tuple(image.shape)}")
+            groups.setdefault(tuple(image.shape[:2]), []).append(i)
+        for (h, w), members in groups.items():
+            x = torch.stack([torch.from_numpy(images[i]).permute(2, 0, 1) for i in members]).float()
+            size = (max(1, round(h * self.base_scale)), max(1, round(w * self.base_scale)))
+            if size != (h, w):
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=size[0] < h)
+                x = x.round().clamp(0, 255)
+            logits = predict_logits(self.model, x)
+            if size != (h, w):
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            for j, i in enumerate(members):
+                out[i] = logits[j]
+        return out  # type: ignore[return-value]
+
+    def segment(self, images: list) -> list:
+        """HxWx3 uint8 images -> HxW uint8 label maps (class ids)."""
+        return [t.argmax(0).to(torch.uint8).numpy() for t in self.logits(images)]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "student": self.name,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "base_scale": self.base_scale,
+        } | {k: self.meta[k] for k in ("val_miou", "mode", "kind", "iterations") if k in self.meta}

@@ -1,4 +1,9 @@
-"""`sesam serve`: run the BentoML service (the same as `make serve`)."""
+"""`sesam serve` (the BentoML service, as `make serve`) and `sesam refine --endpoint URL`.
+
+`register` runs after `models.cli` registered `sesam refine`; it adds the remote options to that
+parser and routes runs with `--endpoint` to `serving.remote`, so the models package never imports
+serving.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ("backend", "SESAM_BACKEND"),
         ("sam_type", "SESAM_SAM_TYPE"),
         ("sam_checkpoint", "SESAM_SAM_CHECKPOINT"),
+        ("config", "SESAM_CONFIG"),
     ):
         value = getattr(args, flag)
         if value:
@@ -35,4 +41,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default=None, help="auto (default), classical or torch")
     p.add_argument("--sam-type", default=None)
     p.add_argument("--sam-checkpoint", default=None)
+    p.add_argument("--config", default=None, help="service YAML (engine: / service: sections)")
     p.set_defaults(func=run_serve)
+    refine = subparsers.choices.get("refine")
+    if refine is not None:
+        add_remote_refine(refine)
+
+
+def add_remote_refine(parser: argparse.ArgumentParser) -> None:
+    """`sesam refine --endpoint URL`: the same command, run through a served /refine."""
+    g = parser.add_argument_group("through a running service")
+    g.add_argument("--endpoint", default=None, help="service URL, e.g. http://127.0.0.1:3000")
+    g.add_argument("--api-key", default=None, help="bearer key (default: $SESAM_API_KEY)")
+    g.add_argument("--concurrency", type=int, default=4, help="requests in flight (4)")
+    g.add_argument("--retries", type=int, default=4, help="retries on connection errors and 5xx (4)")
+    local = parser.get_default("func")
+
+    def run(args: argparse.Namespace) -> int:
+        return run_remote_refine(args) if args.endpoint else local(args)
+
+    parser.set_defaults(func=run)
+
+
+def run_remote_refine(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from models.cli import labeler_options
+    from models.refine.run import RefineRun
+    from serving.client import SesamClient
+    from serving.remote import refine_folder_remote
+
+    args.backend_name = "remote"  # the server applies its own backend's defaults
+    options = labeler_options(args)
+    run = RefineRun(
+        images=Path(args.images),
+        weak=Path(args.weak),
+        out=Path(args.out),
+        method=args.method,
+        num_classes=args.num_classes,
+        overlays=Path(args.overlays) if args.overlays else None,
+        report=args.report,
+        overwrite=args.overwrite,
+        limit=args.limit,
+        options=options,
+    )
+    api_key = args.api_key or os.environ.get("SESAM_API_KEY") or None
+    with SesamClient(args.endpoint, api_key=api_key, retries=args.retries) as client:
+        summary = refine_folder_remote(run, client, concurrency=args.concurrency, quiet=args.quiet)
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=1))
+    if summary["failed"]:
+        print(
+            f"sesam refine: {summary['failed']} image(s) failed: " + ", ".join(summary["failures"]),
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,83 +1,216 @@
-"""The BentoML service: `bentoml serve serving.service:SegmentationService`.
+"""The BentoML service: `bentoml serve serving.service:SegmentationService` (or `make serve`).
 
-Configuration comes from the environment (see `models.engine.EngineConfig.from_env`):
-SESAM_BACKEND (auto|classical|torch), SESAM_SAM_TYPE, SESAM_SAM_CHECKPOINT, SESAM_DEVICE,
-SESAM_CACHE_BYTES, SESAM_MAX_PROMPTS; SESAM_MAX_IMAGE_PIXELS caps decoded image size.
-With no checkpoint configured the weight-free classical prior answers (it is not SAM).
+Routes (all POST; multipart when an image file is sent):
+
+- `/embed`    image -> image_id (content hash), size, cached flag; the embedding stays server-side.
+- `/predict`  image or image_id + prompts (points/labels, box, mask_input_id) -> per prompt masks
+              (COCO RLE, PNG or polygons), IoU and stability scores, and a logits_id to send back
+              as the next click's mask_input_id.
+- `/refine`   image + weak labels (schema v1 JSON; coarse mask as a PNG file) + method -> refined
+              label map (PNG or per-class RLE) and stats: the same as `sesam refine` in-process.
+- `/segment`  image -> the student's label map with class names; adaptive batching across requests.
+- `/info`     backend, limits, cache and counters.
+- BentoML's `/livez`, `/readyz` (ready once every model is loaded and warmed up) and `/metrics`.
+
+Configuration: `serving.config.ServiceConfig` (SESAM_CONFIG YAML and SESAM_* environment). With no
+SAM checkpoint or export configured the weight-free classical prior answers (it is not SAM).
+Errors are 4xx JSON naming the field; a request can fail, the worker does not.
 """
 
 from __future__ import annotations
 
-import os
 import threading
+import uuid
+from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 
-from models.engine import EngineConfig, Prompt, build_engine, read_image
-from models.engine.validation import DEFAULT_MAX_PIXELS
-from serving.codec import encode_mask
+from models.engine import Prompt, build_engine, read_image
+from models.engine.cache import EmbeddingCache
+from models.refine import backend_defaults, build_labeler
+from models.students import StudentSegmenter
+from models.weak import SCHEMA_VERSION, WeakLabels
+from models.weak.schema import read_label_png
+from serving.codec import encode_labels, encode_mask
+from serving.config import ServiceConfig
+from serving.middleware import GuardMiddleware
 
-DEFAULT_MAX_PROMPTS = 256
+CONFIG = ServiceConfig.load()
+ImageFile = Annotated[Path, ContentType("image/*")]
+# BentoML 1.4 turns an uploaded part into a Path only for `Path` and `list[Path]` fields (not
+# `Path | None`), so an optional file is a list of at most one.
+OPTIONAL_FILE = Field(default_factory=list, max_length=1)
+
+
+class PayloadTooLarge(BentoMLException):
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
 class PromptIn(BaseModel):
-    """One prompt in original-image pixels: points [[x, y], ...] with labels (1 fg, 0 bg) and/or a box."""
+    """One prompt in original-image pixels: points [[x, y], ...] with labels (1 fg, 0 bg), a box, and/or
+    the logits_id of an earlier prediction on the same image (SAM's mask input for the next click)."""
 
     points: list[tuple[float, float]] | None = Field(default=None, examples=[[[240.0, 180.0]]])
     labels: list[int] | None = Field(default=None, examples=[[1]])
     box: tuple[float, float, float, float] | None = Field(default=None, examples=[None])
-
-    def to_prompt(self) -> Prompt:
-        points = None if self.points is None else np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
-        labels = None if self.labels is None else np.asarray(self.labels)
-        box = None if self.box is None else np.asarray(self.box, dtype=np.float64)
-        return Prompt(points=points, labels=labels, box=box)
+    mask_input_id: str | None = Field(default=None, examples=[None])
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw) if raw else default
-    except ValueError as exc:
-        raise ValueError(f"environment {name}={raw!r} is not an integer") from exc
+def _bad(exc: Exception) -> BentoMLException:
+    """A ValueError from validation -> 413 for size limits, else 400."""
+    message = str(exc)
+    if "exceeds the limit" in message:
+        return PayloadTooLarge(message)
+    return InvalidArgument(message)
 
 
-@bentoml.service(name="sesam", traffic={"timeout": 300})
-class SegmentationService:
-    """Promptable segmentation over HTTP, backed by the engine (classical prior or SAM)."""
+@bentoml.service(name="sesam-student", workers=1, traffic={"timeout": CONFIG.request_timeout_s})
+class StudentBatcher:
+    """The student behind BentoML's adaptive batching: concurrent /segment requests share forwards."""
 
     def __init__(self) -> None:
-        config = EngineConfig.from_env()
-        if config.max_prompts is None:
-            config.max_prompts = DEFAULT_MAX_PROMPTS
-        self.config = config
-        self.max_pixels = _env_int("SESAM_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS)
-        self.engine = build_engine(config)
-        self._lock = threading.Lock()  # torch modules and counters are shared; one request computes at a time
+        self.student = StudentSegmenter.from_checkpoint(CONFIG.student_checkpoint)
+        self.student.segment([np.zeros((64, 64, 3), np.uint8)])  # warm-up
+
+    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
+    def label_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return self.student.segment(images)
+
+
+@bentoml.service(name="sesam", traffic={"timeout": CONFIG.request_timeout_s})
+class SegmentationService:
+    """Weak-label refinement, interactive SAM prompts and student inference over HTTP."""
+
+    if CONFIG.student_checkpoint and CONFIG.batching:
+        student_batcher = bentoml.depends(StudentBatcher)
+
+    def __init__(self) -> None:
+        self.config = CONFIG
+        self.ready = False
+        self.engine = build_engine(CONFIG.engine)
+        self.max_pixels = CONFIG.max_image_pixels
+        self.logits = EmbeddingCache(CONFIG.logits_cache_bytes)
+        self.student = None
+        if CONFIG.student_checkpoint:
+            self.student = StudentSegmenter.from_checkpoint(CONFIG.student_checkpoint)
+        self._lock = threading.Lock()  # engine modules and counters are shared: one computes at a time
+        warm = np.zeros((64, 96, 3), np.uint8)
+        warm[16:48, 24:72] = 200
+        self.engine.predict(
+            self.engine.embed([warm])[0], [Prompt(points=np.array([[48.0, 32.0]]), labels=np.array([1]))]
+        )
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _read(self, image: Path | None, field: str = "image") -> np.ndarray:
+        if image is None:
+            raise InvalidArgument(f"{field}: required")
+        try:
+            return read_image(image, max_pixels=self.max_pixels, name=field)
+        except ValueError as exc:
+            raise _bad(exc) from exc
+
+    def _prompts(self, prompts: list[PromptIn], image_id: str) -> list[Prompt]:
+        if len(prompts) > CONFIG.max_prompts:
+            raise InvalidArgument(f"prompts: {len(prompts)} prompts exceed the limit of {CONFIG.max_prompts}")
+        out = []
+        for i, p in enumerate(prompts):
+            mask_logits = None
+            if p.mask_input_id is not None:
+                stored = self.logits.get(p.mask_input_id)
+                if stored is None:
+                    raise NotFound(f"prompts[{i}].mask_input_id {p.mask_input_id!r} is unknown or expired")
+                if stored[0] != image_id:
+                    raise InvalidArgument(f"prompts[{i}].mask_input_id belongs to another image")
+                mask_logits = stored[1]
+            try:
+                out.append(
+                    Prompt(
+                        points=None if p.points is None else np.asarray(p.points, np.float64).reshape(-1, 2),
+                        labels=None if p.labels is None else np.asarray(p.labels),
+                        box=None if p.box is None else np.asarray(p.box, np.float64),
+                        mask_logits=mask_logits,
+                    )
+                )
+            except (ValueError, TypeError) as exc:
+                raise InvalidArgument(f"prompts[{i}]: {exc}") from exc
+        return out
+
+    # -- routes ---------------------------------------------------------------------------------
+    @bentoml.api(route="/embed")
+    def embed(self, image: ImageFile) -> dict:
+        """Embed an image once; later /predict calls may send its image_id instead of the pixels."""
+        pixels = self._read(image)
+        with self._lock:
+            hits = self.engine.stats.cache_hits
+            try:
+                handle = self.engine.embed([pixels])[0]
+            except ValueError as exc:
+                raise _bad(exc) from exc
+            cached = self.engine.stats.cache_hits > hits
+        h, w = handle.original_size
+        return {
+            "image_id": handle.key,
+            "width": w,
+            "height": h,
+            "cached": cached,
+            "backend": self.engine.name,
+        }
 
     @bentoml.api(route="/predict")
     def predict(
         self,
-        image: Annotated[Path, ContentType("image/*")],
         prompts: list[PromptIn],
+        image: list[Path] = OPTIONAL_FILE,
+        image_id: str | None = None,
         multimask: bool = True,
-        mask_format: Literal["rle", "png"] = "rle",
+        mask_format: Literal["rle", "png", "polygons"] = "rle",
     ) -> dict:
-        """Masks for each prompt on the image: 3 candidates (1 without multimask) with scores."""
-        try:
-            pixels = read_image(image, max_pixels=self.max_pixels, name="image")
-            converted = [p.to_prompt() for p in prompts]
-            with self._lock:
-                handle = self.engine.embed([pixels])[0]
+        """Masks for each prompt: 3 candidates (1 without multimask) with IoU and stability scores."""
+        if bool(image) == (image_id is not None):
+            raise InvalidArgument("send exactly one of image (a file) or image_id (from /embed)")
+        pixels = self._read(image[0]) if image else None
+        with self._lock:
+            if pixels is None:
+                handle = self.engine.lookup(image_id)
+                if handle is None:
+                    raise NotFound(
+                        f"image_id {image_id!r} is unknown or was evicted; POST the image to /embed"
+                    )
+            else:
+                try:
+                    handle = self.engine.embed([pixels])[0]
+                except ValueError as exc:
+                    raise _bad(exc) from exc
+            converted = self._prompts(prompts, handle.key)
+            try:
                 out = self.engine.predict(handle, converted, multimask=multimask)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from exc
+            except ValueError as exc:
+                raise _bad(exc) from exc
+        predictions = []
+        for i in range(len(out)):
+            best = int(np.argmax(out.iou[i]))
+            logits_id = uuid.uuid4().hex
+            logits = np.ascontiguousarray(out.low_res_logits[i, best : best + 1], dtype=np.float32)
+            self.logits.put(logits_id, (handle.key, logits), logits.nbytes)
+            predictions.append(
+                {
+                    "masks": [encode_mask(m, mask_format) for m in out.masks[i]],
+                    "iou": [round(float(v), 6) for v in out.iou[i]],
+                    "stability": [round(float(v), 6) for v in out.stability[i]],
+                    "best": best,
+                    "logits_id": logits_id,
+                }
+            )
         h, w = handle.original_size
         return {
             "image_id": handle.key,
@@ -85,21 +218,104 @@ class SegmentationService:
             "height": h,
             "backend": self.engine.name,
             "mask_format": mask_format,
-            "predictions": [
-                {
-                    "masks": [encode_mask(m, mask_format) for m in out.masks[i]],
-                    "iou": [round(float(v), 6) for v in out.iou[i]],
-                    "stability": [round(float(v), 6) for v in out.stability[i]],
-                }
-                for i in range(len(out))
-            ],
+            "predictions": predictions,
+        }
+
+    @bentoml.api(route="/refine")
+    def refine(
+        self,
+        image: ImageFile,
+        weak: dict[str, Any] | None = None,
+        coarse_mask: list[Path] = OPTIONAL_FILE,
+        method: Literal["sesam", "naive", "sepl"] = "sesam",
+        options: dict[str, Any] | None = None,
+        label_format: Literal["png", "rle"] = "png",
+        num_classes: int | None = None,
+    ) -> dict:
+        """Weak labels -> a dense label map (255 = unlabeled), as `sesam refine` computes it."""
+        pixels = self._read(image)
+        h, w = pixels.shape[:2]
+        try:
+            data = {"version": SCHEMA_VERSION, "width": w, "height": h} | (weak or {})
+            labels = WeakLabels.from_json(data, source="weak")
+            if (labels.height, labels.width) != (h, w):
+                raise ValueError(
+                    f"weak: labels are for a {labels.width}x{labels.height} image, the image is {w}x{h}"
+                )
+            if coarse_mask:
+                labels.coarse = read_label_png(coarse_mask[0], source="coarse_mask")
+                if labels.coarse.shape != (h, w):
+                    raise ValueError(
+                        f"coarse_mask: {labels.coarse.shape[1]}x{labels.coarse.shape[0]} != image {w}x{h}"
+                    )
+            count = len(labels.points) + len(labels.scribbles) + len(labels.boxes)
+            if count > CONFIG.max_weak_labels:
+                raise InvalidArgument(
+                    f"weak: {count} points/scribbles/boxes exceed the limit of {CONFIG.max_weak_labels}"
+                )
+            if not labels.kinds():
+                raise ValueError("weak: no labels (send points, scribbles, boxes, tags and/or coarse_mask)")
+            labels.validate(num_classes, "weak" + (" / coarse_mask" if coarse_mask else ""))
+            opts = backend_defaults(method, self.engine.name, options or {})
+            with self._lock:
+                labeler = build_labeler(method, self.engine, **opts)
+                result = labeler.refine(pixels, labels)
+        except (ValueError, TypeError) as exc:
+            raise _bad(exc) from exc
+        return {
+            "method": method,
+            "options": opts,
+            "backend": self.engine.name,
+            "width": w,
+            "height": h,
+            "labels": encode_labels(result.labels, label_format),
+            "stats": result.stats() | {"weak_kinds": labels.kinds()},
+        }
+
+    @bentoml.api(route="/segment")
+    def segment(self, image: ImageFile, label_format: Literal["png", "rle"] = "png") -> dict:
+        """The student's label map for an image (concurrent requests are batched)."""
+        if self.student is None:
+            raise NotFound("no student configured (SESAM_STUDENT_CHECKPOINT)")
+        pixels = self._read(image)
+        if CONFIG.batching:
+            labels = self.student_batcher.label_maps([pixels])[0]
+        else:
+            with self._lock:
+                labels = self.student.segment([pixels])[0]
+        h, w = pixels.shape[:2]
+        return {
+            "student": self.student.name,
+            "width": w,
+            "height": h,
+            "class_names": self.student.class_names,
+            "labels": encode_labels(np.asarray(labels, np.uint8), label_format, self.student.class_names),
         }
 
     @bentoml.api(route="/info")
     def info(self) -> dict:
-        """Backend, cache and counter state."""
+        """Backend, limits, cache and counter state."""
         with self._lock:
-            return self.engine.info() | {
-                "max_prompts": self.config.max_prompts,
+            engine = self.engine.info()
+        return engine | {
+            "limits": {
+                "max_prompts": CONFIG.max_prompts,
+                "max_weak_labels": CONFIG.max_weak_labels,
                 "max_image_pixels": self.max_pixels,
-            }
+                "max_body_bytes": CONFIG.max_body_bytes,
+                "request_timeout_s": CONFIG.request_timeout_s,
+            },
+            "logits_cache": self.logits.info(),
+            "student": self.student.info() if self.student else None,
+            "batching": {
+                "enabled": CONFIG.batching,
+                "max_batch_size": CONFIG.max_batch_size,
+                "max_latency_ms": CONFIG.max_latency_ms,
+            },
+            "auth": CONFIG.api_key is not None,
+        }
+
+
+SegmentationService.add_asgi_middleware(
+    GuardMiddleware, api_key=CONFIG.api_key, max_body_bytes=CONFIG.max_body_bytes
+)

@@ -17,6 +17,19 @@ LABELERS: dict[str, Callable[..., object]] = {
 }
 
 
+def backend_defaults(method: str, backend: str, options: dict) -> dict:
+    """Options adjusted to the engine: with the classical prior SEPL keeps every automatic mask.
+
+    The prior's scores are not SAM's calibrated IoU, so SAM's automatic-mask thresholds would drop
+    them all. Values the user set are kept.
+    """
+    options = dict(options)
+    if method == "sepl" and backend == "classical":
+        options.setdefault("pred_iou_thresh", 0.0)
+        options.setdefault("stability_thresh", 0.0)
+    return options
+
+
 def build_labeler(method: str, engine: PromptableSegmenter, **options: object):
     """A labeler by name ('sesam', 'naive', 'sepl') with its options."""
     if method not in LABELERS:
@@ -36,5 +49,6 @@ __all__ = [
     "SEPLOptions",
     "SeSAMLabeler",
     "SeSAMOptions",
+    "backend_defaults",
     "build_labeler",
 ]

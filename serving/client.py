@@ -1,0 +1,207 @@
+"""A thin Python client for the service, for edge apps and batch jobs.
+
+    from serving.client import SesamClient
+    client = SesamClient("http://127.0.0.1:3000", api_key=None)
+    image_id = client.embed("street.jpg")["image_id"]
+    out = client.predict([{"points": [[320, 240]], "labels": [1]}], image_id=image_id)
+    masks = client.decode_masks(out)[0]             # 3xHxW bool for the first prompt
+    labels = client.segment_labels("street.jpg")   # HxW uint8 class ids from the student
+
+Images may be a path, encoded bytes or an HxWx3 uint8 array (sent as PNG). Connection errors,
+timeouts and 5xx answers are retried with exponential backoff; 4xx answers raise `ServiceError`
+at once with the server's message (they would fail again).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from models.weak import WeakLabels
+from serving.codec import decode_labels, decode_png, decode_polygons, decode_rle
+
+RETRY_STATUS = frozenset({500, 502, 503, 504})
+
+
+class ServiceError(RuntimeError):
+    """The service refused a request (4xx) or kept failing after the retries."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+def image_bytes(image: str | Path | bytes | np.ndarray) -> bytes:
+    """Encoded image bytes: a file's content, bytes as given, or an array as lossless PNG."""
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, np.ndarray):
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+        return buf.getvalue()
+    return Path(image).read_bytes()
+
+
+def image_part(image: str | Path | bytes | np.ndarray) -> tuple[str, bytes, str]:
+    """(filename, bytes, MIME type) for a multipart upload; the type is read from the bytes."""
+    data = image_bytes(image)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = (img.format or "png").lower()
+    except Exception:  # let the server name what is wrong with it
+        fmt = "png"
+    return f"image.{fmt}", data, Image.MIME.get(fmt.upper(), f"image/{fmt}")
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, list) and body:
+        body = body[0]
+    if isinstance(body, dict):
+        return str(body.get("error", body))
+    return str(body)
+
+
+class SesamClient:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout_s: float = 300.0,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> SesamClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ------------------------------------------------------------------------------
+    def post(self, route: str, files: dict | None = None, data: dict | None = None) -> dict[str, Any]:
+        """POST with retries on connection errors / 5xx: multipart when files are sent (non-string
+        fields JSON-encoded), else a JSON body. None values are left out (the server's default)."""
+        fields = {k: v for k, v in (data or {}).items() if v is not None}
+        form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+        last = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                if files:
+                    response = self.http.post(route, files=files, data=form)
+                else:
+                    response = self.http.post(route, json=fields)
+            except httpx.TransportError as exc:  # connection refused / reset, timeouts
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code in RETRY_STATUS:
+                last = f"{response.status_code}: {_error_message(response)}"
+                continue
+            if response.status_code >= 400:
+                raise ServiceError(response.status_code, _error_message(response))
+            return response.json()
+        raise ServiceError(None, f"{self.url}{route} failed after {self.retries + 1} attempts ({last})")
+
+    def ready(self) -> bool:
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    # -- routes ---------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        return self.post("/info")
+
+    def embed(self, image: str | Path | bytes | np.ndarray) -> dict[str, Any]:
+        return self.post("/embed", files={"image": image_part(image)})
+
+    def predict(
+        self,
+        prompts: Sequence[dict],
+        image: str | Path | bytes | np.ndarray | None = None,
+        image_id: str | None = None,
+        multimask: bool = True,
+        mask_format: str = "rle",
+    ) -> dict[str, Any]:
+        """Prompts are dicts: points [[x, y]], labels [1|0], box [x0, y0, x1, y1], mask_input_id."""
+        data = {
+            "prompts": list(prompts),
+            "image_id": image_id,
+            "multimask": multimask,
+            "mask_format": mask_format,
+        }
+        files = {"image": image_part(image)} if image is not None else None
+        if files is None:
+            return self.post("/predict", data=data)
+        return self.post("/predict", files=files, data=data)
+
+    def refine(
+        self,
+        image: str | Path | bytes | np.ndarray,
+        weak: WeakLabels | dict,
+        method: str = "sesam",
+        options: dict | None = None,
+        label_format: str = "png",
+        num_classes: int | None = None,
+    ) -> dict[str, Any]:
+        """Weak labels (a WeakLabels, its coarse mask included, or a schema-v1 dict) -> refined map."""
+        files = {"image": image_part(image)}
+        if isinstance(weak, WeakLabels):
+            if weak.coarse is not None:
+                buf = io.BytesIO()
+                Image.fromarray(weak.coarse.astype(np.uint8), mode="L").save(buf, format="PNG")
+                files["coarse_mask"] = ("coarse.png", buf.getvalue(), "image/png")
+            weak = weak.to_json()
+        data = {
+            "weak": weak,
+            "method": method,
+            "options": options or {},
+            "label_format": label_format,
+            "num_classes": num_classes,
+        }
+        return self.post("/refine", files=files, data=data)
+
+    def refine_labels(
+        self, image: str | Path | bytes | np.ndarray, weak: WeakLabels | dict, **kw: Any
+    ) -> np.ndarray:
+        return decode_labels(self.refine(image, weak, **kw)["labels"])
+
+    def segment(self, image: str | Path | bytes | np.ndarray, label_format: str = "png") -> dict[str, Any]:
+        return self.post("/segment", files={"image": image_part(image)}, data={"label_format": label_format})
+
+    def segment_labels(self, image: str | Path | bytes | np.ndarray) -> np.ndarray:
+        return decode_labels(self.segment(image)["labels"])
+
+    # -- decoding -------------------------------------------------------------------------------
+    @staticmethod
+    def decode_masks(response: dict[str, Any]) -> list[np.ndarray]:
+        """A /predict answer -> one CxHxW bool array per prompt, whatever the mask format."""
+        h, w, fmt = response["height"], response["width"], response["mask_format"]
+        decode = {
+            "rle": decode_rle,
+            "png": decode_png,
+            "polygons": lambda p: decode_polygons(p, h, w),
+        }[fmt]
+        return [np.stack([decode(m) for m in pred["masks"]]) for pred in response["predictions"]]
