@@ -128,8 +128,9 @@ class StudentSegmenter:
     the image size before the argmax. Images of equal size share one forward pass.
     """
 
-    def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
-        self.model = model.eval()
+    def __init__(self, model: nn.Module, meta: dict[str, Any], device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.meta = meta
         self.name = str(meta.get("name", "student"))
         self.num_classes = int(meta["num_classes"])
@@ -138,9 +139,9 @@ class StudentSegmenter:
         self.class_names = list(names) if names else [f"class_{i}" for i in range(self.num_classes)]
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> StudentSegmenter:
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> StudentSegmenter:
         model, meta = load_student(path)
-        return cls(model, meta)
+        return cls(model, meta, device)
 
     @torch.inference_mode()
     def logits(self, images: list) -> list[torch.Tensor]:
@@ -152,7 +153,11 @@ class StudentSegmenter:
                 raise ValueError(f"images[{i}]: expected HxWx3, got shape {tuple(image.shape)}")
             groups.setdefault(tuple(image.shape[:2]), []).append(i)
         for (h, w), members in groups.items():
-            x = torch.stack([torch.from_numpy(images[i]).permute(2, 0, 1) for i in members]).float()
+            x = (
+                torch.stack([torch.from_numpy(images[i]).permute(2, 0, 1) for i in members])
+                .to(self.device)
+                .float()
+            )
             size = (max(1, round(h * self.base_scale)), max(1, round(w * self.base_scale)))
             if size != (h, w):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=size[0] < h)
@@ -166,7 +171,7 @@ class StudentSegmenter:
 
     def segment(self, images: list) -> list:
         """HxWx3 uint8 images -> HxW uint8 label maps (class ids)."""
-        return [t.argmax(0).to(torch.uint8).numpy() for t in self.logits(images)]
+        return [t.argmax(0).to(torch.uint8).cpu().numpy() for t in self.logits(images)]
 
     def info(self) -> dict[str, Any]:
         return {

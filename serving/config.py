@@ -47,7 +47,9 @@ class ServiceConfig:
     logits_cache_bytes: int = 256 * 1024**2
     api_key: str | None = None
     request_timeout_s: int = 300
-    batching: bool = True
+    batching: bool | None = (
+        None  # None = auto: on when the models run on CUDA (see README: it does not pay on CPU)
+    )
     max_batch_size: int = 8
     max_latency_ms: int = 200
 
@@ -84,6 +86,8 @@ class ServiceConfig:
         config = cls(engine=EngineConfig.from_mapping(engine_values, source=path or "environment"))
         for name, raw in service_values.items():
             setattr(config, name, _coerce(name, raw, own[name].type))
+        if config.batching is None:
+            config.batching = config.engine.device.startswith("cuda")
         if config.student_checkpoint in ("", "none", "None"):
             config.student_checkpoint = None
         config.validate()
@@ -112,9 +116,11 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
     text = str(kind)
     try:
         if "bool" in text:
-            if isinstance(raw, bool):
+            if isinstance(raw, bool) or raw is None:
                 return raw
             value = str(raw).strip().lower()
+            if value == "auto" and "None" in text:
+                return None
             if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ValueError(raw)
             return value in ("1", "true", "yes", "on")

@@ -75,7 +75,7 @@ class StudentBatcher:
     """The student behind BentoML's adaptive batching: concurrent /segment requests share forwards."""
 
     def __init__(self) -> None:
-        self.student = StudentSegmenter.from_checkpoint(CONFIG.student_checkpoint)
+        self.student = StudentSegmenter.from_checkpoint(CONFIG.student_checkpoint, CONFIG.engine.device)
         self.student.segment([np.zeros((64, 64, 3), np.uint8)])  # warm-up
 
     @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
@@ -98,7 +98,7 @@ class SegmentationService:
         self.logits = EmbeddingCache(CONFIG.logits_cache_bytes)
         self.student = None
         if CONFIG.student_checkpoint:
-            self.student = StudentSegmenter.from_checkpoint(CONFIG.student_checkpoint)
+            self.student = StudentSegmenter.from_checkpoint(CONFIG.student_checkpoint, CONFIG.engine.device)
         self._lock = threading.Lock()  # engine modules and counters are shared: one computes at a time
         warm = np.zeros((64, 96, 3), np.uint8)
         warm[16:48, 24:72] = 200

@@ -432,6 +432,9 @@ def test_service_config_from_yaml_and_env(tmp_path) -> None:
     with pytest.raises(ValueError, match="cannot read"):
         ServiceConfig.load({"SESAM_CONFIG": str(tmp_path / "missing.yaml")})
     assert ServiceConfig.load({"SESAM_STUDENT_CHECKPOINT": "none"}).student_checkpoint is None
+    assert ServiceConfig.load({}).batching is False  # auto: batching does not pay on CPU (benchmarks/serve_load.py)
+    assert ServiceConfig.load({"SESAM_DEVICE": "cuda"}).batching is True
+    assert ServiceConfig.load({"SESAM_DEVICE": "cuda", "SESAM_BATCHING": "off"}).batching is False
 
 
 # -- fuzzing the OpenAPI schema -------------------------------------------------------------------
