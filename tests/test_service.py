@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from serving.cli import serve_command
 from serving.client import ServiceError, SesamClient
 from serving.codec import decode_labels, decode_png, decode_polygons, decode_rle, encode_polygons
 from serving.config import SHIPPED_STUDENT, ServiceConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 MAX_PROMPTS = 5
 MAX_PIXELS = 1_000_000
@@ -39,15 +38,9 @@ API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["classical", "torch-tiny"])
 def server(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "bentoml.log"  # a file: a full pipe would block the server
     env = dict(
         os.environ,
@@ -378,7 +371,7 @@ def test_client_errors_and_retries(server, tmp_path) -> None:
     with SesamClient(url, api_key=None, retries=0) as anonymous, pytest.raises(ServiceError) as err:
         anonymous.info()
     assert err.value.status == 401
-    with SesamClient(f"http://127.0.0.1:{_free_port()}", retries=2, backoff_s=0.01) as dead:
+    with SesamClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff_s=0.01) as dead:
         assert dead.ready() is False
         with pytest.raises(ServiceError, match="failed after 3 attempts"):
             dead.info()
@@ -432,7 +425,9 @@ def test_service_config_from_yaml_and_env(tmp_path) -> None:
     with pytest.raises(ValueError, match="cannot read"):
         ServiceConfig.load({"SESAM_CONFIG": str(tmp_path / "missing.yaml")})
     assert ServiceConfig.load({"SESAM_STUDENT_CHECKPOINT": "none"}).student_checkpoint is None
-    assert ServiceConfig.load({}).batching is False  # auto: batching does not pay on CPU (benchmarks/serve_load.py)
+    assert (
+        ServiceConfig.load({}).batching is False
+    )  # auto: batching does not pay on CPU (benchmarks/serve_load.py)
     assert ServiceConfig.load({"SESAM_DEVICE": "cuda"}).batching is True
     assert ServiceConfig.load({"SESAM_DEVICE": "cuda", "SESAM_BATCHING": "off"}).batching is False
 
@@ -482,7 +477,7 @@ def test_bentoml_build_offline_and_serve_the_bento(tmp_path, scene) -> None:
     assert built.returncode == 0, built.stdout + built.stderr
     tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     assert tag.startswith("sesam:")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

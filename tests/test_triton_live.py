@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -27,18 +26,13 @@ from models.engine import EngineConfig, build_engine
 from models.engine.sam_onnx import OnnxSamEngine
 from models.engine.types import Prompt
 from models.students_onnx import OnnxStudent
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TRITON_HOME = Path(os.environ.get("SESAM_TRITON_HOME", ROOT / ".triton"))
 SHIM = Path(__file__).with_name("triton_python_model.py")
 
 pytest.importorskip("tritonclient.http")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _python_backend_repository(repo: Path) -> None:
@@ -66,7 +60,7 @@ def triton_url(tiny_export: Path, student_export: Path, tmp_path_factory) -> str
     write_repository(student_export, repo)
     _python_backend_repository(repo)
 
-    http_port = _free_port()
+    http_port = free_port()
     log_path = repo.parent / "tritonserver.log"
     env = os.environ | {
         "LD_LIBRARY_PATH": str(TRITON_HOME / "nvidia_pytriton.libs"),
@@ -82,7 +76,7 @@ def triton_url(tiny_export: Path, student_export: Path, tmp_path_factory) -> str
                 f"--model-repository={repo}",
                 f"--backend-directory={server / 'backends'}",
                 f"--http-port={http_port}",
-                f"--grpc-port={_free_port()}",
+                f"--grpc-port={free_port()}",
                 "--allow-metrics=false",
                 "--exit-timeout-secs=5",
             ],

@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import json
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from models.engine import PromptableSegmenter, read_image
 from models.engine.validation import list_images
 from models.progress import progress_bar
 from models.visualize import label_overlay, side_by_side
-from models.weak import atomic_write, load_weak_labels, save_json, save_png
+from models.weak import WeakLabels, atomic_write, load_weak_labels, save_json, save_png
 
 
 @dataclass
@@ -37,10 +39,37 @@ class RefineRun:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+# (image HxWx3 uint8, its weak labels, the image file) -> (HxW uint8 label map, stats)
+RefineOne = Callable[[np.ndarray, WeakLabels, Path], tuple[np.ndarray, dict[str, Any]]]
+
+
 def refine_folder(
     run: RefineRun, engine: PromptableSegmenter, labeler: Any, quiet: bool = False
 ) -> dict[str, Any]:
-    """Refine every image that has weak labels; returns (and writes) the summary."""
+    """Refine every image that has weak labels in-process; returns (and writes) the summary."""
+
+    def refine_one(image: np.ndarray, weak: WeakLabels, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+        result = labeler.refine(image, weak)
+        return result.labels, result.stats()
+
+    return process_folder(run, refine_one, getattr(engine, "name", "?"), quiet=quiet)
+
+
+def process_folder(
+    run: RefineRun,
+    refine_one: RefineOne,
+    engine_name: str,
+    quiet: bool = False,
+    concurrency: int = 1,
+    errors: tuple[type[Exception], ...] = (ValueError,),
+) -> dict[str, Any]:
+    """The folder loop behind `sesam refine`, whoever refines (in-process or a served endpoint).
+
+    Skips images already refined (resume) unless `run.overwrite`; runs `concurrency` images at a
+    time; an image whose refinement raises one of `errors` is reported and skipped.
+    """
+    if concurrency < 1:
+        raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
     stems = list_images(run.images)
     if not stems:
         raise ValueError(f"--images {run.images}: no images found")
@@ -49,40 +78,40 @@ def refine_folder(
     items = list(stems.items())[: run.limit] if run.limit else list(stems.items())
     meta_dir = run.out / ".meta"
     overlays = run.overlays or (run.out / "overlays" if run.report else None)
+
+    def done(stem: str) -> bool:
+        return (run.out / f"{stem}.png").exists() and (meta_dir / f"{stem}.json").exists()
+
+    todo = [(stem, path) for stem, path in items if run.overwrite or not done(stem)]
+    skipped = len(items) - len(todo)
+
+    def work(stem: str, path: Path) -> None:
+        image = read_image(path)
+        weak = load_weak_labels(run.weak, stem, image.shape[:2], run.num_classes)
+        t0 = time.perf_counter()
+        labels, stats = refine_one(image, weak, path)
+        stats = stats | {"seconds": round(time.perf_counter() - t0, 3), "weak_kinds": weak.kinds()}
+        save_png(labels, run.out / f"{stem}.png")
+        if overlays is not None:
+            picture = side_by_side([label_overlay(image, weak.sparse_map()), label_overlay(image, labels)])
+            save_png(picture, overlays / f"{stem}.png")
+        save_json(stats, meta_dir / f"{stem}.json")
+
     failures: dict[str, str] = {}
-    done = skipped = 0
     started = time.perf_counter()
     progress = progress_bar(f"refine {run.method}", disable=quiet)
-    with progress:
+    with progress, ThreadPoolExecutor(concurrency) as pool:
         task = progress.add_task("refine", total=len(items), info="")
-        for stem, path in items:
-            progress.update(task, info=stem)
-            target = run.out / f"{stem}.png"
-            if target.exists() and (meta_dir / f"{stem}.json").exists() and not run.overwrite:
-                skipped += 1
-                progress.advance(task)
-                continue
+        progress.advance(task, skipped)
+        futures = {pool.submit(work, stem, path): stem for stem, path in todo}
+        for future in as_completed(futures):
+            stem = futures[future]
             try:
-                image = read_image(path)
-                weak = load_weak_labels(run.weak, stem, image.shape[:2], run.num_classes)
-                t0 = time.perf_counter()
-                result = labeler.refine(image, weak)
-                stats = result.stats() | {
-                    "seconds": round(time.perf_counter() - t0, 3),
-                    "weak_kinds": weak.kinds(),
-                }
-                save_png(result.labels, target)
-                if overlays is not None:
-                    picture = side_by_side(
-                        [label_overlay(image, weak.sparse_map()), label_overlay(image, result.labels)]
-                    )
-                    save_png(picture, overlays / f"{stem}.png")
-                save_json(stats, meta_dir / f"{stem}.json")
-                done += 1
-            except ValueError as exc:
+                future.result()
+            except errors as exc:
                 failures[stem] = str(exc)
                 progress.console.print(f"[red]{stem}: {exc}")
-            progress.advance(task)
+            progress.update(task, advance=1, info=stem)
     per_image = {}
     for stem, _ in items:
         meta = meta_dir / f"{stem}.json"
@@ -91,9 +120,9 @@ def refine_folder(
     summary = {
         "method": run.method,
         "options": run.options,
-        "engine": getattr(engine, "name", "?"),
+        "engine": engine_name,
         "images": len(items),
-        "refined": done,
+        "refined": len(todo) - len(failures),
         "skipped_existing": skipped,
         "failed": len(failures),
         "failures": failures,
