@@ -107,12 +107,9 @@ def labeler_options(args: argparse.Namespace) -> dict:
     return backend_defaults(args.method, args.backend_name, opts)
 
 
-def run_refine(args: argparse.Namespace) -> int:
-    engine = build_engine(engine_config_from_args(args))
-    args.backend_name = engine.name
-    options = labeler_options(args)
-    labeler = build_labeler(args.method, engine, **options)
-    run = RefineRun(
+def refine_run_from_args(args: argparse.Namespace, options: dict) -> RefineRun:
+    """The `sesam refine` folders and switches (shared with `--endpoint` runs in serving.cli)."""
+    return RefineRun(
         images=Path(args.images),
         weak=Path(args.weak),
         out=Path(args.out),
@@ -124,9 +121,11 @@ def run_refine(args: argparse.Namespace) -> int:
         limit=args.limit,
         options=options,
     )
-    summary = refine_folder(run, engine, labeler, quiet=args.quiet)
-    brief = {k: v for k, v in summary.items() if k != "per_image"}
-    print(json.dumps(brief, indent=1))
+
+
+def report_refine_summary(summary: dict) -> int:
+    """Print the summary (without the per-image part); exit status 1 when any image failed."""
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=1))
     if summary["failed"]:
         print(
             f"sesam refine: {summary['failed']} image(s) failed: " + ", ".join(summary["failures"]),
@@ -134,6 +133,15 @@ def run_refine(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def run_refine(args: argparse.Namespace) -> int:
+    engine = build_engine(engine_config_from_args(args))
+    args.backend_name = engine.name
+    options = labeler_options(args)
+    labeler = build_labeler(args.method, engine, **options)
+    run = refine_run_from_args(args, options)
+    return report_refine_summary(refine_folder(run, engine, labeler, quiet=args.quiet))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve the HTTP API with BentoML")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--backend", default=None, help="auto (default), classical, torch, onnx, tensorrt or triton")
+    p.add_argument(
+        "--backend", default=None, help="auto (default), classical, torch, onnx, tensorrt or triton"
+    )
     p.add_argument("--sam-type", default=None)
     p.add_argument("--sam-checkpoint", default=None)
     p.add_argument("--config", default=None, help="service YAML (engine: / service: sections)")
@@ -64,36 +66,13 @@ def add_remote_refine(parser: argparse.ArgumentParser) -> None:
 
 
 def run_remote_refine(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from models.cli import labeler_options
-    from models.refine.run import RefineRun
+    from models.cli import labeler_options, refine_run_from_args, report_refine_summary
     from serving.client import SesamClient
     from serving.remote import refine_folder_remote
 
     args.backend_name = "remote"  # the server applies its own backend's defaults
-    options = labeler_options(args)
-    run = RefineRun(
-        images=Path(args.images),
-        weak=Path(args.weak),
-        out=Path(args.out),
-        method=args.method,
-        num_classes=args.num_classes,
-        overlays=Path(args.overlays) if args.overlays else None,
-        report=args.report,
-        overwrite=args.overwrite,
-        limit=args.limit,
-        options=options,
-    )
+    run = refine_run_from_args(args, labeler_options(args))
     api_key = args.api_key or os.environ.get("SESAM_API_KEY") or None
     with SesamClient(args.endpoint, api_key=api_key, retries=args.retries) as client:
         summary = refine_folder_remote(run, client, concurrency=args.concurrency, quiet=args.quiet)
-    print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=1))
-    if summary["failed"]:
-        print(
-            f"sesam refine: {summary['failed']} image(s) failed: " + ", ".join(summary["failures"]),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return report_refine_summary(summary)

@@ -6,6 +6,7 @@ Two servers: the classical prior with adaptive batching for /segment, and the ti
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -55,25 +56,30 @@ def server(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
     env.pop("SESAM_CONFIG", None)
     env["SESAM_BACKEND"] = "classical" if request.param == "classical" else "torch"
     env["SESAM_BATCHING"] = "1" if request.param == "classical" else "0"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            serve_command("127.0.0.1", port), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
     url = f"http://127.0.0.1:{port}"
+    with _running(serve_command("127.0.0.1", port), url, env, log_path, REPO):
+        yield url, request.param
+
+
+@contextlib.contextmanager
+def _running(command: list[str], url: str, env: dict, log_path: Path, cwd: Path) -> Iterator[None]:
+    """Start a server (output to a file: a full pipe would block it), wait for /readyz, stop it after."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError("bentoml serve exited:\n" + log_path.read_text(errors="replace")[-5000:])
+                raise RuntimeError("the server exited:\n" + log_path.read_text(errors="replace")[-5000:])
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("bentoml serve did not become ready in 240 s")
+                raise RuntimeError("the server did not become ready in 240 s")
             time.sleep(0.5)
-        yield url, request.param
+        yield
     finally:
         proc.terminate()
         try:
@@ -478,28 +484,9 @@ def test_bentoml_build_offline_and_serve_the_bento(tmp_path, scene) -> None:
     tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     assert tag.startswith("sesam:")
     port = free_port()
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*bentoml, "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        with SesamClient(f"http://127.0.0.1:{port}", retries=0) as client:
-            deadline = time.monotonic() + 240
-            while not client.ready():
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, "the built bento did not become ready"
-                time.sleep(0.5)
-            assert client.info()["backend"] == "classical"
-            assert client.segment_labels(scene).shape == scene.shape[:2]
-            assert len(client.predict(PROMPTS[:1], image=scene)["predictions"]) == 1
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    url = f"http://127.0.0.1:{port}"
+    command = [*bentoml, "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
+    with _running(command, url, env, tmp_path / "serve.log", tmp_path), SesamClient(url, retries=0) as client:
+        assert client.info()["backend"] == "classical"
+        assert client.segment_labels(scene).shape == scene.shape[:2]
+        assert len(client.predict(PROMPTS[:1], image=scene)["predictions"]) == 1
