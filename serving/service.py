@@ -243,11 +243,7 @@ class SegmentationService:
                     f"weak: labels are for a {labels.width}x{labels.height} image, the image is {w}x{h}"
                 )
             if coarse_mask:
-                labels.coarse = read_label_png(coarse_mask[0], source="coarse_mask")
-                if labels.coarse.shape != (h, w):
-                    raise ValueError(
-                        f"coarse_mask: {labels.coarse.shape[1]}x{labels.coarse.shape[0]} != image {w}x{h}"
-                    )
+                labels.coarse = read_label_png(coarse_mask[0], source="coarse_mask", expected_size=(h, w))
             count = len(labels.points) + len(labels.scribbles) + len(labels.boxes)
             if count > CONFIG.max_weak_labels:
                 raise InvalidArgument(

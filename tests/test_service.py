@@ -351,6 +351,30 @@ def test_bad_requests_get_4xx_and_server_survives(
     _alive(url, scene)
 
 
+def test_coarse_mask_and_scribble_bombs_are_refused(server, scene) -> None:
+    """A tiny PNG declaring a huge map, and a scribble wider than the image, cost nothing."""
+    url, _ = server
+    buf = io.BytesIO()
+    Image.new("L", (20000, 20000), 255).save(buf, format="PNG")  # ~400 kB file, 400 MP map
+    files = {
+        "image": ("x.png", _png_bytes(scene), "image/png"),
+        "coarse_mask": ("m.png", buf.getvalue(), "image/png"),
+    }
+    response = httpx.post(f"{url}/refine", files=files, headers=AUTH, timeout=60)
+    assert (
+        response.status_code == 400 and "coarse_mask: not a readable PNG" in response.text
+    )  # PIL's bomb guard
+    buf = io.BytesIO()
+    Image.new("L", (4000, 3000), 255).save(buf, format="PNG")  # under PIL's guard: our size check
+    files["coarse_mask"] = ("m.png", buf.getvalue(), "image/png")
+    response = httpx.post(f"{url}/refine", files=files, headers=AUTH, timeout=60)
+    assert response.status_code == 400 and "4000x3000 class map, the image is 480x360" in response.text
+    wide = {"scribbles": [{"class_id": 1, "width": 10**9, "points": [[10, 10], [200, 100]]}]}
+    response = _post(url, "/refine", _png_bytes(scene), weak=wide)
+    assert response.status_code == 400 and "width = 1000000000 must be in [1, 480]" in response.text
+    _alive(url, scene)
+
+
 def test_oversized_body_and_missing_fields(server, scene) -> None:
     url, _ = server
     noise = np.random.default_rng(0).integers(0, 255, (1100, 1000, 3), dtype=np.uint8)  # 3.3 MB PNG

@@ -58,6 +58,10 @@ BAD = [
         r"boxes\[0\].box = \[0.0, 0.0, 50.0, 5.0\] is not inside",
     ),
     ({"scribbles": [{"class_id": 1, "points": []}]}, "must be a non-empty list"),
+    (
+        {"scribbles": [{"class_id": 1, "width": 10**6, "points": [[1, 1]]}]},
+        r"width = 1000000 must be in \[1, 40\]",
+    ),
     ({"tags": [300]}, r"tags\[0\] = 300 is not a class id"),
     ({"colour": "red"}, r"unknown fields \['colour'\]"),
     ({"version": 2}, "version = 2; this reader understands version 1"),
@@ -88,3 +92,17 @@ def test_unreadable_and_mismatched_files(tmp_path) -> None:
         load_weak_labels(tmp_path, "rgb", (30, 40))
     with pytest.raises(ValueError, match="no weak labels for 'ghost'"):
         load_weak_labels(tmp_path, "ghost")
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 7, 12, 40])
+def test_scribble_width_is_a_disk_dilation(width: int) -> None:
+    """The distance-threshold raster equals dilating the polyline by skimage's disk(width // 2)."""
+    from scipy import ndimage as ndi
+    from skimage import morphology
+
+    weak = WeakLabels(60, 80)
+    scribble = Scribble(1, np.array([[3.0, 5.0], [70.0, 12.0], [40.0, 55.0], [41.0, 55.0]]), width)
+    centre = weak.scribble_mask(Scribble(1, scribble.points, 1))
+    radius = width // 2
+    expected = ndi.binary_dilation(centre, structure=morphology.disk(radius)) if radius else centre
+    assert np.array_equal(weak.scribble_mask(scribble), expected)
