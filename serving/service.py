@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from models.engine import Prompt, build_engine, read_image
 from models.engine.cache import EmbeddingCache
+from models.engine.validation import ImageTooLarge
 from models.refine import backend_defaults, build_labeler
 from models.students import StudentSegmenter
 from models.weak import SCHEMA_VERSION, WeakLabels
@@ -63,11 +64,8 @@ class PromptIn(BaseModel):
 
 
 def _bad(exc: Exception) -> BentoMLException:
-    """A ValueError from validation -> 413 for size limits, else 400."""
-    message = str(exc)
-    if "exceeds the limit" in message:
-        return PayloadTooLarge(message)
-    return InvalidArgument(message)
+    """A ValueError from validation -> 413 for an image over the pixel cap, else 400."""
+    return PayloadTooLarge(str(exc)) if isinstance(exc, ImageTooLarge) else InvalidArgument(str(exc))
 
 
 @bentoml.service(name="sesam-student", workers=1, traffic={"timeout": CONFIG.request_timeout_s})

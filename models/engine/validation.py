@@ -59,6 +59,10 @@ def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+class ImageTooLarge(ValueError):
+    """An image over the pixel cap (servers answer 413 rather than 400)."""
+
+
 def read_image(
     source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
 ) -> np.ndarray:
@@ -68,7 +72,7 @@ def read_image(
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ValueError(
+                raise ImageTooLarge(
                     f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
                 )
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
