@@ -206,12 +206,14 @@ def test_student_views(tmp_path, view: str) -> None:
 
 @pytest.mark.parametrize("mode", ["fixmatch", "sesam"])
 def test_resume_equals_uninterrupted(tmp_path, mode: str) -> None:
-    ds = tiny_dataset()
-    straight = Trainer(tiny_config(tmp_path / "a", mode, iterations=4), train_ds=ds, val_ds=None).train()
-    Trainer(tiny_config(tmp_path / "b", mode, iterations=2), train_ds=ds, val_ds=None).train()
-    resumed = Trainer(tiny_config(tmp_path / "b", mode, iterations=4), train_ds=ds, val_ds=None)
+    ds, val = tiny_dataset(), tiny_dataset(3, seed=1)  # with evaluations: their state is checkpointed too
+    straight = Trainer(tiny_config(tmp_path / "a", mode, iterations=4), train_ds=ds, val_ds=val).train()
+    first = Trainer(tiny_config(tmp_path / "b", mode, iterations=2), train_ds=ds, val_ds=val)
+    first.train()
+    resumed = Trainer(tiny_config(tmp_path / "b", mode, iterations=4), train_ds=ds, val_ds=val)
     summary = resumed.train()
     assert resumed.iteration == 3
+    assert resumed.best_miou >= first.best_miou
     assert summary["weights_sha256"] == straight["weights_sha256"]
 
 

@@ -382,7 +382,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "sam_labels": {int(k): torch.from_numpy(v) for k, v in self.sam_labels.items()},
             "config": asdict(self.cfg),
-            "best_miou": self.best_miou,
+            "best_miou": float(self.best_miou),  # a plain float: weights_only loads refuse numpy scalars
         }
         atomic_write(self._checkpoint_path(), lambda tmp: torch.save(payload, tmp))
 
@@ -441,7 +441,7 @@ class Trainer:
                     if self.rank == 0:
                         metrics = self.evaluate()
                         row["val_miou"] = metrics["miou"]
-                        self.best_miou = np.nanmax([self.best_miou, metrics["miou"]])
+                        self.best_miou = float(np.nanmax([self.best_miou, metrics["miou"]]))
                     if self.world > 1:
                         dist.barrier()
                 if it % c.log_every == 0 or "val_miou" in row or last:
