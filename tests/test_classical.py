@@ -67,3 +67,37 @@ def test_mask_round_trip_through_low_res(scene) -> None:
     rect[60:200, 50:200] = True
     back = low_res_to_mask(mask_to_low_res(rect), (360, 480))
     assert (back ^ rect).sum() / rect.sum() < 0.05
+
+
+def test_candidates_equal_their_regions_painted_everywhere(scene) -> None:
+    """Candidates are painted only inside the chosen regions' bounding box; that must equal
+    painting the chosen regions over the whole image, at full and at low resolution."""
+    engine = ClassicalPrior()
+    handle = engine.embed([scene])[0]
+    sp = handle.payload
+    rng = np.random.default_rng(3)
+    prompts = [
+        Prompt(
+            points=rng.uniform([0, 0], [480, 360], (n, 2)), labels=rng.integers(0, 2, n) | (np.arange(n) == 0)
+        )
+        for n in (1, 2, 5, 9)
+    ] + [Prompt(box=[30, 40, 300, 350])]
+    out = engine.predict(handle, prompts)
+    for i, prompt in enumerate(prompts):
+        for s in range(3):
+            _, chosen = engine._candidate(sp, s, prompt, None)
+            everywhere = chosen[sp.labels[s]]
+            low = np.append(chosen, False)[sp.low_res[s]]
+            if prompt.box is not None:
+                x0, y0, x1, y1 = (int(v) for v in prompt.box)
+                clip = np.zeros_like(everywhere)
+                clip[y0:y1, x0:x1] = True
+                everywhere &= clip
+                low_clip = np.zeros_like(low)
+                low_clip[
+                    int(y0 * 192 / 360) : int(np.ceil(y1 * 192 / 360)),
+                    int(x0 * 256 / 480) : int(np.ceil(x1 * 256 / 480)),
+                ] = True
+                low &= low_clip
+            assert np.array_equal(out.masks[i, s], everywhere)
+            assert np.array_equal(out.low_res_logits[i, s] > 0, low)

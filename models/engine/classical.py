@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 from scipy import sparse
 from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb
@@ -35,8 +36,9 @@ DEFAULT_SCALES = (60, 200, 600)  # Felzenszwalb scale per level: larger -> large
 
 @dataclass(frozen=True)
 class SuperpixelImage:
-    """Per-image state, per scale: labels (3xHxW int32), region areas, mean Lab colours, Lab spreads
-    and which regions touch."""
+    """Per-image state, per scale: labels (3xHxW int32), region areas, mean Lab colours, Lab spreads,
+    which regions touch, and each region's bounding box (Rx4 rows/cols [r0, r1, c0, c1]) at full
+    and at low resolution, so that a candidate is painted only where its regions lie."""
 
     labels: np.ndarray
     areas: list[np.ndarray]
@@ -45,6 +47,8 @@ class SuperpixelImage:
     adjacency: list[sparse.csr_matrix]
     low_res: np.ndarray  # 3xLxL int32 region ids at SAM's low-res grid (-1 in the padding)
     original_size: tuple[int, int]
+    boxes: list[np.ndarray]
+    low_res_boxes: list[np.ndarray]
 
     @property
     def nbytes(self) -> int:
@@ -52,7 +56,28 @@ class SuperpixelImage:
             a.nbytes + c.nbytes + d.nbytes + m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
             for a, c, d, m in zip(self.areas, self.colors, self.spreads, self.adjacency)
         )
-        return self.labels.nbytes + self.low_res.nbytes + extra
+        boxes = sum(b.nbytes for b in self.boxes + self.low_res_boxes)
+        return self.labels.nbytes + self.low_res.nbytes + extra + boxes
+
+
+def region_boxes(seg: np.ndarray, count: int) -> np.ndarray:
+    """Rx4 int32 [r0, r1, c0, c1] bounding box of every region id 0..R-1 (empty 0,0,0,0 for a region
+    that does not occur, e.g. one too small to be sampled on the low-res grid)."""
+    out = np.zeros((count, 4), dtype=np.int32)
+    for i, found in enumerate(ndi.find_objects(seg + 1, max_label=count)):
+        if found is not None:
+            rows, cols = found
+            out[i] = rows.start, rows.stop, cols.start, cols.stop
+    return out
+
+
+def chosen_box(boxes: np.ndarray, chosen: np.ndarray) -> tuple[slice, slice] | None:
+    """The bounding box (row and column slices) of the chosen regions, None when none is chosen."""
+    picked = boxes[chosen]
+    picked = picked[picked[:, 1] > picked[:, 0]]
+    if not len(picked):
+        return None
+    return slice(picked[:, 0].min(), picked[:, 1].max()), slice(picked[:, 2].min(), picked[:, 3].max())
 
 
 def _region_adjacency(seg: np.ndarray, count: int) -> sparse.csr_matrix:
@@ -94,7 +119,10 @@ def superpixels(
         spreads.append(np.sqrt(var).mean(1).astype(np.float32))
         adjacency.append(_region_adjacency(seg, count))
     stacked = np.stack(labels)
-    return SuperpixelImage(stacked, areas, colors, spreads, adjacency, low_res_ids(stacked), (h, w))
+    low_res = low_res_ids(stacked)
+    boxes = [region_boxes(seg, len(a)) for seg, a in zip(labels, areas)]
+    low_res_boxes = [region_boxes(ids, len(a)) for ids, a in zip(low_res, areas)]
+    return SuperpixelImage(stacked, areas, colors, spreads, adjacency, low_res, (h, w), boxes, low_res_boxes)
 
 
 def low_res_ids(labels: np.ndarray) -> np.ndarray:
@@ -202,7 +230,10 @@ class ClassicalPrior(CachedSegmenter):
             ids = labels[ys, xs]
             chosen[ids[prompt.labels == 1]] = True
             chosen[ids[prompt.labels == 0]] = False
-        mask = chosen[labels]
+        mask = np.zeros((h, w), dtype=bool)
+        window = chosen_box(sp.boxes[scale], chosen)
+        if window is not None:  # paint only where the chosen regions lie
+            mask[window] = chosen[labels[window]]
         if box_clip is not None:
             clipped = np.zeros_like(mask)
             clipped[box_clip] = mask[box_clip]
@@ -212,8 +243,10 @@ class ClassicalPrior(CachedSegmenter):
     @staticmethod
     def _low_res_logits(sp: SuperpixelImage, scale: int, chosen: np.ndarray, prompt: Prompt) -> np.ndarray:
         """256x256 logits of a candidate from the precomputed low-res region ids (box-clipped)."""
-        ids = sp.low_res[scale]
-        inside = np.append(chosen, False)[ids]  # padding (-1) reads the appended False
+        inside = np.zeros((LOW_RES, LOW_RES), dtype=bool)
+        window = chosen_box(sp.low_res_boxes[scale], chosen)
+        if window is not None:  # the window lies inside the image part, so it holds no padding (-1)
+            inside[window] = chosen[sp.low_res[scale][window]]
         if prompt.box is not None:
             h, w = sp.original_size
             ch, cw = low_res_shape((h, w))

@@ -12,14 +12,14 @@ import numpy as np
 
 def coverage_compatibility(candidates: np.ndarray, weak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coverage r_i = |S_i & W| / |W| and compatibility p_i = |S_i & W| / |S_i| for every candidate."""
-    weak_area = int(weak.sum())
+    weak_area = int(np.count_nonzero(weak))
     rows, cols = np.flatnonzero(weak.any(1)), np.flatnonzero(weak.any(0))
     if weak_area == 0:
         zeros = np.zeros(len(candidates))
         return zeros, zeros
     window = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    inter = (candidates[window] & weak[window[1:]]).sum((1, 2)).astype(np.float64)
-    areas = candidates.reshape(len(candidates), -1).sum(1).astype(np.float64)
+    inter = np.count_nonzero(candidates[window] & weak[window[1:]], axis=(1, 2)).astype(np.float64)
+    areas = np.count_nonzero(candidates.reshape(len(candidates), -1), axis=1).astype(np.float64)
     coverage = inter / weak_area
     compatibility = np.divide(inter, areas, out=np.zeros_like(inter), where=areas > 0)
     return coverage, compatibility
@@ -77,7 +77,7 @@ def select_smallest(
     rng: np.random.Generator | None = None,
 ) -> int:
     """The smallest non-empty candidate (precision first: SeSAM's initial mask from points/scribbles)."""
-    areas = candidates.reshape(len(candidates), -1).sum(1)
+    areas = np.count_nonzero(candidates.reshape(len(candidates), -1), axis=1)
     nonempty = np.flatnonzero(areas > 0)
     if len(nonempty) == 0:
         return 0

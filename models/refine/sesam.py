@@ -102,21 +102,27 @@ class SeSAMLabeler:
 
     def _cached_initial_masks(
         self, handle: ImageHandle, weak: WeakLabels, result: RefineResult
-    ) -> dict[int, np.ndarray]:
+    ) -> tuple[dict[int, np.ndarray], np.ndarray]:
+        """Step 1's class masks and the weak labels' own map (HxW, 255 = none), computed once per
+        (image, weak labels) and reused: during training they never change between refreshes."""
         key = (handle.key, weak_fingerprint(weak))
-        packed = self._initial_cache.get(key)
-        if packed is not None:
+        cached = self._initial_cache.get(key)
+        if cached is not None:
             self._initial_cache.move_to_end(key)
+            packed, weak_map = cached
             n = weak.height * weak.width
-            return {
+            masks = {
                 c: np.unpackbits(bits, count=n).view(bool).reshape(weak.size) for c, bits in packed.items()
             }
+            return masks, weak_map
         masks = self.initial_masks(handle, weak, result)
+        weak_map = weak.sparse_map()
+        weak_map.setflags(write=False)  # shared between refreshes
         if self._initial_cache_size > 0:
-            self._initial_cache[key] = {c: np.packbits(m) for c, m in masks.items()}
+            self._initial_cache[key] = ({c: np.packbits(m) for c, m in masks.items()}, weak_map)
             while len(self._initial_cache) > self._initial_cache_size:
                 self._initial_cache.popitem(last=False)
-        return masks
+        return masks, weak_map
 
     def initial_masks(
         self, handle: ImageHandle, weak: WeakLabels, result: RefineResult
@@ -198,8 +204,7 @@ class SeSAMLabeler:
             )
         rng = np.random.default_rng(o.seed)
         result = RefineResult(labels=np.empty(0))
-        weak_map = weak.sparse_map()
-        masks = self._cached_initial_masks(handle, weak, result)
+        masks, weak_map = self._cached_initial_masks(handle, weak, result)
         if teacher_probs is not None:
             extension = self.confident_labels(teacher_probs, o.theta2) if extension is None else extension
             if confidence is None:
