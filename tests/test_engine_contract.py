@@ -153,6 +153,23 @@ def test_factory_defaults_to_classical_and_reads_env(monkeypatch, tmp_path) -> N
         EngineConfig.from_mapping({"cache_bytes": "lots"})
 
 
+def test_factory_classical_scales() -> None:
+    assert build_engine(EngineConfig.from_mapping({"classical_scales": [20, 60, 200]})).scales == (
+        20,
+        60,
+        200,
+    )
+    assert build_engine(EngineConfig.from_env({"SESAM_CLASSICAL_SCALES": "30,100,300"})).scales == (
+        30,
+        100,
+        300,
+    )
+    assert "(20, 60, 200)" in build_engine(EngineConfig(classical_scales="20,60,200")).namespace
+    for bad in ("60,20,200", "1,2", "a,b,c", [0, 5, 9]):
+        with pytest.raises(ValueError, match=r"classical_scales=.* three increasing positive integers"):
+            EngineConfig.from_mapping({"classical_scales": bad})
+
+
 def test_factory_builds_onnx_from_an_export_dir(tiny_export, monkeypatch) -> None:
     monkeypatch.setenv("SESAM_EXPORT_DIR", str(tiny_export))
     monkeypatch.setenv("SESAM_THREADS", "1")

@@ -31,6 +31,8 @@ class EngineConfig:
     providers: str | None = None  # onnx: comma-separated execution providers; default: best available
     threads: int | None = None  # onnx: intra-op threads; default: onnxruntime's choice
     triton_url: str | None = None  # triton: host:port of the server's HTTP endpoint
+    # classical: Felzenszwalb scales "fine,medium,coarse" (smaller -> smaller, more precise regions)
+    classical_scales: str | None = None
 
     def resolved_backend(self) -> str:
         """auto: torch SAM with a checkpoint, else ONNX with an export directory, else the classical prior."""
@@ -84,12 +86,31 @@ class EngineConfig:
             )
         if self.cache_bytes < 0:
             raise ValueError(f"{source}: cache_bytes must be >= 0, got {self.cache_bytes}")
+        if self.classical_scales is not None:
+            self.scales(source)
+
+    def scales(self, source: str = "config") -> tuple[int, int, int] | None:
+        """classical_scales as three increasing positive ints, None when unset."""
+        if self.classical_scales is None:
+            return None
+        try:
+            values = tuple(int(v) for v in self.classical_scales.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3 or not 0 < values[0] < values[1] < values[2]:
+            raise ValueError(
+                f"{source}: classical_scales={self.classical_scales!r} must be three increasing "
+                "positive integers, e.g. 60,200,600"
+            )
+        return values  # type: ignore[return-value]
 
 
 def _coerce(key: str, raw: Any, annotation: Any, source: str) -> Any:
     text = str(annotation)
     if raw is None or raw == "":
         return None
+    if isinstance(raw, (list, tuple)):  # YAML lists, e.g. classical_scales: [60, 200, 600]
+        raw = ",".join(str(v) for v in raw)
     try:
         if text.startswith("int"):
             return int(raw)
@@ -101,7 +122,12 @@ def _coerce(key: str, raw: Any, annotation: Any, source: str) -> Any:
 def _build_classical(config: EngineConfig) -> CachedSegmenter:
     from models.engine.classical import ClassicalPrior
 
-    return ClassicalPrior(cache_bytes=config.cache_bytes, max_prompts=config.max_prompts)
+    scales = config.scales()
+    return ClassicalPrior(
+        **({"scales": scales} if scales else {}),
+        cache_bytes=config.cache_bytes,
+        max_prompts=config.max_prompts,
+    )
 
 
 def _build_torch(config: EngineConfig) -> CachedSegmenter:
