@@ -91,9 +91,11 @@ class TrainConfig:
     w_sam: float = 1.0
     w_pseudo: float = 0.01
     fixmatch_w_pseudo: float = 1.0
-    # which view the student learns from in fixmatch / sesam: "strong" (one forward), "weak", or
-    # "both" (FixMatch proper: weak and SAM losses on the weak view, pseudo-labels on the strong view)
-    student_view: str = "strong"
+    # which view the student learns from in fixmatch / sesam: "both" (FixMatch proper: weak and SAM
+    # losses on the weak view, pseudo-labels on the strong view; two student passes), "strong" (every
+    # loss on the strong view, one pass) or "weak". On CamVid at 400 iterations "both" beat "strong"
+    # by 2.5 (fixmatch) and 3.2 (sesam) mIoU points, see the README.
+    student_view: str = "both"
     sesam: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] = field(
         default_factory=lambda: {"backend": "classical", "cache_bytes": 4 * 1024**3}
