@@ -182,6 +182,7 @@ def test_three_iterations_of_every_mode(tmp_path, mode: str) -> None:
     summary = trainer.train()
     out = tmp_path / mode
     assert summary["iterations"] == 3 and summary["val_miou"] is not None
+    assert len(summary["val_per_class_iou"]) == 3
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("iteration") and len(rows) == 4
     _model, meta = load_student(out / "student.pt")

@@ -475,6 +475,9 @@ class Trainer:
             "seconds": round(elapsed, 1),
             "seconds_per_iter": float(np.mean(seconds)) if seconds else None,
             "val_miou": final.get("miou"),
+            "val_per_class_iou": (
+                [None if np.isnan(v) else float(v) for v in final["per_class_iou"]] if final else None
+            ),
             "weights_sha256": weights_digest(self.student),
             "parameters_sha256": weights_digest(self.student, parameters_only=True),
             "encoder_calls": self.engine.stats.encoder_calls if self.engine is not None else None,
