@@ -7,7 +7,8 @@ pretrained backbones can be downloaded here), so absolute numbers are far below 
 
 Run: `python benchmarks/train_camvid.py [--iterations 400] [--kinds scribbles points]`; writes
 benchmarks/results/train_camvid.md and keeps each run under runs/compare/ (a finished run of the
-same budget is reported again, not re-trained, unless --fresh). With --ship, the SeSAM
+same mode, labels, student and budget is reported again, not re-trained; after editing the
+config, pass --fresh). With --ship, the SeSAM
 scribbles student is also written (fp16) to models/weights/ for the service.
 """
 
@@ -53,7 +54,8 @@ def run(mode: str, kind: str, args: argparse.Namespace) -> dict:
     summary_path = out / "summary.json"
     if summary_path.is_file():  # a finished run of this budget: report it instead of re-running
         summary = json.loads(summary_path.read_text())
-        if summary.get("iterations") == args.iterations and summary.get("mode") == mode:
+        same = {"iterations": args.iterations, "mode": mode, "kind": kind, "student": args.student}
+        if all(summary.get(k) == v for k, v in same.items()):
             if summary.get("val_per_class_iou") is None:  # written before summaries carried it
                 trainer = Trainer(cfg, train_ds=_tiny_placeholder(cfg))
                 metrics = trainer.evaluate(load_student(out / "student.pt")[0])
