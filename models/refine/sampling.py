@@ -47,10 +47,15 @@ def distance_to_background(component: np.ndarray) -> np.ndarray:
     out = np.zeros(component.shape, dtype=np.float64)
     if not component.any():
         return out
-    r0, r1, c0, c1 = _bbox(component)
-    window = np.pad(component[r0:r1, c0:c1], 1)
-    out[r0:r1, c0:c1] = ndi.distance_transform_edt(window)[1:-1, 1:-1]
+    r0, r1, c0, c1 = bbox = _bbox(component)
+    out[r0:r1, c0:c1] = _box_distance(component, bbox)
     return out
+
+
+def _box_distance(component: np.ndarray, bbox: tuple[int, int, int, int]) -> np.ndarray:
+    """distance_to_background inside the component's bounding box (r0, r1, c0, c1) only."""
+    r0, r1, c0, c1 = bbox
+    return ndi.distance_transform_edt(np.pad(component[r0:r1, c0:c1], 1))[1:-1, 1:-1]
 
 
 def distance_probability(component: np.ndarray) -> np.ndarray:
@@ -87,13 +92,14 @@ def sample_skeleton_grid(
 ) -> np.ndarray:
     """SeSAM: K grid cells that intersect the component, one point per cell drawn with probability
     proportional to the normalised distance transform inside that cell. Fewer cells -> fewer points."""
-    r0, r1, c0, c1 = _bbox(component)
+    bbox = _bbox(component)
+    r0, c0 = bbox[0], bbox[2]
     # the grid and the distance transform live in the bounding box: same values, less work
-    dist = ndi.distance_transform_edt(np.pad(component[r0:r1, c0:c1], 1))[1:-1, 1:-1]
+    dist = _box_distance(component, bbox)
     prob = dist / dist.max()
     cells = [
         (slice(rs.start - r0, rs.stop - r0), slice(cs.start - c0, cs.stop - c0))
-        for rs, cs in grid_cells(component, k, (r0, r1, c0, c1))
+        for rs, cs in grid_cells(component, k, bbox)
     ]
     cells = [cell for cell in cells if prob[cell].sum() > 0]
     chosen = rng.choice(len(cells), size=min(k, len(cells)), replace=False)
