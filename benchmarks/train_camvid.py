@@ -5,11 +5,13 @@ derived from the dense labels by `training.protocols` (seed 0); SeSAM's engine i
 prior (no SAM weights here). WvF = mIoU / supervised mIoU. Students start from random weights (no
 pretrained backbones can be downloaded here), so absolute numbers are far below the paper's.
 
-Run: `python benchmarks/train_camvid.py [--iterations 400] [--kinds scribbles points]`; writes
-benchmarks/results/train_camvid.md and keeps each run under runs/compare/ (a finished run of the
-same mode, labels, student and budget is reported again, not re-trained; after editing the
-config, pass --fresh). With --ship, the SeSAM
-scribbles student is also written (fp16) to models/weights/ for the service.
+Run: `python benchmarks/train_camvid.py [--iterations 400] [--kinds scribbles points] [--seeds 0 1 2]`;
+writes benchmarks/results/train_camvid.md and keeps each run under runs/compare/ (a finished run of
+the same mode, labels, student, budget and seed is reported again, not re-trained; after editing
+the config, pass --fresh). With several seeds a row gives the mean, the standard deviation and
+each seed's score. `sesam-balanced` is SeSAM with `sam_class_balanced: true` (L_SAM averaged per
+class). With --ship, the seed-0 SeSAM scribbles student is also written (fp16) to models/weights/
+for the service.
 """
 
 from __future__ import annotations
@@ -34,8 +36,20 @@ CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 SHIPPED = ROOT / "models" / "weights" / "camvid_student.pt"
 
 
-def run(mode: str, kind: str, args: argparse.Namespace) -> dict:
-    out = ROOT / "runs" / "compare" / f"{mode}_{kind}"
+# benchmark rows that are a trainer mode with settings changed: name -> (mode, settings)
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "sesam-balanced": ("sesam", {"sam_class_balanced": "true"}),
+}
+
+
+def run_dir(row: str, kind: str, seed: int) -> Path:
+    """runs/compare/<row>_<kind>, with _seed<n> for seeds other than 0."""
+    return ROOT / "runs" / "compare" / (f"{row}_{kind}" + (f"_seed{seed}" if seed else ""))
+
+
+def run(row: str, kind: str, seed: int, args: argparse.Namespace) -> dict:
+    mode, settings = VARIANTS.get(row, (row, {}))
+    out = run_dir(row, kind, seed)
     if args.fresh and out.exists():
         shutil.rmtree(out)
     cfg = TrainConfig.from_yaml(
@@ -43,6 +57,8 @@ def run(mode: str, kind: str, args: argparse.Namespace) -> dict:
         [
             f"mode={mode}",
             f"kind={kind}",
+            f"seed={seed}",
+            *(f"{k}={v}" for k, v in settings.items()),
             f"iterations={args.iterations}",
             f"out_dir={out}",
             f"eval_every={args.iterations}",
@@ -54,8 +70,16 @@ def run(mode: str, kind: str, args: argparse.Namespace) -> dict:
     summary_path = out / "summary.json"
     if summary_path.is_file():  # a finished run of this budget: report it instead of re-running
         summary = json.loads(summary_path.read_text())
-        same = {"iterations": args.iterations, "mode": mode, "kind": kind, "student": args.student}
-        if all(summary.get(k) == v for k, v in same.items()):
+        same = {
+            "iterations": args.iterations,
+            "mode": mode,
+            "kind": kind,
+            "student": args.student,
+            "seed": seed,
+            "sam_class_balanced": cfg.sam_class_balanced,
+        }
+        # summaries written before they carried seed / sam_class_balanced were seed 0, unbalanced
+        if all(summary.get(k, {"seed": 0, "sam_class_balanced": False}.get(k)) == v for k, v in same.items()):
             if summary.get("val_per_class_iou") is None:  # written before summaries carried it
                 trainer = Trainer(cfg, train_ds=_tiny_placeholder(cfg))
                 metrics = trainer.evaluate(load_student(out / "student.pt")[0])
@@ -72,22 +96,45 @@ def _tiny_placeholder(cfg: TrainConfig) -> WeakDataset:
     return WeakDataset.from_camvid(cfg.camvid_root, "train", cfg.kind, cfg.weak_seed, limit=1)
 
 
-def per_class_lines(results: dict[tuple[str, str], dict]) -> list[str]:
-    """A markdown table: one row per run, one column per CamVid class."""
+def mean_per_class(runs: list[dict]) -> list[float | None]:
+    """Per-class val IoU averaged over runs (None where no run scored the class)."""
+    table = [r.get("val_per_class_iou") or [None] * len(CAMVID_CLASSES) for r in runs]
+    means = []
+    for values in zip(*table, strict=True):
+        scored = [v for v in values if v is not None]
+        means.append(float(np.mean(scored)) if scored else None)
+    return means
+
+
+def per_class_lines(results: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """A markdown table: one row per benchmark row (mean over its seeds), one column per class."""
     head = ["labels", "mode", *CAMVID_CLASSES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (mode, kind), r in results.items():
-        values = r.get("val_per_class_iou") or [None] * len(CAMVID_CLASSES)
-        cells = ["-" if v is None else f"{100 * v:.1f}" for v in values]
-        lines.append("| " + " | ".join([kind, mode, *cells]) + " |")
+    for (row, kind), runs in results.items():
+        cells = ["-" if v is None else f"{100 * v:.1f}" for v in mean_per_class(runs)]
+        lines.append("| " + " | ".join([kind, row, *cells]) + " |")
     return lines
+
+
+def score_cell(runs: list[dict]) -> str:
+    """'28.8' for one run; 'mean ± std (a / b / c)' over seeds, in mIoU %."""
+    scores = [100 * r["val_miou"] for r in runs]
+    if len(scores) == 1:
+        return f"{scores[0]:.1f}"
+    each = " / ".join(f"{v:.1f}" for v in scores)
+    return f"{np.mean(scores):.1f} ± {np.std(scores, ddof=1):.1f} ({each})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--kinds", nargs="+", default=["scribbles", "points"])
-    parser.add_argument("--modes", nargs="+", default=["weak", "fixmatch", "sesam"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["weak", "fixmatch", "sesam"], help=f"trainer modes or {list(VARIANTS)}"
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="training seeds (weak labels: seed 0)"
+    )
     parser.add_argument("--student", default="fpn-mobilenetv2")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs instead of resuming them")
     parser.add_argument(
@@ -97,23 +144,26 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_camvid.md"))
     args = parser.parse_args()
 
-    results = {("supervised", "dense"): run("supervised", "scribbles", args)}
+    results = {("supervised", "dense"): [run("supervised", "scribbles", s, args) for s in args.seeds]}
     for kind in args.kinds:
-        for mode in args.modes:
-            results[(mode, kind)] = run(mode, kind, args)
-    full = results[("supervised", "dense")]["val_miou"]
+        for row in args.modes:
+            results[(row, kind)] = [run(row, kind, s, args) for s in args.seeds]
+    full = np.mean([r["val_miou"] for r in results[("supervised", "dense")]])
     head = ("labels", "mode", "val mIoU %", "WvF", "s / iter")
-    table = Table(title=f"CamVid val, {args.student}, {args.iterations} iterations each, classical prior")
+    seeds = " ".join(map(str, args.seeds))
+    table = Table(
+        title=f"CamVid val, {args.student}, {args.iterations} iterations each, seeds {seeds}, classical prior"
+    )
     for col in head:
         table.add_column(col)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (mode, kind), r in results.items():
+    for (row, kind), runs in results.items():
         cells = [
             kind,
-            mode,
-            f"{100 * r['val_miou']:.1f}",
-            f"{r['val_miou'] / full:.2f}",
-            f"{r['seconds_per_iter']:.2f}",
+            row,
+            score_cell(runs),
+            f"{np.mean([r['val_miou'] for r in runs]) / full:.2f}",
+            f"{np.mean([r['seconds_per_iter'] for r in runs]):.2f}",
         ]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
@@ -123,14 +173,14 @@ def main() -> None:
     out.write_text(
         f"CamVid train -> val, student {args.student}, {args.iterations} iterations, batch 4, crop 160x224 "
         "at half resolution, AdamW lr 5e-4, random init, classical prior for SAM, "
-        "student_view both (FixMatch proper).\n\n"
+        f"student_view both (FixMatch proper); training seeds {seeds} (weak labels from seed 0).\n\n"
         + "\n".join(lines)
         + "\n\nPer-class val IoU %:\n\n"
         + "\n".join(per_class_lines(results))
         + "\n"
     )
-    if args.ship and ("sesam", "scribbles") in results:
-        model, meta = load_student(ROOT / "runs" / "compare" / "sesam_scribbles" / "student.pt")
+    if args.ship and ("sesam", "scribbles") in results and 0 in args.seeds:
+        model, meta = load_student(run_dir("sesam", "scribbles", 0) / "student.pt")
         SHIPPED.parent.mkdir(parents=True, exist_ok=True)
         meta.pop("name", None)
         meta.pop("num_classes", None)

@@ -45,6 +45,21 @@ def test_loss_precedence_on_a_hand_made_batch() -> None:
     assert terms["total"].item() == pytest.approx((ce[0] + ce[1] + 0.01 * ce[2]).item(), rel=1e-6)
 
 
+def test_class_balanced_sam_loss_averages_per_class() -> None:
+    """Three road pixels and one pole pixel: balanced, each class's mean counts half."""
+    weak = torch.full((1, 1, 5), U)
+    sam = torch.tensor([[[3, 3, 3, 2, U]]])
+    logits = torch.randn(1, 4, 1, 5)
+    ce = F.cross_entropy(logits, torch.tensor([[[3, 3, 3, 2, 0]]]), reduction="none")[0, 0]
+    plain = sesam_loss(logits, weak, sam, None)["sam"].item()
+    balanced = sesam_loss(logits, weak, sam, None, sam_class_balanced=True)["sam"].item()
+    assert plain == pytest.approx(ce[:4].mean().item(), rel=1e-6)
+    assert balanced == pytest.approx(((ce[:3].mean() + ce[3]) / 2).item(), rel=1e-6)
+    # the weak term is never re-weighted
+    weak_only = sesam_loss(logits, sam, None, None, sam_class_balanced=True)
+    assert weak_only["weak"].item() == pytest.approx(plain, rel=1e-6)
+
+
 def test_empty_terms_are_zero() -> None:
     terms = sesam_loss(torch.randn(1, 3, 2, 2), torch.full((1, 2, 2), U), None, None)
     assert terms["total"].item() == 0.0
@@ -203,6 +218,20 @@ def test_student_views(tmp_path, view: str) -> None:
     assert summary["iterations"] == 3
     with pytest.raises(ValueError, match="student_view 'side' unknown"):
         tiny_config(tmp_path, "sesam", student_view="side")
+
+
+def test_class_balanced_sam_loss_trains_differently(tmp_path) -> None:
+    ds = tiny_dataset()
+    runs = {
+        balanced: Trainer(
+            tiny_config(tmp_path / str(balanced), "sesam", sam_class_balanced=balanced),
+            train_ds=ds,
+            val_ds=None,
+        ).train()
+        for balanced in (False, True)
+    }
+    assert runs[True]["sam_class_balanced"] and not runs[False]["sam_class_balanced"]
+    assert runs[True]["weights_sha256"] != runs[False]["weights_sha256"]
 
 
 @pytest.mark.parametrize("mode", ["fixmatch", "sesam"])

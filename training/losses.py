@@ -9,11 +9,21 @@ from torch import nn
 UNLABELED = 255
 
 
-def partial_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over labelled pixels only (255 ignored); 0 when none is labelled."""
-    if not (target != UNLABELED).any():
+def partial_ce(logits: torch.Tensor, target: torch.Tensor, class_balanced: bool = False) -> torch.Tensor:
+    """Cross-entropy over labelled pixels only (255 ignored); 0 when none is labelled.
+
+    logits BxCxHxW, target BxHxW. Plain: the mean over labelled pixels. `class_balanced`: the mean
+    over the classes present in `target` of each class's mean pixel loss (weights 1 / pixel count),
+    so a class that covers most labelled pixels (road, sky) counts as much as one that covers few.
+    """
+    labelled = target != UNLABELED
+    if not labelled.any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, ignore_index=UNLABELED)
+    if not class_balanced:
+        return F.cross_entropy(logits, target, ignore_index=UNLABELED)
+    counts = torch.bincount(target[labelled], minlength=logits.shape[1])[: logits.shape[1]]
+    weight = (counts > 0).to(logits.dtype) / counts.clamp(min=1).to(logits.dtype)
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=UNLABELED)
 
 
 def pseudo_labels(teacher_probs: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -47,12 +57,16 @@ def sesam_loss(
     pseudo: torch.Tensor | None,
     w_sam: float = 1.0,
     w_pseudo: float = 0.01,
+    sam_class_balanced: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """L = L_weak + w_sam * L_SAM + w_pseudo * L_pseudo, each on its own pixels (precedence weak > SAM > pseudo)."""
+    """L = L_weak + w_sam * L_SAM + w_pseudo * L_pseudo, each on its own pixels (precedence weak > SAM > pseudo).
+
+    `sam_class_balanced` averages L_SAM per class first (see `partial_ce`); the paper's loss is the
+    plain pixel mean."""
     weak_t, sam_t, pseudo_t = sesam_targets(weak, sam, pseudo)
     terms = {
         "weak": partial_ce(logits, weak_t),
-        "sam": partial_ce(logits, sam_t),
+        "sam": partial_ce(logits, sam_t, sam_class_balanced),
         "pseudo": partial_ce(logits, pseudo_t),
     }
     terms["total"] = terms["weak"] + w_sam * terms["sam"] + w_pseudo * terms["pseudo"]

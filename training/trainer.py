@@ -89,6 +89,9 @@ class TrainConfig:
     theta2: float = 0.98
     sam_every: int = 4
     w_sam: float = 1.0
+    # average L_SAM per class before over classes (the paper: a plain pixel mean). SAM regions of
+    # road and sky are far larger than those of poles or signs, so per pixel they dominate L_SAM.
+    sam_class_balanced: bool = False
     w_pseudo: float = 0.01
     fixmatch_w_pseudo: float = 1.0
     # which view the student learns from in fixmatch / sesam: "both" (FixMatch proper: weak and SAM
@@ -293,11 +296,15 @@ class Trainer:
         self, batch, sam, pseudo, w_sam: float, w_pseudo: float
     ) -> dict[str, torch.Tensor]:
         """The precedence loss on the view(s) `student_view` names; "both" runs the student twice."""
-        view = self.cfg.student_view
+        view, balanced = self.cfg.student_view, self.cfg.sam_class_balanced
         if view != "both":
             images = batch.strong_images if view == "strong" else batch.weak_images
-            return sesam_loss(self._forward(images), batch.weak_labels, sam, pseudo, w_sam, w_pseudo)
-        labelled = sesam_loss(self._forward(batch.weak_images), batch.weak_labels, sam, None, w_sam, 0.0)
+            return sesam_loss(
+                self._forward(images), batch.weak_labels, sam, pseudo, w_sam, w_pseudo, balanced
+            )
+        labelled = sesam_loss(
+            self._forward(batch.weak_images), batch.weak_labels, sam, None, w_sam, 0.0, balanced
+        )
         # pseudo-labels only where neither a weak nor a SAM label exists (the same precedence)
         _, _, pseudo_only = sesam_targets(batch.weak_labels, sam, pseudo)
         pseudo_term = partial_ce(self._forward(batch.strong_images), pseudo_only)
@@ -323,6 +330,7 @@ class Trainer:
                 None,
                 c.w_sam,
                 0.0,
+                c.sam_class_balanced,
             )
         else:
             probs = self._teacher_probs(batch.weak_images)
@@ -472,6 +480,8 @@ class Trainer:
             "student": c.student,
             "kind": c.kind,
             "iterations": c.iterations,
+            "seed": c.seed,
+            "sam_class_balanced": c.sam_class_balanced,
             "seconds": round(elapsed, 1),
             "seconds_per_iter": float(np.mean(seconds)) if seconds else None,
             "val_miou": final.get("miou"),
