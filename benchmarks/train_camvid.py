@@ -9,8 +9,8 @@ Run: `python benchmarks/train_camvid.py [--iterations 400] [--kinds scribbles po
 writes benchmarks/results/train_camvid.md and keeps each run under runs/compare/ (a finished run of
 the same mode, labels, student, budget and seed is reported again, not re-trained; after editing
 the config, pass --fresh). With several seeds a row gives the mean, the standard deviation and
-each seed's score. `sesam-balanced` is SeSAM with `sam_class_balanced: true` (L_SAM averaged per
-class). With --ship, the seed-0 SeSAM scribbles student is also written (fp16) to models/weights/
+each seed's score. `sesam-pixel` is SeSAM with the paper's plain pixel-mean L_SAM
+(`sam_class_balanced: false`; the default averages it per class). With --ship, the seed-0 SeSAM scribbles student is also written (fp16) to models/weights/
 for the service.
 """
 
@@ -38,7 +38,7 @@ SHIPPED = ROOT / "models" / "weights" / "camvid_student.pt"
 
 # benchmark rows that are a trainer mode with settings changed: name -> (mode, settings)
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
-    "sesam-balanced": ("sesam", {"sam_class_balanced": "true"}),
+    "sesam-pixel": ("sesam", {"sam_class_balanced": "false"}),
 }
 
 
@@ -76,9 +76,10 @@ def run(row: str, kind: str, seed: int, args: argparse.Namespace) -> dict:
             "kind": kind,
             "student": args.student,
             "seed": seed,
-            "sam_class_balanced": cfg.sam_class_balanced,
         }
-        # summaries written before they carried seed / sam_class_balanced were seed 0, unbalanced
+        if mode in ("sesam", "naive-sam"):
+            same["sam_class_balanced"] = cfg.sam_class_balanced
+        # summaries written before they carried seed / sam_class_balanced were seed 0, pixel mean
         if all(summary.get(k, {"seed": 0, "sam_class_balanced": False}.get(k)) == v for k, v in same.items()):
             if summary.get("val_per_class_iou") is None:  # written before summaries carried it
                 trainer = Trainer(cfg, train_ds=_tiny_placeholder(cfg))
@@ -130,7 +131,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--kinds", nargs="+", default=["scribbles", "points"])
     parser.add_argument(
-        "--modes", nargs="+", default=["weak", "fixmatch", "sesam"], help=f"trainer modes or {list(VARIANTS)}"
+        "--modes",
+        nargs="+",
+        default=["weak", "fixmatch", "sesam", "sesam-pixel"],
+        help=f"trainer modes or {list(VARIANTS)}",
     )
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=[0], help="training seeds (weak labels: seed 0)"

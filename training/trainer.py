@@ -89,9 +89,11 @@ class TrainConfig:
     theta2: float = 0.98
     sam_every: int = 4
     w_sam: float = 1.0
-    # average L_SAM per class before over classes (the paper: a plain pixel mean). SAM regions of
-    # road and sky are far larger than those of poles or signs, so per pixel they dominate L_SAM.
-    sam_class_balanced: bool = False
+    # L_SAM as the mean over classes of each class's mean pixel loss (false: the paper's plain pixel
+    # mean). SAM regions of road and sky are far larger than those of poles or signs: on CamVid they
+    # hold 89% (points) / 64% (scribbles) of SAM-labelled pixels vs 21% / 31% of weak ones, see the
+    # README; balanced scored higher over 3 seeds for both kinds.
+    sam_class_balanced: bool = True
     w_pseudo: float = 0.01
     fixmatch_w_pseudo: float = 1.0
     # which view the student learns from in fixmatch / sesam: "both" (FixMatch proper: weak and SAM

@@ -1,0 +1,88 @@
+"""Which classes SeSAM's in-loop labels cover, against the weak labels they came from.
+
+For each finished `sesam` run (its `last.pt` keeps the latest SAM labels of every refreshed image),
+prints per class: the share of SAM-labelled pixels, the share of weak-labelled pixels on the same
+images, and the SAM labels' precision against CamVid's dense ground truth. Training images only;
+nothing here looks at val. A plain pixel-mean L_SAM weighs classes by the first column.
+
+Run: `python benchmarks/sam_label_classes.py runs/compare/sesam_points runs/compare/sesam_scribbles`;
+writes benchmarks/results/sam_label_classes.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from models.weak import atomic_write
+from training.data import WeakDataset
+from training.datasets import CAMVID_CLASSES
+from training.losses import UNLABELED
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+
+
+def class_counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixels per class id 0..n-1 in a label map (255 and ids >= n not counted)."""
+    return np.bincount(labels[labels < n].ravel(), minlength=n)[:n]
+
+
+def label_classes(run: Path, camvid: Path) -> tuple[str, int, np.ndarray]:
+    """(kind, images, rows): rows is n_classes x 3 (SAM share, weak share, SAM precision), in %."""
+    summary = json.loads((run / "summary.json").read_text())
+    if summary.get("mode") != "sesam":
+        raise ValueError(f"{run}: mode {summary.get('mode')!r} has no in-loop SAM labels; give a sesam run")
+    payload = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    sam_labels = {int(k): v.numpy() for k, v in payload["sam_labels"].items()}
+    ds = WeakDataset.from_camvid(camvid, "train", summary["kind"], 0)
+    n = len(CAMVID_CLASSES)
+    sam, weak, correct = np.zeros(n), np.zeros(n), np.zeros(n)
+    for idx, labels in sam_labels.items():
+        gt = ds.gt_map(idx)
+        sam += class_counts(labels, n)
+        weak += class_counts(ds.weak_map(idx), n)
+        correct += class_counts(np.where(labels == gt, labels, UNLABELED), n)
+    rows = np.stack(
+        [100 * sam / sam.sum(), 100 * weak / max(weak.sum(), 1), 100 * correct / np.maximum(sam, 1)], axis=1
+    )
+    return summary["kind"], len(sam_labels), rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="finished sesam run folders")
+    parser.add_argument("--camvid", type=Path, default=CAMVID)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sam_label_classes.md")
+    args = parser.parse_args()
+    head = ["class"]
+    columns: list[np.ndarray] = []
+    for run in args.runs:
+        kind, images, rows = label_classes(run, args.camvid)
+        head += [f"{kind}: SAM share %", f"{kind}: weak share %", f"{kind}: SAM precision %"]
+        columns.append(rows)
+        Console().print(f"{run}: SAM labels of {images} training images")
+    table = Table(title="Class share of SeSAM's in-loop labels vs the weak labels (CamVid train)")
+    for col in head:
+        table.add_column(col)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c, name in enumerate(CAMVID_CLASSES):
+        cells = [name, *(f"{v:.1f}" for rows in columns for v in rows[c])]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    Console(width=160).print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    text = (
+        f"SAM labels kept in {', '.join(map(str, args.runs))} (CamVid train, latest refresh per image).\n\n"
+    )
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(text + "\n".join(lines) + "\n"))
+
+
+if __name__ == "__main__":
+    main()
