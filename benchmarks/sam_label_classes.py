@@ -5,7 +5,7 @@ prints per class: the share of SAM-labelled pixels, the share of weak-labelled p
 images, and the SAM labels' precision against CamVid's dense ground truth. Training images only;
 nothing here looks at val. A plain pixel-mean L_SAM weighs classes by the first column.
 
-Run: `python benchmarks/sam_label_classes.py runs/compare/sesam_points runs/compare/sesam_scribbles`;
+Run: `python benchmarks/sam_label_classes.py runs/compare/sesam-pixel_points runs/compare/sesam-pixel_scribbles`;
 writes benchmarks/results/sam_label_classes.md.
 """
 
