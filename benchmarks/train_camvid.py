@@ -10,8 +10,8 @@ writes benchmarks/results/train_camvid.md and keeps each run under runs/compare/
 the same mode, labels, student, budget and seed is reported again, not re-trained; after editing
 the config, pass --fresh). With several seeds a row gives the mean, the standard deviation and
 each seed's score. `sesam-pixel` is SeSAM with the paper's plain pixel-mean L_SAM
-(`sam_class_balanced: false`; the default averages it per class). With --ship, the seed-0 SeSAM scribbles student is also written (fp16) to models/weights/
-for the service.
+(`sam_class_balanced: false`; the default averages it per class). With --ship, the seed-0 SeSAM
+scribbles student is also written (fp16) to models/weights/ for the service.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def main() -> None:
     Console(width=140).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
+    text = (
         f"CamVid train -> val, student {args.student}, {args.iterations} iterations, batch 4, crop 160x224 "
         "at half resolution, AdamW lr 5e-4, random init, classical prior for SAM, "
         f"student_view both (FixMatch proper); training seeds {seeds} (weak labels from seed 0).\n\n"
@@ -183,6 +183,7 @@ def main() -> None:
         + "\n".join(per_class_lines(results))
         + "\n"
     )
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
     if args.ship and ("sesam", "scribbles") in results and 0 in args.seeds:
         model, meta = load_student(run_dir("sesam", "scribbles", 0) / "student.pt")
         SHIPPED.parent.mkdir(parents=True, exist_ok=True)
