@@ -23,19 +23,15 @@ from rich.table import Table
 from models.weak import atomic_write
 from training.data import WeakDataset
 from training.datasets import CAMVID_CLASSES
-from training.losses import UNLABELED
+from training.metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
 
-def class_counts(labels: np.ndarray, n: int) -> np.ndarray:
-    """Pixels per class id 0..n-1 in a label map (255 and ids >= n not counted)."""
-    return np.bincount(labels[labels < n].ravel(), minlength=n)[:n]
-
-
 def label_classes(run: Path, camvid: Path) -> tuple[str, int, np.ndarray]:
-    """(kind, images, rows): rows is n_classes x 3 (SAM share, weak share, SAM precision), in %."""
+    """(kind, images, rows): rows is n_classes x 3 (SAM share, weak share, SAM precision), in %,
+    over the pixels that have ground truth (void excluded)."""
     summary = json.loads((run / "summary.json").read_text())
     if summary.get("mode") != "sesam":
         raise ValueError(f"{run}: mode {summary.get('mode')!r} has no in-loop SAM labels; give a sesam run")
@@ -43,14 +39,17 @@ def label_classes(run: Path, camvid: Path) -> tuple[str, int, np.ndarray]:
     sam_labels = {int(k): v.numpy() for k, v in payload["sam_labels"].items()}
     ds = WeakDataset.from_camvid(camvid, "train", summary["kind"], 0)
     n = len(CAMVID_CLASSES)
-    sam, weak, correct = np.zeros(n), np.zeros(n), np.zeros(n)
+    sam, weak = ConfusionMatrix(n), ConfusionMatrix(n)
     for idx, labels in sam_labels.items():
         gt = ds.gt_map(idx)
-        sam += class_counts(labels, n)
-        weak += class_counts(ds.weak_map(idx), n)
-        correct += class_counts(np.where(labels == gt, labels, UNLABELED), n)
+        sam.update(labels, gt)
+        weak.update(ds.weak_map(idx), gt)
+    sam_pixels = sam.matrix[:, :n].sum(0)  # per predicted (labelled) class; the last column is unlabelled
+    weak_pixels = weak.matrix[:, :n].sum(0)
+    precision = np.diag(sam.matrix[:, :n]) / np.maximum(sam_pixels, 1)
     rows = np.stack(
-        [100 * sam / sam.sum(), 100 * weak / max(weak.sum(), 1), 100 * correct / np.maximum(sam, 1)], axis=1
+        [100 * sam_pixels / sam_pixels.sum(), 100 * weak_pixels / max(weak_pixels.sum(), 1), 100 * precision],
+        axis=1,
     )
     return summary["kind"], len(sam_labels), rows
 
