@@ -22,7 +22,7 @@ from training.augment import View, random_view
 from training.data import WeakDataset
 from training.losses import ema_update, sesam_loss, sesam_targets
 from training.protocols import derive
-from training.trainer import MODES, TrainConfig, Trainer
+from training.trainer import MODES, TrainConfig, Trainer, config_changes
 
 U = 255
 
@@ -245,6 +245,37 @@ def test_resume_equals_uninterrupted(tmp_path, mode: str) -> None:
     assert resumed.iteration == 3
     assert resumed.best_miou >= first.best_miou
     assert summary["weights_sha256"] == straight["weights_sha256"]
+
+
+def test_resume_refuses_other_settings(tmp_path) -> None:
+    ds = tiny_dataset()
+    Trainer(tiny_config(tmp_path, "fixmatch", iterations=2), train_ds=ds, val_ds=None).train()
+    other = Trainer(
+        tiny_config(tmp_path, "fixmatch", iterations=4, seed=1, theta1=0.9), train_ds=ds, val_ds=None
+    )
+    with pytest.raises(ValueError, match=r"seed: 0 -> 1; theta1: 0.96 -> 0.9"):
+        other.train()
+    # the budget and bookkeeping may change on resume
+    more = Trainer(tiny_config(tmp_path, "fixmatch", iterations=3, eval_every=3), train_ds=ds, val_ds=None)
+    assert more.train()["iterations"] == 3
+
+
+def test_config_changes_ignores_free_and_unknown_keys() -> None:
+    saved = {
+        "seed": 0,
+        "crop": (160, 224),
+        "engine": {"backend": "classical", "cache_bytes": 1},
+        "iterations": 4,
+    }
+    current = saved | {
+        "crop": [160, 224],
+        "engine": {"backend": "classical", "cache_bytes": 2},
+        "iterations": 9,
+    }
+    assert config_changes(saved, current | {"sam_class_balanced": True}) == []
+    assert config_changes(saved, current | {"engine": {"backend": "torch", "cache_bytes": 1}}) == [
+        "engine: {'backend': 'classical', 'cache_bytes': 1} -> {'backend': 'torch', 'cache_bytes': 1}"
+    ]
 
 
 def test_config_errors(tmp_path) -> None:

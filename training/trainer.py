@@ -169,6 +169,27 @@ def weights_digest(model: nn.Module, parameters_only: bool = False) -> str:
     return digest.hexdigest()
 
 
+# settings a resumed run may change: the budget, bookkeeping, where data and outputs live
+RESUME_FREE = frozenset(
+    {"iterations", "eval_every", "checkpoint_every", "log_every", "quiet", "resume", "out_dir"}
+    | {"camvid_root", "train_images", "train_weak", "val_images", "val_gt", "val_limit"}
+)
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key: saved -> current' for every setting that differs and a resume may not change. Keys a
+    checkpoint predates are not compared; `engine.cache_bytes` is free (a memory budget)."""
+    changes = []
+    for key in sorted(set(saved) & set(current) - RESUME_FREE):
+        old, new = saved[key], current[key]
+        if key == "engine":
+            old = {k: v for k, v in old.items() if k != "cache_bytes"}
+            new = {k: v for k, v in new.items() if k != "cache_bytes"}
+        if json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True, default=str):
+            changes.append(f"{key}: {saved[key]!r} -> {current[key]!r}")
+    return changes
+
+
 class Trainer:
     """Runs one training configuration; `train()` is resumable from `out_dir/last.pt`."""
 
@@ -410,6 +431,12 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
         except Exception as exc:
             raise ValueError(f"{path}: cannot resume from this checkpoint ({exc})") from exc
+        changed = config_changes(payload.get("config") or {}, asdict(self.cfg))
+        if changed:
+            raise ValueError(
+                f"{path}: this run was started with other settings ({'; '.join(changed)}); resuming would mix "
+                "two runs. Give another out_dir, or resume: false to start over."
+            )
         self.iteration = int(payload["iteration"])
         self.sam_labels = {int(k): v.numpy() for k, v in payload["sam_labels"].items()}
         self.best_miou = float(payload.get("best_miou", float("nan")))
