@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from training.augment import View, random_view
 from training.data import WeakDataset
 from training.losses import ema_update, sesam_loss, sesam_targets
 from training.protocols import derive
-from training.trainer import MODES, TrainConfig, Trainer, config_changes
+from training.trainer import MODES, READ_BY, TrainConfig, Trainer, config_changes
 
 U = 255
 
@@ -275,6 +276,13 @@ def test_config_changes_ignores_free_and_unknown_keys() -> None:
     assert config_changes(saved, current | {"sam_class_balanced": True}) == []
     assert config_changes(saved, current | {"engine": {"backend": "torch", "cache_bytes": 1}}) == [
         "engine: {'backend': 'classical', 'cache_bytes': 1} -> {'backend': 'torch', 'cache_bytes': 1}"
+    ]
+    assert set(READ_BY) <= set(asdict(TrainConfig(camvid_root="x")))  # no misspelt setting
+    # a setting the mode never reads: weak supervision has no SAM loss to balance
+    weak = {"mode": "weak", "sam_class_balanced": False}
+    assert config_changes(weak, weak | {"sam_class_balanced": True}) == []
+    assert config_changes(weak | {"mode": "sesam"}, weak | {"mode": "sesam", "sam_class_balanced": True}) == [
+        "sam_class_balanced: False -> True"
     ]
 
 

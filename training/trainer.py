@@ -176,11 +176,25 @@ RESUME_FREE = frozenset(
 )
 
 
+_WITH_SAM, _WITH_TEACHER = frozenset({"sesam", "naive-sam"}), frozenset({"fixmatch", "sesam"})
+# settings only some modes read (the others ignore them): setting -> those modes
+READ_BY = {
+    **dict.fromkeys(("engine", "sesam", "w_sam", "sam_class_balanced"), _WITH_SAM),
+    **dict.fromkeys(("sam_every", "theta2", "w_pseudo"), frozenset({"sesam"})),
+    **dict.fromkeys(("ema", "ema_warmup", "theta1", "student_view"), _WITH_TEACHER),
+    "fixmatch_w_pseudo": frozenset({"fixmatch"}),
+}
+
+
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'key: saved -> current' for every setting that differs and a resume may not change. Keys a
-    checkpoint predates are not compared; `engine.cache_bytes` is free (a memory budget)."""
+    checkpoint predates, and settings the (current) mode never reads, are not compared;
+    `engine.cache_bytes` is free (a memory budget)."""
+    mode = current.get("mode")
     changes = []
     for key in sorted(set(saved) & set(current) - RESUME_FREE):
+        if mode is not None and mode not in READ_BY.get(key, MODES):
+            continue
         old, new = saved[key], current[key]
         if key == "engine":
             old = {k: v for k, v in old.items() if k != "cache_bytes"}
