@@ -35,7 +35,7 @@ def label_classes(run: Path, camvid: Path) -> tuple[str, int, np.ndarray]:
     summary = json.loads((run / "summary.json").read_text())
     if summary.get("mode") != "sesam":
         raise ValueError(f"{run}: mode {summary.get('mode')!r} has no in-loop SAM labels; give a sesam run")
-    payload = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    payload = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     sam_labels = {int(k): v.numpy() for k, v in payload["sam_labels"].items()}
     ds = WeakDataset.from_camvid(camvid, "train", summary["kind"], 0)
     n = len(CAMVID_CLASSES)

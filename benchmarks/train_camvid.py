@@ -7,9 +7,9 @@ pretrained backbones can be downloaded here), so absolute numbers are far below 
 
 Run: `python benchmarks/train_camvid.py [--iterations 400] [--kinds scribbles points] [--seeds 0 1 2]`;
 writes benchmarks/results/train_camvid.md and keeps each run under runs/compare/ (a finished run of
-the same mode, labels, student, budget and seed is reported again, not re-trained; after editing
-the config, pass --fresh). With several seeds a row gives the mean, the standard deviation and
-each seed's score. `sesam-pixel` is SeSAM with the paper's plain pixel-mean L_SAM
+the same budget and settings is reported again, not re-trained; one with other settings stops
+with the fields named: pass --fresh). With several seeds a row gives the mean, the standard
+deviation and each seed's score. `sesam-pixel` is SeSAM with the paper's plain pixel-mean L_SAM
 (`sam_class_balanced: false`; the default averages it per class). With --ship, the seed-0 SeSAM
 scribbles student is also written (fp16) to models/weights/ for the service.
 """
@@ -19,17 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from models.students import load_student, save_student
 from models.weak import atomic_write
-from training.data import WeakDataset
 from training.datasets import CAMVID_CLASSES
-from training.trainer import TrainConfig, Trainer
+from training.trainer import TrainConfig, Trainer, config_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
@@ -68,33 +69,16 @@ def run(row: str, kind: str, seed: int, args: argparse.Namespace) -> dict:
         ],
     )
     summary_path = out / "summary.json"
-    if summary_path.is_file():  # a finished run of this budget: report it instead of re-running
-        summary = json.loads(summary_path.read_text())
-        same = {
-            "iterations": args.iterations,
-            "mode": mode,
-            "kind": kind,
-            "student": args.student,
-            "seed": seed,
-        }
-        if mode in ("sesam", "naive-sam"):
-            same["sam_class_balanced"] = cfg.sam_class_balanced
-        # summaries written before they carried seed / sam_class_balanced were seed 0, pixel mean
-        if all(summary.get(k, {"seed": 0, "sam_class_balanced": False}.get(k)) == v for k, v in same.items()):
-            if summary.get("val_per_class_iou") is None:  # written before summaries carried it
-                trainer = Trainer(cfg, train_ds=_tiny_placeholder(cfg))
-                metrics = trainer.evaluate(load_student(out / "student.pt")[0])
-                summary["val_per_class_iou"] = [
-                    None if np.isnan(v) else float(v) for v in metrics["per_class_iou"]
-                ]
-                atomic_write(summary_path, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
-            return summary
+    if summary_path.is_file() and finished_with(out, cfg):  # report it instead of re-running
+        return json.loads(summary_path.read_text())
     return Trainer(cfg).train()
 
 
-def _tiny_placeholder(cfg: TrainConfig) -> WeakDataset:
-    """One training image: evaluating a finished run needs the val set, not the train set."""
-    return WeakDataset.from_camvid(cfg.camvid_root, "train", cfg.kind, cfg.weak_seed, limit=1)
+def finished_with(out: Path, cfg: TrainConfig) -> bool:
+    """Whether the run in `out` trained this budget with these settings (the trainer's own resume
+    check: any setting the mode reads, bar bookkeeping and data paths)."""
+    saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["config"]
+    return saved["iterations"] == cfg.iterations and not config_changes(saved, asdict(cfg))
 
 
 def mean_per_class(runs: list[dict]) -> list[float | None]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from models.weak import atomic_write
 from training.data import WeakDataset
 from training.trainer import TrainConfig, Trainer
 
@@ -122,7 +123,8 @@ def main() -> None:
     command = "python benchmarks/train_step.py " + " ".join(
         [f"--iterations {args.iterations}", f"--images {args.images}", f"--kind {args.kind}"]
     )
-    out.write_text(f"`{command}` ({title}; classical prior; one run per row).\n\n" + "\n".join(lines) + "\n")
+    text = f"`{command}` ({title}; classical prior; one run per row).\n\n" + "\n".join(lines) + "\n"
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
 
 
 if __name__ == "__main__":
