@@ -1,4 +1,4 @@
-"""Weak labels -> dense labels on CamVid val: raw weak labels vs naive SAM-style prompting vs SeSAM.
+"""Weak labels -> dense labels on CamVid: raw weak labels vs naive SAM-style prompting vs SeSAM.
 
 For points, scribbles and coarse masks derived by `training.protocols` (seed 0), every method runs
 on the same engine (default: the weight-free classical prior; pass --sam-type/--sam-checkpoint for
@@ -6,7 +6,9 @@ SAM). Metrics: mIoU over the 11 classes with unlabeled pixels counted wrong, cov
 share of valid pixels), and precision / recall of the labels refinement ADDED. The baseline is the
 raw weak labels themselves, scored the same way.
 
-Run: `python benchmarks/refine_camvid.py [--limit N]`; writes benchmarks/results/refine_camvid.md.
+Run: `python benchmarks/refine_camvid.py [--split val] [--limit N] [--classical-scales 60,200,600]`;
+writes benchmarks/results/refine_camvid.md. Settings are chosen on train (`prior_scales.py`); val
+only reports.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from models.engine import EngineConfig, build_engine, read_image
+from models.engine import EngineConfig, PromptableSegmenter, build_engine, read_image
+from models.io import atomic_write_text, read_label_png
 from models.refine import build_labeler
-from models.weak import read_label_png
-from training.datasets import CamVid
+from training.datasets import CamVid, Sample
 from training.metrics import AddedLabelQuality, ConfusionMatrix
 from training.protocols import derive
 
@@ -36,39 +39,32 @@ def fmt(v: float) -> str:
     return "-" if v != v else f"{100 * v:.1f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=str(CAMVID))
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="classical")
-    parser.add_argument("--sam-type", default="vit_b")
-    parser.add_argument("--sam-checkpoint", default=None)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "refine_camvid.md"))
-    args = parser.parse_args()
+def load_split(root: str | Path, split: str) -> tuple[CamVid, list[Sample]]:
+    dataset = CamVid(Path(root), split)
+    return dataset, dataset.samples()
 
-    dataset = CamVid(Path(args.root), args.split)
-    samples = dataset.samples()[: args.limit]
-    engine = build_engine(
-        EngineConfig(
-            backend=args.backend,
-            sam_type=args.sam_type,
-            sam_checkpoint=args.sam_checkpoint,
-            cache_bytes=2 * 1024**3,
-        )
-    )
+
+def score_refinement(
+    engine: PromptableSegmenter,
+    dataset: CamVid,
+    samples: list[Sample],
+    kinds: tuple[str, ...] = KINDS,
+    methods: tuple[str, ...] = METHODS,
+    seed: int = 0,
+    quiet: bool = False,
+) -> list[dict[str, Any]]:
+    """One row per (weak kind, method): mIoU, coverage, added precision / recall, seconds per image."""
     images = {s.stem: read_image(s.image) for s in samples}
     gts = {s.stem: read_label_png(s.label) for s in samples}
     rows = []
-    for kind in KINDS:
-        weaks = {s.stem: derive(kind, gts[s.stem], dataset.ignore_index, args.seed, s.stem) for s in samples}
-        for method in METHODS:
+    for kind in kinds:
+        weaks = {s.stem: derive(kind, gts[s.stem], dataset.ignore_index, seed, s.stem) for s in samples}
+        for method in methods:
             labeler = None if method == "raw" else build_labeler(method, engine)
             conf = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
             added = AddedLabelQuality(dataset.ignore_index)
             seconds = 0.0
-            for s in track(samples, description=f"{kind:9s} {method:5s}", transient=True):
+            for s in track(samples, description=f"{kind:9s} {method:5s}", transient=True, disable=quiet):
                 weak_map = weaks[s.stem].sparse_map()
                 t0 = time.perf_counter()
                 pred = weak_map if labeler is None else labeler.refine(images[s.stem], weaks[s.stem]).labels
@@ -86,34 +82,71 @@ def main() -> None:
                     seconds=seconds / len(samples),
                 )
             )
+    return rows
 
+
+HEAD = ("weak kind", "method", "mIoU %", "coverage %", "added precision %", "added recall %", "s / image")
+
+
+def row_cells(r: dict[str, Any]) -> list[str]:
+    return [
+        r["kind"],
+        r["method"],
+        fmt(r["miou"]),
+        fmt(r["coverage"]),
+        fmt(r["precision"]),
+        fmt(r["recall"]),
+        f"{r['seconds']:.2f}",
+    ]
+
+
+def markdown(rows: list[dict[str, Any]], head: tuple[str, ...] = HEAD, cells=row_cells) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=str(CAMVID))
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="classical")
+    parser.add_argument("--classical-scales", default=None, help="fine,medium,coarse (default: the engine's)")
+    parser.add_argument("--sam-type", default="vit_b")
+    parser.add_argument("--sam-checkpoint", default=None)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "refine_camvid.md"))
+    args = parser.parse_args()
+
+    dataset, samples = load_split(args.root, args.split)
+    samples = samples[: args.limit]
+    engine = build_engine(
+        EngineConfig(
+            backend=args.backend,
+            sam_type=args.sam_type,
+            sam_checkpoint=args.sam_checkpoint,
+            cache_bytes=2 * 1024**3,
+            classical_scales=args.classical_scales,
+        )
+    )
+    rows = score_refinement(engine, dataset, samples, seed=args.seed)
     console = Console(width=160)
     table = Table(title=f"CamVid {args.split} ({len(samples)} images), engine: {engine.name}")
-    head = ("weak kind", "method", "mIoU %", "coverage %", "added precision %", "added recall %", "s / image")
-    for col in head:
+    for col in HEAD:
         table.add_column(col, justify="left" if col in ("weak kind", "method") else "right")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [
-            r["kind"],
-            r["method"],
-            fmt(r["miou"]),
-            fmt(r["coverage"]),
-            fmt(r["precision"]),
-            fmt(r["recall"]),
-            f"{r['seconds']:.2f}",
-        ]
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
+        table.add_row(*row_cells(r))
     console.print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    scales = getattr(engine, "scales", None)
     note = (
-        f"CamVid {args.split}, {len(samples)} images, engine `{engine.name}`, weak labels seed {args.seed}. "
-        "mIoU counts unlabeled pixels as wrong; 'added' = pixels unlabeled in the weak input and labelled after."
+        f"CamVid {args.split}, {len(samples)} images, engine `{engine.name}`"
+        + (f" (scales {','.join(str(s) for s in scales)})" if scales else "")
+        + f", weak labels seed {args.seed}. mIoU counts unlabeled pixels as wrong; 'added' = pixels "
+        "unlabeled in the weak input and labelled after."
     )
-    out.write_text(note + "\n\n" + "\n".join(lines) + "\n")
-    console.print(f"written {out}")
+    atomic_write_text(args.out, note + "\n\n" + "\n".join(markdown(rows)) + "\n")
+    console.print(f"written {args.out}")
 
 
 if __name__ == "__main__":

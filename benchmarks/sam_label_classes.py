@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from models.weak import atomic_write
+from models.io import atomic_write
 from training.data import WeakDataset
 from training.datasets import CAMVID_CLASSES
 from training.metrics import ConfusionMatrix

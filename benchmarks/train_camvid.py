@@ -27,10 +27,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from models.io import atomic_write
 from models.students import load_student, save_student
-from models.weak import atomic_write
 from training.datasets import CAMVID_CLASSES
-from training.trainer import TrainConfig, Trainer, config_changes
+from training.trainer import READ_BY, TrainConfig, Trainer, config_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
@@ -78,7 +78,7 @@ def finished_with(out: Path, cfg: TrainConfig) -> bool:
     """Whether the run in `out` trained this budget with these settings (the trainer's own resume
     check: any setting the mode reads, bar bookkeeping and data paths)."""
     saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["config"]
-    return saved["iterations"] == cfg.iterations and not config_changes(saved, asdict(cfg))
+    return saved["iterations"] == cfg.iterations and not config_changes(saved, asdict(cfg), READ_BY)
 
 
 def mean_per_class(runs: list[dict]) -> list[float | None]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from models.weak import atomic_write
+from models.io import atomic_write
 from training.data import WeakDataset
 from training.trainer import TrainConfig, Trainer
 

@@ -21,10 +21,10 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from export.sam_modules import SamDecoderOnnx, SamEncoderOnnx, StudentOnnx
+from models.io import atomic_write
 from models.onnx_runtime import EXPORT_FORMAT
 from models.sam.build import build_sam, sha256_of
 from models.students import IMAGE_MEAN, IMAGE_STD, STRIDE, load_student
-from models.weak import atomic_write
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 1 << 31  # protobuf's 2 GB limit: larger models keep weights in a .data file

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from models.engine import EngineConfig, Prompt, build_engine, read_image
+from models.io import save_png
 from models.refine import backend_defaults, build_labeler
 from models.refine.run import RefineRun, refine_folder
 from models.refine.sampling import SAMPLERS
 from models.refine.selection import SELECTORS
 from models.refine.sesam import PROMPT_TYPES
 from models.visualize import overlay_masks
-from models.weak import save_png
 
 
 def _pairs(text: str) -> list[list[float]]:

@@ -93,7 +93,7 @@ def save_student(
     half: bool = False,
 ) -> None:
     """A self-describing checkpoint {name, num_classes, state_dict, ...}, written atomically."""
-    from models.weak import atomic_write
+    from models.io import atomic_write
 
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     payload = {"name": name, "num_classes": num_classes, "state_dict": state} | (extra or {})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from models.io import UNLABELED
+
 PALETTE = np.array(
     [
         [230, 25, 75],
@@ -56,7 +58,7 @@ def class_palette(n: int = 256) -> np.ndarray:
 
 
 def label_overlay(
-    image: np.ndarray, labels: np.ndarray, alpha: float = 0.55, unlabeled: int = 255
+    image: np.ndarray, labels: np.ndarray, alpha: float = 0.55, unlabeled: int = UNLABELED
 ) -> np.ndarray:
     """HxWx3 image with every labelled pixel tinted by its class colour; unlabeled pixels untouched."""
     out = image.astype(np.float32).copy()

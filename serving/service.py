@@ -34,10 +34,10 @@ from pydantic import BaseModel, Field
 from models.engine import Prompt, build_engine, read_image
 from models.engine.cache import EmbeddingCache
 from models.engine.validation import ImageTooLarge
+from models.io import read_label_png
 from models.refine import backend_defaults, build_labeler
 from models.students import StudentSegmenter
 from models.weak import SCHEMA_VERSION, WeakLabels
-from models.weak.schema import read_label_png
 from serving.codec import encode_labels, encode_mask
 from serving.config import ServiceConfig
 from serving.middleware import GuardMiddleware

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from models.engine.classical import ClassicalPrior
-from models.refine import SeSAMLabeler, SeSAMOptions, build_labeler
+from models.refine import SeSAMLabeler, SeSAMOptions, build_labeler, confident_labels
 from models.weak import PointLabel, Scribble, WeakLabels
 from tests.scripted import ScriptedSegmenter
 
@@ -99,13 +99,11 @@ def test_teacher_extension(setup) -> None:
     probs[0] = 1.0
     probs[:, 0:5, 0:5] = 0
     probs[1, 0:5, 0:5] = 0.99  # confident class 1 in an unlabeled corner
-    confident = SeSAMLabeler.confident_labels(probs, theta2=0.98)
+    confident = confident_labels(probs, 0.98)
     masks = SeSAMLabeler.extend({1: weak.coarse == 1}, confident, weak.sparse_map())
     assert masks[1][0:5, 0:5].all()
     assert masks[0].sum() == (weak.sparse_map() == 255).sum() - 25  # class 0 everywhere else free
-    low = SeSAMLabeler.extend(
-        {1: weak.coarse == 1}, SeSAMLabeler.confident_labels(probs * 0.5, 0.98), weak.sparse_map()
-    )
+    low = SeSAMLabeler.extend({1: weak.coarse == 1}, confident_labels(probs * 0.5, 0.98), weak.sparse_map())
     assert not low[1][0:5, 0:5].any()
 
 

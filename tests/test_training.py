@@ -273,17 +273,17 @@ def test_config_changes_ignores_free_and_unknown_keys() -> None:
         "engine": {"backend": "classical", "cache_bytes": 2},
         "iterations": 9,
     }
-    assert config_changes(saved, current | {"sam_class_balanced": True}) == []
+    assert config_changes(saved, current | {"sam_class_balanced": True}, READ_BY) == []
     assert config_changes(saved, current | {"engine": {"backend": "torch", "cache_bytes": 1}}) == [
         "engine: {'backend': 'classical', 'cache_bytes': 1} -> {'backend': 'torch', 'cache_bytes': 1}"
     ]
     assert set(READ_BY) <= set(asdict(TrainConfig(camvid_root="x")))  # no misspelt setting
     # a setting the mode never reads: weak supervision has no SAM loss to balance
     weak = {"mode": "weak", "sam_class_balanced": False}
-    assert config_changes(weak, weak | {"sam_class_balanced": True}) == []
-    assert config_changes(weak | {"mode": "sesam"}, weak | {"mode": "sesam", "sam_class_balanced": True}) == [
-        "sam_class_balanced: False -> True"
-    ]
+    assert config_changes(weak, weak | {"sam_class_balanced": True}, READ_BY) == []
+    assert config_changes(
+        weak | {"mode": "sesam"}, weak | {"mode": "sesam", "sam_class_balanced": True}, READ_BY
+    ) == ["sam_class_balanced: False -> True"]
 
 
 def test_config_errors(tmp_path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FILL_LABEL = 255
+from models.io import UNLABELED
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class View:
         )
         return self._crop(t[0], 0.0).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
-    def labels_to_view(self, labels: np.ndarray, fill: int = FILL_LABEL) -> np.ndarray:
+    def labels_to_view(self, labels: np.ndarray, fill: int = UNLABELED) -> np.ndarray:
         """HxW class map -> hxw (nearest)."""
         t = torch.from_numpy(np.ascontiguousarray(labels)).float()[None, None]
         if self.flip:
@@ -96,7 +96,7 @@ class View:
         t = F.interpolate(t, size=self.scaled_size, mode="nearest-exact")
         return self._crop(t[0, 0], float(fill)).to(torch.uint8).numpy()
 
-    def labels_to_original(self, labels: np.ndarray, fill: int = FILL_LABEL) -> np.ndarray:
+    def labels_to_original(self, labels: np.ndarray, fill: int = UNLABELED) -> np.ndarray:
         """hxw view class map -> HxW original (nearest); `fill` where the view does not reach."""
         t = self._uncrop(torch.from_numpy(np.ascontiguousarray(labels)).float(), float(fill))[None, None]
         t = F.interpolate(t, size=self.original_size, mode="nearest-exact")[0, 0]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from rich.progress import track
 
-from models.weak import load_weak_labels, read_label_png, save_weak_labels
+from models.io import read_label_png
+from models.weak import load_weak_labels, save_weak_labels
 from training.datasets import CamVid
 from training.metrics import AddedLabelQuality, ConfusionMatrix, label_report
 from training.protocols import PROTOCOLS, derive

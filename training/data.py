@@ -15,12 +15,11 @@ from rich.progress import track
 
 from models.engine import read_image
 from models.engine.validation import list_images
-from models.weak import WeakLabels, load_weak_labels, read_label_png
+from models.io import UNLABELED, read_label_png
+from models.weak import WeakLabels, load_weak_labels
 from training.augment import View, random_view, strong_augment
 from training.datasets import CamVid
 from training.protocols import derive
-
-UNLABELED = 255
 
 
 @dataclass
@@ -85,19 +84,21 @@ class WeakDataset:
     def from_folders(
         cls,
         images: str | Path,
-        weak: str | Path,
+        weak: str | Path | None,
         gt: str | Path | None = None,
         ignore_index: int | None = None,
         limit: int | None = None,
     ) -> WeakDataset:
-        """The generic layout: images/<stem>.*, weak/<stem>.json|png, optional gt/<stem>.png."""
+        """The generic layout: images/<stem>.*, weak/<stem>.json|png, optional gt/<stem>.png.
+
+        `weak=None` (a validation set): no weak labels are read, every image gets an empty set."""
         paths = list(list_images(images).items())[:limit]
         stems, arrays, labels, gts = [], [], [], []
         for stem, path in paths:
             img = read_image(path)
             stems.append(stem)
             arrays.append(img)
-            labels.append(load_weak_labels(weak, stem, img.shape[:2]))
+            labels.append(load_weak_labels(weak, stem, img.shape[:2]) if weak else WeakLabels(*img.shape[:2]))
             gt_path = Path(gt) / f"{stem}.png" if gt else None
             gts.append(read_label_png(gt_path) if gt_path and gt_path.exists() else None)
         return cls(stems, arrays, labels, gts, ignore_index)

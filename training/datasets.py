@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.engine.validation import IMAGE_EXTENSIONS, list_images
+
 CAMVID_CLASSES = (
     "sky",
     "building",
@@ -30,7 +32,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class CamVid:
-    """CamVid as laid out in shared/data/camvid: images/{split}/<stem>.jpg, labels/{split}/<stem>.png."""
+    """CamVid as laid out in shared/data/camvid: images/{split}/<stem>.<jpg|png|...>, labels/{split}/<stem>.png."""
 
     root: Path
     split: str = "val"
@@ -48,9 +50,16 @@ class CamVid:
         return (self.root / f"{self.split}.txt").read_text().split()
 
     def samples(self) -> list[Sample]:
+        """One sample per stem of `{split}.txt`; the image may have any extension `read_image` reads
+        (our copy is JPEG, the public distribution PNG)."""
+        images = list_images(self.root / "images" / self.split)
         out = []
         for stem in self.stems():
-            image = self.root / "images" / self.split / f"{stem}.jpg"
+            if stem not in images:
+                raise ValueError(
+                    f"{self.root / 'images' / self.split}: no image for {stem!r} listed in {self.split}.txt "
+                    f"(looked for {stem}{{{','.join(IMAGE_EXTENSIONS)}}})"
+                )
             label = self.root / "labels" / self.split / f"{stem}.png"
-            out.append(Sample(stem, image, label if label.exists() else None))
+            out.append(Sample(stem, images[stem], label if label.exists() else None))
         return out

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-UNLABELED = 255
+from models.io import UNLABELED
 
 
 def partial_ce(logits: torch.Tensor, target: torch.Tensor, class_balanced: bool = False) -> torch.Tensor:
@@ -24,12 +24,6 @@ def partial_ce(logits: torch.Tensor, target: torch.Tensor, class_balanced: bool 
     counts = torch.bincount(target[labelled], minlength=logits.shape[1])[: logits.shape[1]]
     weight = (counts > 0).to(logits.dtype) / counts.clamp(min=1).to(logits.dtype)
     return F.cross_entropy(logits, target, weight=weight, ignore_index=UNLABELED)
-
-
-def pseudo_labels(teacher_probs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """BxCxHxW probabilities -> BxHxW labels where max prob >= threshold, else 255."""
-    conf, cls = teacher_probs.max(1)
-    return torch.where(conf >= threshold, cls, torch.full_like(cls, UNLABELED))
 
 
 def sesam_targets(

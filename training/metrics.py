@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-UNLABELED = 255
+from models.io import UNLABELED
 
 
 @dataclass

@@ -25,7 +25,8 @@ from scipy.sparse.csgraph import shortest_path
 from skimage import measure, morphology
 from skimage.draw import polygon2mask
 
-from models.weak import UNLABELED, BoxLabel, PointLabel, Scribble, WeakLabels
+from models.io import UNLABELED
+from models.weak import BoxLabel, PointLabel, Scribble, WeakLabels
 
 WEAK_KINDS = ("points", "scribbles", "coarse", "boxes", "tags")
 EIGHT = np.ones((3, 3), dtype=bool)

@@ -2,12 +2,14 @@
 
 A backend implements three hooks: `_encode` (a list of HxWx3 uint8 images -> payloads, in as few
 encoder calls as it can), `_payload_nbytes`, and `_decode` (one payload + validated prompts ->
-Predictions).
+Predictions). SAM backends share `BatchedDecoder._decode`, which groups prompts by layout and only
+asks the backend to decode one group (`_decode_group_into`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from models.engine.cache import DEFAULT_CACHE_BYTES, EmbeddingCache, content_key
-from models.engine.types import EngineStats, ImageHandle, Predictions, Prompt
+from models.engine.types import LOW_RES, EngineStats, ImageHandle, Predictions, Prompt
 from models.engine.validation import as_rgb_uint8, validate_prompts
 
 
@@ -102,11 +104,50 @@ class CachedSegmenter(ABC):
         return {"backend": self.name, "stats": self.stats.as_dict(), "cache": self.cache.info()}
 
 
-def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
+class BatchedDecoder(CachedSegmenter):
+    """A backend with a real batched decoder (SAM in torch, ONNX Runtime, TensorRT, Triton).
+
+    Prompts with the same layout (number of points, box or not) give the same token count and go
+    through the decoder together, `decode_batch` at a time; a backend implements one such call.
+    """
+
+    decode_batch: int = 64
+
+    @abstractmethod
+    def _decode_group_into(
+        self, payload: Any, prompts: list[Prompt], multimask: bool, out: Predictions, idx: list[int]
+    ) -> None:
+        """Decode prompts of one layout and write rows `idx` of every array of `out`."""
+
+    def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
+        groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
+        for i, prompt in enumerate(prompts):
+            groups[(prompt.num_points, prompt.box is not None)].append(i)
+        n, c = len(prompts), 3 if multimask else 1
+        h, w = handle.original_size
+        out = Predictions(
+            np.zeros((n, c, h, w), dtype=bool),
+            np.zeros((n, c), dtype=np.float32),
+            np.zeros((n, c), dtype=np.float32),
+            np.zeros((n, c, LOW_RES, LOW_RES), dtype=np.float32),
+        )
+        for indices in groups.values():
+            for start in range(0, len(indices), self.decode_batch):
+                idx = indices[start : start + self.decode_batch]
+                self._decode_group_into(handle.payload, [prompts[i] for i in idx], multimask, out, idx)
+                self.stats.decoder_calls += 1
+                self.stats.prompts_decoded += len(idx)
+        return out
+
+
+def stability_score(logits: torch.Tensor | np.ndarray, threshold: float = 0.0, offset: float = 1.0):
     """SAM's stability: IoU of the mask thresholded at threshold+offset vs threshold-offset.
 
-    logits: ...xHxW. 0 where even the loose mask is empty.
+    logits: ...xHxW (a torch tensor or a numpy array; the answer has the same type, float32). 0
+    where even the loose mask is empty.
     """
     inner = (logits > threshold + offset).sum((-1, -2))
     outer = (logits > threshold - offset).sum((-1, -2))
-    return (inner / outer.clamp(min=1)).float()
+    if isinstance(logits, torch.Tensor):
+        return (inner / outer.clamp(min=1)).float()
+    return (inner / np.maximum(outer, 1)).astype(np.float32)

@@ -14,7 +14,6 @@ ONNX export does), where the torch backend passes no sparse token at all.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ from typing import Any
 import numpy as np
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from models.engine.base import CachedSegmenter
+from models.engine.base import BatchedDecoder, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
-from models.engine.types import LOW_RES, ImageHandle, Predictions, Prompt
+from models.engine.types import LOW_RES, Predictions, Prompt
 from models.onnx_runtime import read_metadata
 
 
@@ -34,13 +33,6 @@ class ExportedImage:
 
     embedding: np.ndarray
     original_size: tuple[int, int]
-
-
-def stability_numpy(logits: np.ndarray, threshold: float = 0.0, offset: float = 1.0) -> np.ndarray:
-    """SAM's stability score over the last two axes (as `models.engine.base.stability_score`)."""
-    inner = (logits > threshold + offset).sum((-1, -2))
-    outer = (logits > threshold - offset).sum((-1, -2))
-    return (inner / np.maximum(outer, 1)).astype(np.float32)
 
 
 def pack_prompts(prompts: list[Prompt]) -> dict[str, np.ndarray]:
@@ -73,7 +65,7 @@ def pack_prompts(prompts: list[Prompt]) -> dict[str, np.ndarray]:
     }
 
 
-class ExportedSamEngine(CachedSegmenter):
+class ExportedSamEngine(BatchedDecoder):
     """PromptableSegmenter over an export directory; subclasses implement `_run_encoder`/`_run_decoder`."""
 
     def __init__(
@@ -139,32 +131,17 @@ class ExportedSamEngine(CachedSegmenter):
     def _payload_nbytes(self, payload: ExportedImage) -> int:
         return int(payload.embedding.nbytes)
 
-    def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
-        image: ExportedImage = handle.payload
-        groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
-        for i, p in enumerate(prompts):
-            groups[(p.num_points, p.box is not None)].append(i)
-        n, c = len(prompts), 3 if multimask else 1
-        h, w = image.original_size
-        masks = np.zeros((n, c, h, w), dtype=bool)
-        iou = np.zeros((n, c), np.float32)
-        stability = np.zeros((n, c), np.float32)
-        low_res = np.zeros((n, c, LOW_RES, LOW_RES), np.float32)
-        size = np.array([h, w], np.int64)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.decode_batch):
-                idx = indices[start : start + self.decode_batch]
-                inputs = pack_prompts([prompts[i] for i in idx])
-                inputs["image_embeddings"] = image.embedding
-                inputs["orig_im_size"] = size
-                out = self._run_decoder(inputs, multimask)
-                self.stats.decoder_calls += 1
-                self.stats.prompts_decoded += len(idx)
-                masks[idx] = out["masks"] > self.threshold
-                stability[idx] = stability_numpy(out["masks"], self.threshold)
-                iou[idx] = out["iou_predictions"]
-                low_res[idx] = out["low_res_masks"]
-        return Predictions(masks, iou, stability, low_res)
+    def _decode_group_into(
+        self, payload: ExportedImage, prompts: list[Prompt], multimask: bool, out: Predictions, idx: list[int]
+    ) -> None:
+        inputs = pack_prompts(prompts)
+        inputs["image_embeddings"] = payload.embedding
+        inputs["orig_im_size"] = np.array(payload.original_size, np.int64)
+        result = self._run_decoder(inputs, multimask)
+        out.masks[idx] = result["masks"] > self.threshold
+        out.stability[idx] = stability_score(result["masks"], self.threshold)
+        out.iou[idx] = result["iou_predictions"]
+        out.low_res_logits[idx] = result["low_res_masks"]
 
     def info(self) -> dict[str, Any]:
         return super().info() | {"export_dir": str(self.export_dir), "sam_type": self.metadata["sam_type"]}

@@ -9,7 +9,6 @@ original size with one precomputed matrix per axis instead of two interpolations
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from models.engine.base import CachedSegmenter, stability_score
+from models.engine.base import BatchedDecoder, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
-from models.engine.types import ImageHandle, Predictions, Prompt
+from models.engine.types import Predictions, Prompt
 from models.sam.build import build_sam
 from models.sam.fast_decoder import DEFAULT_CHUNK, ManyPromptDecoder
 
@@ -43,7 +42,7 @@ def _resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
     return F.interpolate(eye, size=(size_out, size_in), mode="bilinear", align_corners=False)[0, 0]
 
 
-class SamEngine(CachedSegmenter):
+class SamEngine(BatchedDecoder):
     """PromptableSegmenter backed by a PyTorch `Sam` model."""
 
     def __init__(
@@ -131,34 +130,14 @@ class SamEngine(CachedSegmenter):
             self._resize_cache[key] = (mats[0], mats[1].t().contiguous())
         return self._resize_cache[key]
 
-    @staticmethod
-    def _layout(prompt: Prompt) -> tuple[int, bool]:
-        """Prompts with the same layout produce the same token count and share a decoder call."""
-        return (prompt.num_points, prompt.box is not None)
-
     @torch.inference_mode()
-    def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
-        image: SamImage = handle.payload
-        groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
-        for i, prompt in enumerate(prompts):
-            groups[self._layout(prompt)].append(i)
-        n = len(prompts)
-        c = 3 if multimask else 1
-        h, w = image.original_size
-        masks = np.zeros((n, c, h, w), dtype=bool)
-        iou = np.zeros((n, c), dtype=np.float32)
-        stability = np.zeros((n, c), dtype=np.float32)
-        low_res = np.zeros((n, c, 256, 256), dtype=np.float32)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.decode_batch):
-                idx = indices[start : start + self.decode_batch]
-                lr, sc = self._decode_group(image, [prompts[i] for i in idx], multimask)
-                self.stats.decoder_calls += 1
-                self.stats.prompts_decoded += len(idx)
-                low_res[idx] = lr.cpu().numpy()
-                iou[idx] = sc.cpu().numpy()
-                self._upsample_into(image, lr, idx, masks, stability)
-        return Predictions(masks, iou, stability, low_res)
+    def _decode_group_into(
+        self, payload: SamImage, prompts: list[Prompt], multimask: bool, out: Predictions, idx: list[int]
+    ) -> None:
+        low_res, scores = self._decode_group(payload, prompts, multimask)
+        out.low_res_logits[idx] = low_res.cpu().numpy()
+        out.iou[idx] = scores.cpu().numpy()
+        self._upsample_into(payload, low_res, idx, out.masks, out.stability)
 
     def _decode_group(self, image: SamImage, prompts: list[Prompt], multimask: bool):
         """One decoder call for prompts of one layout. Returns Bx(3|1)x256x256 logits and Bx(3|1) IoU."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from models.engine import PromptableSegmenter
-from models.refine.common import RefineResult
+from models.refine.common import RefineResult, confident_labels
 from models.refine.naive import NaiveLabeler, NaiveOptions
 from models.refine.sepl import SEPLLabeler, SEPLOptions
 from models.refine.sesam import SeSAMLabeler, SeSAMOptions
@@ -51,4 +51,5 @@ __all__ = [
     "SeSAMOptions",
     "backend_defaults",
     "build_labeler",
+    "confident_labels",
 ]

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from models.engine import ImageHandle, Predictions, Prompt, PromptableSegmenter
+from models.io import UNLABELED
 from models.refine.sampling import even_points_along
 from models.weak import WeakLabels
-
-UNLABELED = 255
 
 
 @dataclass
@@ -86,3 +86,14 @@ def predict_counted(
     result.decoder_calls += count_calls(engine) - before
     result.prompts += len(prompts)
     return out
+
+
+def confident_labels(probs: torch.Tensor | np.ndarray, threshold: float, class_axis: int = 0):
+    """Probabilities with classes on `class_axis` (CxHxW, or BxCxHxW with class_axis=1) -> the
+    argmax class where its probability >= threshold, UNLABELED elsewhere. A torch tensor gives an
+    int64 tensor (loss targets), a numpy array a uint8 class map."""
+    if isinstance(probs, torch.Tensor):
+        conf, cls = probs.max(class_axis)
+        return torch.where(conf >= threshold, cls, torch.full_like(cls, UNLABELED))
+    conf, cls = probs.max(class_axis), probs.argmax(class_axis)
+    return np.where(conf >= threshold, cls, UNLABELED).astype(np.uint8)

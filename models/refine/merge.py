@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-UNLABELED = 255
+from models.io import UNLABELED
+
 OVERLAP_RULES = ("score", "unlabeled")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.engine.lowres import mask_to_low_res
+from models.io import UNLABELED
 from models.refine.common import RefineResult, box_clip, ensure_handle, predict_counted, sparse_prompts
 from models.refine.merge import Instance, merge_instances
 from models.weak import WeakLabels
@@ -37,7 +38,7 @@ class NaiveLabeler:
         prompts, origin = sparse_prompts(weak, self.options.scribble_points)
         if weak.coarse is not None:
             for c in np.unique(weak.coarse):
-                if c != 255:
+                if c != UNLABELED:
                     prompts.append(Prompt(mask_logits=mask_to_low_res(weak.coarse == c)))
                     origin.append(("coarse", -1, int(c)))
         instances = []

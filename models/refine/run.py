@@ -20,9 +20,10 @@ import numpy as np
 
 from models.engine import PromptableSegmenter, read_image
 from models.engine.validation import list_images
+from models.io import atomic_write, save_json, save_png
 from models.progress import progress_bar
 from models.visualize import label_overlay, side_by_side
-from models.weak import WeakLabels, atomic_write, load_weak_labels, save_json, save_png
+from models.weak import WeakLabels, load_weak_labels
 
 
 @dataclass

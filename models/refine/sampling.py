@@ -58,13 +58,6 @@ def _box_distance(component: np.ndarray, bbox: tuple[int, int, int, int]) -> np.
     return ndi.distance_transform_edt(np.pad(component[r0:r1, c0:c1], 1))[1:-1, 1:-1]
 
 
-def distance_probability(component: np.ndarray) -> np.ndarray:
-    """Euclidean distance to the background, normalised to [0, 1]: 1 on the skeleton, small at the edge."""
-    dist = distance_to_background(component)
-    top = dist.max()
-    return dist / top if top > 0 else dist
-
-
 def _bbox(component: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(component.any(1)), np.flatnonzero(component.any(0))
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1

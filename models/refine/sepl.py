@@ -19,11 +19,10 @@ import torch
 from torchvision.ops import batched_nms
 
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
+from models.io import UNLABELED
 from models.refine.common import RefineResult, ensure_handle, predict_counted
 from models.refine.merge import Instance, merge_instances
 from models.weak import WeakLabels
-
-UNLABELED = 255
 
 
 @dataclass

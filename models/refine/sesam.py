@@ -26,7 +26,15 @@ import numpy as np
 
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.engine.lowres import mask_to_low_res
-from models.refine.common import RefineResult, box_clip, ensure_handle, predict_counted, sparse_prompts
+from models.io import UNLABELED
+from models.refine.common import (
+    RefineResult,
+    box_clip,
+    confident_labels,
+    ensure_handle,
+    predict_counted,
+    sparse_prompts,
+)
 from models.refine.merge import OVERLAP_RULES, Instance, merge_instances
 from models.refine.sampling import SAMPLERS, connected_components
 from models.refine.selection import SELECTORS, choose_by_coverage, coverage_compatibility, select_smallest
@@ -135,7 +143,7 @@ class SeSAMLabeler:
 
         if weak.coarse is not None:
             for c in np.unique(weak.coarse):
-                if c != 255:
+                if c != UNLABELED:
                     add(int(c), weak.coarse == c)
         prompts, origin = sparse_prompts(weak, self.options.scribble_points)
         if prompts:
@@ -153,18 +161,12 @@ class SeSAMLabeler:
         return masks
 
     @staticmethod
-    def confident_labels(teacher_probs: np.ndarray, theta2: float) -> np.ndarray:
-        """CxHxW probabilities -> HxW class map where max prob >= theta2, 255 elsewhere."""
-        conf, cls = teacher_probs.max(0), teacher_probs.argmax(0)
-        return np.where(conf >= theta2, cls, 255).astype(np.uint8)
-
-    @staticmethod
     def extend(
         masks: dict[int, np.ndarray], extension: np.ndarray, weak_map: np.ndarray
     ) -> dict[int, np.ndarray]:
         """Refined mask sampling: add the unlabeled pixels a teacher labels confidently (HxW map,
         255 = not confident) to the class masks."""
-        free = (weak_map == 255) & (extension != 255)
+        free = (weak_map == UNLABELED) & (extension != UNLABELED)
         out = {c: m.copy() for c, m in masks.items()}
         for c in np.unique(extension[free]):
             extra = free & (extension == c)
@@ -206,7 +208,7 @@ class SeSAMLabeler:
         result = RefineResult(labels=np.empty(0))
         masks, weak_map = self._cached_initial_masks(handle, weak, result)
         if teacher_probs is not None:
-            extension = self.confident_labels(teacher_probs, o.theta2) if extension is None else extension
+            extension = confident_labels(teacher_probs, o.theta2) if extension is None else extension
             if confidence is None:
                 confidence = teacher_probs.max(0)
         if extension is not None:

@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage as ndi
 from skimage.draw import line
 
+from models.io import UNLABELED, read_label_png, save_json, save_png
+
 SCHEMA_VERSION = 1
-UNLABELED = 255
 
 
 @dataclass(frozen=True)
@@ -246,63 +244,6 @@ def _int(value: Any) -> int:
     if isinstance(value, bool) or not float(value).is_integer():
         raise ValueError(f"class id {value!r} is not an integer")
     return int(value)
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call write(tmp_path) then rename onto `path`, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_png(array: np.ndarray, path: str | Path) -> None:
-    """Write an HxW class map or HxWx3 picture (uint8) as PNG, atomically."""
-    atomic_write(path, lambda tmp: Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG"))
-
-
-def save_json(data: Any, path: str | Path) -> None:
-    """Write JSON atomically."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-
-    atomic_write(path, write)
-
-
-def read_label_png(
-    path: str | Path, source: str | None = None, expected_size: tuple[int, int] | None = None
-) -> np.ndarray:
-    """Read an HxW uint8 class map; errors name the file.
-
-    With `expected_size` (H, W) the header is checked before any pixel is decoded, so a small file
-    declaring a huge map (a decompression bomb) is refused without allocating it.
-    """
-    label = source or str(path)
-    try:
-        with Image.open(path) as img:
-            if expected_size is not None and (img.height, img.width) != tuple(expected_size):
-                h, w = expected_size
-                raise ValueError(f"{label}: {img.width}x{img.height} class map, the image is {w}x{h}")
-            if img.mode not in ("L", "P"):
-                raise ValueError(
-                    f"{label}: class maps must be 8-bit single-channel PNGs, got mode {img.mode}"
-                )
-            return np.asarray(img, dtype=np.uint8).copy()
-    except FileNotFoundError as exc:
-        raise ValueError(f"{label}: no such file") from exc
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{label}: not a readable PNG ({exc})") from exc
 
 
 def load_weak_labels(

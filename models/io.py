@@ -1,0 +1,83 @@
+"""Files every stage writes and reads: the unlabeled value, atomic writes, class-map PNGs, JSON.
+
+Written once here and used by refinement, training, export, serving and the benchmarks, so that
+every output in the project is written the same way: to a temp file, then renamed (a reader never
+sees half a file, and a crash loses nothing already written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# the class id of "no label" in every HxW uint8 class map (weak maps, refined maps, pseudo-labels)
+UNLABELED = 255
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
+    """Call write(tmp_path) then rename onto `path`, so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_png(array: np.ndarray, path: str | Path) -> None:
+    """Write an HxW class map or HxWx3 picture (uint8) as PNG, atomically."""
+    atomic_write(path, lambda tmp: Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG"))
+
+
+def save_json(data: Any, path: str | Path) -> None:
+    """Write JSON atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+
+    atomic_write(path, write)
+
+
+def read_label_png(
+    path: str | Path, source: str | None = None, expected_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Read an HxW uint8 class map; errors name the file.
+
+    With `expected_size` (H, W) the header is checked before any pixel is decoded, so a small file
+    declaring a huge map (a decompression bomb) is refused without allocating it.
+    """
+    label = source or str(path)
+    try:
+        with Image.open(path) as img:
+            if expected_size is not None and (img.height, img.width) != tuple(expected_size):
+                h, w = expected_size
+                raise ValueError(f"{label}: {img.width}x{img.height} class map, the image is {w}x{h}")
+            if img.mode not in ("L", "P"):
+                raise ValueError(
+                    f"{label}: class maps must be 8-bit single-channel PNGs, got mode {img.mode}"
+                )
+            return np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError as exc:
+        raise ValueError(f"{label}: no such file") from exc
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{label}: not a readable PNG ({exc})") from exc

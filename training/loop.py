@@ -1,0 +1,244 @@
+"""The generic training loop every task shares; a task only brings a recipe (`training.recipes`).
+
+The loop owns what does not depend on the task: seeded iterations (a resumed run sees exactly the
+batches an uninterrupted run would), resume from `out_dir/last.pt` with the settings check, DDP
+rank bookkeeping, the evaluation schedule, atomic checkpoints, metrics (CSV, optional
+TensorBoard), progress and the summary. Modelled on detectron2's `train_loop`: the loop calls the
+recipe's hooks and never looks inside a batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.progress import Progress
+from torch import nn
+
+from models.io import atomic_write
+from models.progress import progress_bar
+
+# settings a resumed run may change: the budget, bookkeeping, where data and outputs live
+RESUME_FREE = frozenset(
+    {"iterations", "eval_every", "checkpoint_every", "log_every", "quiet", "resume", "out_dir"}
+    | {"camvid_root", "train_images", "train_weak", "val_images", "val_gt", "val_limit"}
+)
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) without it."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def weights_digest(model: nn.Module, parameters_only: bool = False) -> str:
+    """sha256 of the state dict (or of the parameters alone: DDP keeps those identical across ranks,
+    while BatchNorm running statistics stay per rank)."""
+    digest = hashlib.sha256()
+    items = model.named_parameters() if parameters_only else model.state_dict().items()
+    for key, value in sorted(items):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def config_changes(
+    saved: dict[str, Any], current: dict[str, Any], read_by: dict[str, frozenset[str]] | None = None
+) -> list[str]:
+    """'key: saved -> current' for every setting that differs and a resume may not change.
+
+    Keys a checkpoint predates are not compared, nor settings the current mode never reads
+    (`read_by`: setting -> the modes that read it; a setting not named there is read by every
+    mode); `engine.cache_bytes` is free (a memory budget)."""
+    mode = current.get("mode")
+    changes = []
+    for key in sorted(set(saved) & set(current) - RESUME_FREE):
+        if read_by and mode is not None and key in read_by and mode not in read_by[key]:
+            continue
+        old, new = saved[key], current[key]
+        if key == "engine":
+            old = {k: v for k, v in old.items() if k != "cache_bytes"}
+            new = {k: v for k, v in new.items() if k != "cache_bytes"}
+        if json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True, default=str):
+            changes.append(f"{key}: {saved[key]!r} -> {current[key]!r}")
+    return changes
+
+
+class Recipe(Protocol):
+    """What a task implements; the loop calls these in order (see `TrainLoop.train`)."""
+
+    read_by: dict[str, frozenset[str]]  # setting -> modes that read it (the resume check)
+    model: nn.Module  # the network whose weights the summary digests
+
+    def prepare(self) -> None:
+        """Work before the first iteration that is not checkpointed (e.g. embedding every image)."""
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """One optimisation step; returns the loss terms ('total' at least)."""
+
+    def has_validation(self) -> bool: ...
+
+    def evaluate(self) -> dict[str, Any]:
+        """Validation metrics; 'score' is the number the loop tracks as best."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def after_training(self) -> None:
+        """Checks that must hold once the loop ends (e.g. SAM was never re-encoded)."""
+
+    def summary(self, final: dict[str, Any]) -> dict[str, Any]:
+        """The task's part of summary.json."""
+
+    def save_outputs(self, out: Path, final: dict[str, Any]) -> None:
+        """The trained artefacts (rank 0 only)."""
+
+
+class TrainLoop:
+    """Runs one configuration of one recipe; `train()` is resumable from `out_dir/last.pt`."""
+
+    def __init__(self, cfg: Any, recipe: Recipe, rank: int = 0, world: int = 1) -> None:
+        self.cfg = cfg
+        self.recipe = recipe
+        self.rank, self.world = rank, world
+        self.out = Path(cfg.out_dir)
+        self.iteration = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_score = float("nan")
+        self._tensorboard = None
+        if self.rank == 0:
+            try:  # optional: scalars for TensorBoard when it is installed
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                pass
+
+    def progress(self, description: str) -> Progress:
+        return progress_bar(description, disable=self.cfg.quiet or self.rank != 0)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        payload = self.recipe.state_dict() | {
+            "iteration": self.iteration,
+            "config": asdict(self.cfg),
+            "best_miou": float(self.best_score),  # a plain float: weights_only loads refuse numpy scalars
+        }
+        atomic_write(self.checkpoint_path(), lambda tmp: torch.save(payload, tmp))
+
+    def load_checkpoint(self) -> bool:
+        """Resume from last.pt when it exists: the settings are compared first (every changed one is
+        named), then the recipe's state is restored."""
+        path = self.checkpoint_path()
+        if not (self.cfg.resume and path.exists()):
+            return False
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot resume from this checkpoint ({exc})") from exc
+        changed = config_changes(payload.get("config") or {}, asdict(self.cfg), self.recipe.read_by)
+        if changed:
+            raise ValueError(
+                f"{path}: this run was started with other settings ({'; '.join(changed)}); resuming would mix "
+                "two runs. Give another out_dir, or resume: false to start over."
+            )
+        try:
+            self.recipe.load_state_dict(payload)
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot resume from this checkpoint ({exc})") from exc
+        self.iteration = int(payload["iteration"])
+        self.best_score = float(payload.get("best_miou", float("nan")))
+        return True
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.history.append(row)
+        path = self.out / "metrics.csv"
+        columns = ["iteration", "seconds_per_iter", "total", "weak", "sam", "pseudo", "val_miou", "lr"]
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        if self._tensorboard is not None:
+            for key, value in row.items():
+                if key != "iteration" and isinstance(value, float):
+                    self._tensorboard.add_scalar(key, value, row["iteration"])
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        c, recipe = self.cfg, self.recipe
+        resumed = self.load_checkpoint()
+        recipe.prepare()
+        start = self.iteration + 1 if resumed else 0
+        timer, seconds = time.perf_counter(), []
+        with self.progress(f"train {c.mode}") as progress:
+            task = progress.add_task("train", total=c.iterations, completed=start, info="")
+            for it in range(start, c.iterations):
+                t0 = time.perf_counter()
+                terms = recipe.step(it)
+                seconds.append(time.perf_counter() - t0)
+                self.iteration = it
+                row: dict[str, Any] = {"iteration": it, "seconds_per_iter": seconds[-1], "lr": c.lr} | terms
+                last = it == c.iterations - 1
+                if recipe.has_validation() and ((it + 1) % c.eval_every == 0 or last):
+                    if self.rank == 0:
+                        score = recipe.evaluate()["score"]
+                        row["val_miou"] = score
+                        self.best_score = float(np.nanmax([self.best_score, score]))
+                    if self.world > 1:
+                        dist.barrier()
+                if it % c.log_every == 0 or "val_miou" in row or last:
+                    self._log(row)
+                progress.update(
+                    task,
+                    advance=1,
+                    info=f"loss {terms['total']:.3f}"
+                    + (f" val mIoU {row['val_miou']:.3f}" if "val_miou" in row else ""),
+                )
+                if (it + 1) % c.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
+        recipe.after_training()
+        summary = self._finish(time.perf_counter() - timer, seconds)
+        if self.world > 1:
+            dist.barrier()
+        return summary
+
+    def _finish(self, elapsed: float, seconds: list[float]) -> dict[str, Any]:
+        c, recipe = self.cfg, self.recipe
+        final = recipe.evaluate() if recipe.has_validation() and self.rank == 0 else {}
+        summary = {
+            "mode": c.mode,
+            "iterations": c.iterations,
+            "seed": c.seed,
+            "seconds": round(elapsed, 1),
+            "seconds_per_iter": float(np.mean(seconds)) if seconds else None,
+            "weights_sha256": weights_digest(recipe.model),
+            "parameters_sha256": weights_digest(recipe.model, parameters_only=True),
+        } | recipe.summary(final)
+        if self.world > 1:
+            atomic_write(
+                self.out / f"rank{self.rank}.json", lambda tmp: Path(tmp).write_text(json.dumps(summary))
+            )
+        if self.rank == 0:
+            recipe.save_outputs(self.out, final)
+            atomic_write(
+                self.out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1))
+            )
+        return summary
