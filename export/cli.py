@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.progress import progress_bar
+from models.sam.build import sam_model_registry
 
 
 def _sam(args: argparse.Namespace) -> int:
@@ -129,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="export_command", metavar="WHAT", required=True)
 
     p = sub.add_parser("sam", help="SAM encoder + decoders to ONNX (dynamic batch, prompts, points)")
-    p.add_argument("--sam-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"])
+    p.add_argument("--sam-type", default="vit_b", choices=sorted(sam_model_registry))
     p.add_argument("--checkpoint", default=None, help="official checkpoint, e.g. sam_vit_b_01ec64.pth")
     p.add_argument(
         "--random-weights",

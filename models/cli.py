@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from models.engine import EngineConfig, Prompt, build_engine, read_image
+from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, build_engine, read_image
 from models.io import save_png
-from models.refine import backend_defaults, build_labeler
+from models.refine import LABELERS, backend_defaults, build_labeler
+from models.refine.merge import OVERLAP_RULES
 from models.refine.run import RefineRun, refine_folder
-from models.refine.sampling import SAMPLERS
+from models.refine.sampling import SAMPLERS, TRAINING_ONLY_SAMPLERS
 from models.refine.selection import SELECTORS
 from models.refine.sesam import PROMPT_TYPES
+from models.sam.build import sam_model_registry
 from models.visualize import overlay_masks
 
 
@@ -36,10 +38,29 @@ def _box(text: str) -> list[float]:
     return values
 
 
+def _sampler(name: str) -> str:
+    """--sampling: a registered sampler that runs without a teacher."""
+    if name in TRAINING_ONLY_SAMPLERS:
+        raise argparse.ArgumentTypeError(
+            f"{name!r} samples where a teacher is confident, so it runs in training only "
+            f"(sesam train with sesam: {{sampling: {name}}})"
+        )
+    if name not in SAMPLERS:
+        raise argparse.ArgumentTypeError(f"{name!r} unknown; choose one of {sorted(SAMPLERS)}")
+    return name
+
+
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """Engine options shared by every command that prompts a segmenter."""
-    parser.add_argument("--backend", default=None, help="auto (default), classical or torch")
-    parser.add_argument("--sam-type", default=None, help="vit_b, vit_l, vit_h (official) or tiny (tests)")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", *ENGINE_BACKENDS],
+        default=None,
+        help="auto (default: torch with a checkpoint, onnx with an export dir, else classical)",
+    )
+    parser.add_argument(
+        "--sam-type", choices=sorted(sam_model_registry), default=None, help="tiny: random weights, tests"
+    )
     parser.add_argument("--sam-checkpoint", default=None, help="path to an official SAM checkpoint")
     parser.add_argument("--device", default=None, help="cpu or cuda")
 
@@ -161,7 +182,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--images", required=True, help="folder of images (<stem>.jpg/.png/...)")
     r.add_argument("--weak", required=True, help="folder of weak labels (<stem>.json and/or <stem>.png)")
     r.add_argument("--out", required=True, help="output folder for <stem>.png class maps (255 = unlabeled)")
-    r.add_argument("--method", choices=["sesam", "naive", "sepl"], default="sesam")
+    r.add_argument("--method", choices=sorted(LABELERS), default="sesam")
     r.add_argument("--num-classes", type=int, default=None, help="reject class ids >= this")
     r.add_argument("--overlays", default=None, help="also write weak|refined overlay PNGs here")
     r.add_argument("--report", action="store_true", help="write report.html with pictures (implies overlays)")
@@ -170,7 +191,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     g = r.add_argument_group("sesam options (paper defaults)")
     g.add_argument("--k", type=int, default=None, help="points per component (5)")
-    g.add_argument("--sampling", choices=sorted(SAMPLERS), default=None, help="skeleton-grid")
+    g.add_argument(
+        "--sampling",
+        type=_sampler,
+        default=None,
+        help=f"one of {sorted(set(SAMPLERS) - TRAINING_ONLY_SAMPLERS)} (skeleton-grid)",
+    )
     g.add_argument("--selection", choices=sorted(SELECTORS), default=None, help="coverage")
     g.add_argument("--prompt", choices=PROMPT_TYPES, default=None, help="points")
     g.add_argument("--no-instance-separation", action="store_true")
@@ -178,7 +204,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--tau2", type=float, default=None, help="0.7")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--scribble-points", type=int, default=None, help="points spread along a scribble (10)")
-    g.add_argument("--overlap", choices=["score", "unlabeled"], default=None, help="class overlaps (score)")
+    g.add_argument("--overlap", choices=OVERLAP_RULES, default=None, help="class overlaps (score)")
     s = r.add_argument_group("sepl options")
     s.add_argument("--points-per-side", type=int, default=None, help="16")
     s.add_argument("--pred-iou-thresh", type=float, default=None, help="0.86 (0 with the classical prior)")

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from models.deps import require
+
 EXPORT_FORMAT = "sesam-onnx/1"
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -36,7 +38,7 @@ def read_metadata(directory: str | Path, kind: str | None = None) -> dict[str, A
 
 def choose_providers(requested: Sequence[str] | str | None = None) -> list[str]:
     """The providers to use: `requested` (names, comma-separated or a list; "auto"/None = best available)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "onnx", "ONNX Runtime inference (backend onnx, ONNX students)")
 
     available = ort.get_available_providers()
     if requested in (None, "", "auto"):
@@ -56,7 +58,7 @@ def create_session(
     path: str | Path, providers: Sequence[str] | str | None = None, threads: int | None = None
 ):
     """An InferenceSession for `path`, all graph optimisations on; errors name the file."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "onnx", "ONNX Runtime inference (backend onnx, ONNX students)")
 
     path = Path(path)
     if not path.is_file():

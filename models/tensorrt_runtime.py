@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from models.deps import MissingDependency
 
-class TensorRTUnavailable(RuntimeError):
+
+class TensorRTUnavailable(MissingDependency):
     """TensorRT or a CUDA GPU is missing."""
 
 
@@ -20,8 +22,8 @@ def require_tensorrt():
         import tensorrt as trt
     except ImportError as exc:
         raise TensorRTUnavailable(
-            "TensorRT is not installed: on a machine with an NVIDIA GPU, "
-            "`pip install tensorrt` (or `pip install 'sesam[tensorrt]'`) from NVIDIA's index"
+            "TensorRT is not installed: on a machine with an NVIDIA GPU, pip install 'sesam[tensorrt]' "
+            "(NVIDIA's tensorrt wheels)"
         ) from exc
     import torch
 

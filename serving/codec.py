@@ -39,21 +39,39 @@ def decode_png(data: str) -> np.ndarray:
         return np.asarray(img.convert("L")) > 127
 
 
-def encode_polygons(mask: np.ndarray, tolerance: float = 0.5) -> list[list[float]]:
+# rings enclosing less than this many square pixels are dropped: a lone pixel's ring encloses 0.5,
+# and a ring that simplification flattened onto a line encloses 0 (COCO readers reject those)
+MIN_RING_AREA = 0.5
+
+
+def ring_area(ring: np.ndarray) -> float:
+    """Area enclosed by a closed Nx2 ring (shoelace formula; the last point may repeat the first)."""
+    y, x = ring[:, 0], ring[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def encode_polygons(
+    mask: np.ndarray, tolerance: float = 0.5, min_area: float = MIN_RING_AREA
+) -> list[list[float]]:
     """HxW bool -> COCO-style polygons [[x0, y0, x1, y1, ...], ...] of the outer and hole boundaries.
 
     Contours run on the mask padded by one pixel (so shapes touching the border close) at level 0.5,
     simplified with Douglas-Peucker at `tolerance` pixels; coordinates are pixel centres (x, y).
+    A ring that simplification flattens is kept unsimplified; rings enclosing less than `min_area`
+    square pixels are dropped, so a mask may answer an empty list (never a broken polygon).
     """
     from skimage.measure import approximate_polygon, find_contours
 
     padded = np.pad(mask.astype(np.uint8), 1)
     polygons = []
     for contour in find_contours(padded, 0.5):
-        contour = approximate_polygon(contour - 1, tolerance)
-        if len(contour) < 3:
+        contour = contour - 1
+        ring = approximate_polygon(contour, tolerance)
+        if len(ring) < 4 or ring_area(ring) < min_area:  # closed: 3 corners + the repeated first
+            ring = contour
+        if len(np.unique(ring, axis=0)) < 3 or ring_area(ring) < min_area:
             continue
-        polygons.append([round(float(v), 2) for yx in contour for v in (yx[1], yx[0])])
+        polygons.append([round(float(v), 2) for yx in ring for v in (yx[1], yx[0])])
     return polygons
 
 

@@ -35,15 +35,16 @@ from models.engine import Prompt, build_engine, read_image
 from models.engine.cache import EmbeddingCache
 from models.engine.validation import ImageTooLarge
 from models.io import read_label_png
-from models.refine import backend_defaults, build_labeler
+from models.refine import LABELERS, backend_defaults, build_labeler, check_weak_kinds
 from models.students import StudentSegmenter
 from models.weak import SCHEMA_VERSION, WeakLabels
-from serving.codec import encode_labels, encode_mask
+from serving.codec import LABEL_FORMATS, MASK_FORMATS, encode_labels, encode_mask
 from serving.config import ServiceConfig
 from serving.middleware import GuardMiddleware
 
 CONFIG = ServiceConfig.load()
 ImageFile = Annotated[Path, ContentType("image/*")]
+METHODS = tuple(LABELERS)  # the refinement methods /refine offers: every registered labeler
 # BentoML 1.4 turns an uploaded part into a Path only for `Path` and `list[Path]` fields (not
 # `Path | None`), so an optional file is a list of at most one.
 OPTIONAL_FILE = Field(default_factory=list, max_length=1)
@@ -171,7 +172,7 @@ class SegmentationService:
         image: list[Path] = OPTIONAL_FILE,
         image_id: str | None = None,
         multimask: bool = True,
-        mask_format: Literal["rle", "png", "polygons"] = "rle",
+        mask_format: Literal[MASK_FORMATS] = "rle",  # type: ignore[valid-type]
     ) -> dict:
         """Masks for each prompt: 3 candidates (1 without multimask) with IoU and stability scores."""
         if bool(image) == (image_id is not None):
@@ -225,9 +226,9 @@ class SegmentationService:
         image: ImageFile,
         weak: dict[str, Any] | None = None,
         coarse_mask: list[Path] = OPTIONAL_FILE,
-        method: Literal["sesam", "naive", "sepl"] = "sesam",
+        method: Literal[METHODS] = "sesam",  # type: ignore[valid-type]
         options: dict[str, Any] | None = None,
-        label_format: Literal["png", "rle"] = "png",
+        label_format: Literal[LABEL_FORMATS] = "png",  # type: ignore[valid-type]
         num_classes: int | None = None,
     ) -> dict:
         """Weak labels -> a dense label map (255 = unlabeled), as `sesam refine` computes it."""
@@ -247,12 +248,11 @@ class SegmentationService:
                 raise InvalidArgument(
                     f"weak: {count} points/scribbles/boxes exceed the limit of {CONFIG.max_weak_labels}"
                 )
-            if not labels.kinds():
-                raise ValueError("weak: no labels (send points, scribbles, boxes, tags and/or coarse_mask)")
             labels.validate(num_classes, "weak" + (" / coarse_mask" if coarse_mask else ""))
             opts = backend_defaults(method, self.engine.name, options or {})
             with self._lock:
                 labeler = build_labeler(method, self.engine, **opts)
+                check_weak_kinds(labeler, labels, "weak")
                 result = labeler.refine(pixels, labels)
         except (ValueError, TypeError) as exc:
             raise _bad(exc) from exc
@@ -267,7 +267,11 @@ class SegmentationService:
         }
 
     @bentoml.api(route="/segment")
-    def segment(self, image: ImageFile, label_format: Literal["png", "rle"] = "png") -> dict:
+    def segment(
+        self,
+        image: ImageFile,
+        label_format: Literal[LABEL_FORMATS] = "png",  # type: ignore[valid-type]
+    ) -> dict:
         """The student's label map for an image (concurrent requests are batched)."""
         if self.student is None:
             raise NotFound("no student configured (SESAM_STUDENT_CHECKPOINT)")

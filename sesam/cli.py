@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
+from models.deps import MissingDependency
 from sesam import __version__
 
 # Packages that contribute subcommands, each exposing register(subparsers).
@@ -30,9 +32,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"sesam {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"sesam {args.command}: interrupted (outputs written so far are complete)", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, MissingDependency) as exc:  # bad input, files, missing extras
+        print(f"sesam {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if os.environ.get("SESAM_DEBUG"):
+            raise
+        print(
+            f"sesam {args.command}: unexpected {type(exc).__name__}: {_one_line(exc)} "
+            "(set SESAM_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

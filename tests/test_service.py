@@ -239,7 +239,7 @@ def _weak(scene: np.ndarray) -> WeakLabels:
     return weak
 
 
-@pytest.mark.parametrize("method", ["sesam", "naive"])
+@pytest.mark.parametrize("method", ["sesam", "naive", "sepl"])
 def test_refine_equals_in_process_refiner(client, server, scene, tiny_sam, method) -> None:
     _, kind = server
     weak = _weak(scene)
@@ -323,6 +323,8 @@ BIG = np.zeros((1100, 1000, 3), np.uint8)  # 1.1 MP > MAX_PIXELS, small as PNG
         ),
         ("/refine", None, {"weak": {"boxes": [{"class_id": 1, "box": [1, 2]}]}}, 400, "box"),
         ("/refine", None, {}, 400, "no labels"),
+        ("/refine", None, {"weak": {"tags": [1, 3]}}, 400, "tags given; the sesam labeler reads"),
+        ("/refine", None, {"weak": {"tags": [1]}, "method": "sepl"}, 400, "no labeler uses image tags"),
         (
             "/refine",
             None,

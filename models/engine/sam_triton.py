@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.deps import require
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.exported import ExportedSamEngine
 
@@ -27,10 +28,7 @@ class TritonSamEngine(ExportedSamEngine):
         decode_batch: int = 16,
         max_prompts: int | None = None,
     ) -> None:
-        try:
-            import tritonclient.http as httpclient
-        except ImportError as exc:
-            raise ValueError("backend triton needs tritonclient: pip install 'sesam[triton]'") from exc
+        httpclient = require("tritonclient.http", "triton", "backend triton")
         super().__init__(export_dir, "triton", cache_bytes, encoder_batch, decode_batch, max_prompts)
         self._http = httpclient
         self.url = url.removeprefix("http://")

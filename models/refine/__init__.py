@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from models.engine import PromptableSegmenter
-from models.refine.common import RefineResult, confident_labels
+from models.refine.common import RefineResult, check_weak_kinds, confident_labels
 from models.refine.naive import NaiveLabeler, NaiveOptions
 from models.refine.sepl import SEPLLabeler, SEPLOptions
 from models.refine.sesam import SeSAMLabeler, SeSAMOptions
@@ -51,5 +51,6 @@ __all__ = [
     "SeSAMOptions",
     "backend_defaults",
     "build_labeler",
+    "check_weak_kinds",
     "confident_labels",
 ]

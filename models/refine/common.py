@@ -97,3 +97,15 @@ def confident_labels(probs: torch.Tensor | np.ndarray, threshold: float, class_a
         return torch.where(conf >= threshold, cls, torch.full_like(cls, UNLABELED))
     conf, cls = probs.max(class_axis), probs.argmax(class_axis)
     return np.where(conf >= threshold, cls, UNLABELED).astype(np.uint8)
+
+
+def check_weak_kinds(labeler: Any, weak: WeakLabels, source: str = "weak") -> None:
+    """Refuse weak labels that hold no kind the labeler reads (e.g. only image tags, which no
+    labeler uses yet), rather than answering an empty map."""
+    given = weak.kinds()
+    if not set(given) & labeler.reads:
+        raise ValueError(
+            f"{source}: {', '.join(given) or 'no labels'} given; the {labeler.name} labeler reads "
+            f"{', '.join(sorted(labeler.reads))}"
+            + (" (no labeler uses image tags yet)" if "tags" in given else "")
+        )

@@ -27,6 +27,7 @@ class NaiveOptions:
 
 class NaiveLabeler:
     name = "naive"
+    reads = frozenset({"points", "scribbles", "boxes", "coarse"})  # weak-label kinds it uses
 
     def __init__(self, engine: PromptableSegmenter, options: NaiveOptions | None = None) -> None:
         self.engine = engine

@@ -22,6 +22,7 @@ from models.engine import PromptableSegmenter, read_image
 from models.engine.validation import list_images
 from models.io import atomic_write, save_json, save_png
 from models.progress import progress_bar
+from models.refine.common import check_weak_kinds
 from models.visualize import label_overlay, side_by_side
 from models.weak import WeakLabels, load_weak_labels
 
@@ -50,6 +51,7 @@ def refine_folder(
     """Refine every image that has weak labels in-process; returns (and writes) the summary."""
 
     def refine_one(image: np.ndarray, weak: WeakLabels, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+        check_weak_kinds(labeler, weak, f"{run.weak / path.stem}.json")
         result = labeler.refine(image, weak)
         return result.labels, result.stats()
 

@@ -157,6 +157,8 @@ SAMPLERS: dict[str, Callable[..., np.ndarray]] = {
     "boundary": sample_boundary,
     "confidence": sample_confidence,
 }
+# samplers that need a teacher's confidence map: training only (sesam refine refuses them)
+TRAINING_ONLY_SAMPLERS = frozenset({"confidence"})
 
 
 def even_points_along(points: np.ndarray, n: int) -> np.ndarray:

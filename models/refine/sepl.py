@@ -84,6 +84,7 @@ def assign_and_select(
 
 class SEPLLabeler:
     name = "sepl"
+    reads = frozenset({"points", "scribbles", "coarse"})  # through the weak labels' pixel map
 
     def __init__(self, engine: PromptableSegmenter, options: SEPLOptions | None = None) -> None:
         self.engine = engine

@@ -96,6 +96,7 @@ class SeSAMLabeler:
     """Weak labels of one image -> SeSAM labels, driven by any PromptableSegmenter."""
 
     name = "sesam"
+    reads = frozenset({"points", "scribbles", "boxes", "coarse"})  # weak-label kinds it uses
 
     def __init__(
         self, engine: PromptableSegmenter, options: SeSAMOptions | None = None, initial_cache_size: int = 1024
