@@ -43,13 +43,14 @@ def _verify(args: argparse.Namespace) -> int:
     kind = read_metadata(args.directory)["kind"]
     counts = tuple(args.prompts)
     with progress_bar(f"verify {args.directory}") as progress:
-        task = progress.add_task("verify", total=len(sample_images()), info=kind)
+        task = progress.add_task("verify", total=len(sample_images(0, args.image)), info=kind)
         cases = verify(
             args.directory,
             args.checkpoint,
             atol=args.atol,
             min_agreement=args.min_agreement,
             prompt_counts=counts,
+            images=args.image,
             progress=lambda: progress.advance(task),
         )
     table = Table(title=f"PyTorch vs ONNX Runtime: {args.directory}")
@@ -155,6 +156,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-agreement", type=float, default=0.999)
     p.add_argument("--prompts", type=int, nargs="+", default=[1, 5, 64])
     p.add_argument("--json", default=None, help="also write the cases as JSON here")
+    p.add_argument(
+        "--image", action="append", default=[], metavar="PATH", help="also verify on this image (repeatable)"
+    )
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("quantize", help="int8 dynamic quantization of the SAM encoder + fidelity report")

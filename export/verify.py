@@ -1,7 +1,7 @@
 """Parity of an export directory with the PyTorch model it came from.
 
 SAM: the torch backend (`SamEngine`, itself proven equal to `SamPredictor`) vs the ONNX Runtime
-backend on real images (scikit-image samples, CamVid when present) and a random one, cropped to
+backend on real images (scikit-image samples, plus any image files the caller names) and a random one, cropped to
 three aspect ratios (landscape, portrait, square), with 1, 5 and 64 mixed prompts (points, boxes,
 both), multimask on and off. Reported per case: max abs diff of embeddings and of low-res mask
 logits, agreement of the binarized full-size masks, max IoU-score diff.
@@ -14,6 +14,7 @@ A case fails when a logits diff exceeds `atol` or mask agreement falls below `mi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ import torch
 from models.engine.types import Prompt
 from models.onnx_runtime import read_metadata
 
-CAMVID_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid" / "images" / "val"
 PROMPT_COUNTS = (1, 5, 64)
 
 
@@ -42,8 +42,9 @@ class Case:
     passed: bool = True
 
 
-def sample_images(seed: int = 0) -> dict[str, np.ndarray]:
-    """Real and random RGB images cropped to three aspect ratios (landscape, portrait, square)."""
+def sample_images(seed: int = 0, extra: Sequence[str | Path] = ()) -> dict[str, np.ndarray]:
+    """Real and random RGB images cropped to three aspect ratios (landscape, portrait, square), plus
+    the user's `extra` image files (e.g. one of their own domain)."""
     import skimage.data
 
     rng = np.random.default_rng(seed)
@@ -53,11 +54,11 @@ def sample_images(seed: int = 0) -> dict[str, np.ndarray]:
         "chelsea square": skimage.data.chelsea()[:, 60:360],  # 300x300
         "random 333x517": rng.integers(0, 256, (333, 517, 3), dtype=np.uint8),
     }
-    camvid = sorted(CAMVID_VAL.glob("*.jpg"))[:1] if CAMVID_VAL.is_dir() else []
-    if camvid:
+    if extra:
         from models.engine import read_image
 
-        images[f"camvid {camvid[0].stem}"] = read_image(camvid[0])
+        for path in extra:
+            images[Path(path).name] = read_image(path)
     return {k: np.ascontiguousarray(v) for k, v in images.items()}
 
 
@@ -90,6 +91,7 @@ def verify_sam(
     atol: float = 1e-4,
     min_agreement: float = 0.999,
     seed: int = 0,
+    images: Sequence[str | Path] = (),
     progress: Any = None,
 ) -> list[Case]:
     from export.onnx_export import build_seeded_sam
@@ -108,7 +110,7 @@ def verify_sam(
     onnx = OnnxSamEngine(directory)
     rng = np.random.default_rng(seed)
     cases = []
-    for name, image in sample_images(seed).items():
+    for name, image in sample_images(seed, images).items():
         ref_handle = reference.embed([image])[0]
         onnx_handle = onnx.embed([image])[0]
         emb_diff = float(np.abs(ref_handle.payload.embedding.numpy() - onnx_handle.payload.embedding).max())
@@ -141,6 +143,7 @@ def verify_student(
     atol: float = 1e-4,
     min_agreement: float = 0.999,
     seed: int = 0,
+    images: Sequence[str | Path] = (),
     progress: Any = None,
 ) -> list[Case]:
     from models.students import load_student, predict_logits
@@ -153,7 +156,7 @@ def verify_student(
     model, _ = load_student(checkpoint)
     runtime = OnnxStudent(directory)
     cases = []
-    for name, image in sample_images(seed).items():
+    for name, image in sample_images(seed, images).items():
         for batch, scale in ((1, 1.0), (3, 0.5)):
             h, w = (max(16, round(s * scale)) for s in image.shape[:2])
             x = torch.from_numpy(image).permute(2, 0, 1)[None].float()

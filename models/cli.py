@@ -1,4 +1,5 @@
-"""`sesam predict`: prompt the engine on one image from the command line and save masks + overlay."""
+"""`sesam predict` (prompt the engine on one image; masks + overlay) and `sesam refine` (weak labels
+to dense labels for a folder), with the engine flags every prompting command shares."""
 
 from __future__ import annotations
 

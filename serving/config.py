@@ -19,14 +19,11 @@ SESAM_MAX_BATCH_SIZE, SESAM_MAX_LATENCY_MS). An empty SESAM_STUDENT_CHECKPOINT=n
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from models.config import from_mapping, load, read_yaml, setting
 from models.engine import EngineConfig
 from models.engine.validation import DEFAULT_MAX_PIXELS
 
@@ -38,62 +35,56 @@ SHIPPED_STUDENT = Path(__file__).resolve().parents[1] / "models" / "weights" / "
 class ServiceConfig:
     """Limits, models and switches of the HTTP service (the engine has its own EngineConfig)."""
 
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    student_checkpoint: str | None = str(SHIPPED_STUDENT)
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    max_prompts: int = 256
-    max_weak_labels: int = 4096
-    max_body_bytes: int = 64 * 1024**2
-    logits_cache_bytes: int = 256 * 1024**2
-    api_key: str | None = None
-    request_timeout_s: int = 300
-    batching: bool | None = (
-        None  # None = auto: on when the models run on CUDA (see README: it does not pay on CPU)
+    engine: EngineConfig = setting(
+        default_factory=EngineConfig, help="the engine settings (YAML `engine:` section)", env=False
     )
-    max_batch_size: int = 8
-    max_latency_ms: int = 200
+    student_checkpoint: str | None = setting(
+        str(SHIPPED_STUDENT), help="the student behind /segment (`none` turns the route off)"
+    )
+    max_image_pixels: int = setting(
+        DEFAULT_MAX_PIXELS, help="decoded image size cap, checked before decoding (413 above)"
+    )
+    max_prompts: int = setting(256, help="prompts per /predict request (400 above)")
+    max_weak_labels: int = setting(4096, help="points + scribbles + boxes per /refine request")
+    max_body_bytes: int = setting(64 * 1024**2, help="request body cap, also for chunked bodies (413 above)")
+    logits_cache_bytes: int = setting(256 * 1024**2, help="budget of the low-res logits kept for next clicks")
+    api_key: str | None = setting(
+        None, help="when set, every route but health / metrics needs `Authorization: Bearer <key>`"
+    )
+    request_timeout_s: int = setting(300, help="per-request timeout in seconds (504 after it)")
+    batching: bool | None = setting(
+        None, help="adaptive batching of /segment: true, false or auto (on with CUDA; it does not pay on CPU)"
+    )
+    max_batch_size: int = setting(8, help="adaptive batching: largest batch")
+    max_latency_ms: int = setting(200, help="adaptive batching: longest wait for a batch")
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
         """YAML from SESAM_CONFIG (if set), then environment overrides; errors name the source."""
+        import os
+
         env = os.environ if env is None else env
-        engine_values: dict[str, Any] = {}
-        service_values: dict[str, Any] = {}
         path = env.get(ENV_PREFIX + "CONFIG", "")
-        if path:
-            try:
-                data = yaml.safe_load(Path(path).read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise ValueError(f"SESAM_CONFIG={path}: cannot read ({exc})") from exc
-            if not isinstance(data, dict) or set(data) - {"engine", "service"}:
-                raise ValueError(f"{path}: expected a mapping with 'engine:' and/or 'service:' sections")
-            engine_values.update(data.get("engine") or {})
-            service_values.update(data.get("service") or {})
+        data = read_yaml(path, sections=("engine", "service")) if path else {}
+        source = path or "service config"
         # the prompt cap is the service's (user prompts per /predict); refinement's own batches are not capped
-        engine_fields = {f.name for f in fields(EngineConfig)} - {"max_prompts"}
-        for name in engine_fields:
-            if env.get(ENV_PREFIX + name.upper(), "") != "":
-                engine_values[name] = env[ENV_PREFIX + name.upper()]
-        own = {f.name: f for f in fields(cls) if f.name != "engine"}
-        for name in own:
-            if env.get(ENV_PREFIX + name.upper(), "") != "":
-                service_values[name] = env[ENV_PREFIX + name.upper()]
-        unknown = sorted(set(service_values) - set(own))
-        if unknown:
-            raise ValueError(f"{path or 'service config'}: unknown settings {unknown}; known: {sorted(own)}")
-        if "max_prompts" in engine_values:
-            service_values.setdefault("max_prompts", engine_values.pop("max_prompts"))
-        config = cls(engine=EngineConfig.from_mapping(engine_values, source=path or "environment"))
-        for name, raw in service_values.items():
-            setattr(config, name, _coerce(name, raw, own[name].type))
+        engine = load(
+            EngineConfig,
+            yaml_values=data.get("engine") or {},
+            prefix=ENV_PREFIX,
+            env=env,
+            source=f"{source}: engine" if path else "environment",
+        )
+        service_values = dict(data.get("service") or {})
+        config = load(cls, yaml_values=service_values, prefix=ENV_PREFIX, env=env, source=source)
+        config.engine = engine
         if config.batching is None:
-            config.batching = config.engine.device.startswith("cuda")
-        if config.student_checkpoint in ("", "none", "None"):
-            config.student_checkpoint = None
-        config.validate()
+            config.batching = engine.device.startswith("cuda")
         return config
 
-    def validate(self) -> None:
+    def validate(self, source: str = "service config") -> None:
+        if self.student_checkpoint in ("", "none", "None"):
+            self.student_checkpoint = None
         for name in (
             "max_image_pixels",
             "max_prompts",
@@ -102,30 +93,14 @@ class ServiceConfig:
             "max_batch_size",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{source}: {name} must be >= 1, got {getattr(self, name)}")
         for name in ("logits_cache_bytes", "max_latency_ms"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{source}: {name} must be >= 0, got {getattr(self, name)}")
         if self.student_checkpoint and not Path(self.student_checkpoint).is_file():
-            raise ValueError(f"student_checkpoint {self.student_checkpoint!r} is not a file")
+            raise ValueError(f"{source}: student_checkpoint {self.student_checkpoint!r} is not a file")
         if self.api_key is not None and len(self.api_key) < 8:
-            raise ValueError("api_key must be at least 8 characters")
+            raise ValueError(f"{source}: api_key must be at least 8 characters")
 
 
-def _coerce(name: str, raw: Any, kind: Any) -> Any:
-    text = str(kind)
-    try:
-        if "bool" in text:
-            if isinstance(raw, bool) or raw is None:
-                return raw
-            value = str(raw).strip().lower()
-            if value == "auto" and "None" in text:
-                return None
-            if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(raw)
-            return value in ("1", "true", "yes", "on")
-        if "int" in text:
-            return int(raw)
-        return None if raw is None else str(raw)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} = {raw!r} is not a valid {text}") from exc
+__all__ = ["SHIPPED_STUDENT", "ServiceConfig", "from_mapping"]

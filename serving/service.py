@@ -42,6 +42,8 @@ from serving.codec import LABEL_FORMATS, MASK_FORMATS, encode_labels, encode_mas
 from serving.config import ServiceConfig
 from serving.middleware import GuardMiddleware
 
+# read when BentoML imports this module to start serving: the timeout, batching and guard below
+# are declared with the service; each worker reads the whole configuration again when it starts
 CONFIG = ServiceConfig.load()
 ImageFile = Annotated[Path, ContentType("image/*")]
 METHODS = tuple(LABELERS)  # the refinement methods /refine offers: every registered labeler
@@ -90,14 +92,16 @@ class SegmentationService:
         student_batcher = bentoml.depends(StudentBatcher)
 
     def __init__(self) -> None:
-        self.config = CONFIG
+        self.config = ServiceConfig.load()  # read when the worker starts (errors name the setting)
         self.ready = False
-        self.engine = build_engine(CONFIG.engine)
-        self.max_pixels = CONFIG.max_image_pixels
-        self.logits = EmbeddingCache(CONFIG.logits_cache_bytes)
+        self.engine = build_engine(self.config.engine)
+        self.max_pixels = self.config.max_image_pixels
+        self.logits = EmbeddingCache(self.config.logits_cache_bytes)
         self.student = None
-        if CONFIG.student_checkpoint:
-            self.student = StudentSegmenter.from_checkpoint(CONFIG.student_checkpoint, CONFIG.engine.device)
+        if self.config.student_checkpoint:
+            self.student = StudentSegmenter.from_checkpoint(
+                self.config.student_checkpoint, self.config.engine.device
+            )
         self._lock = threading.Lock()  # engine modules and counters are shared: one computes at a time
         warm = np.zeros((64, 96, 3), np.uint8)
         warm[16:48, 24:72] = 200
@@ -119,8 +123,10 @@ class SegmentationService:
             raise _bad(exc) from exc
 
     def _prompts(self, prompts: list[PromptIn], image_id: str) -> list[Prompt]:
-        if len(prompts) > CONFIG.max_prompts:
-            raise InvalidArgument(f"prompts: {len(prompts)} prompts exceed the limit of {CONFIG.max_prompts}")
+        if len(prompts) > self.config.max_prompts:
+            raise InvalidArgument(
+                f"prompts: {len(prompts)} prompts exceed the limit of {self.config.max_prompts}"
+            )
         out = []
         for i, p in enumerate(prompts):
             mask_logits = None
@@ -244,9 +250,9 @@ class SegmentationService:
             if coarse_mask:
                 labels.coarse = read_label_png(coarse_mask[0], source="coarse_mask", expected_size=(h, w))
             count = len(labels.points) + len(labels.scribbles) + len(labels.boxes)
-            if count > CONFIG.max_weak_labels:
+            if count > self.config.max_weak_labels:
                 raise InvalidArgument(
-                    f"weak: {count} points/scribbles/boxes exceed the limit of {CONFIG.max_weak_labels}"
+                    f"weak: {count} points/scribbles/boxes exceed the limit of {self.config.max_weak_labels}"
                 )
             labels.validate(num_classes, "weak" + (" / coarse_mask" if coarse_mask else ""))
             opts = backend_defaults(method, self.engine.name, options or {})
@@ -276,7 +282,7 @@ class SegmentationService:
         if self.student is None:
             raise NotFound("no student configured (SESAM_STUDENT_CHECKPOINT)")
         pixels = self._read(image)
-        if CONFIG.batching:
+        if self.config.batching:
             labels = self.student_batcher.label_maps([pixels])[0]
         else:
             with self._lock:
@@ -297,20 +303,20 @@ class SegmentationService:
             engine = self.engine.info()
         return engine | {
             "limits": {
-                "max_prompts": CONFIG.max_prompts,
-                "max_weak_labels": CONFIG.max_weak_labels,
+                "max_prompts": self.config.max_prompts,
+                "max_weak_labels": self.config.max_weak_labels,
                 "max_image_pixels": self.max_pixels,
-                "max_body_bytes": CONFIG.max_body_bytes,
-                "request_timeout_s": CONFIG.request_timeout_s,
+                "max_body_bytes": self.config.max_body_bytes,
+                "request_timeout_s": self.config.request_timeout_s,
             },
             "logits_cache": self.logits.info(),
             "student": self.student.info() if self.student else None,
             "batching": {
-                "enabled": CONFIG.batching,
-                "max_batch_size": CONFIG.max_batch_size,
-                "max_latency_ms": CONFIG.max_latency_ms,
+                "enabled": self.config.batching,
+                "max_batch_size": self.config.max_batch_size,
+                "max_latency_ms": self.config.max_latency_ms,
             },
-            "auth": CONFIG.api_key is not None,
+            "auth": self.config.api_key is not None,
         }
 
 

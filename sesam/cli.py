@@ -12,7 +12,7 @@ from models.deps import MissingDependency
 from sesam import __version__
 
 # Packages that contribute subcommands, each exposing register(subparsers).
-COMMAND_MODULES = ("models.cli", "training.cli", "export.cli", "serving.cli")
+COMMAND_MODULES = ("models.cli", "training.cli", "export.cli", "serving.cli", "sesam.settings")
 
 
 def build_parser() -> argparse.ArgumentParser:

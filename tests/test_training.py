@@ -291,7 +291,7 @@ def test_config_errors(tmp_path) -> None:
         tiny_config(tmp_path, "semi")
     with pytest.raises(ValueError, match="must be multiples of 32"):
         tiny_config(tmp_path, "weak", crop=(60, 96))
-    with pytest.raises(ValueError, match=r"unknown training settings \['colour'\]"):
+    with pytest.raises(ValueError, match=r"unknown settings \['colour'\]"):
         TrainConfig.from_mapping({"colour": 1})
     path = tmp_path / "c.yaml"
     path.write_text("mode: weak\ncamvid_root: x\n")

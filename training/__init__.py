@@ -1,1 +1,2 @@
-"""Datasets, weak-label protocols, metrics and (later) training of students."""
+"""Datasets, weak-label protocols, metrics, and the training of students: a generic loop
+(`training.loop`) running one recipe per task (`training.recipes`)."""

@@ -4,123 +4,121 @@ recipe (`training.recipes`; today the semantic one: supervised | weak | fixmatch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
-import yaml
 
+from models.config import from_mapping, load, read_yaml, setting
 from models.refine import NaiveOptions, SeSAMOptions
+from models.students import student_registry
 from training.data import WeakDataset
 from training.loop import TrainLoop, config_changes, rank_world, weights_digest
 from training.recipes.semantic import MODES, READ_BY, SemanticRecipe
+
+ENV_PREFIX = "SESAM_TRAIN_"
 
 __all__ = ["MODES", "READ_BY", "TrainConfig", "Trainer", "config_changes", "weights_digest"]
 
 
 @dataclass
 class TrainConfig:
-    mode: str = "sesam"
-    student: str = "fpn-mobilenetv2"
-    num_classes: int = 11
+    """Everything one training run reads (YAML, SESAM_TRAIN_* environment, --set key=value)."""
+
+    mode: str = setting("sesam", help=f"one of {', '.join(MODES)}")
+    student: str = setting("fpn-mobilenetv2", help=f"one of {', '.join(sorted(student_registry))}")
+    num_classes: int = setting(11, help="classes the student predicts")
     # data: CamVid with weak labels derived by protocol, or generic folders
-    camvid_root: str | None = None
-    kind: str = "scribbles"
-    weak_seed: int = 0
-    train_limit: int | None = None
-    val_limit: int | None = None
-    train_images: str | None = None
-    train_weak: str | None = None
-    val_images: str | None = None
-    val_gt: str | None = None
-    ignore_index: int | None = 11
+    camvid_root: str | None = setting(None, help="CamVid folder; weak labels derived by protocol `kind`")
+    kind: str = setting("scribbles", help="CamVid: the weak-label protocol (points, scribbles, coarse, ...)")
+    weak_seed: int = setting(0, help="CamVid: the protocol's seed")
+    train_limit: int | None = setting(None, help="only the first N training images")
+    val_limit: int | None = setting(None, help="only the first N validation images")
+    train_images: str | None = setting(None, help="folders: training images <stem>.*")
+    train_weak: str | None = setting(None, help="folders: weak labels <stem>.json / <stem>.png")
+    val_images: str | None = setting(None, help="folders: validation images (no weak labels needed)")
+    val_gt: str | None = setting(None, help="folders: validation dense labels <stem>.png")
+    ignore_index: int | None = setting(11, help="folders: the ground truth's void class id")
     # optimisation
-    iterations: int = 1000
-    batch_size: int = 4
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    crop: tuple[int, int] = (160, 224)
-    base_scale: float = 0.5
-    seed: int = 0
+    iterations: int = setting(1000, help="optimisation steps (may grow on resume)")
+    batch_size: int = setting(4, help="images per step (split across DDP ranks)")
+    lr: float = setting(1e-4, help="AdamW learning rate")
+    weight_decay: float = setting(0.01, help="AdamW weight decay")
+    crop: tuple[int, int] = setting((160, 224), help="training crop h,w (multiples of 32)")
+    base_scale: float = setting(0.5, help="image scale before the random scale jitter (and at evaluation)")
+    seed: int = setting(0, help="initial weights, batches and augmentations")
     # semi-supervision (paper defaults)
-    ema: float = 0.999
-    # Mean-Teacher warm-up: decay min(ema, 1 - 1/(t+1)) so that early teachers are not mostly the
-    # random initial weights (at 0.999 a fixed decay keeps 67% of them after 400 iterations)
-    ema_warmup: bool = True
-    theta1: float = 0.96  # fixmatch / sesam pseudo-labels; SeSAM's extension threshold is sesam.theta2
-    sam_every: int = 4
-    w_sam: float = 1.0
-    # L_SAM as the mean over classes of each class's mean pixel loss (false: the paper's plain pixel
-    # mean). SAM regions of road and sky are far larger than those of poles or signs: on CamVid they
-    # hold 90% (points) / 65% (scribbles) of SAM-labelled pixels vs 21% / 32% of weak ones, see the
-    # README; balanced scored higher over 3 seeds for both kinds.
-    sam_class_balanced: bool = True
-    w_pseudo: float = 0.01
-    fixmatch_w_pseudo: float = 1.0
-    # which view the student learns from in fixmatch / sesam: "both" (FixMatch proper: weak and SAM
-    # losses on the weak view, pseudo-labels on the strong view; two student passes), "strong" (every
-    # loss on the strong view, one pass) or "weak". On CamVid at 400 iterations "both" beat "strong"
-    # by 2.5 (fixmatch) and 3.2 (sesam) mIoU points, see the README.
-    student_view: str = "both"
-    sesam: dict[str, Any] = field(default_factory=dict)  # models.refine.SeSAMOptions (theta2 among them)
-    naive: dict[str, Any] = field(default_factory=dict)  # models.refine.NaiveOptions (naive-sam)
-    engine: dict[str, Any] = field(
-        default_factory=lambda: {"backend": "classical", "cache_bytes": 4 * 1024**3}
+    ema: float = setting(0.999, help="teacher EMA decay")
+    ema_warmup: bool = setting(
+        True,
+        help="decay min(ema, 1 - 1/(t+1)), so early teachers are not mostly the random initial weights",
+    )
+    theta1: float = setting(0.96, help="fixmatch / sesam: teacher confidence for pseudo-labels")
+    sam_every: int = setting(4, help="sesam: refresh SAM labels every M iterations")
+    w_sam: float = setting(1.0, help="sesam / naive-sam: weight of L_SAM")
+    sam_class_balanced: bool = setting(
+        True,
+        help="L_SAM as the mean of per-class means (false: the paper's pixel mean); SAM regions of road "
+        "and sky dwarf those of poles and signs (docs/results.md)",
+    )
+    w_pseudo: float = setting(0.01, help="sesam: weight of L_pseudo")
+    fixmatch_w_pseudo: float = setting(1.0, help="fixmatch: weight of L_pseudo")
+    student_view: str = setting(
+        "both",
+        help="fixmatch / sesam: `both` (weak + SAM losses on the weak view, pseudo-labels on the strong "
+        "view), `strong` or `weak`",
+    )
+    sesam: dict[str, Any] = setting({}, help="sesam: SeSAM labeler options (see the SeSAM table; theta2 too)")
+    naive: dict[str, Any] = setting({}, help="naive-sam: naive labeler options (scribble_points, overlap)")
+    engine: dict[str, Any] = setting(
+        {"backend": "classical", "cache_bytes": 4 * 1024**3}, help="the engine (see the engine table)"
     )
     # bookkeeping
-    out_dir: str = "runs/train"
-    eval_every: int = 200
-    checkpoint_every: int = 100
-    log_every: int = 10
-    resume: bool = True
-    quiet: bool = False
+    out_dir: str = setting("runs/train", help="checkpoints, metrics.csv, summary.json, student.pt")
+    eval_every: int = setting(200, help="validate every N iterations (and at the end)")
+    checkpoint_every: int = setting(100, help="write last.pt every N iterations (and at the end)")
+    log_every: int = setting(10, help="a metrics.csv row every N iterations")
+    resume: bool = setting(True, help="continue from out_dir/last.pt when it exists")
+    quiet: bool = setting(False, help="no progress bars")
 
-    def validate(self) -> None:
+    def validate(self, source: str = "training config") -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r} unknown; choose one of {MODES}")
+            raise ValueError(f"{source}: mode {self.mode!r} unknown; choose one of {MODES}")
+        if self.student not in student_registry:
+            raise ValueError(
+                f"{source}: student {self.student!r} unknown; choose one of {sorted(student_registry)}"
+            )
         if self.camvid_root is None and (self.train_images is None or self.train_weak is None):
-            raise ValueError("give camvid_root, or train_images and train_weak")
+            raise ValueError(f"{source}: give camvid_root, or train_images and train_weak")
         if any(c % 32 for c in self.crop):
-            raise ValueError(f"crop {list(self.crop)} must be multiples of 32 (the students' stride)")
+            raise ValueError(
+                f"{source}: crop {list(self.crop)} must be multiples of 32 (the students' stride)"
+            )
         if self.iterations < 1 or self.batch_size < 1 or self.sam_every < 1:
-            raise ValueError("iterations, batch_size and sam_every must be >= 1")
+            raise ValueError(f"{source}: iterations, batch_size and sam_every must be >= 1")
         if self.student_view not in ("strong", "weak", "both"):
-            raise ValueError(f"student_view {self.student_view!r} unknown; choose strong, weak or both")
+            raise ValueError(
+                f"{source}: student_view {self.student_view!r} unknown; choose strong, weak or both"
+            )
         if not 0 <= self.ema < 1:
-            raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
-        try:
-            SeSAMOptions(**self.sesam).validate()
-            NaiveOptions(**self.naive)
-        except TypeError as exc:
-            raise ValueError(f"sesam / naive options: {exc}") from exc
+            raise ValueError(f"{source}: ema must lie in [0, 1), got {self.ema}")
+        from_mapping(SeSAMOptions, self.sesam, f"{source}: sesam")
+        from_mapping(NaiveOptions, self.naive, f"{source}: naive")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if "theta2" in unknown:
+        if "theta2" in values:
             raise ValueError(f"{source}: theta2 is a SeSAM option now; write it as sesam: {{theta2: ...}}")
-        if unknown:
-            raise ValueError(f"{source}: unknown training settings {unknown}")
-        cfg = cls(**values)
-        cfg.crop = tuple(int(c) for c in cfg.crop)
-        cfg.validate()
-        return cfg
+        return from_mapping(cls, values, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: cannot read the config ({exc})") from exc
-        for item in overrides or []:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set {item!r}: expected key=value")
-            data[key.strip()] = yaml.safe_load(raw)
-        return cls.from_mapping(data, source=str(path))
+        """A YAML file, then SESAM_TRAIN_* environment variables, then `--set key=value` items."""
+        values = read_yaml(path)
+        if "theta2" in values:
+            raise ValueError(f"{path}: theta2 is a SeSAM option now; write it as sesam: {{theta2: ...}}")
+        return load(cls, yaml_values=values, prefix=ENV_PREFIX, overrides=overrides or (), source=str(path))
 
 
 class Trainer(TrainLoop):

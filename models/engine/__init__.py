@@ -1,4 +1,5 @@
-"""The promptable-segmenter engine: one interface, several backends (torch SAM, classical prior)."""
+"""The promptable-segmenter engine: one interface, several backends (torch SAM, ONNX Runtime,
+TensorRT, Triton, and the weight-free classical prior), an embedding cache and a registry by name."""
 
 from models.engine.base import CachedSegmenter, stability_score
 from models.engine.cache import EmbeddingCache, content_key

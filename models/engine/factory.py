@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from models.config import from_mapping, load, read_yaml, setting
 from models.engine.base import CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
+from models.engine.classical import DEFAULT_SCALES
 
 ENV_PREFIX = "SESAM_"
 
@@ -20,19 +19,31 @@ ENV_PREFIX = "SESAM_"
 class EngineConfig:
     """Which backend, which model, how much cache. `auto` = SAM when a checkpoint is set, else classical."""
 
-    backend: str = "auto"
-    sam_type: str = "vit_b"
-    sam_checkpoint: str | None = None
-    device: str = "cpu"
-    cache_bytes: int = DEFAULT_CACHE_BYTES
-    max_prompts: int | None = None
-    # exported SAM (`sesam export sam --out DIR`) for the onnx / tensorrt / triton backends
-    export_dir: str | None = None
-    providers: str | None = None  # onnx: comma-separated execution providers; default: best available
-    threads: int | None = None  # onnx: intra-op threads; default: onnxruntime's choice
-    triton_url: str | None = None  # triton: host:port of the server's HTTP endpoint
-    # classical: Felzenszwalb scales "fine,medium,coarse" (smaller -> smaller, more precise regions)
-    classical_scales: str | None = None
+    backend: str = setting(
+        "auto",
+        help="`auto` (torch with a checkpoint, else onnx with an export dir, else classical), or one of "
+        "classical, torch, onnx, tensorrt, triton",
+    )
+    sam_type: str = setting(
+        "vit_b", help="vit_b, vit_l, vit_h (official), or tiny (random seeded weights, tests)"
+    )
+    sam_checkpoint: str | None = setting(None, help="path to an official SAM checkpoint (torch backend)")
+    device: str = setting("cpu", help="cpu or cuda")
+    cache_bytes: int = setting(DEFAULT_CACHE_BYTES, help="embedding cache budget in bytes (LRU)")
+    max_prompts: int | None = setting(None, help="prompts per predict call (none: unbounded)", env=False)
+    export_dir: str | None = setting(
+        None, help="an export directory (`sesam export sam`) for the onnx / tensorrt / triton backends"
+    )
+    providers: str | None = setting(
+        None, help="onnx: execution providers, comma-separated (none: the best available)"
+    )
+    threads: int | None = setting(None, help="onnx: intra-op threads (none: onnxruntime's choice)")
+    triton_url: str | None = setting(None, help="triton: the server's HTTP host:port")
+    classical_scales: str | None = setting(
+        None,
+        help=f"classical: Felzenszwalb scales fine,medium,coarse (YAML: a list; none: "
+        f"{','.join(str(s) for s in DEFAULT_SCALES)}, chosen on CamVid train); smaller gives smaller regions",
+    )
 
     def resolved_backend(self) -> str:
         """auto: torch SAM with a checkpoint, else ONNX with an export directory, else the classical prior."""
@@ -44,34 +55,18 @@ class EngineConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> EngineConfig:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"{source}: unknown engine settings {unknown}; known: {sorted(known)}")
-        out = cls()
-        for key, raw in values.items():
-            setattr(out, key, _coerce(key, raw, known[key].type, source))
-        out.validate(source)
-        return out
+        return from_mapping(cls, values, source)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineConfig:
         """Read SESAM_BACKEND, SESAM_SAM_TYPE, SESAM_SAM_CHECKPOINT, SESAM_DEVICE, SESAM_CACHE_BYTES, ..."""
-        env = os.environ if env is None else env
-        values = {}
-        for f in fields(cls):
-            name = ENV_PREFIX + f.name.upper()
-            if env.get(name, "") != "":
-                values[f.name] = env[name]
-        return cls.from_mapping(values, source="environment")
+        return load(cls, prefix=ENV_PREFIX, env=env, source="environment")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> EngineConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        section = data.get("engine", data) if isinstance(data, dict) else None
-        if not isinstance(section, dict):
-            raise ValueError(f"{path}: expected a mapping (optionally under 'engine:')")
-        return cls.from_mapping(section, source=str(path))
+        """The `engine:` section of a YAML file (or the whole file when it has none)."""
+        data = read_yaml(path)
+        return from_mapping(cls, data.get("engine", data), source=str(path))
 
     def validate(self, source: str = "config") -> None:
         if self.backend != "auto" and self.backend not in ENGINE_BACKENDS:
@@ -103,20 +98,6 @@ class EngineConfig:
                 "positive integers, e.g. 60,200,600"
             )
         return values  # type: ignore[return-value]
-
-
-def _coerce(key: str, raw: Any, annotation: Any, source: str) -> Any:
-    text = str(annotation)
-    if raw is None or raw == "":
-        return None
-    if isinstance(raw, (list, tuple)):  # YAML lists, e.g. classical_scales: [60, 200, 600]
-        raw = ",".join(str(v) for v in raw)
-    try:
-        if text.startswith("int"):
-            return int(raw)
-        return str(raw)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{source}: {key}={raw!r} is not a valid {text}") from exc
 
 
 def _build_classical(config: EngineConfig) -> CachedSegmenter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from models.config import from_mapping
 from models.engine import PromptableSegmenter
 from models.refine.common import RefineResult, check_weak_kinds, confident_labels
 from models.refine.naive import NaiveLabeler, NaiveOptions
@@ -11,9 +12,9 @@ from models.refine.sepl import SEPLLabeler, SEPLOptions
 from models.refine.sesam import SeSAMLabeler, SeSAMOptions
 
 LABELERS: dict[str, Callable[..., object]] = {
-    "sesam": lambda engine, **kw: SeSAMLabeler(engine, SeSAMOptions(**kw)),
-    "naive": lambda engine, **kw: NaiveLabeler(engine, NaiveOptions(**kw)),
-    "sepl": lambda engine, **kw: SEPLLabeler(engine, SEPLOptions(**kw)),
+    "sesam": lambda engine, **kw: SeSAMLabeler(engine, from_mapping(SeSAMOptions, kw, "sesam options")),
+    "naive": lambda engine, **kw: NaiveLabeler(engine, from_mapping(NaiveOptions, kw, "naive options")),
+    "sepl": lambda engine, **kw: SEPLLabeler(engine, from_mapping(SEPLOptions, kw, "sepl options")),
 }
 
 

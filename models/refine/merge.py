@@ -1,6 +1,6 @@
 """Merging per-instance masks into one class map.
 
-The rule (documented in the README):
+The rule (documented in docs/engine.md):
 1. Every instance mask paints its class.
 2. Where instances of DIFFERENT classes overlap: `overlap="score"` gives the pixel to the instance
    with the higher score; `overlap="unlabeled"` leaves it unlabeled (255). Instances of the same

@@ -11,18 +11,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.engine.lowres import mask_to_low_res
 from models.io import UNLABELED
 from models.refine.common import RefineResult, box_clip, ensure_handle, predict_counted, sparse_prompts
-from models.refine.merge import Instance, merge_instances
+from models.refine.merge import OVERLAP_RULES, Instance, merge_instances
 from models.weak import WeakLabels
 
 
 @dataclass
 class NaiveOptions:
-    scribble_points: int = 10
-    overlap: str = "score"
+    """The naive labeler: every weak label prompts SAM once, the best-scored candidate is kept."""
+
+    scribble_points: int = setting(10, help="points spread along a scribble")
+    overlap: str = setting("score", help="class overlaps: score or unlabeled")
+
+    def validate(self, source: str = "naive options") -> None:
+        if self.overlap not in OVERLAP_RULES:
+            raise ValueError(f"{source}: overlap {self.overlap!r} unknown; choose one of {OVERLAP_RULES}")
 
 
 class NaiveLabeler:

@@ -18,23 +18,36 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.io import UNLABELED
 from models.refine.common import RefineResult, ensure_handle, predict_counted
-from models.refine.merge import Instance, merge_instances
+from models.refine.merge import OVERLAP_RULES, Instance, merge_instances
 from models.weak import WeakLabels
 
 
 @dataclass
 class SEPLOptions:
-    points_per_side: int = 16
-    pred_iou_thresh: float = 0.86
-    stability_thresh: float = 0.92
-    nms_thresh: float = 0.7
-    t1: float = 0.5
-    t2: float = 0.85
-    keep_uncovered: bool = True
-    overlap: str = "score"
+    """SEPL's settings: SAM's automatic-mask defaults, the paper's t1 / t2."""
+
+    points_per_side: int = setting(16, help="automatic masks: a grid of N x N point prompts")
+    pred_iou_thresh: float = setting(
+        0.86, help="automatic masks: minimal predicted IoU (0 on the classical prior)"
+    )
+    stability_thresh: float = setting(
+        0.92, help="automatic masks: minimal stability (0 on the classical prior)"
+    )
+    nms_thresh: float = setting(0.7, help="automatic masks: box NMS IoU")
+    t1: float = setting(0.5, help="keep a mask when |S & P_k| / |S| > t1 ...")
+    t2: float = setting(0.85, help="... or when |S & P_k| / |P_k| > t2")
+    keep_uncovered: bool = setting(True, help="P_k pixels no kept mask covers stay labelled (authors' code)")
+    overlap: str = setting("score", help="class overlaps: score or unlabeled")
+
+    def validate(self, source: str = "sepl options") -> None:
+        if self.overlap not in OVERLAP_RULES:
+            raise ValueError(f"{source}: overlap {self.overlap!r} unknown; choose one of {OVERLAP_RULES}")
+        if self.points_per_side < 1:
+            raise ValueError(f"{source}: points_per_side must be >= 1, got {self.points_per_side}")
 
 
 def mask_boxes(masks: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.engine.lowres import mask_to_low_res
 from models.io import UNLABELED
@@ -45,20 +46,22 @@ PROMPT_TYPES = ("points", "box", "mask")
 
 @dataclass
 class SeSAMOptions:
-    k: int = 5
-    sampling: str = "skeleton-grid"
-    selection: str = "coverage"
-    prompt: str = "points"
-    instance_separation: bool = True
-    tau1: float = 0.3
-    tau2: float = 0.7
-    theta2: float = 0.98
-    min_component_area: int = 16
-    scribble_points: int = 10
-    overlap: str = "score"
-    seed: int = 0
+    """Every choice of the SeSAM labeler; defaults are the paper's where it gives one."""
 
-    def validate(self) -> None:
+    k: int = setting(5, help="points sampled per component (step 3)")
+    sampling: str = setting("skeleton-grid", help=f"point sampler, one of {', '.join(SAMPLERS)}")
+    selection: str = setting("coverage", help=f"candidate selection, one of {', '.join(SELECTORS)}")
+    prompt: str = setting("points", help=f"prompt per component, one of {', '.join(PROMPT_TYPES)}")
+    instance_separation: bool = setting(True, help="one prompt per 8-connected component (step 2)")
+    tau1: float = setting(0.3, help="coverage threshold of the selection rule (step 4)")
+    tau2: float = setting(0.7, help="compatibility threshold of the selection rule (step 4)")
+    theta2: float = setting(0.98, help="training: teacher confidence that extends the weak masks")
+    min_component_area: int = setting(16, help="components smaller than this (pixels) are not prompted")
+    scribble_points: int = setting(10, help="points spread along a scribble for step 1")
+    overlap: str = setting("score", help=f"class overlaps, one of {', '.join(OVERLAP_RULES)}")
+    seed: int = setting(0, help="sampling seed")
+
+    def validate(self, source: str = "sesam options") -> None:
         checks = [
             (
                 self.sampling in SAMPLERS,
@@ -81,7 +84,7 @@ class SeSAMOptions:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"sesam options: {message}")
+                raise ValueError(f"{source}: {message}")
 
 
 def weak_fingerprint(weak: WeakLabels) -> str:

@@ -1,0 +1,65 @@
+"""`sesam settings`: the table of every setting (name, environment variable, default, meaning),
+generated from the configuration classes; docs/settings.md is this output."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from models.config import settings_markdown
+from models.engine import EngineConfig
+from models.io import atomic_write_text
+from models.refine import NaiveOptions, SEPLOptions, SeSAMOptions
+from serving.config import ServiceConfig
+from training.trainer import ENV_PREFIX as TRAIN_PREFIX
+from training.trainer import TrainConfig
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
+SECTIONS = (
+    (
+        "Engine",
+        "`engine:` in YAML (service and training configs), `SESAM_*`, `--backend`... flags.",
+        EngineConfig,
+        "SESAM_",
+    ),
+    ("Service", "`service:` in the YAML named by `SESAM_CONFIG`, and `SESAM_*`.", ServiceConfig, "SESAM_"),
+    (
+        "Training",
+        "`sesam train --config FILE.yaml`, `SESAM_TRAIN_*`, `--set key=value`.",
+        TrainConfig,
+        TRAIN_PREFIX,
+    ),
+    (
+        "SeSAM labeler",
+        "`sesam:` in a training config, `options` of `/refine`, `sesam refine` flags.",
+        SeSAMOptions,
+        None,
+    ),
+    ("Naive labeler", "`naive:` in a training config, `options` of `/refine`.", NaiveOptions, None),
+    (
+        "SEPL labeler",
+        "`options` of `/refine` with `method=sepl`, `sesam refine --method sepl` flags.",
+        SEPLOptions,
+        None,
+    ),
+)
+
+
+def markdown() -> str:
+    return settings_markdown(SECTIONS)
+
+
+def run_settings(args: argparse.Namespace) -> int:
+    text = markdown()
+    if args.write:
+        atomic_write_text(DOC, text)
+        print(f"wrote {DOC}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("settings", help="print the table of every setting (docs/settings.md)")
+    p.add_argument("--write", action="store_true", help=f"write it to {DOC.name} in docs/")
+    p.set_defaults(func=run_settings)
