@@ -18,7 +18,8 @@ class Canvas:
 
 class ScriptedSegmenter(CachedSegmenter):
     """For a prompt on object k it returns [part, whole, too large] of that object, scored
-    [0.95, 0.80, 0.60] so that SAM's own best score prefers the part."""
+    [0.95, 0.80, 0.60] so that SAM's own best score prefers the part. With multimask=False it
+    answers one mask, the whole object (SAM's single-output token, not the best of the three)."""
 
     name = "scripted"
 
@@ -64,5 +65,8 @@ class ScriptedSegmenter(CachedSegmenter):
         masks = np.stack([self.candidates(self._which(p, handle.original_size)) for p in prompts])
         n = len(prompts)
         iou = np.tile(np.array([0.95, 0.80, 0.60], np.float32), (n, 1))
-        stab = np.full((n, 3), 0.9, np.float32)
-        return Predictions(masks, iou, stab, np.zeros((n, 3, 256, 256), np.float32))
+        if not multimask:
+            masks, iou = masks[:, 1:2], iou[:, 1:2]
+        c = masks.shape[1]
+        stab = np.full((n, c), 0.9, np.float32)
+        return Predictions(masks, iou, stab, np.zeros((n, c, 256, 256), np.float32))

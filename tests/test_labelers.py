@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from models.engine import Prompt
 from models.engine.classical import ClassicalPrior
 from models.refine import SeSAMLabeler, SeSAMOptions, build_labeler, confident_labels
 from models.weak import PointLabel, Scribble, WeakLabels
@@ -126,7 +127,7 @@ def test_bad_options() -> None:
         build_labeler("sesam", ClassicalPrior(), sampling="grid")
     with pytest.raises(ValueError, match="unknown refinement method 'fancy'"):
         build_labeler("fancy", ClassicalPrior())
-    with pytest.raises(ValueError, match="sesam: "):
+    with pytest.raises(ValueError, match=r"sesam options: unknown settings \[.colour.\]"):
         build_labeler("sesam", ClassicalPrior(), colour="red")
 
 
@@ -149,3 +150,11 @@ def test_classical_prior_refinement_on_scene(scene, kind: str) -> None:
     labelled = result.labels == 4
     assert labelled.sum() > named.sum()  # refinement added pixels
     assert (labelled & rect).sum() / labelled.sum() > 0.95  # and they are on the red rectangle
+
+
+def test_scripted_segmenter_honours_multimask(setup) -> None:
+    engine, _, image, _, b = setup
+    prompt = [Prompt(points=[[80, 30]], labels=[1])]
+    three, one = engine.predict(image, prompt), engine.predict(image, prompt, multimask=False)
+    assert three.masks.shape[1] == 3 and one.masks.shape[1] == 1 and one.iou.shape == (1, 1)
+    assert np.array_equal(one.masks[0, 0], b) and np.array_equal(three.masks[0, 1], b)

@@ -74,6 +74,26 @@ def test_refine_folder_resume_report_and_failures(tmp_path, scene, capsys) -> No
     assert (out / "a.png").stat().st_mtime_ns == before
 
 
+def test_sepl_through_the_cli_equals_in_process(tmp_path, scene, capsys) -> None:
+    """`sesam refine --method sepl` writes what SEPLLabeler computes, with the classical defaults."""
+    from models.engine.classical import ClassicalPrior
+    from models.refine import backend_defaults, build_labeler
+    from models.weak import load_weak_labels
+
+    images, weak = _folder(tmp_path, scene)
+    out = tmp_path / "out"
+    args = ["refine", "--images", str(images), "--weak", str(weak), "--out", str(out), "--method", "sepl"]
+    assert main([*args, "--points-per-side", "8", "--backend", "classical", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "sepl" and summary["options"]["points_per_side"] == 8
+    assert summary["options"]["pred_iou_thresh"] == 0.0  # the classical prior's scores are not SAM's IoU
+    engine = ClassicalPrior()
+    options = backend_defaults("sepl", engine.name, {"points_per_side": 8})
+    expected = build_labeler("sepl", engine, **options).refine(scene, load_weak_labels(weak, "a")).labels
+    assert np.array_equal(np.asarray(Image.open(out / "a.png")), expected)
+    assert (expected != 255).sum() > (np.asarray(Image.open(weak / "a.png")) != 255).sum()
+
+
 def test_refine_rejects_bad_folders(tmp_path, capsys) -> None:
     assert (
         main(["refine", "--images", str(tmp_path / "none"), "--weak", str(tmp_path), "--out", str(tmp_path)])
@@ -82,58 +102,55 @@ def test_refine_rejects_bad_folders(tmp_path, capsys) -> None:
     assert "not a folder" in capsys.readouterr().err
 
 
-def test_derive_then_eval(tmp_path, capsys) -> None:
-    if not (CAMVID / "val.txt").exists():
-        import pytest
+def test_derive_refine_then_eval(tmp_path, capsys) -> None:
+    """derive -> refine -> eval-labels: the report scores the refined labels against the ground
+    truth, counts the pixels refinement added, and agrees with the metrics computed in-process."""
+    import pytest
 
+    from models.io import read_label_png
+    from models.weak import load_weak_labels
+    from training.metrics import AddedLabelQuality, ConfusionMatrix
+
+    if not (CAMVID / "val.txt").exists():
         pytest.skip("CamVid not present")
-    weak = tmp_path / "weak"
-    assert (
-        main(
-            [
-                "weak",
-                "derive",
-                "--root",
-                str(CAMVID),
-                "--split",
-                "val",
-                "--kind",
-                "coarse",
-                "--out",
-                str(weak),
-                "--limit",
-                "3",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    weak, refined, gt = tmp_path / "weak", tmp_path / "refined", tmp_path / "gt"
+    derive = ["weak", "derive", "--root", str(CAMVID), "--split", "val", "--kind", "coarse"]
+    assert main([*derive, "--out", str(weak), "--limit", "3", "--quiet"]) == 0
     derived = json.loads(capsys.readouterr().out)
     assert derived["images"] == 3 and 0.4 < derived["coverage"] < 0.8
-    gt = tmp_path / "gt"
     gt.mkdir()
+    images = tmp_path / "images"
+    images.mkdir()
     for png in sorted(weak.glob("*.png")):
         shutil.copy(CAMVID / "labels" / "val" / png.name, gt / png.name)
-    assert (
-        main(
-            [
-                "eval-labels",
-                "--pred",
-                str(weak),
-                "--gt",
-                str(gt),
-                "--num-classes",
-                "11",
-                "--ignore-index",
-                "11",
-                "--weak",
-                str(weak),
-            ]
-        )
-        == 0
-    )
+        shutil.copy(CAMVID / "images" / "val" / f"{png.stem}.jpg", images / f"{png.stem}.jpg")
+    refine = ["refine", "--images", str(images), "--weak", str(weak), "--out", str(refined)]
+    assert main([*refine, "--backend", "classical", "--quiet"]) == 0
+    capsys.readouterr()
+    score = [
+        "eval-labels",
+        "--gt",
+        str(gt),
+        "--num-classes",
+        "11",
+        "--ignore-index",
+        "11",
+        "--weak",
+        str(weak),
+    ]
+    assert main([*score, "--pred", str(refined)]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (report["images"] == 3 and report["coverage"] == derived["coverage"]) or abs(
-        report["coverage"] - derived["coverage"]
-    ) < 1e-9
-    assert report["added_pixels"] == 0
+    assert main([*score, "--pred", str(weak)]) == 0
+    raw = json.loads(capsys.readouterr().out)
+    assert report["images"] == 3 and report["added_pixels"] > 0 and raw["added_pixels"] == 0
+    assert raw["coverage"] == pytest.approx(derived["coverage"])
+    assert report["coverage"] > raw["coverage"]
+    conf, added = ConfusionMatrix(11, 11), AddedLabelQuality(11)
+    for png in sorted(gt.glob("*.png")):
+        truth, pred = read_label_png(png), read_label_png(refined / png.name)
+        conf.update(pred, truth)
+        added.update(load_weak_labels(weak, png.stem).sparse_map(), pred, truth)
+    assert report["miou"] == pytest.approx(conf.miou())
+    assert report["added_pixels"] == added.added and report["added_precision"] == pytest.approx(
+        added.precision()
+    )

@@ -211,17 +211,55 @@ def test_three_iterations_of_every_mode(tmp_path, mode: str) -> None:
         assert trainer.sam_labels  # SAM labels were produced in the loop
 
 
-@pytest.mark.parametrize("view", ["weak", "both"])
-def test_student_views(tmp_path, view: str) -> None:
-    summary = Trainer(
-        tiny_config(tmp_path, "sesam", student_view=view), train_ds=tiny_dataset(), val_ds=None
-    ).train()
-    assert summary["iterations"] == 3
+@pytest.mark.parametrize(
+    ("view", "passes"), [("weak", ["weak"]), ("strong", ["strong"]), ("both", ["weak", "strong"])]
+)
+def test_student_views(tmp_path, monkeypatch, view: str, passes: list[str]) -> None:
+    """Which view each student pass sees, and which losses each pass carries."""
+    import training.recipes.semantic as semantic
+
+    batches, seen = [], []
+    real_make_batch, real_loss = semantic.make_batch, semantic.sesam_loss
+    monkeypatch.setattr(
+        semantic, "make_batch", lambda *a, **k: batches.append(real_make_batch(*a, **k)) or batches[-1]
+    )
+
+    def spy_loss(logits, weak, sam, pseudo, w_sam, w_pseudo, balanced):
+        seen.append(("loss", pseudo is not None and w_pseudo > 0))
+        return real_loss(logits, weak, sam, pseudo, w_sam, w_pseudo, balanced)
+
+    monkeypatch.setattr(semantic, "sesam_loss", spy_loss)
+    trainer = Trainer(
+        tiny_config(tmp_path, "sesam", student_view=view, iterations=1), train_ds=tiny_dataset(), val_ds=None
+    )
+    real_forward = trainer.recipe._forward
+
+    def spy_forward(images):
+        batch = batches[-1]
+        seen.append(
+            ("weak" if images is batch.weak_images else "strong" if images is batch.strong_images else "?",)
+        )
+        return real_forward(images)
+
+    trainer.recipe._forward = spy_forward
+    trainer.train()
+    terms = trainer.history[-1]
+    assert [s[0] for s in seen if len(s) == 1] == passes
+    losses = [s[1] for s in seen if len(s) == 2]
+    # both: the labelled losses (weak + SAM) on the weak view, no pseudo term there; the pseudo term
+    # is taken on the strong pass. weak / strong: one pass carrying every term.
+    assert losses == ([False] if view == "both" else [True])
+    assert {"weak", "sam", "pseudo", "total"} <= set(terms)
     with pytest.raises(ValueError, match="student_view 'side' unknown"):
         tiny_config(tmp_path, "sesam", student_view="side")
 
 
-def test_class_balanced_sam_loss_trains_differently(tmp_path) -> None:
+def test_class_balanced_sam_loss_trains_differently(tmp_path, monkeypatch) -> None:
+    import training.recipes.semantic as semantic
+
+    flags = []
+    real_loss = semantic.sesam_loss
+    monkeypatch.setattr(semantic, "sesam_loss", lambda *a: flags.append(a[-1]) or real_loss(*a))
     ds = tiny_dataset()
     runs = {
         balanced: Trainer(
@@ -232,6 +270,7 @@ def test_class_balanced_sam_loss_trains_differently(tmp_path) -> None:
         for balanced in (False, True)
     }
     assert runs[True]["sam_class_balanced"] and not runs[False]["sam_class_balanced"]
+    assert flags == [False] * 3 + [True] * 3  # the setting reaches the loss of every step
     assert runs[True]["weights_sha256"] != runs[False]["weights_sha256"]
 
 
