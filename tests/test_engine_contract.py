@@ -181,7 +181,7 @@ def test_factory_defaults_to_classical_and_reads_env(monkeypatch, tmp_path) -> N
         EngineConfig.from_env()
     with pytest.raises(ValueError, match="unknown settings"):
         EngineConfig.from_mapping({"backnd": "torch"})
-    with pytest.raises(ValueError, match="cache_bytes='lots' is not a valid int"):
+    with pytest.raises(ValueError, match="cache_bytes = 'lots' is not a valid int"):
         EngineConfig.from_mapping({"cache_bytes": "lots"})
 
 

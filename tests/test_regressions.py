@@ -139,19 +139,13 @@ def test_missing_tensorrt_is_one_clear_line(tiny_export, tmp_path, monkeypatch, 
 
 
 def test_missing_triton_client_raises_the_same_type(monkeypatch) -> None:
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def no_triton(name, *args, **kwargs):
-        if name.startswith("tritonclient"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_triton)
     from models.deps import require
 
-    with pytest.raises(MissingDependency, match=r"sesam\[triton\]"):
+    monkeypatch.setitem(sys.modules, "tritonclient", None)  # None in sys.modules: import fails
+    monkeypatch.setitem(sys.modules, "tritonclient.http", None)
+    with pytest.raises(MissingDependency, match=r"backend triton needs tritonclient, .*sesam\[triton\]"):
         require("tritonclient.http", "triton", "backend triton")
 
 

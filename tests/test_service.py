@@ -115,7 +115,9 @@ PROMPTS = [
 
 def _engine(kind: str, tiny_sam):
     if kind == "classical":
-        return build_engine(EngineConfig(backend="classical", max_prompts=MAX_PROMPTS))
+        return build_engine(
+            EngineConfig(backend="classical")
+        )  # the per-request cap is the service's, not the engine's
     return SamEngine(tiny_sam, name="sam-tiny")
 
 
