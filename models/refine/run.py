@@ -51,7 +51,7 @@ def refine_folder(
     """Refine every image that has weak labels in-process; returns (and writes) the summary."""
 
     def refine_one(image: np.ndarray, weak: WeakLabels, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-        check_weak_kinds(labeler, weak, f"{run.weak / path.stem}.json")
+        check_weak_kinds(labeler, weak, f"{run.weak / path.stem} (weak labels)")
         result = labeler.refine(image, weak)
         return result.labels, result.stats()
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.config import from_mapping
 from models.engine import EngineConfig, ImageHandle, build_engine
 from models.io import UNLABELED, read_label_png, save_png
 from models.refine import NaiveLabeler, NaiveOptions, SeSAMLabeler, SeSAMOptions, confident_labels
@@ -90,7 +91,7 @@ class SemanticRecipe:
         self.optimizer = torch.optim.AdamW(
             self.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
-        self.sesam_options = SeSAMOptions(**cfg.sesam)
+        self.sesam_options = from_mapping(SeSAMOptions, cfg.sesam, "sesam")
         self.sam_labels: dict[int, np.ndarray] = {}
         self.naive_labels: list[np.ndarray] | None = None
         self.engine = None
@@ -133,7 +134,7 @@ class SemanticRecipe:
         if c.mode == "sesam":
             self.labeler = SeSAMLabeler(self.engine, self.sesam_options)
             return
-        options = NaiveOptions(**c.naive)
+        options = from_mapping(NaiveOptions, c.naive, "naive")
         labeler = NaiveLabeler(self.engine, options)
         cache = naive_cache_dir(self.out, self.engine.namespace, options)
         labels = []
