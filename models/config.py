@@ -200,8 +200,9 @@ def load(
     return from_mapping(cls, values, source)
 
 
-def settings_rows(cls: type, prefix: str | None) -> list[tuple[str, str, str, str]]:
-    """(setting, environment variable, default, meaning) for every field of `cls`."""
+def settings_rows(cls: type, prefix: str | None, root: Path | None = None) -> list[tuple[str, str, str, str]]:
+    """(setting, environment variable, default, meaning) for every field of `cls`; defaults that are
+    paths under `root` are shown relative to it (the page must not depend on the checkout's place)."""
     rows = []
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
@@ -224,11 +225,13 @@ def settings_rows(cls: type, prefix: str | None) -> list[tuple[str, str, str, st
                 else str(default)
             )
         )
+        if root is not None:
+            shown = shown.replace(str(root) + "/", "")
         rows.append((f"`{f.name}`", env, f"`{shown}`", f.metadata.get("help", "")))
     return rows
 
 
-def settings_markdown(sections: Sequence[tuple[str, str, type, str | None]]) -> str:
+def settings_markdown(sections: Sequence[tuple[str, str, type, str | None]], root: Path | None = None) -> str:
     """The settings table of each (title, where it is read, config class, env prefix)."""
     parts = [
         "# Settings",
@@ -248,5 +251,5 @@ def settings_markdown(sections: Sequence[tuple[str, str, type, str | None]]) -> 
             "| setting | environment | default | meaning |",
             "|---|---|---|---|",
         ]
-        parts += ["| " + " | ".join(row) + " |" for row in settings_rows(cls, prefix)]
+        parts += ["| " + " | ".join(row) + " |" for row in settings_rows(cls, prefix, root)]
     return "\n".join(parts) + "\n"

@@ -46,7 +46,7 @@ SECTIONS = (
 
 
 def markdown() -> str:
-    return settings_markdown(SECTIONS)
+    return settings_markdown(SECTIONS, root=DOC.parents[1])
 
 
 def run_settings(args: argparse.Namespace) -> int:
