@@ -77,6 +77,8 @@ class Recipe(Protocol):
 
     read_by: dict[str, frozenset[str]]  # setting -> modes that read it (the resume check)
     model: nn.Module  # the network whose weights the summary digests
+    loss_terms: tuple[str, ...]  # the loss terms `step` returns, as metrics.csv columns
+    score_name: str  # the validation score's column, e.g. "val_miou"
 
     def prepare(self) -> None:
         """Work before the first iteration that is not checkpointed (e.g. embedding every image)."""
@@ -169,7 +171,7 @@ class TrainLoop:
             return
         self.history.append(row)
         path = self.out / "metrics.csv"
-        columns = ["iteration", "seconds_per_iter", "total", "weak", "sam", "pseudo", "val_miou", "lr"]
+        columns = ["iteration", "seconds_per_iter", *self.recipe.loss_terms, self.recipe.score_name, "lr"]
         new = not path.exists()
         with path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -200,17 +202,21 @@ class TrainLoop:
                 if recipe.has_validation() and ((it + 1) % c.eval_every == 0 or last):
                     if self.rank == 0:
                         score = recipe.evaluate()["score"]
-                        row["val_miou"] = score
+                        row[recipe.score_name] = score
                         self.best_score = float(np.nanmax([self.best_score, score]))
                     if self.world > 1:
                         dist.barrier()
-                if it % c.log_every == 0 or "val_miou" in row or last:
+                if it % c.log_every == 0 or recipe.score_name in row or last:
                     self._log(row)
                 progress.update(
                     task,
                     advance=1,
                     info=f"loss {terms['total']:.3f}"
-                    + (f" val mIoU {row['val_miou']:.3f}" if "val_miou" in row else ""),
+                    + (
+                        f" {recipe.score_name} {row[recipe.score_name]:.3f}"
+                        if recipe.score_name in row
+                        else ""
+                    ),
                 )
                 if (it + 1) % c.checkpoint_every == 0 or last:
                     self.save_checkpoint()

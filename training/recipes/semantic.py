@@ -63,6 +63,8 @@ class SemanticRecipe:
     """The semantic task (CamVid-style class maps) in any of `MODES`."""
 
     read_by = READ_BY
+    loss_terms = ("total", "weak", "sam", "pseudo")
+    score_name = "val_miou"
 
     def __init__(
         self,
