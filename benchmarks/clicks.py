@@ -29,7 +29,7 @@ from rich.progress import track
 from models.engine import EngineConfig, build_engine, read_image
 from models.io import atomic_write_text
 from training.datasets import CocoInstances, InstanceSample, PennFudan
-from training.interactive import Click, ClickRun, mask_iou, next_click, simulate_clicks, summarize
+from training.interactive import Click, ClickRun, click_session, simulate_clicks, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -55,17 +55,10 @@ def random_walker_session(
     from skimage.transform import resize
 
     small = resize(image, (image.shape[0] // 2, image.shape[1] // 2), anti_aliasing=True)
-    prediction = np.zeros(truth.shape, bool)
-    clicks: list[Click] = []
-    run = ClickRun([], [], [])
-    for _ in range(max_clicks):
-        click = next_click(prediction, truth)
-        if click is None:
-            break
-        clicks.append(click)
-        start = time.perf_counter()
+
+    def answer(clicks: list[Click]) -> tuple[np.ndarray, bool]:
         seeds = np.zeros(small.shape[:2], np.int32)
-        if not any(not c.positive for c in clicks):
+        if all(c.positive for c in clicks):
             seeds[[0, -1], :] = 2
             seeds[:, [0, -1]] = 2
         for c in clicks:
@@ -73,11 +66,9 @@ def random_walker_session(
                 1 if c.positive else 2
             )
         labels = random_walker(small, seeds, beta=beta, mode="cg_j", channel_axis=-1)
-        prediction = resize(labels == 1, truth.shape, order=0).astype(bool)
-        run.seconds.append(time.perf_counter() - start)
-        run.ious.append(mask_iou(prediction, truth))
-        run.picked_best.append(True)
-    return run
+        return resize(labels == 1, truth.shape, order=0).astype(bool), True  # one answer: always "best"
+
+    return click_session(truth, answer, max_clicks)
 
 
 def main() -> None:

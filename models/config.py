@@ -11,9 +11,7 @@ through the same coercion, and every error names the source, the setting and the
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import operator
 import os
 import types
 import typing
@@ -39,7 +37,7 @@ def _strip_optional(annotation: Any) -> tuple[Any, bool]:
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else functools.reduce(operator.or_, rest)), True
+        return (rest[0] if len(rest) == 1 else annotation), True
     return annotation, False
 
 
@@ -100,13 +98,18 @@ def field_types(cls: type) -> dict[str, Any]:
 
 
 def from_mapping(cls: type[T], values: Mapping[str, Any] | None, source: str = "config") -> T:
-    """An instance of `cls` from a mapping: unknown keys are refused (the known ones are listed),
-    values coerced, then `validate(source)` runs when the class has one."""
-    values = dict(values or {})
-    if not isinstance(values, dict):
+    """An instance of `cls` from a mapping: unknown keys are refused (the known ones are listed, and
+    a key the class lists in `MOVED_SETTINGS` says where it went), values coerced, then
+    `validate(source)` runs when the class has one."""
+    if values is not None and not isinstance(values, Mapping):
         raise ValueError(f"{source}: expected a mapping of settings, got {type(values).__name__}")
+    values = dict(values or {})
     types_ = field_types(cls)
     unknown = sorted(set(values) - set(types_))
+    for key in unknown:
+        hint = getattr(cls, "MOVED_SETTINGS", {}).get(key)
+        if hint:
+            raise ValueError(f"{source}: {key} {hint}")
     if unknown:
         raise ValueError(f"{source}: unknown settings {unknown}; known: {sorted(types_)}")
     out = cls(**{k: coerce(v, types_[k], k, source) for k, v in values.items()})
@@ -116,15 +119,13 @@ def from_mapping(cls: type[T], values: Mapping[str, Any] | None, source: str = "
     return out
 
 
-def env_values(
-    cls: type, prefix: str, env: Mapping[str, str] | None = None, skip: Sequence[str] = ()
-) -> dict:
+def env_values(cls: type, prefix: str, env: Mapping[str, str] | None = None) -> dict:
     """Raw values of the environment variables `<prefix><FIELD>` that are set and not empty."""
     env = os.environ if env is None else env
     out = {}
     for f in dataclasses.fields(cls):
         name = prefix + f.name.upper()
-        if f.metadata.get("env", True) and f.name not in skip and env.get(name, "") != "":
+        if f.metadata.get("env", True) and env.get(name, "") != "":
             out[f.name] = env[name]
     return out
 
@@ -180,7 +181,6 @@ def load(
     env: Mapping[str, str] | None = None,
     overrides: Sequence[str] = (),
     source: str = "config",
-    skip_env: Sequence[str] = (),
 ) -> T:
     """Defaults < YAML values < environment (`prefix`) < --set overrides, through `from_mapping`."""
     values = dict(yaml_values or {})
@@ -190,7 +190,7 @@ def load(
         if _strip_optional(t)[0] is dict or typing.get_origin(t) is dict
     ]
     if prefix is not None:
-        from_env = env_values(cls, prefix, env, skip_env)
+        from_env = env_values(cls, prefix, env)
         if from_env:
             source = f"{source} + environment" if yaml_values else "environment"
         values = merge(values, from_env)
@@ -214,21 +214,20 @@ def settings_rows(cls: type, prefix: str | None, root: Path | None = None) -> li
         if dataclasses.is_dataclass(default):
             default = "(its own section)"
         env = f"`{prefix}{f.name.upper()}`" if prefix is not None and f.metadata.get("env", True) else "-"
-        shown = (
-            "none"
-            if default is None
-            else (
-                json.dumps(list(default))
-                if isinstance(default, tuple)
-                else json.dumps(default)
-                if isinstance(default, (dict, list, bool))
-                else str(default)
-            )
-        )
+        shown = _shown(default)
         if root is not None:
             shown = shown.replace(str(root) + "/", "")
         rows.append((f"`{f.name}`", env, f"`{shown}`", f.metadata.get("help", "")))
     return rows
+
+
+def _shown(default: Any) -> str:
+    """A default as the docs show it: none, JSON for containers and booleans, else str."""
+    if default is None:
+        return "none"
+    if isinstance(default, (tuple, list, dict, bool)):
+        return json.dumps(list(default) if isinstance(default, tuple) else default)
+    return str(default)
 
 
 def settings_markdown(sections: Sequence[tuple[str, str, type, str | None]], root: Path | None = None) -> str:

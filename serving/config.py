@@ -19,11 +19,12 @@ SESAM_MAX_BATCH_SIZE, SESAM_MAX_LATENCY_MS). An empty SESAM_STUDENT_CHECKPOINT=n
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.config import from_mapping, load, read_yaml, setting
+from models.config import load, read_yaml, setting
 from models.engine import EngineConfig
 from models.engine.validation import DEFAULT_MAX_PIXELS
 
@@ -61,8 +62,6 @@ class ServiceConfig:
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> ServiceConfig:
         """YAML from SESAM_CONFIG (if set), then environment overrides; errors name the source."""
-        import os
-
         env = os.environ if env is None else env
         path = env.get(ENV_PREFIX + "CONFIG", "")
         data = read_yaml(path, sections=("engine", "service")) if path else {}
@@ -103,4 +102,4 @@ class ServiceConfig:
             raise ValueError(f"{source}: api_key must be at least 8 characters")
 
 
-__all__ = ["SHIPPED_STUDENT", "ServiceConfig", "from_mapping"]
+__all__ = ["SHIPPED_STUDENT", "ServiceConfig"]

@@ -42,8 +42,8 @@ from serving.codec import LABEL_FORMATS, MASK_FORMATS, encode_labels, encode_mas
 from serving.config import ServiceConfig
 from serving.middleware import GuardMiddleware
 
-# read when BentoML imports this module to start serving: the timeout, batching and guard below
-# are declared with the service; each worker reads the whole configuration again when it starts
+# read when BentoML imports this module to start serving (each worker process imports it as it
+# starts): the timeout, batching and guard below are declared with the services
 CONFIG = ServiceConfig.load()
 ImageFile = Annotated[Path, ContentType("image/*")]
 METHODS = tuple(LABELERS)  # the refinement methods /refine offers: every registered labeler
@@ -92,7 +92,7 @@ class SegmentationService:
         student_batcher = bentoml.depends(StudentBatcher)
 
     def __init__(self) -> None:
-        self.config = ServiceConfig.load()  # read when the worker starts (errors name the setting)
+        self.config = CONFIG
         self.ready = False
         self.engine = build_engine(self.config.engine)
         self.max_pixels = self.config.max_image_pixels

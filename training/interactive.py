@@ -6,12 +6,14 @@ pixel of the largest error region of the current answer, positive on a missed re
 negative), negative on a false alarm (false positive). "Interior-most" is the pixel farthest from
 the region's boundary, the image border counting as boundary. Metrics: mean IoU after k clicks
 (mIoU@k) and the number of clicks to reach an IoU (NoC@85 / NoC@90), the cap when never reached.
-`next_click`, `clicks_to_reach` and `summarize` are pure; `simulate_clicks` drives an engine.
+`next_click`, `clicks_to_reach` and `summarize` are pure; `click_session` runs the protocol for any
+answering method, `simulate_clicks` for an engine.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +91,29 @@ class ClickRun:
     seconds: list[float]
 
 
+# clicks so far -> (the answer, whether it is truly the best of the method's candidates)
+Answer = Callable[[list[Click]], tuple[np.ndarray, bool]]
+
+
+def click_session(truth: np.ndarray, answer: Answer, max_clicks: int = 20) -> ClickRun:
+    """Up to `max_clicks` simulated clicks on one object, each answered by `answer` (timed); stops
+    early at a perfect answer."""
+    prediction = np.zeros(truth.shape, bool)
+    clicks: list[Click] = []
+    run = ClickRun([], [], [])
+    for _ in range(max_clicks):
+        click = next_click(prediction, truth)
+        if click is None:
+            break
+        clicks.append(click)
+        start = time.perf_counter()
+        prediction, picked_best = answer(clicks)
+        run.seconds.append(time.perf_counter() - start)
+        run.ious.append(mask_iou(prediction, truth))
+        run.picked_best.append(picked_best)
+    return run
+
+
 def simulate_clicks(
     engine: PromptableSegmenter,
     image: np.ndarray | ImageHandle,
@@ -96,31 +121,23 @@ def simulate_clicks(
     max_clicks: int = 20,
     feed_logits: bool = True,
 ) -> ClickRun:
-    """Up to `max_clicks` simulated clicks on one object. Every answer is the engine's best-scored
-    candidate for all clicks so far; with `feed_logits` that candidate's low-res logits go back as
-    the next prompt's mask input (SAM's next-click protocol). Stops early at a perfect answer."""
+    """`click_session` answered by an engine: its best-scored candidate for all clicks so far; with
+    `feed_logits` that candidate's low-res logits go back as the next prompt's mask input (SAM's
+    next-click protocol)."""
     handle = image if isinstance(image, ImageHandle) else engine.embed([image])[0]
-    prediction = np.zeros(truth.shape, bool)
-    clicks: list[Click] = []
     logits = None
-    run = ClickRun([], [], [])
-    for _ in range(max_clicks):
-        click = next_click(prediction, truth)
-        if click is None:
-            break
-        clicks.append(click)
+
+    def answer(clicks: list[Click]) -> tuple[np.ndarray, bool]:
+        nonlocal logits
         prompt = Prompt(
             points=np.array([[c.x + 0.5, c.y + 0.5] for c in clicks]),
             labels=np.array([int(c.positive) for c in clicks]),
             mask_logits=logits if feed_logits else None,
         )
-        start = time.perf_counter()
         out = engine.predict(handle, [prompt])
-        run.seconds.append(time.perf_counter() - start)
         best = int(np.argmax(out.iou[0]))
-        truths = [mask_iou(m, truth) for m in out.masks[0]]
-        prediction = out.masks[0, best]
         logits = out.low_res_logits[0, best : best + 1]
-        run.ious.append(truths[best])
-        run.picked_best.append(truths[best] >= max(truths))
-    return run
+        truths = [mask_iou(m, truth) for m in out.masks[0]]
+        return out.masks[0, best], truths[best] >= max(truths)
+
+    return click_session(truth, answer, max_clicks)

@@ -4,13 +4,15 @@ recipe (`training.recipes`; today the semantic one: supervised | weak | fixmatch
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.distributed as dist
 
 from models.config import from_mapping, load, read_yaml, setting
+from models.progress import progress_bar
 from models.refine import NaiveOptions, SeSAMOptions
 from models.students import student_registry
 from training.data import WeakDataset
@@ -25,6 +27,11 @@ __all__ = ["MODES", "READ_BY", "TrainConfig", "Trainer", "config_changes", "weig
 @dataclass
 class TrainConfig:
     """Everything one training run reads (YAML, SESAM_TRAIN_* environment, --set key=value)."""
+
+    # settings that moved: models.config names where they went instead of "unknown setting"
+    MOVED_SETTINGS: ClassVar[dict[str, str]] = {
+        "theta2": "is a SeSAM option now; write it as sesam: {theta2: ...}",
+    }
 
     mode: str = setting("sesam", help=f"one of {', '.join(MODES)}")
     student: str = setting("fpn-mobilenetv2", help=f"one of {', '.join(sorted(student_registry))}")
@@ -108,16 +115,12 @@ class TrainConfig:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        if "theta2" in values:
-            raise ValueError(f"{source}: theta2 is a SeSAM option now; write it as sesam: {{theta2: ...}}")
         return from_mapping(cls, values, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
         """A YAML file, then SESAM_TRAIN_* environment variables, then `--set key=value` items."""
         values = read_yaml(path)
-        if "theta2" in values:
-            raise ValueError(f"{path}: theta2 is a SeSAM option now; write it as sesam: {{theta2: ...}}")
         return load(cls, yaml_values=values, prefix=ENV_PREFIX, overrides=overrides or (), source=str(path))
 
 
@@ -132,7 +135,7 @@ class Trainer(TrainLoop):
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("gloo")
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        progress = lambda description: self.progress(description)  # noqa: E731 (bound after init)
+        progress = functools.partial(progress_bar, disable=cfg.quiet or rank != 0)
         recipe = SemanticRecipe(cfg, rank, world, progress, train_ds, val_ds)
         super().__init__(cfg, recipe, rank, world)
 
