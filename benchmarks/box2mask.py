@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["pennfudan", "coco_mini"])
     parser.add_argument("--split", default="val")
-    parser.add_argument("--engines", nargs="+", default=["classical"])
+    parser.add_argument("--engines", nargs="+", default=["classical", "classical-regions"])
     parser.add_argument("--limit-images", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "box2mask.md"))
     args = parser.parse_args()
@@ -111,8 +111,9 @@ def main() -> None:
     for dataset, label, n, iou, ms in rows:
         lines.append(f"| {dataset} | {label} | {n} | {iou:.3f} | {'-' if ms != ms else f'{ms:.0f}'} |")
     note = (
-        "Tight ground-truth box -> mask, best-scored candidate; floors: the filled box and OpenCV GrabCut "
-        "(5 iterations). `classical` is the weight-free prior (not SAM). Times: medians on this machine."
+        f"Tight ground-truth box -> mask ({args.split} split), best-scored candidate; floors: the filled box and "
+        "OpenCV GrabCut (5 iterations). `classical` is the weight-free prior (a seeded random walk), "
+        "`classical-regions` the previous one; neither is SAM. Times: medians on this machine."
     )
     atomic_write_text(args.out, note + "\n\n" + "\n".join(lines) + "\n")
     Console().print("\n".join(lines))

@@ -3,14 +3,16 @@
 Protocol (`training.interactive`): each ground-truth instance is one object; the first click is
 positive at its interior-most pixel, each next click at the interior-most pixel of the largest
 error region (positive on a miss, negative on a false alarm); the answer is the engine's
-best-scored candidate for all clicks so far, and its low-res logits are fed back as the next mask
+best-scored of 3 candidates at the first click and its single-mask answer after (SAM's own practice;
+`--multimask always` keeps picking among 3), and its low-res logits are fed back as the next mask
 input. Datasets: Penn-Fudan (`--split val`, every fifth image; settings are chosen on `train`) and
 COCO-mini val2017 (crowd regions left out), a second domain.
 
 Rows: every engine named by `--engines` (registered backends with their defaults; `classical` is
 the weight-free prior) and, with `--random-walker`, a plain pixel random walker seeded by the
 clicks at half resolution (scikit-image), the classical reference. Also reported: how often the
-best-scored candidate is truly the best of the three, predict ms per click and embed s per image.
+best-scored candidate is truly the best of the three (where the engine chose), how often a click
+lowered the IoU, predict ms per click and embed s per image.
 
 Run: `python benchmarks/clicks.py [--datasets pennfudan coco_mini] [--limit-images N]`; writes
 benchmarks/results/clicks.md.
@@ -56,7 +58,7 @@ def random_walker_session(
 
     small = resize(image, (image.shape[0] // 2, image.shape[1] // 2), anti_aliasing=True)
 
-    def answer(clicks: list[Click]) -> tuple[np.ndarray, bool]:
+    def answer(clicks: list[Click]) -> tuple[np.ndarray, bool | None]:
         seeds = np.zeros(small.shape[:2], np.int32)
         if all(c.positive for c in clicks):
             seeds[[0, -1], :] = 2
@@ -66,7 +68,7 @@ def random_walker_session(
                 1 if c.positive else 2
             )
         labels = random_walker(small, seeds, beta=beta, mode="cg_j", channel_axis=-1)
-        return resize(labels == 1, truth.shape, order=0).astype(bool), True  # one answer: always "best"
+        return resize(labels == 1, truth.shape, order=0).astype(bool), None  # one answer, no choice
 
     return click_session(truth, answer, max_clicks)
 
@@ -75,10 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["pennfudan", "coco_mini"])
     parser.add_argument("--split", default="val", help="pennfudan: val (reports) or train (chooses settings)")
-    parser.add_argument("--engines", nargs="+", default=["classical"])
+    parser.add_argument("--engines", nargs="+", default=["classical", "classical-regions"])
     parser.add_argument("--random-walker", action="store_true", help="add the pixel random walker (slow)")
     parser.add_argument("--limit-images", type=int, default=None)
     parser.add_argument("--max-clicks", type=int, default=20)
+    parser.add_argument("--multimask", default="first", choices=["first", "always"])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "clicks.md"))
     args = parser.parse_args()
 
@@ -100,16 +103,20 @@ def main() -> None:
                     if engine is None:
                         runs.append(random_walker_session(images[s.stem], truth, args.max_clicks))
                     else:
-                        runs.append(simulate_clicks(engine, handle, truth, args.max_clicks))
+                        runs.append(
+                            simulate_clicks(engine, handle, truth, args.max_clicks, multimask=args.multimask)
+                        )
             scores = summarize([r.ious for r in runs], AT, args.max_clicks)
-            picks = [p for r in runs for p in r.picked_best]
+            picks = [p for r in runs for p in r.picked_best if p is not None]
             seconds = [t for r in runs for t in r.seconds]
+            drops = [b < a - 1e-9 for r in runs for a, b in zip(r.ious, r.ious[1:])]
             rows.append(
                 {
                     "dataset": f"{dataset} {args.split}",
                     "method": engine.name if engine is not None else method,
                     **scores,
                     "picked_best": float(np.mean(picks)) if picks else float("nan"),
+                    "drops": float(np.mean(drops)) if drops else 0.0,
                     "ms_per_click": 1000 * float(np.median(seconds)) if seconds else float("nan"),
                     "embed_s": float(np.median(embed_seconds)) if embed_seconds else float("nan"),
                 }
@@ -125,6 +132,7 @@ def main() -> None:
         "NoC@85",
         "NoC@90",
         "best pick %",
+        "IoU drops %",
         "ms / click",
         "embed s",
     ]
@@ -136,13 +144,16 @@ def main() -> None:
             f"{r['noc@85']:.1f}",
             f"{r['noc@90']:.1f}",
             "-" if r["method"] == "random-walker" else f"{100 * r['picked_best']:.0f}",
+            f"{100 * r['drops']:.1f}",
             f"{r['ms_per_click']:.0f}",
             "-" if r["embed_s"] != r["embed_s"] else f"{r['embed_s']:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     note = (
-        f"Simulated clicks (cap {args.max_clicks}), previous logits fed back, each ground-truth instance one "
-        "object; `classical` is the weight-free prior (not SAM). Medians for times, this machine."
+        f"Simulated clicks (cap {args.max_clicks}, {args.split} split), previous logits fed back, multimask "
+        f"{args.multimask}, each ground-truth instance one object; `classical` is the weight-free prior (a "
+        "seeded random walk) and `classical-regions` the previous one, neither is SAM. 'IoU drops': clicks "
+        "after which IoU fell. Medians for times, this machine."
     )
     atomic_write_text(args.out, note + "\n\n" + "\n".join(lines) + "\n")
     Console().print("\n".join(lines))

@@ -1,4 +1,4 @@
-"""Choose the classical prior's Felzenszwalb scales on CamVid TRAIN (val only reports).
+"""Choose the previous prior's (`classical-regions`) Felzenszwalb scales on CamVid TRAIN (val only reports).
 
 The rule, fixed before the sweep ran: among the candidate scale triples, keep those whose SeSAM
 added-label precision is >= 85 % for every weak kind (points, scribbles, coarse), and pick the one
@@ -64,7 +64,7 @@ def main() -> None:
         if scales in results:
             continue
         engine = build_engine(
-            EngineConfig(backend="classical", classical_scales=scales, cache_bytes=2 * 1024**3)
+            EngineConfig(backend="classical-regions", classical_scales=scales, cache_bytes=2 * 1024**3)
         )
         results[scales] = score_refinement(engine, dataset, samples, methods=("sesam",), quiet=True)
         atomic_write_text(state_path, json.dumps(results, indent=1))

@@ -1,12 +1,12 @@
 """Weak labels -> dense labels on CamVid: raw weak labels vs naive SAM-style prompting vs SeSAM.
 
 For points, scribbles and coarse masks derived by `training.protocols` (seed 0), every method runs
-on the same engine (default: the weight-free classical prior; pass --sam-type/--sam-checkpoint for
-SAM). Metrics: mIoU over the 11 classes with unlabeled pixels counted wrong, coverage (labelled
+on each engine of `--backends` (default: the weight-free classical prior and the previous prior,
+`classical-regions`, in the same run; pass --backends torch --sam-checkpoint ... for SAM). Metrics: mIoU over the 11 classes with unlabeled pixels counted wrong, coverage (labelled
 share of valid pixels), and precision / recall of the labels refinement ADDED. The baseline is the
 raw weak labels themselves, scored the same way.
 
-Run: `python benchmarks/refine_camvid.py [--split val] [--limit N] [--classical-scales 60,200,600]`;
+Run: `python benchmarks/refine_camvid.py [--split val] [--limit N] [--backends classical ...]`;
 writes benchmarks/results/refine_camvid.md. Settings are chosen on train (`prior_scales.py`); val
 only reports.
 """
@@ -85,13 +85,23 @@ def score_refinement(
     return rows
 
 
-HEAD = ("weak kind", "method", "mIoU %", "coverage %", "added precision %", "added recall %", "s / image")
+HEAD = (
+    "weak kind",
+    "method",
+    "engine",
+    "mIoU %",
+    "coverage %",
+    "added precision %",
+    "added recall %",
+    "s / image",
+)
 
 
 def row_cells(r: dict[str, Any]) -> list[str]:
     return [
         r["kind"],
         r["method"],
+        r.get("engine", "-"),
         fmt(r["miou"]),
         fmt(r["coverage"]),
         fmt(r["precision"]),
@@ -112,8 +122,8 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="classical")
-    parser.add_argument("--classical-scales", default=None, help="fine,medium,coarse (default: the engine's)")
+    parser.add_argument("--backends", nargs="+", default=["classical", "classical-regions"])
+    parser.add_argument("--classical-scales", default=None, help="classical-regions: fine,medium,coarse")
     parser.add_argument("--sam-type", default="vit_b")
     parser.add_argument("--sam-checkpoint", default=None)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "refine_camvid.md"))
@@ -121,29 +131,33 @@ def main() -> None:
 
     dataset, samples = load_split(args.root, args.split)
     samples = samples[: args.limit]
-    engine = build_engine(
-        EngineConfig(
-            backend=args.backend,
-            sam_type=args.sam_type,
-            sam_checkpoint=args.sam_checkpoint,
-            cache_bytes=2 * 1024**3,
-            classical_scales=args.classical_scales,
+    rows: list[dict[str, Any]] = []
+    for i, backend in enumerate(args.backends):
+        engine = build_engine(
+            EngineConfig(
+                backend=backend,
+                sam_type=args.sam_type,
+                sam_checkpoint=args.sam_checkpoint,
+                cache_bytes=2 * 1024**3,
+                classical_scales=args.classical_scales if backend == "classical-regions" else None,
+            )
         )
-    )
-    rows = score_refinement(engine, dataset, samples, seed=args.seed)
+        methods = METHODS if i == 0 else tuple(m for m in METHODS if m != "raw")  # raw: no engine
+        for r in score_refinement(engine, dataset, samples, methods=methods, seed=args.seed):
+            rows.append({**r, "engine": "-" if r["method"] == "raw" else engine.name})
+    rows.sort(key=lambda r: (KINDS.index(r["kind"]), METHODS.index(r["method"])))
     console = Console(width=160)
-    table = Table(title=f"CamVid {args.split} ({len(samples)} images), engine: {engine.name}")
+    table = Table(title=f"CamVid {args.split} ({len(samples)} images)")
     for col in HEAD:
-        table.add_column(col, justify="left" if col in ("weak kind", "method") else "right")
+        table.add_column(col, justify="left" if col in ("weak kind", "method", "engine") else "right")
     for r in rows:
         table.add_row(*row_cells(r))
     console.print(table)
-    scales = getattr(engine, "scales", None)
     note = (
-        f"CamVid {args.split}, {len(samples)} images, engine `{engine.name}`"
-        + (f" (scales {','.join(str(s) for s in scales)})" if scales else "")
-        + f", weak labels seed {args.seed}. mIoU counts unlabeled pixels as wrong; 'added' = pixels "
-        "unlabeled in the weak input and labelled after."
+        f"CamVid {args.split}, {len(samples)} images, engines {', '.join(f'`{b}`' for b in args.backends)} "
+        f"in one run, weak labels seed {args.seed}. `classical` is the weight-free prior (a seeded random "
+        "walk), `classical-regions` the previous one (regions selected whole); neither is SAM. mIoU counts "
+        "unlabeled pixels as wrong; 'added' = pixels unlabeled in the weak input and labelled after."
     )
     atomic_write_text(args.out, note + "\n\n" + "\n".join(markdown(rows)) + "\n")
     console.print(f"written {args.out}")

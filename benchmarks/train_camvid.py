@@ -40,6 +40,8 @@ SHIPPED = ROOT / "models" / "weights" / "camvid_student.pt"
 # benchmark rows that are a trainer mode with settings changed: name -> (mode, settings)
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "sesam-pixel": ("sesam", {"sam_class_balanced": "false"}),
+    # SeSAM on the previous classical prior (regions selected whole), beside the default prior
+    "sesam-regions": ("sesam", {"engine.backend": "classical-regions"}),
 }
 
 

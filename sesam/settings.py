@@ -8,6 +8,7 @@ from pathlib import Path
 
 from models.config import settings_markdown
 from models.engine import EngineConfig
+from models.engine.classical import ClassicalOptions
 from models.io import atomic_write_text
 from models.refine import NaiveOptions, SEPLOptions, SeSAMOptions
 from serving.config import ServiceConfig
@@ -21,6 +22,13 @@ SECTIONS = (
         "`engine:` in YAML (service and training configs), `SESAM_*`, `--backend`... flags.",
         EngineConfig,
         "SESAM_",
+    ),
+    (
+        "Classical prior",
+        "`engine.classical` in YAML, `--set engine.classical.<name>=...` (chosen on Penn-Fudan train, "
+        "docs/engine.md).",
+        ClassicalOptions,
+        None,
     ),
     ("Service", "`service:` in the YAML named by `SESAM_CONFIG`, and `SESAM_*`.", ServiceConfig, "SESAM_"),
     (

@@ -9,14 +9,17 @@ import pytest
 
 from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, PromptableSegmenter, build_engine
 from models.engine.classical import ClassicalPrior
+from models.engine.regions import RegionPrior
 from models.engine.sam_torch import SamEngine
 
-BACKENDS = ["classical", "torch-tiny", "onnx-tiny"]
+BACKENDS = ["classical", "classical-regions", "torch-tiny", "onnx-tiny"]
 
 
 def make_engine(name: str, request: pytest.FixtureRequest) -> PromptableSegmenter:
     if name == "classical":
         return ClassicalPrior()
+    if name == "classical-regions":
+        return RegionPrior()
     if name == "onnx-tiny":
         from models.engine.sam_onnx import OnnxSamEngine
 
@@ -37,7 +40,7 @@ TESTED_ELSEWHERE = {
 
 
 def test_every_registered_backend_is_covered() -> None:
-    here = {name.split("-")[0] for name in BACKENDS}
+    here = {name.removesuffix("-tiny") for name in BACKENDS}
     assert set(ENGINE_BACKENDS) <= here | set(TESTED_ELSEWHERE), "a registered backend has no test"
     for backend, (test_file, engine_class) in TESTED_ELSEWHERE.items():
         assert engine_class in (Path(__file__).parent / test_file).read_text(), (
@@ -186,17 +189,14 @@ def test_factory_defaults_to_classical_and_reads_env(monkeypatch, tmp_path) -> N
 
 
 def test_factory_classical_scales() -> None:
-    assert build_engine(EngineConfig.from_mapping({"classical_scales": [20, 60, 200]})).scales == (
-        20,
-        60,
-        200,
-    )
-    assert build_engine(EngineConfig.from_env({"SESAM_CLASSICAL_SCALES": "30,100,300"})).scales == (
-        30,
-        100,
-        300,
-    )
-    assert "(20, 60, 200)" in build_engine(EngineConfig(classical_scales="20,60,200")).namespace
+    """classical_scales configure the previous prior (`classical-regions`)."""
+    regions = {"backend": "classical-regions"}
+    engine = build_engine(EngineConfig.from_mapping({**regions, "classical_scales": [20, 60, 200]}))
+    assert engine.scales == (20, 60, 200)
+    env = {"SESAM_BACKEND": "classical-regions", "SESAM_CLASSICAL_SCALES": "30,100,300"}
+    assert build_engine(EngineConfig.from_env(env)).scales == (30, 100, 300)
+    engine = build_engine(EngineConfig(backend="classical-regions", classical_scales="20,60,200"))
+    assert "(20, 60, 200)" in engine.namespace
     for bad in ("60,20,200", "1,2", "a,b,c", [0, 5, 9]):
         with pytest.raises(ValueError, match=r"classical_scales=.* three increasing positive integers"):
             EngineConfig.from_mapping({"classical_scales": bad})

@@ -87,7 +87,7 @@ def test_naive_sam_labels_are_keyed_by_what_they_depend_on(tmp_path) -> None:
     first = run("a")
     assert len(first) == len(ds)
     assert run("a") == first  # the same settings reuse them
-    other_scales = run("a", engine={"backend": "classical", "classical_scales": "30,100,300"}, resume=False)
+    other_scales = run("a", engine={"backend": "classical", "classical": {"scale": 30}}, resume=False)
     assert len(other_scales - first) == len(ds)  # another engine: a new folder, nothing reused
     other_options = run("a", naive={"scribble_points": 3}, resume=False)
     assert len(other_options - other_scales - first) == len(ds)

@@ -84,15 +84,16 @@ def summarize(per_object: list[list[float]], at: tuple[int, ...] = (1, 3, 5, 10,
 @dataclass
 class ClickRun:
     """One object's simulated session: IoU after each click, whether the engine's best-scored
-    candidate was the truly best of its candidates at each click, and seconds per predict call."""
+    candidate was truly the best of its candidates (None where it answered one mask), and
+    seconds per predict call."""
 
     ious: list[float]
-    picked_best: list[bool]
+    picked_best: list[bool | None]
     seconds: list[float]
 
 
-# clicks so far -> (the answer, whether it is truly the best of the method's candidates)
-Answer = Callable[[list[Click]], tuple[np.ndarray, bool]]
+# clicks so far -> (the answer, whether it is truly the best of the method's candidates, or None)
+Answer = Callable[[list[Click]], tuple[np.ndarray, bool | None]]
 
 
 def click_session(truth: np.ndarray, answer: Answer, max_clicks: int = 20) -> ClickRun:
@@ -120,23 +121,33 @@ def simulate_clicks(
     truth: np.ndarray,
     max_clicks: int = 20,
     feed_logits: bool = True,
+    multimask: str = "first",
 ) -> ClickRun:
-    """`click_session` answered by an engine: its best-scored candidate for all clicks so far; with
-    `feed_logits` that candidate's low-res logits go back as the next prompt's mask input (SAM's
-    next-click protocol)."""
+    """`click_session` answered by an engine for all clicks so far; with `feed_logits` the answer's
+    low-res logits go back as the next prompt's mask input (SAM's next-click protocol).
+
+    multimask: "first" (SAM's own practice: three candidates for the ambiguous first click, the
+    best-scored one kept, then the single-mask output once several clicks disambiguate) or "always"
+    (the best-scored of three candidates at every click). `picked_best` is recorded where the engine
+    chose among candidates."""
+    if multimask not in ("first", "always"):
+        raise ValueError(f"multimask: choose first or always, got {multimask!r}")
     handle = image if isinstance(image, ImageHandle) else engine.embed([image])[0]
     logits = None
 
-    def answer(clicks: list[Click]) -> tuple[np.ndarray, bool]:
+    def answer(clicks: list[Click]) -> tuple[np.ndarray, bool | None]:
         nonlocal logits
         prompt = Prompt(
             points=np.array([[c.x + 0.5, c.y + 0.5] for c in clicks]),
             labels=np.array([int(c.positive) for c in clicks]),
             mask_logits=logits if feed_logits else None,
         )
-        out = engine.predict(handle, [prompt])
+        several = multimask == "always" or len(clicks) == 1
+        out = engine.predict(handle, [prompt], multimask=several)
         best = int(np.argmax(out.iou[0]))
         logits = out.low_res_logits[0, best : best + 1]
+        if not several:
+            return out.masks[0, 0], None
         truths = [mask_iou(m, truth) for m in out.masks[0]]
         return out.masks[0, best], truths[best] >= max(truths)
 

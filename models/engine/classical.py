@@ -1,296 +1,417 @@
-"""A weight-free classical prior with SAM's interface. It is NOT SAM.
+"""The weight-free classical prior with SAM's interface: a seeded random walk on superpixels. NOT SAM.
 
-"Embedding": superpixel segmentations of the image at three scales (scikit-image's Felzenszwalb
-graph segmentation, which follows colour edges and lets regions grow to object size), fine /
-medium / coarse. A prompt selects whole regions at each scale, which gives the
-three candidates (small to large, like SAM's part / object / whole):
+"Embedding" (`_encode`): the image's fine Felzenszwalb regions as a weighted region adjacency
+graph and its Laplacian (`models.engine.walker`), about a thousand nodes for a 480x360 image.
 
-- positive points: the regions holding them, minus the regions holding negative points;
-- a box: the regions lying mostly (>= half their area) inside the box, clipped to the box;
-- mask_logits: the regions lying mostly inside the mask the logits describe.
+Decoding one prompt solves one sparse system (`walker.random_walk`) for the probability x_i that
+region i belongs to the object:
 
-Scores come from region statistics: `iou` is the colour contrast between the chosen regions and
-the regions touching them, squashed to [0, 1); `stability` is the IoU of the candidate with its
-neighbouring scale(s). Low-res logits are +/-8 in SAM's 256x256 padded frame, so they can be fed back as
-`Prompt.mask_logits` exactly like SAM's.
+- points are seeds: a positive click fixes its region to 1, a negative click to 0 (a later click
+  on the same region wins). With no box, regions touching the image border are background seeds
+  (`border_background`), so that a lone positive click has something to contrast with;
+- a box fixes every region lying mostly outside it to 0 and pulls the regions inside towards a
+  prior: GrabCut-style colour models (object: the box's regions weighted towards its centre;
+  background: the regions outside), mixed with the centre prior and refitted on the walk's answer
+  `box_refits` times. Answers are clipped to the box;
+- mask_logits (an earlier answer, SAM's or ours) pull every region towards it, weight
+  `mask_weight` per pixel: this is what makes the next click refine the last answer instead of
+  starting over.
+
+The three candidates are x thresholded at `thresholds` (tight, middle, loose). `iou` is the
+IoU each candidate is expected to have if the walk's probabilities were true (it ranks the
+candidates); `stability` is SAM's (area above t + offset over area above t - offset, offset 1 in
+logit units). Low-res logits are 2 * MASK_LOGIT * (x - t) in SAM's 256x256 padded frame, so a
+candidate fed back as `Prompt.mask_logits` carries the walk's probabilities, not just its mask.
+
+Every setting was chosen on Penn-Fudan's train split (`benchmarks/clicks.py --split train`,
+`benchmarks/box2mask.py --split train`); docs/engine.md has the figures. The previous prior
+(regions selected whole) stays available as backend `classical-regions`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 from scipy import sparse
-from skimage.color import rgb2lab
-from skimage.segmentation import felzenszwalb
 
-from models.engine.base import CachedSegmenter
+from models.config import from_mapping, setting
+from models.engine.base import CachedSegmenter, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
-from models.engine.lowres import MASK_LOGIT, low_res_shape, low_res_to_mask
+from models.engine.lowres import MASK_LOGIT, low_res_shape, low_res_to_probability
 from models.engine.types import LOW_RES, ImageHandle, Predictions, Prompt
+from models.engine.walker import (
+    RegionGraph,
+    boundary_band,
+    box_centre_prior,
+    box_fraction,
+    color_likelihood,
+    edge_weights,
+    laplacian,
+    pixel_affinities,
+    random_walk,
+    refine_pixels,
+    region_graph,
+    smooth_lab,
+)
 
-RING_HOPS = 3
-DEFAULT_SCALES = (60, 200, 600)  # Felzenszwalb scale per level: larger -> larger regions
+STABILITY_OFFSET = 1.0 / (2 * MASK_LOGIT)  # SAM's offset of 1.0 logit, in potential units
+SINGLE = 0.5  # multimask=False answers the walk's most likely mask: potentials above one half
+
+
+@dataclass
+class ClassicalOptions:
+    """Settings of the classical prior (engine option `classical`); chosen on Penn-Fudan train."""
+
+    scale: float = setting(
+        60.0, help="Felzenszwalb scale of the graph's regions (smaller: more, finer nodes)"
+    )
+    sigma: float = setting(0.8, help="Felzenszwalb pre-smoothing")
+    edge_weight: float = setting(
+        2.0, help="how strongly a colour change across a region boundary cuts the edge (x its image mean)"
+    )
+    color_weight: float = setting(
+        1.0, help="how strongly different mean colours of two regions cut their edge (x its image mean)"
+    )
+    border_background: bool = setting(
+        False, help="without a box, regions on the image border are background seeds"
+    )
+    background_prior: float = setting(
+        0.001,
+        help="pull of every region towards background per pixel of area (Grady's flat background "
+        "prior): answers fade with graph distance from the clicks even where no seed says stop",
+    )
+    mask_weight: float = setting(
+        0.01, help="pull towards the mask input per pixel of region area (0: mask_logits ignored)"
+    )
+    box_weight: float = setting(0.03, help="pull towards the box prior per pixel of region area")
+    box_color_share: float = setting(
+        0.8, help="box prior = share x colour model + (1 - share) x centre prior"
+    )
+    box_spread: float = setting(0.5, help="centre prior width, in half box sides")
+    color_bins: int = setting(8, help="colour model bins of L (a and b get twice as many)")
+    box_refits: int = setting(1, help="colour models refitted on the walk's answer this many times")
+    pixel_refine: bool = setting(
+        True, help="solve the pixels of the regions along the answer's boundary again (splits regions)"
+    )
+    pixel_beta: float = setting(4.0, help="pixel edge sharpness: exp(-beta |dLab|^2 / its image mean)")
+    pixel_pull: float = setting(0.05, help="pull of a boundary pixel towards its region's potential")
+    click_radius: int = setting(3, help="a click fixes the pixels of its region within this radius")
+    flip_share: float = setting(
+        1.0,
+        help="a click against the earlier answer flips its whole region only if the region is at most "
+        "this share of that answer's area (else it fixes its pixels only)",
+    )
+    clicked_pull: float = setting(
+        0.01, help="share of pixel_pull left to a clicked region's pixels (they follow the click)"
+    )
+    thresholds: tuple[float, float, float] = setting(
+        (0.85, 0.7, 0.5),
+        help="the three candidates: potentials above each (core, middle, most likely); multimask=False "
+        "answers potentials above 0.5",
+    )
+
+    def validate(self, source: str = "classical options") -> ClassicalOptions:
+        if self.scale <= 0 or self.sigma < 0:
+            raise ValueError(f"{source}: scale must be > 0 and sigma >= 0, got {self.scale}, {self.sigma}")
+        if (
+            min(self.edge_weight, self.color_weight, self.mask_weight, self.box_weight, self.background_prior)
+            < 0
+        ):
+            raise ValueError(
+                f"{source}: edge_weight, color_weight, mask_weight, box_weight, background_prior must be >= 0"
+            )
+        if not 0 <= self.box_color_share <= 1 or self.box_spread <= 0:
+            raise ValueError(f"{source}: box_color_share must lie in [0, 1] and box_spread be > 0")
+        if self.color_bins < 1 or self.box_refits < 0 or self.click_radius < 0:
+            raise ValueError(f"{source}: color_bins must be >= 1, box_refits and click_radius >= 0")
+        if self.pixel_beta < 0 or self.pixel_pull <= 0 or not 0 < self.clicked_pull <= 1:
+            raise ValueError(f"{source}: pixel_beta must be >= 0, pixel_pull > 0, clicked_pull in (0, 1]")
+        t = tuple(self.thresholds)
+        if len(t) != 3 or not all(0 < v < 1 for v in t) or not t[0] > t[1] > t[2]:
+            raise ValueError(f"{source}: thresholds must be three decreasing values in (0, 1), got {t}")
+        return self
 
 
 @dataclass(frozen=True)
-class SuperpixelImage:
-    """Per-image state, per scale: labels (3xHxW int32), region areas, mean Lab colours, Lab spreads,
-    which regions touch, and each region's bounding box (Rx4 rows/cols [r0, r1, c0, c1]) at full
-    and at low resolution, so that a candidate is painted only where its regions lie."""
+class WalkerImage:
+    """Per-image state: the region graph, its Laplacian under the engine's edge settings, and each
+    region's id at the centres of SAM's 256x256 low-res cells (-1 in the padding)."""
 
-    labels: np.ndarray
-    areas: list[np.ndarray]
-    colors: list[np.ndarray]
-    spreads: list[np.ndarray]
-    adjacency: list[sparse.csr_matrix]
-    low_res: np.ndarray  # 3xLxL int32 region ids at SAM's low-res grid (-1 in the padding)
+    graph: RegionGraph
+    laplacian: sparse.csr_matrix
+    low_res: np.ndarray
     original_size: tuple[int, int]
-    boxes: list[np.ndarray]
-    low_res_boxes: list[np.ndarray]
+    horizontal: np.ndarray  # Hx(W-1) pixel affinities
+    vertical: np.ndarray  # (H-1)xW pixel affinities
+    low_res_pixels: tuple[np.ndarray, np.ndarray]  # rows, cols sampled by the low-res cells
 
     @property
     def nbytes(self) -> int:
-        extra = sum(
-            a.nbytes + c.nbytes + d.nbytes + m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
-            for a, c, d, m in zip(self.areas, self.colors, self.spreads, self.adjacency)
-        )
-        boxes = sum(b.nbytes for b in self.boxes + self.low_res_boxes)
-        return self.labels.nbytes + self.low_res.nbytes + extra + boxes
+        lap = self.laplacian
+        arrays = (lap.data, lap.indices, lap.indptr, self.low_res, self.horizontal, self.vertical)
+        return self.graph.nbytes + sum(a.nbytes for a in arrays)
 
 
-def region_boxes(seg: np.ndarray, count: int) -> np.ndarray:
-    """Rx4 int32 [r0, r1, c0, c1] bounding box of every region id 0..R-1 (empty 0,0,0,0 for a region
-    that does not occur, e.g. one too small to be sampled on the low-res grid)."""
-    out = np.zeros((count, 4), dtype=np.int32)
-    for i, found in enumerate(ndi.find_objects(seg + 1, max_label=count)):
-        if found is not None:
-            rows, cols = found
-            out[i] = rows.start, rows.stop, cols.start, cols.stop
-    return out
-
-
-def chosen_box(boxes: np.ndarray, chosen: np.ndarray) -> tuple[slice, slice] | None:
-    """The bounding box (row and column slices) of the chosen regions, None when none is chosen."""
-    picked = boxes[chosen]
-    picked = picked[picked[:, 1] > picked[:, 0]]
-    if not len(picked):
-        return None
-    return slice(picked[:, 0].min(), picked[:, 1].max()), slice(picked[:, 2].min(), picked[:, 3].max())
-
-
-def _region_adjacency(seg: np.ndarray, count: int) -> sparse.csr_matrix:
-    pairs = np.concatenate(
-        [
-            np.stack([seg[:, :-1].ravel(), seg[:, 1:].ravel()], 1),
-            np.stack([seg[:-1, :].ravel(), seg[1:, :].ravel()], 1),
-        ]
-    )
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    adj = sparse.coo_matrix(
-        (np.ones(len(pairs), np.float32), (pairs[:, 0], pairs[:, 1])), shape=(count, count)
-    )
-    adj = adj.tocsr()
-    return ((adj + adj.T) > 0).astype(np.float32).tocsr()
-
-
-def superpixels(
-    image: np.ndarray, scales: tuple[int, ...] = DEFAULT_SCALES, sigma: float = 0.8
-) -> SuperpixelImage:
-    """Felzenszwalb segmentation per scale (min region size scale/2), ids contiguous from 0, with
-    per-region colour statistics and adjacency for scoring."""
-    h, w = image.shape[:2]
-    lab = rgb2lab(image).astype(np.float64).reshape(-1, 3)
-    labels, areas, colors, spreads, adjacency = [], [], [], [], []
-    for scale in scales:
-        seg = felzenszwalb(image, scale=scale, sigma=sigma, min_size=max(1, scale // 2))
-        seg = np.unique(seg, return_inverse=True)[1].reshape(h, w).astype(np.int32)
-        count = int(seg.max()) + 1
-        flat = seg.ravel()
-        area = np.bincount(flat, minlength=count).astype(np.float64)
-        sums = np.stack([np.bincount(flat, weights=lab[:, k], minlength=count) for k in range(3)], 1)
-        squares = np.stack([np.bincount(flat, weights=lab[:, k] ** 2, minlength=count) for k in range(3)], 1)
-        mean = sums / np.maximum(area, 1)[:, None]
-        var = np.maximum(squares / np.maximum(area, 1)[:, None] - mean**2, 0)
-        labels.append(seg)
-        areas.append(area)
-        colors.append(mean.astype(np.float32))
-        spreads.append(np.sqrt(var).mean(1).astype(np.float32))
-        adjacency.append(_region_adjacency(seg, count))
-    stacked = np.stack(labels)
-    low_res = low_res_ids(stacked)
-    boxes = [region_boxes(seg, len(a)) for seg, a in zip(labels, areas)]
-    low_res_boxes = [region_boxes(ids, len(a)) for ids, a in zip(low_res, areas)]
-    return SuperpixelImage(stacked, areas, colors, spreads, adjacency, low_res, (h, w), boxes, low_res_boxes)
-
-
-def low_res_ids(labels: np.ndarray) -> np.ndarray:
-    """Region ids sampled at the centres of SAM's 256x256 low-res cells (-1 in the padding)."""
-    _, h, w = labels.shape
+def low_res_pixels(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the pixels at the centres of SAM's low-res cells that the image occupies."""
+    h, w = size
     ch, cw = low_res_shape((h, w))
     rows = np.minimum(((np.arange(ch) + 0.5) * h / ch).astype(int), h - 1)
     cols = np.minimum(((np.arange(cw) + 0.5) * w / cw).astype(int), w - 1)
-    out = np.full((labels.shape[0], LOW_RES, LOW_RES), -1, dtype=np.int32)
-    out[:, :ch, :cw] = labels[:, rows][:, :, cols]
+    return rows, cols
+
+
+def low_res_ids(labels: np.ndarray) -> np.ndarray:
+    """LOW_RESxLOW_RES region ids sampled at the centres of SAM's low-res cells (-1 in the padding)."""
+    rows, cols = low_res_pixels(labels.shape)
+    out = np.full((LOW_RES, LOW_RES), -1, dtype=np.int32)
+    out[: len(rows), : len(cols)] = labels[rows][:, cols]
     return out
 
 
-def region_contrast(
-    chosen: np.ndarray,
-    areas: np.ndarray,
-    colors: np.ndarray,
-    spreads: np.ndarray,
-    adjacency: sparse.csr_matrix,
-) -> float:
-    """Colour contrast between a set of regions and the regions around it (area-weighted), in [0, 1).
+@dataclass(frozen=True)
+class Click:
+    """One point of a prompt: its region, its value (1 object, 0 background), the pixels it fixes
+    (`disk` inside the image `window`) and whether the whole region becomes a seed."""
 
-    |mean Lab inside - mean Lab of the touching ring| / (spread inside + spread of the ring),
-    squashed by x / (1 + x); all from per-region statistics, so it costs O(regions).
-    """
-    if not chosen.any() or chosen.all():
-        return 0.0
-    # Up to RING_HOPS hops: Felzenszwalb often gives an object's blurred edge one or two thin
-    # regions of its own, which alone would make the object look like its own surroundings.
-    near = chosen.copy()
-    for _ in range(RING_HOPS):
-        near |= adjacency @ near.astype(np.float32) > 0
-    ring = near & ~chosen
-    if not ring.any():
-        return 0.0
-
-    def pooled(sel: np.ndarray) -> tuple[np.ndarray, float]:
-        weights = areas[sel] / areas[sel].sum()
-        return weights @ colors[sel], float(weights @ spreads[sel])
-
-    inside, inside_spread = pooled(chosen)
-    around, around_spread = pooled(ring)
-    ratio = float(np.linalg.norm(inside - around)) / (inside_spread + around_spread + 1e-6)
-    return ratio / (1.0 + ratio)
+    node: int
+    value: float
+    window: tuple[slice, slice]
+    disk: np.ndarray
+    seeds_region: bool
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+@dataclass
+class _Pulls:
+    """Soft priors of one prompt: per-region weights and the weighted sum of their targets."""
+
+    weight: np.ndarray
+    target: np.ndarray
+
+    def add(self, weight: np.ndarray, target: np.ndarray) -> None:
+        self.weight = self.weight + weight
+        self.target = self.target + weight * target
+
+    def prior(self) -> np.ndarray:
+        return self.target / np.maximum(self.weight, 1e-12)
 
 
 class ClassicalPrior(CachedSegmenter):
-    """Superpixel-region segmenter with the PromptableSegmenter interface; needs no weights."""
+    """Seeded random walk on fine superpixels, with the PromptableSegmenter interface; needs no weights."""
 
     def __init__(
         self,
-        scales: tuple[int, ...] = DEFAULT_SCALES,
-        sigma: float = 0.8,
+        options: ClassicalOptions | dict[str, Any] | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_prompts: int | None = None,
     ) -> None:
         super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts)
-        if len(scales) != 3 or any(int(s) <= 0 for s in scales):
-            raise ValueError(f"scales: need 3 positive scales (fine, medium, coarse), got {scales}")
-        self.scales = tuple(int(s) for s in scales)
-        self.sigma = float(sigma)
+        if not isinstance(options, ClassicalOptions):
+            options = from_mapping(ClassicalOptions, options or {}, "classical options")
+        self.options = options.validate()
         self.name = "classical"
 
     @property
     def namespace(self) -> str:
-        return f"classical:{self.scales}:{self.sigma}"
+        o = self.options
+        return f"classical:{o.scale}:{o.sigma}:{o.edge_weight}:{o.color_weight}"
 
-    def _encode(self, images: list[np.ndarray]) -> list[SuperpixelImage]:
-        out = [superpixels(img, self.scales, self.sigma) for img in images]
+    def _encode(self, images: list[np.ndarray]) -> list[WalkerImage]:
+        o = self.options
+        out = []
+        for image in images:
+            lab = smooth_lab(image)
+            graph = region_graph(image, o.scale, o.sigma, lab=lab)
+            lap = laplacian(graph.count, graph.edges, edge_weights(graph, o.edge_weight, o.color_weight))
+            horizontal, vertical = pixel_affinities(lab[1], o.pixel_beta)
+            out.append(
+                WalkerImage(
+                    graph,
+                    lap,
+                    low_res_ids(graph.labels),
+                    graph.labels.shape,
+                    horizontal,
+                    vertical,
+                    low_res_pixels(graph.labels.shape),
+                )
+            )
         self.stats.encoder_calls += 1
         self.stats.images_encoded += len(images)
         return out
 
-    def _payload_nbytes(self, payload: SuperpixelImage) -> int:
+    def _payload_nbytes(self, payload: WalkerImage) -> int:
         return payload.nbytes
 
-    # -- candidate construction --------------------------------------------------------------
-    def _candidate(
-        self, sp: SuperpixelImage, scale: int, prompt: Prompt, guide: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(HxW mask, chosen regions) at one scale."""
-        labels = sp.labels[scale]
-        count = len(sp.areas[scale])
-        chosen = np.zeros(count, dtype=bool)
-        h, w = sp.original_size
-        box_clip = None
-        if prompt.box is not None:
-            x0, y0, x1, y1 = prompt.box
-            r0, r1 = int(np.floor(y0)), int(np.ceil(y1))
-            c0, c1 = int(np.floor(x0)), int(np.ceil(x1))
-            inside = np.bincount(labels[r0:r1, c0:c1].ravel(), minlength=count)
-            chosen |= inside >= 0.5 * sp.areas[scale]
-            box_clip = (slice(r0, r1), slice(c0, c1))
-        if guide is not None:
-            inside = np.bincount(labels[guide], minlength=count)
-            chosen |= inside >= 0.5 * sp.areas[scale]
-        if prompt.points is not None:
-            xs = np.clip(prompt.points[:, 0].astype(int), 0, w - 1)
-            ys = np.clip(prompt.points[:, 1].astype(int), 0, h - 1)
-            ids = labels[ys, xs]
-            chosen[ids[prompt.labels == 1]] = True
-            chosen[ids[prompt.labels == 0]] = False
-        mask = np.zeros((h, w), dtype=bool)
-        window = chosen_box(sp.boxes[scale], chosen)
-        if window is not None:  # paint only where the chosen regions lie
-            mask[window] = chosen[labels[window]]
-        if box_clip is not None:
-            clipped = np.zeros_like(mask)
-            clipped[box_clip] = mask[box_clip]
-            mask = clipped
-        return mask, chosen
+    # -- one prompt --------------------------------------------------------------------------
+    def _box_prior(
+        self, graph: RegionGraph, box: np.ndarray, inside: np.ndarray, x: np.ndarray | None
+    ) -> np.ndarray:
+        """N prior of the box: colour models (object weights: the centre prior, or the walk's last
+        answer when refitting) mixed with the centre prior."""
+        o = self.options
+        centre = box_centre_prior(graph, box, o.box_spread)
+        object_weight = inside * (centre if x is None else x)
+        colour = color_likelihood(graph.colors, graph.areas, object_weight, 1 - object_weight, o.color_bins)
+        return o.box_color_share * colour + (1 - o.box_color_share) * centre
 
-    @staticmethod
-    def _low_res_logits(sp: SuperpixelImage, scale: int, chosen: np.ndarray, prompt: Prompt) -> np.ndarray:
-        """256x256 logits of a candidate from the precomputed low-res region ids (box-clipped)."""
-        inside = np.zeros((LOW_RES, LOW_RES), dtype=bool)
-        window = chosen_box(sp.low_res_boxes[scale], chosen)
-        if window is not None:  # the window lies inside the image part, so it holds no padding (-1)
-            inside[window] = chosen[sp.low_res[scale][window]]
+    def previous_answer(self, payload: WalkerImage, prompt: Prompt) -> np.ndarray | None:
+        """N mean probability of each region in the mask input (an earlier answer), None without one."""
+        if prompt.mask_logits is None:
+            return None
+        return payload.graph.region_means(low_res_to_probability(prompt.mask_logits, payload.original_size))
+
+    def clicks(self, payload: WalkerImage, prompt: Prompt, previous: np.ndarray | None) -> list[Click]:
+        """The prompt's points as clicks: each one's region, the pixels it fixes (its region's pixels
+        within `click_radius`), and whether it seeds its whole region.
+
+        A click that contradicts the earlier answer on a region larger than `flip_share` of that
+        answer seeds only its pixels: a small error inside a large region that straddles the
+        object's edge (e.g. the last few pixels of a boundary) must not flip the whole region.
+        Neither does a click on a region that also holds a click of the other kind.
+        """
+        if prompt.points is None:
+            return []
+        graph, (h, w), r = payload.graph, payload.original_size, self.options.click_radius
+        answer_area = None if previous is None else float(graph.areas[previous > 0.5].sum())
+        out = []
+        for (px, py), label in zip(prompt.points, prompt.labels):
+            cx, cy = min(max(int(px), 0), w - 1), min(max(int(py), 0), h - 1)
+            top, left = max(0, cy - r), max(0, cx - r)
+            window = slice(top, min(h, cy + r + 1)), slice(left, min(w, cx + r + 1))
+            node = int(graph.labels[cy, cx])
+            yy, xx = np.ogrid[window]
+            disk = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (graph.labels[window] == node)
+            value = float(label == 1)
+            seeds_region = (
+                previous is None
+                or (previous[node] > 0.5) == bool(value)
+                or graph.areas[node] <= self.options.flip_share * max(answer_area, 1.0)
+            )
+            out.append(Click(node, value, window, disk, seeds_region))
+        # a region holding clicks of both kinds straddles the boundary by definition: its pixels
+        # are split by the clicks at pixel level, the region itself seeds nothing
+        values: dict[int, set[float]] = {}
+        for click in out:
+            values.setdefault(click.node, set()).add(click.value)
+        return [replace(c, seeds_region=c.seeds_region and len(values[c.node]) == 1) for c in out]
+
+    def potentials(
+        self, payload: WalkerImage, prompt: Prompt, clicks: list[Click], previous: np.ndarray | None
+    ) -> np.ndarray:
+        """N probabilities that each region belongs to the object the prompt points at."""
+        o = self.options
+        graph = payload.graph
+        seeds = np.full(graph.count, np.nan)
+        pulls = _Pulls(np.zeros(graph.count), np.zeros(graph.count))
+        inside = None
         if prompt.box is not None:
-            h, w = sp.original_size
-            ch, cw = low_res_shape((h, w))
-            x0, y0, x1, y1 = prompt.box
-            keep = np.zeros_like(inside)
-            r0, r1 = int(np.floor(y0 * ch / h)), int(np.ceil(y1 * ch / h))
-            c0, c1 = int(np.floor(x0 * cw / w)), int(np.ceil(x1 * cw / w))
-            keep[r0:r1, c0:c1] = True
-            inside &= keep
-        return np.where(inside, MASK_LOGIT, -MASK_LOGIT).astype(np.float32)
+            inside = box_fraction(graph, prompt.box)
+            seeds[inside < 0.5] = 0.0
+        elif o.border_background:
+            seeds[graph.on_border] = 0.0
+        if previous is not None and o.mask_weight > 0:
+            pulls.add(o.mask_weight * graph.areas, previous)
+        if o.background_prior > 0:
+            pulls.add(o.background_prior * graph.areas, np.zeros(graph.count))
+        for click in clicks:  # in order: a later click on the same region wins
+            if click.seeds_region:
+                seeds[click.node] = click.value
+        if inside is None or o.box_weight == 0:
+            return random_walk(payload.laplacian, seeds, pulls.weight, pulls.prior())
+        x = None
+        for _ in range(1 + o.box_refits):
+            both = _Pulls(pulls.weight, pulls.target)
+            both.add(o.box_weight * graph.areas, self._box_prior(graph, prompt.box, inside, x))
+            x = random_walk(payload.laplacian, seeds, both.weight, both.prior())
+        return x
+
+    def pixel_potentials(
+        self, payload: WalkerImage, prompt: Prompt, clicks: list[Click], x: np.ndarray
+    ) -> np.ndarray:
+        """HxW potentials: the regions' painted, the pixels of regions along any candidate's boundary
+        (and of clicked regions) solved again at pixel level (`walker.refine_pixels`), clicked pixels
+        fixed, 0 outside a box."""
+        o = self.options
+        graph = payload.graph
+        h, w = payload.original_size
+        values = graph.paint(x)
+        fixed = np.zeros((h, w), dtype=bool)
+        if prompt.box is not None:
+            outside = ~_box_window((h, w), prompt.box, (h, w))
+            values[outside] = 0.0
+            fixed |= outside
+        if not o.pixel_refine:
+            return values
+        band = np.zeros(graph.count, dtype=bool)
+        for t in o.thresholds:
+            band |= boundary_band(graph, x, t)
+        # a clicked region's potential is its seed, not evidence about its pixels: they follow the
+        # click and their neighbours alone (a click on a region that straddles the object's edge
+        # must not flip the whole region)
+        pull = np.full(graph.count, o.pixel_pull)
+        for click in clicks:
+            values[click.window][click.disk] = click.value
+            fixed[click.window] |= click.disk
+            band[click.node] = True
+            pull[click.node] = o.pixel_pull * o.clicked_pull
+        free = band[graph.labels] & ~fixed
+        return refine_pixels(values, free, payload.horizontal, payload.vertical, pull[graph.labels])
 
     def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
-        sp: SuperpixelImage = handle.payload
-        h, w = sp.original_size
+        payload: WalkerImage = handle.payload
+        h, w = payload.original_size
+        rows, cols = payload.low_res_pixels
+        thresholds = self.options.thresholds
         n, c = len(prompts), (3 if multimask else 1)
         masks = np.zeros((n, c, h, w), dtype=bool)
         iou = np.zeros((n, c), dtype=np.float32)
         stability = np.zeros((n, c), dtype=np.float32)
-        low_res = np.zeros((n, c, LOW_RES, LOW_RES), dtype=np.float32)
+        low_res = np.full((n, c, LOW_RES, LOW_RES), -MASK_LOGIT, dtype=np.float32)
         for i, prompt in enumerate(prompts):
-            guide = None if prompt.mask_logits is None else low_res_to_mask(prompt.mask_logits, (h, w))
-            built = [self._candidate(sp, s, prompt, guide) for s in range(3)]
-            cands = [m for m, _ in built]
-            scores = np.array(
-                [
-                    region_contrast(chosen, sp.areas[s], sp.colors[s], sp.spreads[s], sp.adjacency[s])
-                    for s, (_, chosen) in enumerate(built)
-                ],
-                dtype=np.float32,
-            )
-            thumbs = [m[::4, ::4] for m in cands]  # stability on a 1/4 grid: plenty for an IoU
-            stab = np.array(
-                [
-                    np.mean([_iou(thumbs[s], thumbs[t]) for t in (s - 1, s + 1) if 0 <= t < 3])
-                    for s in range(3)
-                ],
-                dtype=np.float32,
-            )
-            order = range(3) if multimask else [int(np.argmax(scores + stab))]
-            for j, s in enumerate(order):
-                masks[i, j] = cands[s]
-                iou[i, j] = scores[s]
-                stability[i, j] = stab[s]
-                low_res[i, j] = self._low_res_logits(sp, s, built[s][1], prompt)
+            previous = self.previous_answer(payload, prompt)
+            clicks = self.clicks(payload, prompt, previous)
+            x = self.potentials(payload, prompt, clicks, previous)
+            y = self.pixel_potentials(payload, prompt, clicks, x)
+            small = y[rows][:, cols]
+            for j, t in enumerate(thresholds if multimask else (SINGLE,)):
+                masks[i, j] = y > t
+                low_res[i, j, : len(rows), : len(cols)] = candidate_logits(small, t)
+                iou[i, j] = pixel_expected_iou(y, masks[i, j])
+                stability[i, j] = stability_score(y, t, STABILITY_OFFSET)
         self.stats.decoder_calls += 1
         self.stats.prompts_decoded += n
         return Predictions(masks, iou, stability, low_res)
+
+
+def pixel_expected_iou(y: np.ndarray, mask: np.ndarray) -> float:
+    """`walker.expected_iou` with every pixel its own region."""
+    total = float(y.sum())
+    inside = float(y[mask].sum())
+    denominator = float(mask.sum()) + total - inside
+    return inside / denominator if denominator > 0 else 0.0
+
+
+def candidate_logits(x: np.ndarray, threshold: float) -> np.ndarray:
+    """Potentials as logits of the candidate `x > threshold`: 0 at the threshold, +/-MASK_LOGIT at
+    1 and 0, linear in between on each side. Read back (`low_res_to_probability`) they give the
+    potentials remapped so that this candidate's boundary is the 0.5 level: the accepted answer."""
+    above = MASK_LOGIT * (x - threshold) / (1 - threshold)
+    below = MASK_LOGIT * (x - threshold) / threshold
+    return np.where(x > threshold, above, below).astype(np.float32)
+
+
+def _box_window(
+    shape: tuple[int, int], box: np.ndarray, size: tuple[int, int], frame: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Bool mask of `shape` that is True inside a box given in pixels of an image of `size`; with
+    `frame` (the image's extent inside the low-res grid) the box is scaled to that grid first."""
+    h, w = size
+    fh, fw = frame or size
+    x0, y0, x1, y1 = box
+    out = np.zeros(shape, dtype=bool)
+    r0, r1 = int(np.floor(y0 * fh / h)), int(np.ceil(y1 * fh / h))
+    c0, c1 = int(np.floor(x0 * fw / w)), int(np.ceil(x1 * fw / w))
+    out[max(0, r0) : r1, max(0, c0) : c1] = True
+    return out

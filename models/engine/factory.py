@@ -10,7 +10,7 @@ from typing import Any
 from models.config import from_mapping, load, read_yaml, setting
 from models.engine.base import CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
-from models.engine.classical import DEFAULT_SCALES
+from models.engine.regions import DEFAULT_SCALES
 
 ENV_PREFIX = "SESAM_"
 
@@ -22,7 +22,7 @@ class EngineConfig:
     backend: str = setting(
         "auto",
         help="`auto` (torch with a checkpoint, else onnx with an export dir, else classical), or one of "
-        "classical, torch, onnx, tensorrt, triton",
+        "classical, classical-regions, torch, onnx, tensorrt, triton",
     )
     sam_type: str = setting(
         "vit_b", help="vit_b, vit_l, vit_h (official), or tiny (random seeded weights, tests)"
@@ -39,9 +39,15 @@ class EngineConfig:
     )
     threads: int | None = setting(None, help="onnx: intra-op threads (none: onnxruntime's choice)")
     triton_url: str | None = setting(None, help="triton: the server's HTTP host:port")
+    classical: dict[str, Any] = setting(
+        {},
+        help="classical: options of the prior (see the Classical prior table), e.g. "
+        "`--set engine.classical.scale=40`",
+        env=False,
+    )
     classical_scales: str | None = setting(
         None,
-        help=f"classical: Felzenszwalb scales fine,medium,coarse (YAML: a list; none: "
+        help=f"classical-regions (the previous prior): Felzenszwalb scales fine,medium,coarse (YAML: a list; none: "
         f"{','.join(str(s) for s in DEFAULT_SCALES)}, chosen on CamVid train); smaller gives smaller regions",
     )
 
@@ -83,6 +89,11 @@ class EngineConfig:
             raise ValueError(f"{source}: cache_bytes must be >= 0, got {self.cache_bytes}")
         if self.classical_scales is not None:
             self.scales(source)
+        from models.engine.classical import ClassicalOptions
+
+        from_mapping(ClassicalOptions, self.classical, f"{source}: classical").validate(
+            f"{source}: classical"
+        )
 
     def scales(self, source: str = "config") -> tuple[int, int, int] | None:
         """classical_scales as three increasing positive ints, None when unset."""
@@ -103,8 +114,14 @@ class EngineConfig:
 def _build_classical(config: EngineConfig) -> CachedSegmenter:
     from models.engine.classical import ClassicalPrior
 
+    return ClassicalPrior(config.classical, cache_bytes=config.cache_bytes, max_prompts=config.max_prompts)
+
+
+def _build_regions(config: EngineConfig) -> CachedSegmenter:
+    from models.engine.regions import RegionPrior
+
     scales = config.scales()
-    return ClassicalPrior(
+    return RegionPrior(
         **({"scales": scales} if scales else {}),
         cache_bytes=config.cache_bytes,
         max_prompts=config.max_prompts,
@@ -171,6 +188,7 @@ def _build_triton(config: EngineConfig) -> CachedSegmenter:
 
 ENGINE_BACKENDS: dict[str, Callable[[EngineConfig], CachedSegmenter]] = {
     "classical": _build_classical,
+    "classical-regions": _build_regions,
     "torch": _build_torch,
     "onnx": _build_onnx,
     "tensorrt": _build_tensorrt,

@@ -37,3 +37,15 @@ def low_res_to_mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ch, cw = low_res_shape(size)
     crop = torch.from_numpy(np.asarray(logits, dtype=np.float32).reshape(LOW_RES, LOW_RES)[:ch, :cw].copy())
     return F.interpolate(crop[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy() > 0
+
+
+def low_res_to_probability(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """256x256 (or 1x256x256) logits -> HxW float32 in [0, 1]: 0.5 + logits / (2 MASK_LOGIT), clipped.
+
+    The classical prior writes its potentials this way, so they come back unchanged; SAM's logits
+    (tens in magnitude) and `mask_to_low_res` masks come back as 0 / 1.
+    """
+    ch, cw = low_res_shape(size)
+    crop = torch.from_numpy(np.asarray(logits, dtype=np.float32).reshape(LOW_RES, LOW_RES)[:ch, :cw].copy())
+    full = F.interpolate(crop[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return np.clip(0.5 + full / (2 * MASK_LOGIT), 0.0, 1.0)

@@ -25,7 +25,7 @@ def backend_defaults(method: str, backend: str, options: dict) -> dict:
     them all. Values the user set are kept.
     """
     options = dict(options)
-    if method == "sepl" and backend == "classical":
+    if method == "sepl" and backend.startswith("classical"):
         options.setdefault("pred_iou_thresh", 0.0)
         options.setdefault("stability_thresh", 0.0)
     return options

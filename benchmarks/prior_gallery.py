@@ -1,0 +1,118 @@
+"""Pictures of the classical prior at work: simulated clicks and boxes on Penn-Fudan val people.
+
+For a few val objects (fixed choice: `--objects` stem:index pairs), each row shows the answer of
+the prior after 1, 3 and 10 simulated clicks (the protocol of `benchmarks/clicks.py`; green dots
+positive, red negative; IoU in the file's table), the previous prior (`classical-regions`) after 10
+clicks, and both priors' answers to the tight box (yellow). Writes docs/images/prior_<n>.png and
+prints the IoUs shown.
+
+Run: `python benchmarks/prior_gallery.py [--objects FudanPed00001:0 ...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from box2mask import tight_box
+from clicks import load
+from PIL import Image, ImageDraw
+
+from models.engine import EngineConfig, Prompt, build_engine, read_image
+from models.io import save_png
+from models.visualize import overlay_masks, side_by_side
+from training.interactive import Click, mask_iou, next_click
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "images"
+SHOWN = (1, 3, 10)
+
+
+def clicks_answers(
+    engine, image: np.ndarray, truth: np.ndarray, upto: int
+) -> list[tuple[np.ndarray, list[Click]]]:
+    """(answer, clicks so far) after each of `upto` simulated clicks (previous logits fed back,
+    multimask on the first click)."""
+    handle = engine.embed([image])[0]
+    answer, clicks, logits, out = np.zeros_like(truth), [], None, []
+    for _ in range(upto):
+        click = next_click(answer, truth)
+        if click is None:
+            break
+        clicks.append(click)
+        prompt = Prompt(
+            points=[[c.x + 0.5, c.y + 0.5] for c in clicks],
+            labels=[int(c.positive) for c in clicks],
+            mask_logits=logits,
+        )
+        pred = engine.predict(handle, [prompt], multimask=len(clicks) == 1)
+        best = int(np.argmax(pred.iou[0]))
+        answer, logits = pred.masks[0, best], pred.low_res_logits[0, best : best + 1]
+        out.append((answer, list(clicks)))
+    while len(out) < upto:  # a perfect answer stops the session: repeat it
+        out.append(out[-1])
+    return out
+
+
+def captioned(picture: np.ndarray, text: str) -> np.ndarray:
+    canvas = Image.fromarray(picture)
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([0, 0, 8 * len(text) + 8, 16], fill=(0, 0, 0))
+    draw.text((4, 2), text, fill=(255, 255, 255))
+    return np.asarray(canvas)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--objects", nargs="+", default=["FudanPed00006:0", "PennPed00012:0", "PennPed00052:1"]
+    )
+    args = parser.parse_args()
+    samples = {s.stem: s for s in load("pennfudan", "val", None)}
+    new, old = (
+        build_engine(EngineConfig(backend="classical")),
+        build_engine(EngineConfig(backend="classical-regions")),
+    )
+    OUT.mkdir(parents=True, exist_ok=True)
+    for n, spec in enumerate(args.objects):
+        stem, index = spec.split(":")
+        if stem not in samples:
+            raise SystemExit(f"--objects: {stem} is not a Penn-Fudan val image")
+        image, truth = read_image(samples[stem].image), samples[stem].masks[int(index)]
+        tiles, ious = [], []
+        steps = clicks_answers(new, image, truth, max(SHOWN))
+        for k in SHOWN:
+            answer, clicks = steps[k - 1]
+            points = np.array([[c.x, c.y] for c in clicks])
+            labels = np.array([int(c.positive) for c in clicks])
+            ious.append(mask_iou(answer, truth))
+            tiles.append(
+                captioned(
+                    overlay_masks(image, answer[None], points=points, labels=labels),
+                    f"{k} clicks {ious[-1]:.2f}",
+                )
+            )
+        answer, clicks = clicks_answers(old, image, truth, max(SHOWN))[-1]
+        points = np.array([[c.x, c.y] for c in clicks])
+        labels = np.array([int(c.positive) for c in clicks])
+        ious.append(mask_iou(answer, truth))
+        tiles.append(
+            captioned(
+                overlay_masks(image, answer[None], points=points, labels=labels),
+                f"previous, 10: {ious[-1]:.2f}",
+            )
+        )
+        box = tight_box(truth)
+        for engine, name in ((new, "box"), (old, "previous, box")):
+            pred = engine.predict(image, [Prompt(box=box)])
+            answer = pred.masks[0, int(np.argmax(pred.iou[0]))]
+            ious.append(mask_iou(answer, truth))
+            tiles.append(captioned(overlay_masks(image, answer[None], box=box), f"{name} {ious[-1]:.2f}"))
+        path = OUT / f"prior_{n}.png"
+        save_png(side_by_side(tiles), path)
+        print(path.relative_to(ROOT), spec, " ".join(f"{v:.3f}" for v in ious))
+
+
+if __name__ == "__main__":
+    main()
