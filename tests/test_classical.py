@@ -207,3 +207,15 @@ def test_options_are_checked_and_reachable_from_the_engine_config() -> None:
     with pytest.raises(ValueError, match=r"classical.*scal"):
         EngineConfig.from_mapping({"classical": {"scal": 40}}).validate()
     assert build_engine(EngineConfig(backend="classical-regions")).name == "classical-regions"
+
+
+def test_a_click_against_the_answer_on_a_huge_region_fixes_only_its_pixels(prior, touching) -> None:
+    """A positive click on the background (one region larger than the whole earlier answer) must not
+    flip the background wholesale; without an earlier answer the same click seeds its region."""
+    img, red, _ = touching
+    handle = prior.embed([img])[0]
+    clicks = {"points": [[110, 120], [20, 20]], "labels": [1, 1]}
+    guided = prior.predict(handle, [Prompt(**clicks, mask_logits=mask_to_low_res(red))], multimask=False)
+    assert iou(guided.masks[0, 0], red) > 0.9 and guided.masks[0, 0][20, 20]
+    fresh = prior.predict(handle, [Prompt(**clicks)], multimask=False)
+    assert fresh.masks[0, 0].sum() > 5 * red.sum()  # the background region itself was seeded

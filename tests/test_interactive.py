@@ -60,6 +60,12 @@ def test_simulation_on_the_classical_prior(scene) -> None:
     assert 1 <= len(run.ious) <= 5 and len(run.picked_best) == len(run.ious) == len(run.seconds)
     assert all(0.0 <= v <= 1.0 for v in run.ious)
     assert run.ious[0] > 0.3  # one click in the middle of a uniform square finds much of it
+    # multimask on the first click only: the engine chose among candidates once
+    assert run.picked_best[0] is not None and all(p is None for p in run.picked_best[1:])
+    always = simulate_clicks(engine, scene, truth, max_clicks=3, multimask="always")
+    assert all(p is not None for p in always.picked_best)
+    with pytest.raises(ValueError, match="multimask"):
+        simulate_clicks(engine, scene, truth, max_clicks=1, multimask="sometimes")
 
 
 @pytest.mark.skipif(not (DATA / "pennfudan").is_dir(), reason="Penn-Fudan not present")
