@@ -1,14 +1,17 @@
 """The weight-free classical prior with SAM's interface: a seeded random walk on superpixels. NOT SAM.
 
 "Embedding" (`_encode`): the image's fine Felzenszwalb regions as a weighted region adjacency
-graph and its Laplacian (`models.engine.walker`), about a thousand nodes for a 480x360 image.
+graph and its Laplacian (`models.engine.walker`), about a thousand nodes for a 480x360 image, and
+the pixel affinities for the refinement step.
 
 Decoding one prompt solves one sparse system (`walker.random_walk`) for the probability x_i that
 region i belongs to the object:
 
-- points are seeds: a positive click fixes its region to 1, a negative click to 0 (a later click
-  on the same region wins). With no box, regions touching the image border are background seeds
-  (`border_background`), so that a lone positive click has something to contrast with;
+- points are seeds (`clicks`): a positive click fixes its region to 1, a negative click to 0 (a
+  later click on the same region wins), except on a region holding clicks of both kinds, or a
+  region larger than the whole earlier answer that the click contradicts (`flip_share`): there
+  the click fixes only its pixels. Every region is pulled weakly towards background
+  (`background_prior`, Grady's flat background prior); border seeds are an option;
 - a box fixes every region lying mostly outside it to 0 and pulls the regions inside towards a
   prior: GrabCut-style colour models (object: the box's regions weighted towards its centre;
   background: the regions outside), mixed with the centre prior and refitted on the walk's answer
@@ -17,15 +20,18 @@ region i belongs to the object:
   `mask_weight` per pixel: this is what makes the next click refine the last answer instead of
   starting over.
 
-The three candidates are x thresholded at `thresholds` (tight, middle, loose). `iou` is the
-IoU each candidate is expected to have if the walk's probabilities were true (it ranks the
-candidates); `stability` is SAM's (area above t + offset over area above t - offset, offset 1 in
-logit units). Low-res logits are 2 * MASK_LOGIT * (x - t) in SAM's 256x256 padded frame, so a
-candidate fed back as `Prompt.mask_logits` carries the walk's probabilities, not just its mask.
+Then the pixels of the regions along the answer's boundary, and of clicked regions, are solved
+again at pixel level (`walker.refine_pixels`) with the clicked pixels fixed. The three candidates
+are the potentials above `thresholds` (core, middle, most likely); multimask=False answers those
+above 0.5. `iou` is the IoU each candidate is expected to have if the potentials were true (it
+ranks the candidates); `stability` is SAM's (area above t + offset over area above t - offset,
+offset 1 in logit units). Low-res logits (`candidate_logits`) are 0 at the candidate's threshold,
+so a candidate fed back as `Prompt.mask_logits` carries the walk's probabilities, not just its mask.
 
-Every setting was chosen on Penn-Fudan's train split (`benchmarks/clicks.py --split train`,
-`benchmarks/box2mask.py --split train`); docs/engine.md has the figures. The previous prior
-(regions selected whole) stays available as backend `classical-regions`.
+Click and box settings were chosen on Penn-Fudan's train split, the background treatment and the
+thresholds on CamVid train for SeSAM's labels (`benchmarks/classical_sweep.py`; docs/engine.md has
+the figures). The previous prior (regions selected whole) stays available as backend
+`classical-regions`.
 """
 
 from __future__ import annotations
