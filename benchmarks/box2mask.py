@@ -20,9 +20,9 @@ import numpy as np
 from clicks import load
 from rich.console import Console
 from rich.progress import track
+from tables import markdown_table, write_table
 
 from models.engine import EngineConfig, Prompt, build_engine, read_image
-from models.io import atomic_write_text
 from training.interactive import mask_iou
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,16 +107,19 @@ def main() -> None:
             rows.append((f"{dataset} {args.split}", label, len(values), float(np.mean(values)), ms))
 
     head = ["dataset", "method", "objects", "mean mask IoU", "ms / box"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for dataset, label, n, iou, ms in rows:
-        lines.append(f"| {dataset} | {label} | {n} | {iou:.3f} | {'-' if ms != ms else f'{ms:.0f}'} |")
+    lines = markdown_table(
+        head,
+        (
+            [dataset, label, str(n), f"{iou:.3f}", "-" if ms != ms else f"{ms:.0f}"]
+            for dataset, label, n, iou, ms in rows
+        ),
+    )
     note = (
         f"Tight ground-truth box -> mask ({args.split} split), best-scored candidate; floors: the filled box and "
         "OpenCV GrabCut (5 iterations). `classical` is the weight-free prior (a seeded random walk), "
         "`classical-regions` the previous one; neither is SAM. Times: medians on this machine."
     )
-    atomic_write_text(args.out, note + "\n\n" + "\n".join(lines) + "\n")
-    Console().print("\n".join(lines))
+    write_table(args.out, note, lines)
 
 
 if __name__ == "__main__":

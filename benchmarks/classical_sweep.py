@@ -21,6 +21,7 @@ from box2mask import tight_box
 from clicks import load
 from rich.console import Console
 from rich.progress import track
+from tables import markdown_table, write_table
 
 from models.engine import Prompt, read_image
 from models.engine.classical import ClassicalPrior
@@ -105,7 +106,7 @@ def main() -> None:
         Console().print(name, results[name])
 
     head = ["row", "settings", "mIoU@1", "mIoU@5", "mIoU@20", "NoC@85", "click AUC", "box IoU"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for name, r in results.items():
         cells = [name, json.dumps(r["settings"]) if r["settings"] else "-"]
         if "click_auc" in r:
@@ -114,15 +115,14 @@ def main() -> None:
         else:
             cells += ["-"] * 5
         cells.append("-" if r["box_iou"] is None else f"{r['box_iou']:.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
     first = next(iter(results.values()))
     note = (
         f"Penn-Fudan train ({first['images']}), classical prior settings one at a time around the "
         "defaults; clicks: cap 20, multimask on the first click; box: tight box, best-scored candidate. "
         "'-': the protocol does not read the changed setting."
     )
-    atomic_write_text(OUT.with_suffix(".md"), note + "\n\n" + "\n".join(lines) + "\n")
-    Console().print("\n".join(lines))
+    write_table(OUT.with_suffix(".md"), note, markdown_table(head, table))
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.progress import track
+from tables import markdown_table, write_table
 
 from models.engine import EngineConfig, build_engine, read_image
-from models.io import atomic_write_text
 from training.datasets import CocoInstances, InstanceSample, PennFudan
 from training.interactive import Click, ClickRun, click_session, simulate_clicks, summarize
 
@@ -136,7 +136,7 @@ def main() -> None:
         "ms / click",
         "embed s",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for r in rows:
         cells = [r["dataset"], r["method"], str(r["objects"])]
         cells += [f"{r[f'miou@{k}']:.3f}" for k in AT if f"miou@{k}" in r]
@@ -148,15 +148,14 @@ def main() -> None:
             f"{r['ms_per_click']:.0f}",
             "-" if r["embed_s"] != r["embed_s"] else f"{r['embed_s']:.2f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
     note = (
         f"Simulated clicks (cap {args.max_clicks}, {args.split} split), previous logits fed back, multimask "
         f"{args.multimask}, each ground-truth instance one object; `classical` is the weight-free prior (a "
         "seeded random walk) and `classical-regions` the previous one, neither is SAM. 'IoU drops': clicks "
         "after which IoU fell. Medians for times, this machine."
     )
-    atomic_write_text(args.out, note + "\n\n" + "\n".join(lines) + "\n")
-    Console().print("\n".join(lines))
+    write_table(args.out, note, markdown_table(head, table))
 
 
 if __name__ == "__main__":

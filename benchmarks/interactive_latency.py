@@ -24,8 +24,7 @@ import httpx
 import numpy as np
 from rich.console import Console
 from serve_load import free_port, start_server, test_images
-
-from models.io import atomic_write_text
+from tables import markdown_table, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,19 +90,18 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "interactive_latency.md"))
     args = parser.parse_args()
     images = test_images(args.images)
-    lines = ["| backend | route | p50 ms | p99 ms |", "|---|---|---|---|"]
+    table = []
     for backend in args.backends:
         for route, (p50, p99) in measure(backend, images, args.clicks).items():
-            lines.append(f"| {backend} | {route} | {p50:.0f} | {p99:.0f} |")
-            Console().print(lines[-1])
+            table.append([backend, route, f"{p50:.0f}", f"{p99:.0f}"])
+            Console().print(" | ".join(table[-1]))
     note = (
         f"Loopback, one client, no adaptive batching; /embed: {args.images} CamVid val images (480x360, each "
         f"new); /predict on a cached embedding, one prompt, multimask: {args.clicks} single clicks, then a "
         f"session of 1..{args.clicks} scattered clicks. `classical` is the weight-free prior, `classical-regions` the previous one. "
         "2 CPU cores; compare rows of one run."
     )
-    atomic_write_text(args.out, note + "\n\n" + "\n".join(lines) + "\n")
-    Console().print("\n".join(lines))
+    write_table(args.out, note, markdown_table(["backend", "route", "p50 ms", "p99 ms"], table))
 
 
 if __name__ == "__main__":

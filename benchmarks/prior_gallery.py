@@ -22,37 +22,26 @@ from PIL import Image, ImageDraw
 from models.engine import EngineConfig, Prompt, build_engine, read_image
 from models.io import atomic_write
 from models.visualize import overlay_masks, side_by_side
-from training.interactive import Click, mask_iou, next_click
+from training.interactive import ClickRun, mask_iou, simulate_clicks
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "images"
 SHOWN = (1, 3, 10)
 
 
-def clicks_answers(
-    engine, image: np.ndarray, truth: np.ndarray, upto: int
-) -> list[tuple[np.ndarray, list[Click]]]:
-    """(answer, clicks so far) after each of `upto` simulated clicks (previous logits fed back,
-    multimask on the first click)."""
-    handle = engine.embed([image])[0]
-    answer, clicks, logits, out = np.zeros_like(truth), [], None, []
-    for _ in range(upto):
-        click = next_click(answer, truth)
-        if click is None:
-            break
-        clicks.append(click)
-        prompt = Prompt(
-            points=[[c.x + 0.5, c.y + 0.5] for c in clicks],
-            labels=[int(c.positive) for c in clicks],
-            mask_logits=logits,
-        )
-        pred = engine.predict(handle, [prompt], multimask=len(clicks) == 1)
-        best = int(np.argmax(pred.iou[0]))
-        answer, logits = pred.masks[0, best], pred.low_res_logits[0, best : best + 1]
-        out.append((answer, list(clicks)))
-    while len(out) < upto:  # a perfect answer stops the session: repeat it
-        out.append(out[-1])
-    return out
+def click_tile(
+    image: np.ndarray, truth: np.ndarray, run: ClickRun, k: int, label: str
+) -> tuple[np.ndarray, float]:
+    """The answer after click k of a session (the last one if it stopped earlier, at a perfect
+    answer) with its clicks drawn, captioned with `label` and the IoU; and that IoU."""
+    k = min(k, len(run.answers))
+    answer, clicks = run.answers[k - 1], run.clicks[:k]
+    points = np.array([[c.x, c.y] for c in clicks])
+    labels = np.array([int(c.positive) for c in clicks])
+    iou = mask_iou(answer, truth)
+    return captioned(
+        overlay_masks(image, answer[None], points=points, labels=labels), f"{label} {iou:.2f}"
+    ), iou
 
 
 def captioned(picture: np.ndarray, text: str) -> np.ndarray:
@@ -81,28 +70,15 @@ def main() -> None:
             raise SystemExit(f"--objects: {stem} is not a Penn-Fudan val image")
         image, truth = read_image(samples[stem].image), samples[stem].masks[int(index)]
         tiles, ious = [], []
-        steps = clicks_answers(new, image, truth, max(SHOWN))
-        for k in SHOWN:
-            answer, clicks = steps[k - 1]
-            points = np.array([[c.x, c.y] for c in clicks])
-            labels = np.array([int(c.positive) for c in clicks])
-            ious.append(mask_iou(answer, truth))
-            tiles.append(
-                captioned(
-                    overlay_masks(image, answer[None], points=points, labels=labels),
-                    f"{k} clicks {ious[-1]:.2f}",
-                )
-            )
-        answer, clicks = clicks_answers(old, image, truth, max(SHOWN))[-1]
-        points = np.array([[c.x, c.y] for c in clicks])
-        labels = np.array([int(c.positive) for c in clicks])
-        ious.append(mask_iou(answer, truth))
-        tiles.append(
-            captioned(
-                overlay_masks(image, answer[None], points=points, labels=labels),
-                f"previous, 10: {ious[-1]:.2f}",
-            )
-        )
+        session = simulate_clicks(new, image, truth, max(SHOWN), keep_answers=True)
+        previous = simulate_clicks(old, image, truth, max(SHOWN), keep_answers=True)
+        for run, k, label in [
+            *((session, k, f"{k} clicks") for k in SHOWN),
+            (previous, max(SHOWN), "previous, 10:"),
+        ]:
+            tile, iou = click_tile(image, truth, run, k, label)
+            tiles.append(tile)
+            ious.append(iou)
         box = tight_box(truth)
         for engine, name in ((new, "box"), (old, "previous, box")):
             pred = engine.predict(image, [Prompt(box=box)])

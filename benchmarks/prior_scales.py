@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from refine_camvid import CAMVID, KINDS, fmt, load_split, score_refinement
 from rich.console import Console
+from tables import markdown_table, write_table
 
 from models.engine import EngineConfig, build_engine
 from models.io import atomic_write_text
@@ -72,21 +73,20 @@ def main() -> None:
 
     best = choose(results)
     head = ["scales", *(f"{k} mIoU / prec %" for k in KINDS), "mean mIoU %", "eligible"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for scales, rows in results.items():
         by_kind = {r["kind"]: r for r in rows}
         cells = [f"**{scales}**" if scales == best else scales]
         cells += [f"{fmt(by_kind[k]['miou'])} / {fmt(by_kind[k]['precision'])}" for k in KINDS]
         cells += [fmt(float(np.mean([r["miou"] for r in rows])))]
         cells += ["yes" if all(r["precision"] >= MIN_PRECISION for r in rows) else "no"]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
     note = (
         f"CamVid train, {len(samples)} images (seeded subset), SeSAM on the classical prior, weak labels "
         f"seed 0. Rule: highest mean SeSAM mIoU among scales with added precision >= "
         f"{MIN_PRECISION:.0%} on every kind. Chosen: **{best}**."
     )
-    atomic_write_text(args.out, note + "\n\n" + "\n".join(lines) + "\n")
-    console.print("\n".join(lines))
+    write_table(args.out, note, markdown_table(head, table), console)
     console.print(f"chosen: {best}; written {args.out}")
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
+from tables import markdown_table
 
 from models.engine import EngineConfig, PromptableSegmenter, build_engine, read_image
 from models.io import atomic_write_text, read_label_png
@@ -111,9 +112,7 @@ def row_cells(r: dict[str, Any]) -> list[str]:
 
 
 def markdown(rows: list[dict[str, Any]], head: tuple[str, ...] = HEAD, cells=row_cells) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
-    return lines
+    return markdown_table(head, (cells(r) for r in rows))
 
 
 def main() -> None:

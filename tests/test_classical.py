@@ -10,10 +10,10 @@ import pytest
 from scipy import sparse
 
 from models.engine import EngineConfig, Prompt, build_engine
+from models.engine.base import stability_score
 from models.engine.classical import ClassicalOptions, ClassicalPrior, candidate_logits
 from models.engine.lowres import LOW_RES, low_res_to_probability, mask_to_low_res
 from models.engine.walker import (
-    area_stability,
     color_likelihood,
     expected_iou,
     laplacian,
@@ -172,7 +172,7 @@ def test_expected_iou_and_stability() -> None:
     x = np.array([1.0, 1.0, 0.0])
     assert expected_iou(x, areas, x > 0.5) == pytest.approx(1.0)
     assert expected_iou(x, areas, np.array([True, False, False])) == pytest.approx(0.5)
-    assert area_stability(np.array([0.9, 0.52, 0.1]), areas, 0.5, 0.0625) == pytest.approx(0.5)
+    assert stability_score(np.array([[0.9, 0.52, 0.1]]), 0.5, 0.0625) == pytest.approx(0.5)
 
 
 def test_colour_likelihood_separates_two_colours() -> None:

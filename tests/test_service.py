@@ -412,12 +412,11 @@ def test_client_errors_and_retries(server, tmp_path) -> None:
 
 
 # -- sesam refine --endpoint ----------------------------------------------------------------------
+@pytest.mark.parametrize("server", ["classical"], indirect=True)  # one backend is enough here
 def test_refine_through_endpoint_equals_in_process(server, scene, tmp_path) -> None:
     from sesam.cli import main
 
-    url, kind = server
-    if kind != "classical":
-        pytest.skip("one backend is enough for the batch client")
+    url, _ = server
     images, weak_dir = tmp_path / "images", tmp_path / "weak"
     images.mkdir()
     weak_dir.mkdir()

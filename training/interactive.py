@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -84,34 +84,39 @@ def summarize(per_object: list[list[float]], at: tuple[int, ...] = (1, 3, 5, 10,
 @dataclass
 class ClickRun:
     """One object's simulated session: IoU after each click, whether the engine's best-scored
-    candidate was truly the best of its candidates (None where it answered one mask), and
-    seconds per predict call."""
+    candidate was truly the best of its candidates (None where it answered one mask), seconds per
+    predict call, the clicks, and (with `keep_answers`) the answer after each click."""
 
-    ious: list[float]
-    picked_best: list[bool | None]
-    seconds: list[float]
+    ious: list[float] = field(default_factory=list)
+    picked_best: list[bool | None] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    clicks: list[Click] = field(default_factory=list)
+    answers: list[np.ndarray] = field(default_factory=list)
 
 
 # clicks so far -> (the answer, whether it is truly the best of the method's candidates, or None)
 Answer = Callable[[list[Click]], tuple[np.ndarray, bool | None]]
 
 
-def click_session(truth: np.ndarray, answer: Answer, max_clicks: int = 20) -> ClickRun:
+def click_session(
+    truth: np.ndarray, answer: Answer, max_clicks: int = 20, keep_answers: bool = False
+) -> ClickRun:
     """Up to `max_clicks` simulated clicks on one object, each answered by `answer` (timed); stops
     early at a perfect answer."""
     prediction = np.zeros(truth.shape, bool)
-    clicks: list[Click] = []
-    run = ClickRun([], [], [])
+    run = ClickRun()
     for _ in range(max_clicks):
         click = next_click(prediction, truth)
         if click is None:
             break
-        clicks.append(click)
+        run.clicks.append(click)
         start = time.perf_counter()
-        prediction, picked_best = answer(clicks)
+        prediction, picked_best = answer(list(run.clicks))
         run.seconds.append(time.perf_counter() - start)
         run.ious.append(mask_iou(prediction, truth))
         run.picked_best.append(picked_best)
+        if keep_answers:
+            run.answers.append(prediction)
     return run
 
 
@@ -122,6 +127,7 @@ def simulate_clicks(
     max_clicks: int = 20,
     feed_logits: bool = True,
     multimask: str = "first",
+    keep_answers: bool = False,
 ) -> ClickRun:
     """`click_session` answered by an engine for all clicks so far; with `feed_logits` the answer's
     low-res logits go back as the next prompt's mask input (SAM's next-click protocol).
@@ -151,4 +157,4 @@ def simulate_clicks(
         truths = [mask_iou(m, truth) for m in out.masks[0]]
         return out.masks[0, best], truths[best] >= max(truths)
 
-    return click_session(truth, answer, max_clicks)
+    return click_session(truth, answer, max_clicks, keep_answers)

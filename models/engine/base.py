@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from models.engine.cache import DEFAULT_CACHE_BYTES, EmbeddingCache, content_key
-from models.engine.types import LOW_RES, EngineStats, ImageHandle, Predictions, Prompt
+from models.engine.types import EngineStats, ImageHandle, Predictions, Prompt
 from models.engine.validation import as_rgb_uint8, validate_prompts
 
 
@@ -123,14 +123,7 @@ class BatchedDecoder(CachedSegmenter):
         groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
         for i, prompt in enumerate(prompts):
             groups[(prompt.num_points, prompt.box is not None)].append(i)
-        n, c = len(prompts), 3 if multimask else 1
-        h, w = handle.original_size
-        out = Predictions(
-            np.zeros((n, c, h, w), dtype=bool),
-            np.zeros((n, c), dtype=np.float32),
-            np.zeros((n, c), dtype=np.float32),
-            np.zeros((n, c, LOW_RES, LOW_RES), dtype=np.float32),
-        )
+        out = Predictions.zeros(len(prompts), handle.original_size, multimask)
         for indices in groups.values():
             for start in range(0, len(indices), self.decode_batch):
                 idx = indices[start : start + self.decode_batch]

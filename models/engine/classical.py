@@ -45,15 +45,17 @@ from scipy import sparse
 from models.config import from_mapping, setting
 from models.engine.base import CachedSegmenter, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
-from models.engine.lowres import MASK_LOGIT, low_res_shape, low_res_to_probability
-from models.engine.types import LOW_RES, ImageHandle, Predictions, Prompt
+from models.engine.lowres import MASK_LOGIT, low_res_pixels, low_res_to_probability
+from models.engine.types import ImageHandle, Predictions, Prompt
 from models.engine.walker import (
     RegionGraph,
     boundary_band,
     box_centre_prior,
     box_fraction,
+    box_slices,
     color_likelihood,
     edge_weights,
+    expected_iou,
     laplacian,
     pixel_affinities,
     random_walk,
@@ -142,12 +144,11 @@ class ClassicalOptions:
 
 @dataclass(frozen=True)
 class WalkerImage:
-    """Per-image state: the region graph, its Laplacian under the engine's edge settings, and each
-    region's id at the centres of SAM's 256x256 low-res cells (-1 in the padding)."""
+    """Per-image state: the region graph, its Laplacian under the engine's edge settings, the pixel
+    affinities, and which pixels SAM's 256x256 low-res cells sample."""
 
     graph: RegionGraph
     laplacian: sparse.csr_matrix
-    low_res: np.ndarray
     original_size: tuple[int, int]
     horizontal: np.ndarray  # Hx(W-1) pixel affinities
     vertical: np.ndarray  # (H-1)xW pixel affinities
@@ -156,25 +157,8 @@ class WalkerImage:
     @property
     def nbytes(self) -> int:
         lap = self.laplacian
-        arrays = (lap.data, lap.indices, lap.indptr, self.low_res, self.horizontal, self.vertical)
+        arrays = (lap.data, lap.indices, lap.indptr, self.horizontal, self.vertical)
         return self.graph.nbytes + sum(a.nbytes for a in arrays)
-
-
-def low_res_pixels(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of the pixels at the centres of SAM's low-res cells that the image occupies."""
-    h, w = size
-    ch, cw = low_res_shape((h, w))
-    rows = np.minimum(((np.arange(ch) + 0.5) * h / ch).astype(int), h - 1)
-    cols = np.minimum(((np.arange(cw) + 0.5) * w / cw).astype(int), w - 1)
-    return rows, cols
-
-
-def low_res_ids(labels: np.ndarray) -> np.ndarray:
-    """LOW_RESxLOW_RES region ids sampled at the centres of SAM's low-res cells (-1 in the padding)."""
-    rows, cols = low_res_pixels(labels.shape)
-    out = np.full((LOW_RES, LOW_RES), -1, dtype=np.int32)
-    out[: len(rows), : len(cols)] = labels[rows][:, cols]
-    return out
 
 
 @dataclass(frozen=True)
@@ -236,7 +220,6 @@ class ClassicalPrior(CachedSegmenter):
                 WalkerImage(
                     graph,
                     lap,
-                    low_res_ids(graph.labels),
                     graph.labels.shape,
                     horizontal,
                     vertical,
@@ -252,12 +235,11 @@ class ClassicalPrior(CachedSegmenter):
 
     # -- one prompt --------------------------------------------------------------------------
     def _box_prior(
-        self, graph: RegionGraph, box: np.ndarray, inside: np.ndarray, x: np.ndarray | None
+        self, graph: RegionGraph, centre: np.ndarray, inside: np.ndarray, x: np.ndarray | None
     ) -> np.ndarray:
         """N prior of the box: colour models (object weights: the centre prior, or the walk's last
-        answer when refitting) mixed with the centre prior."""
+        answer when refitting) mixed with the centre prior (`walker.box_centre_prior`)."""
         o = self.options
-        centre = box_centre_prior(graph, box, o.box_spread)
         object_weight = inside * (centre if x is None else x)
         colour = color_likelihood(graph.colors, graph.areas, object_weight, 1 - object_weight, o.color_bins)
         return o.box_color_share * colour + (1 - o.box_color_share) * centre
@@ -327,9 +309,10 @@ class ClassicalPrior(CachedSegmenter):
         if inside is None or o.box_weight == 0:
             return random_walk(payload.laplacian, seeds, pulls.weight, pulls.prior())
         x = None
+        centre = box_centre_prior(graph, prompt.box, o.box_spread)
         for _ in range(1 + o.box_refits):
             both = _Pulls(pulls.weight, pulls.target)
-            both.add(o.box_weight * graph.areas, self._box_prior(graph, prompt.box, inside, x))
+            both.add(o.box_weight * graph.areas, self._box_prior(graph, centre, inside, x))
             x = random_walk(payload.laplacian, seeds, both.weight, both.prior())
         return x
 
@@ -345,9 +328,9 @@ class ClassicalPrior(CachedSegmenter):
         values = graph.paint(x)
         fixed = np.zeros((h, w), dtype=bool)
         if prompt.box is not None:
-            outside = ~_box_window((h, w), prompt.box, (h, w))
-            values[outside] = 0.0
-            fixed |= outside
+            fixed[:] = True
+            fixed[box_slices(prompt.box, (h, w))] = False  # outside the box: background, fixed
+            values[fixed] = 0.0
         if not o.pixel_refine:
             return values
         band = np.zeros(graph.count, dtype=bool)
@@ -367,14 +350,9 @@ class ClassicalPrior(CachedSegmenter):
 
     def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
         payload: WalkerImage = handle.payload
-        h, w = payload.original_size
         rows, cols = payload.low_res_pixels
         thresholds = self.options.thresholds
-        n, c = len(prompts), (3 if multimask else 1)
-        masks = np.zeros((n, c, h, w), dtype=bool)
-        iou = np.zeros((n, c), dtype=np.float32)
-        stability = np.zeros((n, c), dtype=np.float32)
-        low_res = np.full((n, c, LOW_RES, LOW_RES), -MASK_LOGIT, dtype=np.float32)
+        out = Predictions.zeros(len(prompts), payload.original_size, multimask, logit=-MASK_LOGIT)
         for i, prompt in enumerate(prompts):
             previous = self.previous_answer(payload, prompt)
             clicks = self.clicks(payload, prompt, previous)
@@ -382,21 +360,13 @@ class ClassicalPrior(CachedSegmenter):
             y = self.pixel_potentials(payload, prompt, clicks, x)
             small = y[rows][:, cols]
             for j, t in enumerate(thresholds if multimask else (SINGLE,)):
-                masks[i, j] = y > t
-                low_res[i, j, : len(rows), : len(cols)] = candidate_logits(small, t)
-                iou[i, j] = pixel_expected_iou(y, masks[i, j])
-                stability[i, j] = stability_score(y, t, STABILITY_OFFSET)
+                out.masks[i, j] = y > t
+                out.low_res_logits[i, j, : len(rows), : len(cols)] = candidate_logits(small, t)
+                out.iou[i, j] = expected_iou(y, None, out.masks[i, j])  # every pixel weighs one
+                out.stability[i, j] = stability_score(y, t, STABILITY_OFFSET)
         self.stats.decoder_calls += 1
-        self.stats.prompts_decoded += n
-        return Predictions(masks, iou, stability, low_res)
-
-
-def pixel_expected_iou(y: np.ndarray, mask: np.ndarray) -> float:
-    """`walker.expected_iou` with every pixel its own region."""
-    total = float(y.sum())
-    inside = float(y[mask].sum())
-    denominator = float(mask.sum()) + total - inside
-    return inside / denominator if denominator > 0 else 0.0
+        self.stats.prompts_decoded += len(prompts)
+        return out
 
 
 def candidate_logits(x: np.ndarray, threshold: float) -> np.ndarray:
@@ -406,18 +376,3 @@ def candidate_logits(x: np.ndarray, threshold: float) -> np.ndarray:
     above = MASK_LOGIT * (x - threshold) / (1 - threshold)
     below = MASK_LOGIT * (x - threshold) / threshold
     return np.where(x > threshold, above, below).astype(np.float32)
-
-
-def _box_window(
-    shape: tuple[int, int], box: np.ndarray, size: tuple[int, int], frame: tuple[int, int] | None = None
-) -> np.ndarray:
-    """Bool mask of `shape` that is True inside a box given in pixels of an image of `size`; with
-    `frame` (the image's extent inside the low-res grid) the box is scaled to that grid first."""
-    h, w = size
-    fh, fw = frame or size
-    x0, y0, x1, y1 = box
-    out = np.zeros(shape, dtype=bool)
-    r0, r1 = int(np.floor(y0 * fh / h)), int(np.ceil(y1 * fh / h))
-    c0, c1 = int(np.floor(x0 * fw / w)), int(np.ceil(x1 * fw / w))
-    out[max(0, r0) : r1, max(0, c0) : c1] = True
-    return out

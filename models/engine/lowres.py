@@ -22,6 +22,16 @@ def low_res_shape(size: tuple[int, int]) -> tuple[int, int]:
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
+def low_res_pixels(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the pixels of an image of `size` at the centres of the low-res cells it
+    occupies: sampling an HxW map there gives its low-res view."""
+    h, w = size
+    ch, cw = low_res_shape((h, w))
+    rows = np.minimum(((np.arange(ch) + 0.5) * h / ch).astype(int), h - 1)
+    cols = np.minimum(((np.arange(cw) + 0.5) * w / cw).astype(int), w - 1)
+    return rows, cols
+
+
 def mask_to_low_res(mask: np.ndarray, value: float = MASK_LOGIT) -> np.ndarray:
     """HxW bool -> 1x256x256 float32 logits (+value inside, -value outside and in the padding)."""
     ch, cw = low_res_shape(mask.shape)
@@ -32,11 +42,17 @@ def mask_to_low_res(mask: np.ndarray, value: float = MASK_LOGIT) -> np.ndarray:
     return out
 
 
-def low_res_to_mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """256x256 (or 1x256x256) logits -> HxW bool mask of an image of `size` (H, W)."""
+def upsample_low_res(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """256x256 (or 1x256x256) logits -> HxW float32 logits of an image of `size` (H, W): the
+    image's part of the padded frame, bilinearly resized."""
     ch, cw = low_res_shape(size)
     crop = torch.from_numpy(np.asarray(logits, dtype=np.float32).reshape(LOW_RES, LOW_RES)[:ch, :cw].copy())
-    return F.interpolate(crop[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy() > 0
+    return F.interpolate(crop[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def low_res_to_mask(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """256x256 (or 1x256x256) logits -> HxW bool mask of an image of `size` (H, W)."""
+    return upsample_low_res(logits, size) > 0
 
 
 def low_res_to_probability(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -45,7 +61,4 @@ def low_res_to_probability(logits: np.ndarray, size: tuple[int, int]) -> np.ndar
     The classical prior writes its potentials this way, so they come back unchanged; SAM's logits
     (tens in magnitude) and `mask_to_low_res` masks come back as 0 / 1.
     """
-    ch, cw = low_res_shape(size)
-    crop = torch.from_numpy(np.asarray(logits, dtype=np.float32).reshape(LOW_RES, LOW_RES)[:ch, :cw].copy())
-    full = F.interpolate(crop[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
-    return np.clip(0.5 + full / (2 * MASK_LOGIT), 0.0, 1.0)
+    return np.clip(0.5 + upsample_low_res(logits, size) / (2 * MASK_LOGIT), 0.0, 1.0)

@@ -28,7 +28,7 @@ from skimage.segmentation import felzenszwalb
 
 from models.engine.base import CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
-from models.engine.lowres import MASK_LOGIT, low_res_shape, low_res_to_mask
+from models.engine.lowres import MASK_LOGIT, low_res_pixels, low_res_shape, low_res_to_mask
 from models.engine.types import LOW_RES, ImageHandle, Predictions, Prompt
 
 RING_HOPS = 3
@@ -128,12 +128,9 @@ def superpixels(
 
 def low_res_ids(labels: np.ndarray) -> np.ndarray:
     """Region ids sampled at the centres of SAM's 256x256 low-res cells (-1 in the padding)."""
-    _, h, w = labels.shape
-    ch, cw = low_res_shape((h, w))
-    rows = np.minimum(((np.arange(ch) + 0.5) * h / ch).astype(int), h - 1)
-    cols = np.minimum(((np.arange(cw) + 0.5) * w / cw).astype(int), w - 1)
+    rows, cols = low_res_pixels(labels.shape[1:])
     out = np.full((labels.shape[0], LOW_RES, LOW_RES), -1, dtype=np.int32)
-    out[:, :ch, :cw] = labels[:, rows][:, :, cols]
+    out[:, : len(rows), : len(cols)] = labels[:, rows][:, :, cols]
     return out
 
 
@@ -262,11 +259,7 @@ class RegionPrior(CachedSegmenter):
     def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
         sp: SuperpixelImage = handle.payload
         h, w = sp.original_size
-        n, c = len(prompts), (3 if multimask else 1)
-        masks = np.zeros((n, c, h, w), dtype=bool)
-        iou = np.zeros((n, c), dtype=np.float32)
-        stability = np.zeros((n, c), dtype=np.float32)
-        low_res = np.zeros((n, c, LOW_RES, LOW_RES), dtype=np.float32)
+        out = Predictions.zeros(len(prompts), (h, w), multimask)
         for i, prompt in enumerate(prompts):
             guide = None if prompt.mask_logits is None else low_res_to_mask(prompt.mask_logits, (h, w))
             built = [self._candidate(sp, s, prompt, guide) for s in range(3)]
@@ -288,10 +281,10 @@ class RegionPrior(CachedSegmenter):
             )
             order = range(3) if multimask else [int(np.argmax(scores + stab))]
             for j, s in enumerate(order):
-                masks[i, j] = cands[s]
-                iou[i, j] = scores[s]
-                stability[i, j] = stab[s]
-                low_res[i, j] = self._low_res_logits(sp, s, built[s][1], prompt)
+                out.masks[i, j] = cands[s]
+                out.iou[i, j] = scores[s]
+                out.stability[i, j] = stab[s]
+                out.low_res_logits[i, j] = self._low_res_logits(sp, s, built[s][1], prompt)
         self.stats.decoder_calls += 1
-        self.stats.prompts_decoded += n
-        return Predictions(masks, iou, stability, low_res)
+        self.stats.prompts_decoded += len(prompts)
+        return out

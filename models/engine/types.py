@@ -58,16 +58,24 @@ class Predictions:
         return int(self.masks.shape[0])
 
     @classmethod
-    def empty(cls, image_size: tuple[int, int], multimask: bool) -> Predictions:
-        """No prompts: zero-length arrays with the right trailing shapes."""
+    def zeros(
+        cls, count: int, image_size: tuple[int, int], multimask: bool, logit: float = 0.0
+    ) -> Predictions:
+        """Arrays for `count` prompts, to be filled by a backend: empty masks, zero scores, low-res
+        logits `logit` everywhere."""
         c = 3 if multimask else 1
         h, w = image_size
         return cls(
-            np.zeros((0, c, h, w), bool),
-            np.zeros((0, c), np.float32),
-            np.zeros((0, c), np.float32),
-            np.zeros((0, c, LOW_RES, LOW_RES), np.float32),
+            np.zeros((count, c, h, w), bool),
+            np.zeros((count, c), np.float32),
+            np.zeros((count, c), np.float32),
+            np.full((count, c, LOW_RES, LOW_RES), logit, np.float32),
         )
+
+    @classmethod
+    def empty(cls, image_size: tuple[int, int], multimask: bool) -> Predictions:
+        """No prompts: zero-length arrays with the right trailing shapes."""
+        return cls.zeros(0, image_size, multimask)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class RegionGraph:
 
     labels: HxW int32 region ids 0..N-1; areas: N pixels; colors: Nx3 mean Lab; centroids: Nx2 (x, y); edges: Ex2 int (i < j); boundary: E shared boundary length in pixel pairs; edge_contrast:
     E mean Lab difference across the boundary; color_distance: E |mean Lab_i - mean Lab_j|;
-    on_border: N bool, the region touches the image border; boxes: Nx4 [r0, r1, c0, c1].
+    on_border: N bool, the region touches the image border.
     """
 
     labels: np.ndarray
@@ -55,7 +55,6 @@ class RegionGraph:
     edge_contrast: np.ndarray
     color_distance: np.ndarray
     on_border: np.ndarray
-    boxes: np.ndarray
 
     @property
     def count(self) -> int:
@@ -75,7 +74,6 @@ class RegionGraph:
                 "edge_contrast",
                 "color_distance",
                 "on_border",
-                "boxes",
             )
         )
 
@@ -147,10 +145,6 @@ def region_graph(
 
     on_border = np.zeros(count, bool)
     on_border[np.unique(np.concatenate([seg[0], seg[-1], seg[:, 0], seg[:, -1]]))] = True
-    boxes = np.zeros((count, 4), np.int32)
-    for i, found in enumerate(ndi.find_objects(seg + 1, max_label=count)):
-        if found is not None:
-            boxes[i] = found[0].start, found[0].stop, found[1].start, found[1].stop
     return RegionGraph(
         seg,
         areas,
@@ -161,7 +155,6 @@ def region_graph(
         edge_contrast.astype(np.float32),
         color_distance.astype(np.float32),
         on_border,
-        boxes,
     )
 
 
@@ -209,13 +202,18 @@ def random_walk(
     return x
 
 
-def box_fraction(graph: RegionGraph, box: np.ndarray) -> np.ndarray:
-    """N share of each region's pixels inside a box (x0, y0, x1, y1 in pixels, rounded outwards)."""
-    h, w = graph.labels.shape
+def box_slices(box: np.ndarray, size: tuple[int, int]) -> tuple[slice, slice]:
+    """(rows, cols) of the pixels of an image of `size` (H, W) inside a box (x0, y0, x1, y1 in
+    pixels, rounded outwards)."""
+    h, w = size
     x0, y0, x1, y1 = box
-    r0, r1 = max(0, int(np.floor(y0))), min(h, int(np.ceil(y1)))
-    c0, c1 = max(0, int(np.floor(x0))), min(w, int(np.ceil(x1)))
-    inside = np.bincount(graph.labels[r0:r1, c0:c1].ravel(), minlength=graph.count)
+    rows = slice(max(0, int(np.floor(y0))), min(h, int(np.ceil(y1))))
+    return rows, slice(max(0, int(np.floor(x0))), min(w, int(np.ceil(x1))))
+
+
+def box_fraction(graph: RegionGraph, box: np.ndarray) -> np.ndarray:
+    """N share of each region's pixels inside a box (see `box_slices`)."""
+    inside = np.bincount(graph.labels[box_slices(box, graph.labels.shape)].ravel(), minlength=graph.count)
     return inside / np.maximum(graph.areas, 1)
 
 
@@ -244,18 +242,15 @@ def box_centre_prior(graph: RegionGraph, box: np.ndarray, spread: float) -> np.n
     return np.exp(-(dx**2 + dy**2) / (2 * spread**2))
 
 
-def expected_iou(x: np.ndarray, areas: np.ndarray, selected: np.ndarray) -> float:
+def expected_iou(x: np.ndarray, areas: np.ndarray | None, selected: np.ndarray) -> float:
     """The IoU a selection of regions would have if each region belonged to the object with
-    probability x: sum_sel a x / (sum_sel a + sum_rest a x). The prior's predicted IoU."""
-    mass = areas * x
-    denominator = areas[selected].sum() + mass[~selected].sum()
-    return float(mass[selected].sum() / denominator) if denominator > 0 else 0.0
-
-
-def area_stability(x: np.ndarray, areas: np.ndarray, threshold: float, offset: float) -> float:
-    """SAM's stability score on potentials: area(x > t + offset) / area(x > t - offset)."""
-    outer = areas[x > threshold - offset].sum()
-    return float(areas[x > threshold + offset].sum() / outer) if outer > 0 else 0.0
+    probability x: sum_sel a x / (sum_sel a + sum_rest a x). The prior's predicted IoU. `areas`
+    None: every element (a pixel) weighs one."""
+    mass = x if areas is None else areas * x
+    inside = float(mass[selected].sum())
+    size = float(np.count_nonzero(selected)) if areas is None else float(areas[selected].sum())
+    denominator = size + float(mass.sum()) - inside
+    return inside / denominator if denominator > 0 else 0.0
 
 
 def pixel_affinities(lab: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
