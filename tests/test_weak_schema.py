@@ -64,7 +64,8 @@ BAD = [
     ),
     ({"tags": [300]}, r"tags\[0\] = 300 is not a class id"),
     ({"colour": "red"}, r"unknown fields \['colour'\]"),
-    ({"version": 2}, "version = 2; this reader understands version 1"),
+    ({"version": 3}, r"version = 3; this reader understands versions \[1, 2\]"),
+    ({"instances": True}, r"unknown fields \['instances'\]"),  # a version 1 file has no instance meaning
 ]
 
 
@@ -106,3 +107,21 @@ def test_scribble_width_is_a_disk_dilation(width: int) -> None:
     radius = width // 2
     expected = ndi.binary_dilation(centre, structure=morphology.disk(radius)) if radius else centre
     assert np.array_equal(weak.scribble_mask(scribble), expected)
+
+
+def test_version_2_instance_labels_round_trip(tmp_path) -> None:
+    """Version 2 carries instance meaning; version 1 files still read, as semantic labels."""
+    weak = WeakLabels(30, 40, points=[PointLabel(3, 4, 1), PointLabel(20, 9, 1)], tags=[1], instances=True)
+    save_weak_labels(weak, tmp_path, "inst")
+    data = json.loads((tmp_path / "inst.json").read_text())
+    assert data["version"] == 2 and data["instances"] is True
+    back = load_weak_labels(tmp_path, "inst", (30, 40))
+    assert back.instances and back.points == weak.points and back.tags == [1]
+    (tmp_path / "old.json").write_text(json.dumps({"version": 1, "width": 40, "height": 30, "tags": [2]}))
+    old = load_weak_labels(tmp_path, "old", (30, 40))
+    assert not old.instances and old.tags == [2]
+    (tmp_path / "bad.json").write_text(
+        json.dumps({"version": 2, "width": 40, "height": 30, "instances": "yes"})
+    )
+    with pytest.raises(ValueError, match=r"bad\.json: instances = 'yes' must be true or false"):
+        load_weak_labels(tmp_path, "bad")

@@ -80,10 +80,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from training.trainer import TrainConfig, Trainer
+    from training.trainer import build_trainer, config_from_yaml
 
-    cfg = TrainConfig.from_yaml(args.config, args.set)
-    summary = Trainer(cfg).train()
+    cfg = config_from_yaml(args.config, args.set)
+    summary = build_trainer(cfg).train()
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(summary, indent=1))
     return 0

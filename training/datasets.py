@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from models.engine.validation import IMAGE_EXTENSIONS, list_images
+from models.engine.validation import IMAGE_EXTENSIONS, list_images, read_image
 from models.io import read_label_png
 
 CAMVID_CLASSES = (
@@ -70,12 +70,41 @@ class CamVid:
 
 @dataclass(frozen=True)
 class InstanceSample:
-    """One image and its ground-truth instances: N masks (HxW bool) with their class ids."""
+    """One image and its ground-truth instances: N masks (HxW bool) with their class ids
+    (contiguous 0..C-1; a dataset maps them to its own ids, e.g. COCO category ids with gaps).
+
+    `crowd`: masks of crowd regions (COCO `iscrowd`; AP ignores detections on them); `crop`:
+    (y0, x0, y1, x1) of the image file this sample is a tile of, None for the whole image; `image_id`:
+    the id COCO files use.
+    """
 
     stem: str
     image: Path
     masks: list[np.ndarray]
     class_ids: list[int]
+    crowd: list[np.ndarray] = field(default_factory=list)
+    crop: tuple[int, int, int, int] | None = None
+    image_id: int = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the sample (of the tile when cropped); needs one mask or a crop."""
+        if self.crop is not None:
+            y0, x0, y1, x1 = self.crop
+            return (y1 - y0, x1 - x0)
+        if self.masks:
+            return self.masks[0].shape
+        if self.crowd:
+            return self.crowd[0].shape
+        return read_image(self.image).shape[:2]
+
+    def load_image(self) -> np.ndarray:
+        """HxWx3 uint8 (the tile when cropped)."""
+        image = read_image(self.image)
+        if self.crop is not None:
+            y0, x0, y1, x1 = self.crop
+            image = image[y0:y1, x0:x1]
+        return np.ascontiguousarray(image)
 
 
 @dataclass(frozen=True)
@@ -104,18 +133,29 @@ class PennFudan:
 
     def samples(self) -> list[InstanceSample]:
         out = []
+        everything = sorted(list_images(self.root / "PNGImages"))
         for stem in self.stems():
             ids = read_label_png(self.root / "PedMasks" / f"{stem}_mask.png")
             masks = [ids == k for k in np.unique(ids) if k != 0]
-            out.append(InstanceSample(stem, self.root / "PNGImages" / f"{stem}.png", masks, [0] * len(masks)))
+            out.append(
+                InstanceSample(
+                    stem,
+                    self.root / "PNGImages" / f"{stem}.png",
+                    masks,
+                    [0] * len(masks),
+                    image_id=everything.index(stem) + 1,
+                )
+            )
         return out
 
 
 @dataclass(frozen=True)
 class CocoInstances:
     """A COCO instances file (`annotations/instances_<split>.json`, images in `<split>/`), read with
-    pycocotools: polygons and RLE decoded to masks; crowd regions are left out (they are not one
-    object)."""
+    pycocotools: polygons (of any number of parts) and RLE decoded to masks; crowd regions kept
+    apart (`InstanceSample.crowd`: they are not one object, and AP ignores detections on them).
+    Category ids (1..90 with gaps in COCO) map to contiguous class ids 0..C-1 in id order over the
+    file's `categories`; `category_ids[c]` maps back."""
 
     root: Path
     split: str = "val2017"
@@ -129,26 +169,158 @@ class CocoInstances:
     def annotation_file(self) -> Path:
         return self.root / "annotations" / f"instances_{self.split}.json"
 
+    def _coco(self):
+        from training.coco import load_coco
+
+        return load_coco(self.annotation_file)
+
+    @property
+    def category_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(self._coco().getCatIds()))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        coco = self._coco()
+        return tuple(coco.loadCats(i)[0]["name"] for i in sorted(coco.getCatIds()))
+
     def samples(self) -> list[InstanceSample]:
-        import contextlib
-        import io
+        from training.coco import samples_from_coco
 
-        from pycocotools.coco import COCO
+        return samples_from_coco(self._coco(), self.root / self.split)
 
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco = COCO(str(self.annotation_file))
+
+@dataclass(frozen=True)
+class InstanceFolder:
+    """The instance-id PNG layout: `images/<stem>.<ext>`, `instances/<stem>.png` (8- or 16-bit ids:
+    0 background, 1..N one id per instance) and, optionally, `instances/<stem>.json`
+    (`{"classes": {"<id>": class_id, ...}}`; without it every instance is class 0). Every image
+    with an id map is a sample, in sorted stem order."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        if not (self.root / "images").is_dir() or not (self.root / "instances").is_dir():
+            raise ValueError(f"{self.root}: no images/ and instances/ folders (the instance-id PNG layout)")
+
+    def samples(self) -> list[InstanceSample]:
+        import json
+
+        from PIL import Image
+
+        images = list_images(self.root / "images")
         out = []
-        for image_id in sorted(coco.getImgIds()):
-            info = coco.loadImgs(image_id)[0]
-            anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False)) if a["area"] > 0]
-            masks = [coco.annToMask(a).astype(bool) for a in anns]
-            keep = [i for i, m in enumerate(masks) if m.any()]
+        for n, stem in enumerate(sorted(images)):
+            path = self.root / "instances" / f"{stem}.png"
+            if not path.exists():
+                continue
+            with Image.open(path) as img:
+                ids = np.asarray(img).astype(np.int64)
+            if ids.ndim != 2:
+                raise ValueError(f"{path}: instance ids must be a single-channel PNG, got shape {ids.shape}")
+            classes: dict[str, int] = {}
+            meta = path.with_suffix(".json")
+            if meta.exists():
+                try:
+                    classes = {str(k): int(v) for k, v in json.loads(meta.read_text())["classes"].items()}
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f'{meta}: expected {{"classes": {{"<id>": class_id}}}} ({exc})') from exc
+            present = [int(k) for k in np.unique(ids) if k != 0]
+            masks = [ids == k for k in present]
             out.append(
                 InstanceSample(
-                    Path(info["file_name"]).stem,
-                    self.root / self.split / info["file_name"],
-                    [masks[i] for i in keep],
-                    [int(anns[i]["category_id"]) for i in keep],
+                    stem, images[stem], masks, [classes.get(str(k), 0) for k in present], image_id=n + 1
                 )
             )
+        return out
+
+
+def write_instance_folder(samples: list[InstanceSample], root: str | Path) -> None:
+    """Write samples in the instance-id PNG layout (ids 1..N in sample order, 16-bit when N > 255);
+    images are copied as PNG. Overlapping masks cannot be represented: later instances win."""
+    from models.io import atomic_write, save_json
+
+    root = Path(root)
+    for s in samples:
+        h, w = s.size
+        ids = np.zeros((h, w), np.uint16)
+        for k, m in enumerate(s.masks, start=1):
+            ids[m] = k
+        dtype = np.uint8 if len(s.masks) < 256 else np.uint16
+        from PIL import Image
+
+        atomic_write(
+            root / "instances" / f"{s.stem}.png",
+            lambda tmp, a=ids.astype(dtype): Image.fromarray(a).save(tmp, format="PNG"),
+        )
+        save_json(
+            {"classes": {str(k): int(c) for k, c in enumerate(s.class_ids, 1)}},
+            root / "instances" / f"{s.stem}.json",
+        )
+        atomic_write(
+            root / "images" / f"{s.stem}.png",
+            lambda tmp, s=s: Image.fromarray(s.load_image()).save(tmp, format="PNG"),
+        )
+
+
+CAMVID_THINGS = ("pole", "sign_symbol", "car", "pedestrian", "bicyclist")
+
+
+@dataclass(frozen=True)
+class CamVidThings:
+    """Instances derived from CamVid's class maps: every 8-connected component of one "thing"
+    class (pole, sign_symbol, car, pedestrian, bicyclist; class ids 0..4 in that order) with at
+    least `min_area` pixels is one instance.
+
+    An approximation, and the docs say so: touching cars or a crowd of pedestrians are one
+    component (one "instance"), and an object cut by a pole is two. With `tiles` > 1 each image is
+    cut into tiles x tiles samples (instances clipped to the tile, then filtered by `min_area`
+    again), which gives image-level tags per-sample contrast (a tile without a car). Splits are
+    CamVid's own train / val lists."""
+
+    root: Path
+    split: str = "val"
+    min_area: int = 50
+    tiles: int = 1
+
+    class_names = CAMVID_THINGS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        if self.tiles < 1 or self.min_area < 1:
+            raise ValueError(f"tiles ({self.tiles}) and min_area ({self.min_area}) must be >= 1")
+
+    def samples(self, limit: int | None = None) -> list[InstanceSample]:
+        from scipy import ndimage as ndi
+
+        things = [CAMVID_CLASSES.index(name) for name in CAMVID_THINGS]
+        out = []
+        for n, sample in enumerate(CamVid(self.root, self.split).samples()[:limit]):
+            if sample.label is None:
+                continue
+            gt = read_label_png(sample.label)
+            h, w = gt.shape
+            ys = np.linspace(0, h, self.tiles + 1).round().astype(int)
+            xs = np.linspace(0, w, self.tiles + 1).round().astype(int)
+            for r in range(self.tiles):
+                for c in range(self.tiles):
+                    tile = gt[ys[r] : ys[r + 1], xs[c] : xs[c + 1]]
+                    masks, classes = [], []
+                    for k, cls in enumerate(things):
+                        labelled, count = ndi.label(tile == cls, structure=np.ones((3, 3), bool))
+                        areas = np.bincount(labelled.ravel(), minlength=count + 1)
+                        for i in np.flatnonzero(areas[1:] >= self.min_area) + 1:
+                            masks.append(labelled == i)
+                            classes.append(k)
+                    whole = self.tiles == 1
+                    out.append(
+                        InstanceSample(
+                            sample.stem if whole else f"{sample.stem}_t{r}{c}",
+                            sample.image,
+                            masks,
+                            classes,
+                            crop=None if whole else (int(ys[r]), int(xs[c]), int(ys[r + 1]), int(xs[c + 1])),
+                            image_id=n * self.tiles**2 + r * self.tiles + c + 1,
+                        )
+                    )
         return out

@@ -8,6 +8,7 @@ can be scored as they are) but as no class's false positive.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -121,3 +122,33 @@ def label_report(
             "added_pixels": added.added,
         }
     return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in report.items()}
+
+
+def coco_mask_ap(ground_truth: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float]:
+    """COCO mask AP (pycocotools' COCOeval, iouType "segm") of `results` (COCO results format) against
+    `ground_truth` (a COCO instances dict). Returns AP, AP50, AP75, APs/m/l and AR100 in [0, 1]; a
+    category with no ground truth in the evaluated images is left out (pycocotools' rule), so is
+    every crowd region (detections on it are ignored). No results scores 0."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from training.coco import load_coco
+
+    names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    if not results:
+        return dict.fromkeys((*names, "AR100"), 0.0)
+    gt = load_coco(ground_truth)
+    known = set(gt.getImgIds())
+    stray = sorted({r["image_id"] for r in results} - known)
+    if stray:
+        raise ValueError(f"results name image ids {stray[:5]} that the ground truth does not have")
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes([dict(r) for r in results])  # loadRes writes into the dicts it gets
+        ev = COCOeval(gt, dt, iouType="segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [max(float(v), 0.0) for v in ev.stats]  # -1 = "no such objects": report 0
+    return dict(zip(names, stats[:6])) | {"AR100": stats[8]}

@@ -17,11 +17,24 @@ from models.refine import NaiveOptions, SeSAMOptions
 from models.students import student_registry
 from training.data import WeakDataset
 from training.loop import TrainLoop, config_changes, rank_world, weights_digest
+from training.recipes.instance import INSTANCE_MODES, InstanceRecipe, InstanceTrainConfig
 from training.recipes.semantic import MODES, READ_BY, SemanticRecipe
 
 ENV_PREFIX = "SESAM_TRAIN_"
 
-__all__ = ["MODES", "READ_BY", "TrainConfig", "Trainer", "config_changes", "weights_digest"]
+__all__ = [
+    "INSTANCE_MODES",
+    "MODES",
+    "READ_BY",
+    "InstanceTrainConfig",
+    "InstanceTrainer",
+    "TrainConfig",
+    "Trainer",
+    "build_trainer",
+    "config_changes",
+    "config_from_yaml",
+    "weights_digest",
+]
 
 
 @dataclass
@@ -160,3 +173,35 @@ class Trainer(TrainLoop):
 
     def evaluate(self, **kwargs) -> dict[str, Any]:
         return self.recipe.evaluate(**kwargs)
+
+
+class InstanceTrainer(TrainLoop):
+    """The loop over the instance recipe (wish | supervised-instance); resumable from out_dir/last.pt."""
+
+    def __init__(self, cfg: InstanceTrainConfig):
+        cfg.validate()
+        rank, world = rank_world()
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("gloo")
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        progress = functools.partial(progress_bar, disable=cfg.quiet or rank != 0)
+        super().__init__(cfg, InstanceRecipe(cfg, rank, world, progress), rank, world)
+
+
+def config_from_yaml(
+    path: str | Path, overrides: list[str] | None = None
+) -> TrainConfig | InstanceTrainConfig:
+    """The semantic or the instance config, by the file's (or an override's) `mode`."""
+    values = read_yaml(path)
+    mode = values.get("mode")
+    for item in overrides or ():
+        key, _, value = item.partition("=")
+        if key.strip() == "mode":
+            mode = value.strip()
+    if mode in INSTANCE_MODES:
+        return InstanceTrainConfig.from_yaml(path, overrides)
+    return TrainConfig.from_yaml(path, overrides)
+
+
+def build_trainer(cfg: TrainConfig | InstanceTrainConfig) -> TrainLoop:
+    return InstanceTrainer(cfg) if isinstance(cfg, InstanceTrainConfig) else Trainer(cfg)

@@ -2,10 +2,11 @@
 
 Per image `<stem>`, any mix of kinds, each carrying a class id:
 
-- `<stem>.json` (sparse kinds), version 1::
+- `<stem>.json` (sparse kinds), version 2::
 
     {
-      "version": 1,
+      "version": 2,
+      "instances": false,                          # true: instance-level labels (below)
       "width": 480, "height": 360,                 # the image size the labels refer to
       "points":    [{"x": 12.5, "y": 40, "class_id": 3}],
       "scribbles": [{"class_id": 3, "width": 3, "points": [[x, y], [x, y], ...]}],   # polyline
@@ -15,6 +16,12 @@ Per image `<stem>`, any mix of kinds, each carrying a class id:
 
   Coordinates are pixels of the image (x right, y down). A scribble is an ordered polyline drawn
   `width` pixels thick. Every key but `version`, `width` and `height` is optional.
+
+  With `"instances": true` (instance segmentation, WISH) the labels mean more: every point lies
+  on one object and no two points on the same object, every box is one object's box, and `tags`
+  lists every class present in the image. Without it (semantic labels) several points or boxes
+  may name one region and tags need not be complete. Version 1 files (no `instances` field) are
+  still read, as semantic labels; files are written as version 2.
 - `<stem>.png` (coarse masks): uint8 class ids, 255 = unlabeled, the image's size.
 
 `load_weak_labels` validates everything and raises ValueError naming the file, the field and the
@@ -35,7 +42,8 @@ from skimage.draw import line
 
 from models.io import UNLABELED, read_label_png, save_json, save_png
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class WeakLabels:
     boxes: list[BoxLabel] = field(default_factory=list)
     tags: list[int] = field(default_factory=list)
     coarse: np.ndarray | None = None
+    instances: bool = False  # True: one point / box per object, tags complete (schema version 2)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -182,6 +191,8 @@ class WeakLabels:
     # -- JSON ------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"version": SCHEMA_VERSION, "width": self.width, "height": self.height}
+        if self.instances:
+            data["instances"] = True
         if self.points:
             data["points"] = [
                 {"x": float(p.x), "y": float(p.y), "class_id": int(p.class_id)} for p in self.points
@@ -204,13 +215,14 @@ class WeakLabels:
         if not isinstance(data, dict):
             raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
         version = data.get("version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise ValueError(
-                f"{source}: version = {version!r}; this reader understands version {SCHEMA_VERSION}"
+                f"{source}: version = {version!r}; this reader understands versions {list(READABLE_VERSIONS)}"
             )
-        unknown = sorted(
-            set(data) - {"version", "width", "height", "points", "scribbles", "boxes", "tags", "image"}
-        )
+        fields = {"version", "width", "height", "points", "scribbles", "boxes", "tags", "image"}
+        if version >= 2:
+            fields.add("instances")
+        unknown = sorted(set(data) - fields)
         if unknown:
             raise ValueError(f"{source}: unknown fields {unknown}")
         try:
@@ -237,7 +249,10 @@ class WeakLabels:
             raise ValueError(f"{source}: malformed value ({exc})") from exc
         if any(len(b.box) != 4 for b in boxes):
             raise ValueError(f"{source}: every box needs 4 numbers [x0, y0, x1, y1]")
-        return cls(height, width, points, scribbles, boxes, tags)
+        instances = data.get("instances", False)
+        if not isinstance(instances, bool):
+            raise ValueError(f"{source}: instances = {instances!r} must be true or false")
+        return cls(height, width, points, scribbles, boxes, tags, instances=instances)
 
 
 def _int(value: Any) -> int:
@@ -286,7 +301,7 @@ def save_weak_labels(weak: WeakLabels, directory: str | Path, stem: str) -> list
     directory = Path(directory)
     written = []
     sparse = weak.to_json()
-    if len(sparse) > 3:
+    if set(sparse) - {"version", "width", "height", "instances"}:
         save_json(sparse, directory / f"{stem}.json")
         written.append(directory / f"{stem}.json")
     if weak.coarse is not None:

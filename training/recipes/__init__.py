@@ -6,12 +6,14 @@ artefacts; it says which settings each of its modes reads (the resume check).
 
 from __future__ import annotations
 
+from training.recipes.instance import INSTANCE_MODES, InstanceRecipe
 from training.recipes.semantic import MODES as SEMANTIC_MODES
 from training.recipes.semantic import SemanticRecipe
 
 # task name -> (recipe class, the modes it trains)
 RECIPES: dict[str, tuple[type, tuple[str, ...]]] = {
     "semantic": (SemanticRecipe, SEMANTIC_MODES),
+    "instance": (InstanceRecipe, INSTANCE_MODES),
 }
 
-__all__ = ["RECIPES", "SEMANTIC_MODES", "SemanticRecipe"]
+__all__ = ["INSTANCE_MODES", "RECIPES", "SEMANTIC_MODES", "InstanceRecipe", "SemanticRecipe"]

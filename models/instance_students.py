@@ -1,0 +1,229 @@
+"""Instance students: Mask2Former (HF `transformers`, random init, a timm backbone) with WISH's heads.
+
+`InstanceStudent.forward` maps Bx3xHxW normalised images (H, W multiples of 32) to
+
+- class_logits  LxBxQx(C+1)  per decoder layer (deep supervision), the last class is "no object"
+- mask_logits   LxBxQx(H/4)x(W/4)
+- prompts       LxBxQxP      the predicted SAM prompt latent of each query (WISH Eq. 10)
+- cam           BxCx(H/32)x(W/32)  class activation maps of a 1x1 conv on the backbone's last stage (Eq. 16)
+
+L = the decoder's layers plus its initial prediction. The heads: `class_head` (H_cls, Eq. 8), the mask
+embedding inside Mask2Former (H_mask), `prompt_head` (H_prompt, an MLP, Eq. 10), `cam_head` (H_cam).
+The forward has no data-dependent Python control flow (export comes next). Students are built by
+name from `instance_student_registry`; `InstanceSegmenter` owns image I/O and post-processing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.io import atomic_write
+from models.students import normalize
+
+STRIDE = 32
+PROMPT_DIM = 512  # SAM's prompt encoder: 2 tokens x 256 for one point (+ pad token) or one box
+
+
+class MLP(nn.Module):
+    def __init__(self, dim_in: int, hidden: int, dim_out: int, layers: int = 3) -> None:
+        super().__init__()
+        dims = [dim_in] + [hidden] * (layers - 1) + [dim_out]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class InstanceStudent(nn.Module):
+    """Mask2Former + class, prompt and CAM heads (WISH, paper 002, Fig. 2)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet18",
+        hidden: int = 128,
+        queries: int = 20,
+        decoder_layers: int = 4,
+        encoder_layers: int = 2,
+        heads: int = 4,
+        feedforward: int = 512,
+        prompt_dim: int = PROMPT_DIM,
+    ) -> None:
+        super().__init__()
+        from transformers import Mask2FormerConfig, Mask2FormerModel, TimmBackboneConfig
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "timm_backbone is not a supported model": it works (tests)
+        backbone_config = TimmBackboneConfig(
+            backbone=backbone, out_indices=(1, 2, 3, 4), use_pretrained_backbone=False
+        )
+        config = Mask2FormerConfig(
+            backbone_config=backbone_config,
+            use_pretrained_backbone=False,
+            hidden_dim=hidden,
+            feature_size=hidden,
+            mask_feature_size=hidden,
+            encoder_layers=encoder_layers,
+            decoder_layers=decoder_layers,
+            num_queries=queries,
+            encoder_feedforward_dim=feedforward,
+            dim_feedforward=feedforward,
+            num_attention_heads=heads,
+        )
+        try:
+            self.mask2former = Mask2FormerModel(config)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        channels = self.mask2former.pixel_level_module.encoder.num_features[-1]
+        self.num_classes = num_classes
+        self.class_head = nn.Linear(hidden, num_classes + 1)
+        self.prompt_head = MLP(hidden, hidden, prompt_dim, 3)
+        self.cam_head = nn.Conv2d(channels, num_classes, 1, bias=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.mask2former(pixel_values=images, output_hidden_states=True)
+        queries = torch.stack(out.transformer_decoder_intermediate_states).transpose(1, 2)  # LxBxQxD
+        masks = torch.stack(out.masks_queries_logits)  # LxBxQxhxw
+        cam = self.cam_head(out.encoder_hidden_states[-1])
+        return self.class_head(queries), masks, self.prompt_head(queries), cam
+
+
+def _build(num_classes: int, **kwargs: Any) -> InstanceStudent:
+    return InstanceStudent(num_classes, **kwargs)
+
+
+# name -> builder(num_classes); the small one trains on this machine, the others where a GPU is
+instance_student_registry: dict[str, Callable[[int], InstanceStudent]] = {
+    "m2f-r18": functools.partial(_build, backbone="resnet18", hidden=128, queries=20, decoder_layers=4),
+    "m2f-r50": functools.partial(
+        _build,
+        backbone="resnet50",
+        hidden=256,
+        queries=100,
+        decoder_layers=10,
+        encoder_layers=6,
+        heads=8,
+        feedforward=1024,
+    ),
+}
+
+
+def build_instance_student(name: str, num_classes: int) -> InstanceStudent:
+    if name not in instance_student_registry:
+        raise ValueError(
+            f"unknown instance student {name!r}; choose one of {sorted(instance_student_registry)}"
+        )
+    return instance_student_registry[name](num_classes)
+
+
+# -- pre- and post-processing (pure) -------------------------------------------------------------
+def letterbox_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """(h, w) of an image of `size` scaled so its longer side is `side` (rounded)."""
+    h, w = size
+    scale = side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def padded(size: tuple[int, int], multiple: int = STRIDE) -> tuple[int, int]:
+    return tuple(-(-s // multiple) * multiple for s in size)  # type: ignore[return-value]
+
+
+def letterbox(image: torch.Tensor, side: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """HxWx3 uint8 -> 3xH'xW' normalised, the longer side scaled to `side`, zero-padded (after
+    normalisation) to multiples of 32 at the bottom and right; also the scaled (h, w) before padding."""
+    sh, sw = letterbox_size(tuple(image.shape[:2]), side)
+    x = image.permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)
+    ph, pw = padded((sh, sw))
+    return F.pad(normalize(x), (0, pw - sw, 0, ph - sh))[0], (sh, sw)
+
+
+def instances_from_outputs(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, top_k: int = 50
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask2Former's instance inference for one image: Qx(C+1) class logits and Qxhxw mask logits ->
+    the top_k (query, class) pairs as (mask logits Kxhxw, classes K, scores K), best first; score =
+    class probability x the mean mask probability inside the mask (logit > 0), Mask2Former's rule."""
+    probs = class_logits.softmax(-1)[:, :-1]  # QxC, "no object" dropped
+    q, c = probs.shape
+    scores, flat = probs.flatten().topk(min(top_k, q * c))
+    logits = mask_logits[flat // c]
+    inside = (logits > 0).float()
+    mask_prob = (logits.sigmoid() * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1)
+    scores = scores * mask_prob
+    order = scores.argsort(descending=True)
+    return logits[order], (flat % c)[order], scores[order]
+
+
+class InstanceSegmenter:
+    """An instance student behind an image API: HxWx3 uint8 images -> instances at full size."""
+
+    def __init__(self, model: InstanceStudent, meta: dict[str, Any], device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.meta = meta
+        self.device = torch.device(device)
+        self.side = int(meta.get("input_side", 320))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> InstanceSegmenter:
+        model, meta = load_instance_student(path)
+        return cls(model, meta, device)
+
+    @torch.no_grad()
+    def segment(
+        self, images: list[np.ndarray], top_k: int = 50, min_score: float = 0.05
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per HxWx3 uint8 image: (masks KxHxW bool, class ids K, scores K), best first."""
+        out = []
+        for image in images:
+            h, w = image.shape[:2]
+            x, (sh, sw) = letterbox(torch.from_numpy(np.ascontiguousarray(image)), self.side)
+            class_logits, mask_logits, _, _ = self.model(x[None].to(self.device))
+            logits, classes, scores = instances_from_outputs(class_logits[-1, 0], mask_logits[-1, 0], top_k)
+            keep = scores >= min_score
+            logits = F.interpolate(
+                logits[keep][None], size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+            logits = F.interpolate(logits[..., :sh, :sw], size=(h, w), mode="bilinear", align_corners=False)
+            out.append((logits[0].cpu().numpy() > 0, classes[keep].cpu().numpy(), scores[keep].cpu().numpy()))
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {"student": self.meta.get("name"), "kind": "instance", "classes": self.meta.get("class_names")}
+
+
+def save_instance_student(
+    path: str | Path, model: InstanceStudent, name: str, num_classes: int, extra: dict[str, Any] | None = None
+) -> None:
+    payload = {"name": name, "num_classes": num_classes, "kind": "instance", "state_dict": model.state_dict()}
+    payload |= extra or {}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_instance_student(path: str | Path) -> tuple[InstanceStudent, dict[str, Any]]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path}: no such instance student checkpoint") from exc
+    if not isinstance(payload, dict) or payload.get("kind") != "instance":
+        raise ValueError(f"{path}: not an instance student checkpoint (no kind: instance)")
+    model = build_instance_student(payload["name"], int(payload["num_classes"]))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit {payload['name']} ({exc})") from exc
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model.eval(), meta

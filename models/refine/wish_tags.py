@@ -1,0 +1,124 @@
+"""WISH's tags -> points (paper 002, Sec. 4.3, Eq. 18): instance points from a class activation map.
+
+For every tagged class c:
+1. the CAM A_c is normalised to [0, 1] (ReLU, divided by its maximum; the paper leaves the scale
+   open) and its peaks found with WeakSAM's Algorithm 1 (`models.peaks`: max-pool kernel k, peaks
+   below tau dropped, peaks within k/2 of a stronger one dropped);
+2. every peak alone is a positive point prompt (the paper found several peaks together, or
+   negative points, hurt); its mask is SAM's best-scored candidate;
+3. peaks whose masks overlap with IoU above `merge_iou` belong to one instance (connected groups);
+4. each instance keeps the peak whose mask has the highest stability score.
+
+The result has the form of point labels (Eq. 4) plus SAM's three candidates per point, which is
+what the WISH targets need. `merge_peaks` is the pure part (tests script it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.engine import ImageHandle, Prompt, PromptableSegmenter
+from models.peaks import peak_points
+
+
+@dataclass(frozen=True)
+class TagPointOptions:
+    peak_kernel: int = 3  # Algorithm 1's k, in CAM cells
+    peak_threshold: float = 0.5  # tau, on the CAM normalised to [0, 1]
+    merge_iou: float = 0.5  # peaks whose masks overlap more than this are one instance
+
+
+@dataclass
+class TagInstances:
+    """Instances found from tags: K points (x, y) in original pixels, their classes, SAM's three
+    candidates (Kx3xHxW bool) and the kept mask's stability."""
+
+    points: np.ndarray
+    class_ids: np.ndarray
+    candidates: np.ndarray
+    stability: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.class_ids)
+
+
+def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
+    """CxHxW -> CxHxW in [0, 1]: ReLU, each class divided by its maximum (0 where it is all <= 0)."""
+    cam = cam.clamp(min=0)
+    return cam / cam.flatten(1).amax(1).clamp(min=1e-8)[:, None, None]
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """NxHxW, MxHxW bool -> NxM IoU."""
+    fa, fb = a.reshape(len(a), -1).astype(np.float32), b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None] - inter
+    return inter / np.maximum(union, 1)
+
+
+def merge_peaks(
+    masks: np.ndarray, stability: np.ndarray, class_ids: Sequence[int], merge_iou: float
+) -> list[int]:
+    """Indices of the peaks kept: peaks of one class whose masks (NxHxW bool) overlap with IoU >
+    merge_iou are grouped (transitively); each group keeps its most stable peak. Sorted."""
+    n = len(masks)
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    iou = mask_iou(masks, masks) if n else np.zeros((0, 0))
+    classes = np.asarray(class_ids)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if classes[i] == classes[j] and iou[i, j] > merge_iou:
+                parent[root(j)] = root(i)
+    best: dict[int, int] = {}
+    for i in range(n):
+        r = root(i)
+        if r not in best or stability[i] > stability[best[r]]:
+            best[r] = i
+    return sorted(best.values())
+
+
+def tags_to_points(
+    engine: PromptableSegmenter,
+    handle: ImageHandle,
+    cam: torch.Tensor,
+    tags: Sequence[int],
+    to_image: Callable[[np.ndarray], np.ndarray],
+    options: TagPointOptions = TagPointOptions(),
+) -> TagInstances:
+    """Instances of the tagged classes from one image's CAM (CxHcxWc). `to_image` maps Nx2 CAM
+    cell coordinates (x, y) to original image pixels and returns NaN for cells outside the image."""
+    h, w = handle.original_size
+    cam = normalise_cam(cam.detach().float().cpu())
+    points, classes = [], []
+    for c in sorted(set(int(t) for t in tags)):
+        peaks = peak_points(cam[c], options.peak_kernel, options.peak_threshold)[0]
+        if len(peaks):
+            xy = to_image(peaks.points.numpy())
+            inside = np.isfinite(xy).all(1)
+            xy = np.clip(xy[inside], 0, [w - 1, h - 1])
+            points.extend(xy)
+            classes.extend([c] * len(xy))
+    if not points:
+        return TagInstances(np.zeros((0, 2)), np.zeros(0, int), np.zeros((0, 3, h, w), bool), np.zeros(0))
+    prompts = [Prompt(points=np.asarray([p]), labels=np.ones(1, int)) for p in points]
+    pred = engine.predict(handle, prompts, multimask=True)
+    best = pred.iou.argmax(1)
+    rows = np.arange(len(prompts))
+    keep = merge_peaks(pred.masks[rows, best], pred.stability[rows, best], classes, options.merge_iou)
+    return TagInstances(
+        np.asarray(points)[keep],
+        np.asarray(classes)[keep],
+        pred.masks[keep],
+        pred.stability[rows, best][keep],
+    )
