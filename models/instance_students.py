@@ -16,6 +16,7 @@ name from `instance_student_registry`; `InstanceSegmenter` owns image I/O and po
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ class MLP(nn.Module):
     def __init__(self, dim_in: int, hidden: int, dim_out: int, layers: int = 3) -> None:
         super().__init__()
         dims = [dim_in] + [hidden] * (layers - 1) + [dim_out]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):

@@ -80,7 +80,7 @@ def test_pennfudan_split_is_disjoint_and_every_fifth() -> None:
 
 
 @pytest.mark.skipif(not (DATA / "coco_mini").is_dir(), reason="COCO-mini not present")
-def test_coco_instances_skip_crowd_and_keep_category_ids() -> None:
+def test_coco_instances_keep_crowd_apart_and_map_category_ids() -> None:
     import json
 
     coco = CocoInstances(DATA / "coco_mini", "val2017")
@@ -89,6 +89,10 @@ def test_coco_instances_skip_crowd_and_keep_category_ids() -> None:
     solid = [a for a in data["annotations"] if not a["iscrowd"] and a["area"] > 0]
     assert sum(len(s.masks) for s in samples) <= len(solid)
     assert sum(len(s.masks) for s in samples) >= len(solid) - 5  # only empty decodes may drop
-    assert {c for s in samples for c in s.class_ids} <= {c["id"] for c in data["categories"]}
+    # contiguous class ids, mapped back to the file's category ids by `category_ids`
+    ids = sorted(c["id"] for c in data["categories"])
+    assert coco.category_ids == tuple(ids)
+    assert {coco.category_ids[c] for s in samples for c in s.class_ids} <= set(ids)
+    assert sum(len(s.crowd) for s in samples) == sum(a["iscrowd"] for a in data["annotations"])
     with pytest.raises(ValueError, match="no such COCO annotation file"):
         CocoInstances(DATA / "coco_mini", "test2017")

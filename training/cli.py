@@ -89,6 +89,28 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_eval_instances(args: argparse.Namespace) -> int:
+    from training.coco import load_coco
+    from training.metrics import coco_mask_ap
+
+    gt = load_coco(Path(args.gt)).dataset
+    try:
+        results = json.loads(Path(args.pred).read_text())
+    except FileNotFoundError as exc:
+        raise ValueError(f"--pred {args.pred}: no such file") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--pred {args.pred}: invalid JSON ({exc})") from exc
+    if not isinstance(results, list):
+        raise ValueError(f"--pred {args.pred}: expected a COCO results list, got {type(results).__name__}")
+    for i, r in enumerate(results):
+        missing = {"image_id", "category_id", "segmentation", "score"} - set(r if isinstance(r, dict) else {})
+        if missing:
+            raise ValueError(f"--pred {args.pred}: result [{i}] lacks {sorted(missing)}")
+    report = coco_mask_ap(gt, results) | {"images": len(gt["images"]), "predictions": len(results)}
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser("train", help="train a student from weak labels (YAML config)")
     t.add_argument("--config", required=True, help="YAML file with TrainConfig settings (see configs/)")
@@ -109,6 +131,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=run_derive)
     weak.set_defaults(func=lambda a: (weak.print_help(), 2)[1])
+
+    ei = subparsers.add_parser("eval-instances", help="COCO mask AP of instance predictions (prints JSON)")
+    ei.add_argument(
+        "--pred", required=True, help="COCO results JSON (image_id, category_id, segmentation, score)"
+    )
+    ei.add_argument("--gt", required=True, help="COCO instances JSON (the ground truth)")
+    ei.set_defaults(func=run_eval_instances)
 
     e = subparsers.add_parser("eval-labels", help="score label maps against ground truth (prints JSON)")
     e.add_argument(

@@ -238,7 +238,12 @@ class InstanceFolder:
 def write_instance_folder(samples: list[InstanceSample], root: str | Path) -> None:
     """Write samples in the instance-id PNG layout (ids 1..N in sample order, 16-bit when N > 255);
     images are copied as PNG. Overlapping masks cannot be represented: later instances win."""
+    from PIL import Image
+
     from models.io import atomic_write, save_json
+
+    def png_writer(array: np.ndarray):
+        return lambda tmp: Image.fromarray(array).save(tmp, format="PNG")
 
     root = Path(root)
     for s in samples:
@@ -246,21 +251,15 @@ def write_instance_folder(samples: list[InstanceSample], root: str | Path) -> No
         ids = np.zeros((h, w), np.uint16)
         for k, m in enumerate(s.masks, start=1):
             ids[m] = k
-        dtype = np.uint8 if len(s.masks) < 256 else np.uint16
-        from PIL import Image
-
         atomic_write(
             root / "instances" / f"{s.stem}.png",
-            lambda tmp, a=ids.astype(dtype): Image.fromarray(a).save(tmp, format="PNG"),
+            png_writer(ids.astype(np.uint8) if len(s.masks) < 256 else ids),
         )
         save_json(
             {"classes": {str(k): int(c) for k, c in enumerate(s.class_ids, 1)}},
             root / "instances" / f"{s.stem}.json",
         )
-        atomic_write(
-            root / "images" / f"{s.stem}.png",
-            lambda tmp, s=s: Image.fromarray(s.load_image()).save(tmp, format="PNG"),
-        )
+        atomic_write(root / "images" / f"{s.stem}.png", png_writer(s.load_image()))
 
 
 CAMVID_THINGS = ("pole", "sign_symbol", "car", "pedestrian", "bicyclist")

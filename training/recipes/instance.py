@@ -384,7 +384,7 @@ class InstanceRecipe:
         found = self.tag_instances.get(index)
         if found is None or len(found["classes"]) == 0:
             return None
-        item, (h, w) = self.items[index], self.items[index].size
+        h, w = self.items[index].size
         xy = found["points"].numpy()
         z = self.latents.points(flip_points(xy, w) if flip else xy, (h, w))
         masks = found["masks"].flip(-1) if flip else found["masks"]
@@ -567,7 +567,14 @@ class InstanceRecipe:
         }
 
     def save_outputs(self, out: Path, final: dict[str, Any]) -> None:
+        """student.pt, and the validation ground truth and predictions as COCO files
+        (`sesam eval-instances --pred val_predictions.json --gt val_gt.json` scores them)."""
+        from training.coco import write_coco
+
         c = self.cfg
+        if self.has_validation():
+            write_coco(self._val_gt, out / "val_gt.json")
+            write_coco(self.predict_val(), out / "val_predictions.json")
         save_instance_student(
             out / "student.pt",
             self.model,
