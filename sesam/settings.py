@@ -11,9 +11,10 @@ from models.engine import EngineConfig
 from models.engine.classical import ClassicalOptions
 from models.io import atomic_write_text
 from models.refine import NaiveOptions, SEPLOptions, SeSAMOptions
+from models.refine.wish_tags import TagPointOptions
 from serving.config import ServiceConfig
 from training.trainer import ENV_PREFIX as TRAIN_PREFIX
-from training.trainer import TrainConfig
+from training.trainer import InstanceTrainConfig, TrainConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 SECTIONS = (
@@ -36,6 +37,19 @@ SECTIONS = (
         "`sesam train --config FILE.yaml`, `SESAM_TRAIN_*`, `--set key=value`.",
         TrainConfig,
         TRAIN_PREFIX,
+    ),
+    (
+        "Instance training (WISH)",
+        "`sesam train --config FILE.yaml` with `mode: wish` or `supervised-instance`, `SESAM_TRAIN_*`, "
+        "`--set key=value` (docs/wish.md).",
+        InstanceTrainConfig,
+        TRAIN_PREFIX,
+    ),
+    (
+        "WISH tags -> points",
+        "`tag_points:` in an instance training config.",
+        TagPointOptions,
+        None,
     ),
     (
         "SeSAM labeler",

@@ -11,6 +11,7 @@ import torch
 
 from models.engine import CachedSegmenter, Predictions, Prompt
 from models.instance_students import (
+    InstanceSegmenter,
     build_instance_student,
     instance_student_registry,
     instances_from_outputs,
@@ -266,6 +267,27 @@ def folder(tmp_path_factory) -> Path:
     return root / "data"
 
 
+@pytest.mark.skipif(not (DATA / "camvid").is_dir(), reason="CamVid not present")
+def test_camvid_things_are_components_of_thing_classes() -> None:
+    from scipy import ndimage as ndi
+
+    from models.io import read_label_png
+    from training.datasets import CAMVID_CLASSES, CamVid, CamVidThings
+
+    whole = CamVidThings(DATA / "camvid", "val", min_area=50).samples(limit=2)
+    label = read_label_png(CamVid(DATA / "camvid", "val").samples()[0].label)
+    car = label == CAMVID_CLASSES.index("car")
+    labelled, _ = ndi.label(car, structure=np.ones((3, 3), bool))
+    big = int((np.bincount(labelled.ravel())[1:] >= 50).sum())
+    assert whole[0].class_ids.count(2) == big  # class 2 = car among the things
+    assert all(m.sum() >= 50 for m in whole[0].masks)
+    tiles = CamVidThings(DATA / "camvid", "val", min_area=50, tiles=2).samples(limit=1)
+    assert (
+        len(tiles) == 4 and tiles[0].crop == (0, 0, 180, 240) and tiles[0].load_image().shape == (180, 240, 3)
+    )
+    assert all(m.shape == (180, 240) for t in tiles for m in t.masks)
+
+
 def test_instance_folder_round_trip(folder: Path) -> None:
     samples = InstanceFolder(folder).samples()
     assert len(samples) == 10 and all(s.masks for s in samples)
@@ -370,12 +392,19 @@ def test_wish_resume_equals_uninterrupted(folder: Path, tmp_path) -> None:
 
 
 def test_supervised_instance_learns_the_scene(folder: Path, tmp_path) -> None:
-    """The upper bound on a toy scene: AP rises well above a random model's within a few dozen steps."""
+    """The upper bound on a toy scene: AP rises well above a random model's within a few dozen steps;
+    the saved student segments images at their own size through `InstanceSegmenter`."""
     cfg = _config(folder, tmp_path, mode="supervised-instance", iterations=60, eval_every=60, lr=5e-4)
     untrained = InstanceTrainer(_config(folder, tmp_path / "u", mode="supervised-instance"))
     before = untrained.recipe.evaluate()["AP50"]
     after = InstanceTrainer(cfg).train()["val"]["AP50"]
     assert after > before + 0.2, (before, after)
+    segmenter = InstanceSegmenter.from_checkpoint(tmp_path / "student.pt")
+    sample = InstanceFolder(folder).samples()[0]
+    masks, _, scores = segmenter.segment([sample.load_image()], top_k=5, min_score=0.0)[0]
+    assert masks.shape == (5, 48, 64) and masks.dtype == bool and (np.diff(scores) <= 0).all()
+    best = max(float((m & o).sum() / (m | o).sum()) for m in masks for o in sample.masks)
+    assert best > 0.35  # the top five hold an object (a 60-step student: rough edges)
 
 
 def test_instance_config_errors(folder: Path, tmp_path) -> None:

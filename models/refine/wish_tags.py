@@ -21,15 +21,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.peaks import peak_points
 
 
 @dataclass(frozen=True)
 class TagPointOptions:
-    peak_kernel: int = 3  # Algorithm 1's k, in CAM cells
-    peak_threshold: float = 0.5  # tau, on the CAM normalised to [0, 1]
-    merge_iou: float = 0.5  # peaks whose masks overlap more than this are one instance
+    """WISH's tags -> points; the paper names tau and the merge IoU without values (chosen here)."""
+
+    peak_kernel: int = setting(3, help="Algorithm 1's max-pool kernel k, in CAM cells (odd)")
+    peak_threshold: float = setting(
+        0.5, help="tau: peaks below it on the CAM normalised to [0, 1] are dropped"
+    )
+    merge_iou: float = setting(0.5, help="peaks whose SAM masks overlap with IoU above this are one instance")
+
+    def validate(self, source: str = "tag_points") -> None:
+        if self.peak_kernel < 1 or self.peak_kernel % 2 == 0:
+            raise ValueError(f"{source}: peak_kernel {self.peak_kernel} must be an odd number >= 1")
+        if not 0 <= self.peak_threshold <= 1 or not 0 <= self.merge_iou <= 1:
+            raise ValueError(f"{source}: peak_threshold and merge_iou must lie in [0, 1]")
 
 
 @dataclass
