@@ -462,3 +462,26 @@ def test_eval_instances_cli(folder: Path, tmp_path, capsys) -> None:
         == 2
     )
     assert "result [0] lacks ['category_id', 'score', 'segmentation']" in capsys.readouterr().err
+
+
+def test_two_process_ddp_wish(folder: Path, tmp_path) -> None:
+    """torchrun with 2 processes: a WISH mix (tags refreshed on each rank's share of the batch)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "ddp.yaml"
+    values = {k: v for k, v in _config(folder, tmp_path / "out").__dict__.items()}
+    values |= {"labels": "mix", "label_counts": [4, 3, 3], "batch_size": 4, "checkpoint_every": 1}
+    config.write_text(yaml.safe_dump(values))
+    env = dict(os.environ, OMP_NUM_THREADS="1", BENTOML_DO_NOT_TRACK="true")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "sesam.cli", "train", "--config", str(config)]
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]  # replicas stayed identical
+    assert (tmp_path / "out" / "student.pt").exists()
