@@ -12,6 +12,8 @@ Rows:
 - tags / points / boxes: that kind on every train image (costs 136 / 816 / 1632 tag units);
 - at one budget zeta = 136 (tags on every image, the paper's protocol: Eq. 21, 1:6:12):
   points@136 (22 images), boxes@136 (11), tags+points (76 tags, 10 points), tags+boxes (76, 5);
+- at zeta = 816 (points on every image), where boxes alone already teach something: boxes@816
+  (68 images) against tags+boxes@816 (72 tags + 62 boxes);
 - ablations as the paper's Table 4, on `--ablation-base` labels: no L_prompt, the SAM level fixed
   to 1 / 2 / 3 instead of the min over the three, no L_self.
 
@@ -60,6 +62,12 @@ ROWS: dict[str, tuple[str, dict[str, str]]] = {
     "tags+boxes@136": (
         "76 tags + 5 boxes (cost 136)",
         {"labels": "mix", "label_counts": "[76,0,5]", "budget": str(BUDGET)},
+    ),
+    # a budget where boxes alone already teach something: 6 x 136 (points on every image)
+    "boxes@816": ("boxes, 68 images (cost 816)", {"labels": "boxes", "budget": str(6 * BUDGET)}),
+    "tags+boxes@816": (
+        "72 tags + 62 boxes (cost 816)",
+        {"labels": "mix", "label_counts": "[72,0,62]", "budget": str(6 * BUDGET)},
     ),
 }
 ABLATIONS: dict[str, tuple[str, dict[str, str]]] = {

@@ -6,7 +6,12 @@ and 3 against the instance's mask, of the best of the three (what Eq. 13's min c
 and of the one the engine scores highest. Backends side by side in one run: the classical prior
 (the default here) and the previous region prior; a SAM checkpoint adds a row with `--sam-checkpoint`.
 
-Run: `python benchmarks/wish_targets.py [--limit 136]`; writes benchmarks/results/wish_targets.md.
+With `--student runs/wish/boxes_seed0/student.pt` it also counts which candidate the Hungarian
+matching (Eq. 13's min) picks for that trained student's final layer on the train images' box
+targets: the level the student has settled on.
+
+Run: `python benchmarks/wish_targets.py [--limit 136] [--student PATH]`; writes
+benchmarks/results/wish_targets.md.
 """
 
 from __future__ import annotations
@@ -46,12 +51,52 @@ def measure(engine, samples, kind: str) -> np.ndarray:
     return np.asarray(rows)
 
 
+def matched_levels(student: str, limit: int | None, labels: str = "boxes") -> list[int]:
+    """How often the matching picks candidate 1, 2, 3 for a trained WISH student on train images."""
+    import torch
+
+    from models.instance_students import load_instance_student
+    from training.trainer import InstanceTrainConfig, InstanceTrainer
+    from training.wish import match
+
+    model, meta = load_instance_student(student)
+    cfg = InstanceTrainConfig(
+        labels=labels,
+        data_root=str(PENNFUDAN),
+        input_side=int(meta.get("input_side", 320)),
+        train_limit=limit,
+        val_limit=1,
+        out_dir=str(ROOT / "runs" / "wish_targets"),
+        quiet=True,
+        resume=False,
+    )
+    recipe = InstanceTrainer(cfg).recipe
+    recipe.prepare()
+    counts = [0, 0, 0]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for item in recipe.items:
+            classes, masks, prompts, _ = model.eval()(item.image[None])
+            found = match(
+                classes[-1, 0],
+                masks[-1, 0],
+                prompts[-1, 0],
+                item.targets[0],
+                torch.rand(1024, 2),
+                recipe.weights,
+            )
+            for n in found.candidates.tolist():
+                counts[n] += 1
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N train images")
     parser.add_argument("--sam-checkpoint", default=None, help="an official SAM vit_b checkpoint: adds a row")
+    parser.add_argument("--student", default=None, help="a WISH boxes student: count the levels it matches")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "wish_targets.md"))
     args = parser.parse_args()
     samples = PennFudan(PENNFUDAN, "train").samples()[: args.limit]
@@ -70,7 +115,16 @@ def main() -> None:
         "the true instance of the engine's candidates for the WISH protocols' weak label (one interior point, "
         "or the tight box). Written by benchmarks/wish_targets.py."
     )
-    write_table(args.out, note, markdown_table(head, table))
+    lines = markdown_table(head, table)
+    if args.student:
+        counts = matched_levels(args.student, args.limit)
+        lines += [
+            "",
+            f"Candidates the matching picks for `{Path(args.student).parent.name}` (boxes, train images):",
+            "",
+            *markdown_table(["candidate 1", "candidate 2", "candidate 3"], [[str(c) for c in counts]]),
+        ]
+    write_table(args.out, note, lines)
 
 
 if __name__ == "__main__":
