@@ -21,8 +21,8 @@ from models.engine import EngineConfig, Prompt, build_engine
 from models.instance_students import InstanceSegmenter
 from models.io import atomic_write
 from models.visualize import overlay_masks, side_by_side
-from training.budget import tight_box
 from training.datasets import PennFudan
+from training.protocols import tight_box
 
 ROOT = Path(__file__).resolve().parents[1]
 PENNFUDAN = ROOT.parent / "shared" / "data" / "pennfudan"

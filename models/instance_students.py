@@ -169,6 +169,27 @@ def instances_from_outputs(
     return logits[order], (flat % c)[order], scores[order]
 
 
+def instances_at_size(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    canvas: tuple[int, int],
+    scaled: tuple[int, int],
+    size: tuple[int, int],
+    top_k: int = 50,
+    min_score: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One letterboxed image's last-layer outputs (Qx(C+1), Qxhxw) -> its instances at the image's
+    own `size`: (masks KxHxW bool, classes K, scores K), best first, scores >= min_score. `canvas` is
+    the padded input size, `scaled` the image's size inside it (top-left)."""
+    logits, classes, scores = instances_from_outputs(class_logits, mask_logits, top_k)
+    keep = scores >= min_score
+    up = F.interpolate(logits[keep][None], size=tuple(canvas), mode="bilinear", align_corners=False)
+    up = F.interpolate(
+        up[..., : scaled[0], : scaled[1]], size=tuple(size), mode="bilinear", align_corners=False
+    )
+    return up[0].cpu().numpy() > 0, classes[keep].cpu().numpy(), scores[keep].cpu().numpy()
+
+
 class InstanceSegmenter:
     """An instance student behind an image API: HxWx3 uint8 images -> instances at full size."""
 
@@ -190,16 +211,19 @@ class InstanceSegmenter:
         """Per HxWx3 uint8 image: (masks KxHxW bool, class ids K, scores K), best first."""
         out = []
         for image in images:
-            h, w = image.shape[:2]
-            x, (sh, sw) = letterbox(torch.from_numpy(np.ascontiguousarray(image)), self.side)
+            x, scaled = letterbox(torch.from_numpy(np.ascontiguousarray(image)), self.side)
             class_logits, mask_logits, _, _ = self.model(x[None].to(self.device))
-            logits, classes, scores = instances_from_outputs(class_logits[-1, 0], mask_logits[-1, 0], top_k)
-            keep = scores >= min_score
-            logits = F.interpolate(
-                logits[keep][None], size=x.shape[-2:], mode="bilinear", align_corners=False
+            out.append(
+                instances_at_size(
+                    class_logits[-1, 0],
+                    mask_logits[-1, 0],
+                    x.shape[-2:],
+                    scaled,
+                    image.shape[:2],
+                    top_k,
+                    min_score,
+                )
             )
-            logits = F.interpolate(logits[..., :sh, :sw], size=(h, w), mode="bilinear", align_corners=False)
-            out.append((logits[0].cpu().numpy() > 0, classes[keep].cpu().numpy(), scores[keep].cpu().numpy()))
         return out
 
     def info(self) -> dict[str, Any]:

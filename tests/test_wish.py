@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.engine import CachedSegmenter, Predictions, Prompt
+from models.engine import CachedSegmenter, Predictions
 from models.instance_students import (
     InstanceSegmenter,
     build_instance_student,
@@ -432,10 +432,6 @@ def test_weak_label_files_feed_wish(folder: Path, tmp_path) -> None:
     (weak_dir / "im00.json").write_text(json.dumps({"version": 1, "width": 64, "height": 48, "tags": [0]}))
     with pytest.raises(ValueError, match=r"im00\.json: WISH needs instance labels"):
         InstanceTrainer(_config(folder, tmp_path / "run2", train_weak=str(weak_dir))).train()
-
-
-def test_prompt_for_sam_targets_is_validated() -> None:
-    assert Prompt(points=np.array([[1.0, 2.0]]), labels=np.ones(1)).num_points == 1
 
 
 def test_eval_instances_cli(folder: Path, tmp_path, capsys) -> None:

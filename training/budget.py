@@ -23,14 +23,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from models.weak import BoxLabel, PointLabel, WeakLabels
+from training.protocols import stem_rng, tight_box
 
 INSTANCE_KINDS = ("tags", "points", "boxes")
 COSTS = {"tags": 1, "points": 6, "boxes": 12}  # beta_t : beta_p : beta_b (paper 002, Sec. 5.4)
-
-
-def _rng(seed: int, stem: str) -> np.random.Generator:
-    stem_seed = int.from_bytes(stem.encode()[-8:].rjust(8, b"\0"), "little") if stem else 0
-    return np.random.default_rng([seed, stem_seed])
 
 
 def interior_point(mask: np.ndarray, rng: np.random.Generator, interior: float = 0.5) -> tuple[int, int]:
@@ -39,11 +35,6 @@ def interior_point(mask: np.ndarray, rng: np.random.Generator, interior: float =
     ys, xs = np.nonzero(depth >= interior * depth.max())
     i = int(rng.integers(len(ys)))
     return int(xs[i]), int(ys[i])
-
-
-def tight_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    ys, xs = np.nonzero(mask)
-    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
 def derive_instance_labels(
@@ -61,7 +52,7 @@ def derive_instance_labels(
     h, w = size
     weak = WeakLabels(h, w, instances=True, tags=sorted({int(c) for c in class_ids}))
     if kind == "points":
-        rng = _rng(seed, stem)
+        rng = stem_rng(seed, stem)
         for mask, c in zip(masks, class_ids):
             x, y = interior_point(mask, rng, interior)
             weak.points.append(PointLabel(float(x), float(y), int(c)))

@@ -91,13 +91,6 @@ def samples_from_coco(coco, image_dir: str | Path) -> list[InstanceSample]:
     return out
 
 
-def _box(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-
-
 def coco_dataset(
     samples: Sequence[InstanceSample],
     class_names: Sequence[str],
@@ -118,15 +111,16 @@ def coco_dataset(
         for mask, cls, crowd in [(m, c, 0) for m, c in zip(s.masks, s.class_ids)] + [
             (m, None, 1) for m in s.crowd
         ]:
+            rle = encode_mask(mask)
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     # crowd regions carry no class of their own here: the first category stands in
                     "category_id": category_ids[cls] if cls is not None else category_ids[0],
-                    "segmentation": encode_mask(mask),
-                    "area": float(mask.sum()),
-                    "bbox": _box(mask),
+                    "segmentation": rle,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
                     "iscrowd": crowd,
                 }
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,7 +134,7 @@ class PennFudan:
 
     def samples(self) -> list[InstanceSample]:
         out = []
-        everything = sorted(list_images(self.root / "PNGImages"))
+        image_ids = {stem: n + 1 for n, stem in enumerate(sorted(list_images(self.root / "PNGImages")))}
         for stem in self.stems():
             ids = read_label_png(self.root / "PedMasks" / f"{stem}_mask.png")
             masks = [ids == k for k in np.unique(ids) if k != 0]
@@ -143,7 +144,7 @@ class PennFudan:
                     self.root / "PNGImages" / f"{stem}.png",
                     masks,
                     [0] * len(masks),
-                    image_id=everything.index(stem) + 1,
+                    image_id=image_ids[stem],
                 )
             )
         return out
@@ -169,24 +170,26 @@ class CocoInstances:
     def annotation_file(self) -> Path:
         return self.root / "annotations" / f"instances_{self.split}.json"
 
+    @functools.cached_property
     def _coco(self):
+        """The parsed file, once per dataset object (samples, names and ids all read it)."""
         from training.coco import load_coco
 
         return load_coco(self.annotation_file)
 
     @property
     def category_ids(self) -> tuple[int, ...]:
-        return tuple(sorted(self._coco().getCatIds()))
+        return tuple(sorted(self._coco.getCatIds()))
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        coco = self._coco()
+        coco = self._coco
         return tuple(coco.loadCats(i)[0]["name"] for i in sorted(coco.getCatIds()))
 
     def samples(self) -> list[InstanceSample]:
         from training.coco import samples_from_coco
 
-        return samples_from_coco(self._coco(), self.root / self.split)
+        return samples_from_coco(self._coco, self.root / self.split)
 
 
 @dataclass(frozen=True)

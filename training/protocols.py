@@ -149,16 +149,19 @@ def derive_coarse(
     return WeakLabels(h, w, coarse=coarse)
 
 
+def tight_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) pixel edges of a non-empty HxW bool mask."""
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
 def derive_boxes(
     gt: np.ndarray, ignore_index: int | None, rng: np.random.Generator | None = None, min_area: int = 100
 ) -> WeakLabels:
     h, w = gt.shape
     boxes = []
     for c, region in regions(gt, ignore_index, min_area):
-        ys, xs = np.nonzero(region)
-        boxes.append(
-            BoxLabel(c, (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
-        )
+        boxes.append(BoxLabel(c, tight_box(region)))
     return WeakLabels(h, w, boxes=boxes)
 
 
@@ -182,6 +185,10 @@ def derive(kind: str, gt: np.ndarray, ignore_index: int | None, seed: int = 0, s
     """Weak labels of one kind for one image; the rng is seeded by (seed, stem) so runs are reproducible."""
     if kind not in PROTOCOLS:
         raise ValueError(f"unknown weak-label kind {kind!r}; choose one of {list(PROTOCOLS)}")
+    return PROTOCOLS[kind](gt, ignore_index, stem_rng(seed, stem))
+
+
+def stem_rng(seed: int, stem: str) -> np.random.Generator:
+    """The generator of one image's protocol draws: seeded by (seed, the stem's last 8 bytes)."""
     stem_seed = int.from_bytes(stem.encode()[-8:].rjust(8, b"\0"), "little") if stem else 0
-    rng = np.random.default_rng([seed, stem_seed])
-    return PROTOCOLS[kind](gt, ignore_index, rng)
+    return np.random.default_rng([seed, stem_seed])

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import torch.distributed as dist
 
-from models.config import from_mapping, load, read_yaml, setting
+from models.config import from_mapping, load, parse_overrides, read_yaml, setting
 from models.progress import progress_bar
 from models.refine import NaiveOptions, SeSAMOptions
 from models.students import student_registry
@@ -137,20 +137,25 @@ class TrainConfig:
         return load(cls, yaml_values=values, prefix=ENV_PREFIX, overrides=overrides or (), source=str(path))
 
 
+def _start(cfg: TrainConfig | InstanceTrainConfig) -> tuple[int, int, Any]:
+    """What every trainer does first: validate, join the process group under torchrun, make the
+    output folder; returns (rank, world, the progress-bar factory)."""
+    cfg.validate()
+    rank, world = rank_world()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    return rank, world, functools.partial(progress_bar, disable=cfg.quiet or rank != 0)
+
+
 class Trainer(TrainLoop):
     """The loop over the semantic recipe; `train()` is resumable from `out_dir/last.pt`."""
 
     def __init__(
         self, cfg: TrainConfig, train_ds: WeakDataset | None = None, val_ds: WeakDataset | None = None
     ):
-        cfg.validate()
-        rank, world = rank_world()
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo")
-        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        progress = functools.partial(progress_bar, disable=cfg.quiet or rank != 0)
-        recipe = SemanticRecipe(cfg, rank, world, progress, train_ds, val_ds)
-        super().__init__(cfg, recipe, rank, world)
+        rank, world, progress = _start(cfg)
+        super().__init__(cfg, SemanticRecipe(cfg, rank, world, progress, train_ds, val_ds), rank, world)
 
     # the recipe's pieces, for callers that drive steps themselves (benchmarks, tests)
     @property
@@ -179,12 +184,7 @@ class InstanceTrainer(TrainLoop):
     """The loop over the instance recipe (wish | supervised-instance); resumable from out_dir/last.pt."""
 
     def __init__(self, cfg: InstanceTrainConfig):
-        cfg.validate()
-        rank, world = rank_world()
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo")
-        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        progress = functools.partial(progress_bar, disable=cfg.quiet or rank != 0)
+        rank, world, progress = _start(cfg)
         super().__init__(cfg, InstanceRecipe(cfg, rank, world, progress), rank, world)
 
 
@@ -192,12 +192,7 @@ def config_from_yaml(
     path: str | Path, overrides: list[str] | None = None
 ) -> TrainConfig | InstanceTrainConfig:
     """The semantic or the instance config, by the file's (or an override's) `mode`."""
-    values = read_yaml(path)
-    mode = values.get("mode")
-    for item in overrides or ():
-        key, _, value = item.partition("=")
-        if key.strip() == "mode":
-            mode = value.strip()
+    mode = parse_overrides(overrides or ()).get("mode", read_yaml(path).get("mode"))
     if mode in INSTANCE_MODES:
         return InstanceTrainConfig.from_yaml(path, overrides)
     return TrainConfig.from_yaml(path, overrides)

@@ -130,8 +130,7 @@ def cost_matrix(
 
 def hungarian(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of the minimum-cost assignment (scipy's linear_sum_assignment)."""
-    rows, cols = linear_sum_assignment(cost.detach().cpu().numpy())
-    return rows, cols
+    return linear_sum_assignment(cost.detach().cpu().numpy())
 
 
 @torch.no_grad()
@@ -197,7 +196,7 @@ def seg_loss(
     temperature: float = 1.0,
     generator=None,
 ) -> dict[str, torch.Tensor]:
-    """L_seg (Eq. 15) of one decoder layer over a batch: BxQx(C+1) classes, BxQxhxw masks, BxQxP
+    """The terms of L_seg (Eq. 15; the caller weighs them) of one decoder layer over a batch: BxQx(C+1) classes, BxQxhxw masks, BxQxP
     prompts. An image whose targets are None (a tag image with no instance found yet) adds nothing.
     Mask and prompt terms are normalised by the number of matched instances (Mask2Former)."""
     num_classes = class_logits.shape[-1] - 1
@@ -218,7 +217,7 @@ def seg_loss(
             if prompts is not None and tg.prompts is not None:
                 kld.append(prompt_kld(prompts[b, mt.queries], tg.prompts[mt.targets], temperature).diagonal())
     if not ce_terms:
-        return {"cls": zero, "bce": zero, "dice": zero, "prompt": zero, "total": zero}
+        return {"cls": zero, "bce": zero, "dice": zero, "prompt": zero}
     cls = torch.stack(ce_terms).mean()
     count = max(sum(len(m) for m in masks_pred), 1)
     if masks_pred:
@@ -230,8 +229,7 @@ def seg_loss(
     else:
         bce = dice = zero
     prompt = torch.cat(kld).sum() / count if kld else zero
-    total = weights.cls * cls + weights.mask * (bce + dice) + weights.prompt * prompt
-    return {"cls": cls, "bce": bce, "dice": dice, "prompt": prompt, "total": total}
+    return {"cls": cls, "bce": bce, "dice": dice, "prompt": prompt}
 
 
 def cam_loss(cam: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,6 @@ random; targets are kept on that canvas, prompt latents for both orientations.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +30,7 @@ from models.engine import EngineConfig, Prompt, build_engine
 from models.instance_students import (
     build_instance_student,
     instance_student_registry,
-    instances_from_outputs,
+    instances_at_size,
     letterbox,
     save_instance_student,
 )
@@ -278,6 +277,7 @@ class InstanceRecipe:
         self.handles: dict[int, Any] = {}
         self.latents: PromptLatents | None = None
         self.tag_instances: dict[int, dict[str, torch.Tensor]] = {}  # item -> points, classes, masks
+        self._tag_latents: dict[int, list[torch.Tensor]] = {}  # item -> Z of its tag points, per flip
         self._encoder_calls_after_prepare = 0
         self._val_gt: dict[str, Any] | None = None
         self._val_images: list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = []
@@ -384,11 +384,15 @@ class InstanceRecipe:
         found = self.tag_instances.get(index)
         if found is None or len(found["classes"]) == 0:
             return None
-        h, w = self.items[index].size
-        xy = found["points"].numpy()
-        z = self.latents.points(flip_points(xy, w) if flip else xy, (h, w))
+        if index not in self._tag_latents:  # once per refresh, not per step: both orientations
+            h, w = self.items[index].size
+            xy = found["points"].numpy()
+            self._tag_latents[index] = [
+                self.latents.points(xy, (h, w)),
+                self.latents.points(flip_points(xy, w), (h, w)),
+            ]
         masks = found["masks"].flip(-1) if flip else found["masks"]
-        return Targets(found["classes"], z, masks)
+        return Targets(found["classes"], self._tag_latents[index][int(flip)], masks)
 
     @torch.no_grad()
     def _refresh_tags(self, indices: list[int], flips: list[bool], cam: torch.Tensor) -> None:
@@ -413,6 +417,7 @@ class InstanceRecipe:
             found = tags_to_points(
                 self.engine, self.handles[idx], cam[j], item.tags, to_image, self.tag_options
             )
+            self._tag_latents.pop(idx, None)
             self.tag_instances[idx] = {
                 "points": torch.as_tensor(found.points, dtype=torch.float64).reshape(-1, 2),
                 "classes": torch.as_tensor(found.class_ids, dtype=torch.long),
@@ -512,16 +517,13 @@ class InstanceRecipe:
         model = model or self.model
         model.eval()
         predictions, ids = [], []
-        for s, (x, (sh, sw), (h, w)) in zip(self.val.samples, self._val_images):
+        for s, (x, scaled, size) in zip(self.val.samples, self._val_images):
             class_logits, mask_logits, _, _ = model(x[None])
-            logits, classes, scores = instances_from_outputs(
-                class_logits[-1, 0], mask_logits[-1, 0], self.cfg.top_k
+            predictions.append(
+                instances_at_size(
+                    class_logits[-1, 0], mask_logits[-1, 0], x.shape[-2:], scaled, size, self.cfg.top_k
+                )
             )
-            up = F.interpolate(logits[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[
-                ..., :sh, :sw
-            ]
-            up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)[0] > 0
-            predictions.append((up.numpy(), classes.numpy(), scores.numpy()))
             ids.append(s.image_id)
         return coco_results(ids, predictions, self.val.category_ids)
 
@@ -544,6 +546,7 @@ class InstanceRecipe:
         self.model.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tag_instances = {int(k): dict(v) for k, v in state.get("tag_instances", {}).items()}
+        self._tag_latents = {}
 
     def after_training(self) -> None:
         if self.engine is not None:
@@ -590,10 +593,3 @@ class InstanceRecipe:
                 "val_ap": final.get("AP"),
             },
         )
-
-
-def instance_config_copy(cfg: InstanceTrainConfig, **changes: Any) -> InstanceTrainConfig:
-    out = copy.deepcopy(cfg)
-    for key, value in changes.items():
-        setattr(out, key, value)
-    return out
