@@ -20,7 +20,7 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-from export.sam_modules import SamDecoderOnnx, SamEncoderOnnx, StudentOnnx
+from export.sam_modules import InstanceStudentOnnx, SamDecoderOnnx, SamEncoderOnnx, StudentOnnx
 from models.io import atomic_write
 from models.onnx_runtime import EXPORT_FORMAT
 from models.sam.build import build_sam, sha256_of
@@ -45,6 +45,8 @@ DECODER_INPUTS = [
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
 STUDENT_INPUTS = ["images"]
 STUDENT_OUTPUTS = ["logits"]
+INSTANCE_OUTPUTS = ["class_logits", "mask_logits"]
+MAX_STUDENT_BATCH = 256
 
 
 def versions() -> dict[str, str]:
@@ -126,7 +128,7 @@ def _file_entry(path: Path) -> dict[str, Any]:
 
 def model_roles(metadata: dict[str, Any]) -> list[str]:
     """The ONNX graphs an export directory holds, by role (the keys of its `files`)."""
-    if metadata["kind"] == "student":
+    if metadata["kind"] in ("student", "instance_student"):
         return ["student"]
     return [r for r in ("encoder", "decoder", "decoder_single") if r in metadata["files"]]
 
@@ -264,7 +266,7 @@ def export_student_module(
     """Write student.onnx (dynamic batch, height, width in multiples of the stride) and metadata.json."""
     out = Path(out)
     wrapper = StudentOnnx(student.eval(), IMAGE_MEAN, IMAGE_STD)
-    batch = torch.export.Dim("batch", min=1, max=256)
+    batch = torch.export.Dim("batch", min=1, max=MAX_STUDENT_BATCH)
     height = STRIDE * torch.export.Dim("height_blocks", min=1, max=256)
     width = STRIDE * torch.export.Dim("width_blocks", min=1, max=256)
     example = torch.full((2, 3, 3 * STRIDE, 5 * STRIDE), 128.0)
@@ -297,6 +299,62 @@ def export_student_module(
     return metadata
 
 
+def export_instance_student_module(
+    student: nn.Module,
+    out: str | Path,
+    info: dict[str, Any],
+    checkpoint: str | Path | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Write student.onnx of an instance (WISH / Mask2Former) student and metadata.json.
+
+    Batch is dynamic; height and width are the square training canvas (`input_side`), fixed: HF's
+    Mask2Former builds the deformable attention's spatial shapes with `torch.as_tensor` from Python
+    ints, which torch.export records as constants, so a graph exported at one size gives wrong
+    logits at another (docs/export.md has the measurement). `InstanceSegmenter` letterboxes every
+    image onto that canvas anyway, as training does."""
+    out = Path(out)
+    side = int(info.get("input_side", 320))
+    wrapper = InstanceStudentOnnx(student.eval(), IMAGE_MEAN, IMAGE_STD)
+    batch = torch.export.Dim("batch", min=1, max=MAX_STUDENT_BATCH)
+    example = torch.full((2, 3, side, side), 128.0)
+    _onnx_export(
+        wrapper,
+        (example,),
+        out / "student.onnx",
+        STUDENT_INPUTS,
+        INSTANCE_OUTPUTS,
+        {"images": {0: batch}},
+        quiet,
+    )
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "kind": "instance_student",
+        "student": info["name"],
+        "num_classes": int(info["num_classes"]),
+        "class_names": info.get("class_names"),
+        "category_ids": info.get("category_ids"),
+        "input_side": side,
+        "input": "Bx3xSxS float RGB in [0, 255], the image letterboxed (longer side S), padded with pad_value",
+        "outputs": "class_logits BxQx(C+1) (last = no object), mask_logits BxQx(S/4)x(S/4)",
+        "pad_value": wrapper.pad_value(),
+        "opset": OPSET,
+        "files": {"student": _file_entry(out / "student.onnx")},
+        "source": _source(checkpoint),
+        "trained": {k: info[k] for k in ("mode", "labels", "iterations", "val_ap", "val_ap50") if k in info},
+        "versions": versions(),
+    }
+    write_metadata(out, metadata)
+    return metadata
+
+
 def export_student_checkpoint(checkpoint: str | Path, out: str | Path, quiet: bool = True) -> dict[str, Any]:
+    """A semantic or instance student checkpoint to ONNX (the checkpoint says which)."""
+    from models.instance_students import load_instance_student
+    from models.student_runtime import checkpoint_task
+
+    if checkpoint_task(checkpoint) == "instance":
+        model, info = load_instance_student(checkpoint)
+        return export_instance_student_module(model, out, info, checkpoint, quiet)
     model, info = load_student(checkpoint)
     return export_student_module(model, out, info, checkpoint, quiet)

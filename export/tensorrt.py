@@ -33,8 +33,11 @@ FP32_UNARY_OPS = ("SQRT", "EXP", "LOG", "RECIP")
 WORKSPACE_BYTES = 4 << 30
 
 
-def profile_shapes(role: str) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """(min, opt, max) shape per execution input of a model role."""
+def profile_shapes(
+    role: str, metadata: dict | None = None
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(min, opt, max) shape per execution input of a model role (`metadata`: of its export
+    directory; instance students run on their fixed square canvas, batch 1..8)."""
     if role.startswith("encoder"):
         return {"images": tuple((b, 3, 1024, 1024) for b in ENCODER_BATCH)}
     if role.startswith("decoder"):
@@ -46,6 +49,9 @@ def profile_shapes(role: str) -> dict[str, tuple[tuple[int, ...], tuple[int, ...
             "has_mask_input": tuple((b,) for b in DECODER_PROMPTS),
             "orig_im_size": ((2,),) * 3,
         }
+    if role == "student" and metadata is not None and metadata.get("kind") == "instance_student":
+        side = int(metadata["input_side"])
+        return {"images": tuple((b, 3, side, side) for b in STUDENT_BATCH)}
     if role == "student":
         return {"images": tuple((b, 3, s, s) for b, s in zip(STUDENT_BATCH, STUDENT_SIDE, strict=True))}
     raise ValueError(f"no TensorRT profile for model role {role!r}")
@@ -65,7 +71,9 @@ def keep_fp32(layer_type: str, unary_op: str | None = None) -> bool:
     return layer_type == "UNARY" and unary_op in FP32_UNARY_OPS
 
 
-def _build_one(trt, onnx_path: Path, role: str, fp16: bool, workspace: int) -> bytes:
+def _build_one(
+    trt, onnx_path: Path, role: str, fp16: bool, workspace: int, metadata: dict | None = None
+) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -76,7 +84,7 @@ def _build_one(trt, onnx_path: Path, role: str, fp16: bool, workspace: int) -> b
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     profile = builder.create_optimization_profile()
-    shapes, values = profile_shapes(role), shape_input_values(role)
+    shapes, values = profile_shapes(role, metadata), shape_input_values(role)
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         if tensor.is_shape_tensor:
@@ -113,7 +121,7 @@ def build_engines(
     built = {}
     for role in model_roles(md):
         name = engine_filename(role, gpu, trt.__version__, fp16)
-        plan = _build_one(trt, model_file(directory, md, role), role, fp16, workspace)
+        plan = _build_one(trt, model_file(directory, md, role), role, fp16, workspace, md)
         tmp = directory / (name + ".tmp")
         tmp.write_bytes(plan)
         tmp.replace(directory / name)

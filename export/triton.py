@@ -87,6 +87,11 @@ def write_repository(
     """Write (or update) a Triton model repository; returns the model directories."""
     directory, out = Path(directory), Path(out)
     md = read_metadata(directory)
+    if md["kind"] == "instance_student":
+        raise ValueError(
+            f"{directory}: Triton repositories for instance students are not written yet; serve it with "
+            "`bentoml serve` (SESAM_STUDENT_CHECKPOINT={directory})"
+        )
     prefix = "" if md["kind"] == "student" and prefix == "sam_" else prefix
     written = []
     for role in model_roles(md):

@@ -182,12 +182,68 @@ def verify_student(
     return cases
 
 
+def verify_instance_student(
+    directory: str | Path,
+    checkpoint: str | Path | None = None,
+    atol: float = 1e-4,
+    min_agreement: float = 0.999,
+    seed: int = 0,
+    images: Sequence[str | Path] = (),
+    progress: Any = None,
+) -> list[Case]:
+    """PyTorch vs ONNX Runtime for an instance student: the network's logits on the letterboxed
+    canvases (batch 1 and 3), and the instances `InstanceSegmenter` makes from either: mask pixel
+    agreement, and the largest score difference as `iou_diff`."""
+    from models.instance_students import letterbox_pixels, load_instance_student, torch_instance_forward
+    from models.student_runtime import load_segmenter
+
+    md = read_metadata(directory, kind="instance_student")
+    checkpoint = checkpoint or md["source"].get("checkpoint")
+    if not checkpoint:
+        raise ValueError(f"{directory}: metadata names no student checkpoint; pass --checkpoint")
+    model, meta = load_instance_student(checkpoint)
+    reference = torch_instance_forward(model)
+    runtime = load_segmenter(directory, "onnx")
+    side = int(md["input_side"])
+    pad = torch.tensor(md["pad_value"])
+    cases = []
+    for name, image in sample_images(seed, images).items():
+        canvas, _ = letterbox_pixels(image, side, pad)
+        for batch in (1, 3):
+            x = canvas[None].repeat(batch, 1, 1, 1)
+            ref_c, ref_m = reference(x)
+            out_c, out_m = runtime.forward(x)
+            diff = max(float((ref_c - out_c).abs().max()), float((ref_m - out_m).abs().max()))
+            ref_i = runtime.__class__(reference, meta).segment([image], min_score=0.0)[0]
+            out_i = runtime.segment([image], min_score=0.0)[0]
+            agreement = float((ref_i[0] == out_i[0]).mean()) if ref_i[0].shape == out_i[0].shape else 0.0
+            score_diff = float(np.abs(ref_i[2] - out_i[2]).max()) if len(ref_i[2]) == len(out_i[2]) else 1.0
+            case = Case(
+                model=f"instance student {md['student']}",
+                image=name,
+                size=tuple(image.shape[:2]),
+                prompts=batch,
+                multimask=None,
+                max_abs_diff=diff,
+                embedding_diff=None,
+                mask_agreement=agreement,
+                iou_diff=score_diff,
+            )
+            case.passed = diff <= atol and agreement >= min_agreement
+            cases.append(case)
+        if progress is not None:
+            progress()
+    return cases
+
+
 def verify(directory: str | Path, checkpoint: str | Path | None = None, **kwargs: Any) -> list[Case]:
-    """Verify any export directory (SAM or student)."""
+    """Verify any export directory (SAM, semantic or instance student)."""
     kind = read_metadata(directory)["kind"]
     if kind == "sam":
         return verify_sam(directory, checkpoint, **kwargs)
     kwargs.pop("prompt_counts", None)
+    if kind == "instance_student":
+        return verify_instance_student(directory, checkpoint, **kwargs)
     return verify_student(directory, checkpoint, **kwargs)
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.io import atomic_write
-from models.students import normalize
+from models.students import IMAGE_MEAN, normalize
 
 STRIDE = 32
 PROMPT_DIM = 512  # SAM's prompt encoder: 2 tokens x 256 for one point (+ pad token) or one box
@@ -190,44 +190,101 @@ def instances_at_size(
     return up[0].cpu().numpy() > 0, classes[keep].cpu().numpy(), scores[keep].cpu().numpy()
 
 
-class InstanceSegmenter:
-    """An instance student behind an image API: HxWx3 uint8 images -> instances at full size."""
+def letterbox_pixels(
+    image: np.ndarray, side: int, pad_value: torch.Tensor
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """HxWx3 uint8 -> 3xSxS float RGB in [0, 255] on the training canvas (S = `side`): the longer side
+    scaled to S (bilinear, antialiased), padded at the bottom and right with `pad_value` (3, the mean
+    colour, which normalises to 0: the recipe pads with zeros after normalising). Also the scaled (h, w)."""
+    sh, sw = letterbox_size(tuple(image.shape[:2]), side)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)[0]
+    canvas = pad_value.view(3, 1, 1).expand(3, side, side).clone()
+    canvas[:, :sh, :sw] = x
+    return canvas, (sh, sw)
 
-    def __init__(self, model: InstanceStudent, meta: dict[str, Any], device: str = "cpu") -> None:
-        self.model = model.to(device).eval()
+
+# Bx3xSxS float RGB [0, 255] canvases -> (class logits BxQx(C+1), mask logits BxQx(S/4)x(S/4)), last layer
+InstanceForward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def torch_instance_forward(model: InstanceStudent, device: str | torch.device = "cpu") -> InstanceForward:
+    """The PyTorch forward of an instance student as an `InstanceForward` (normalisation included)."""
+    model = model.to(device).eval()
+
+    @torch.inference_mode()
+    def forward(canvases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        class_logits, mask_logits, _, _ = model(normalize(canvases.to(device)))
+        return class_logits[-1].cpu(), mask_logits[-1].cpu()
+
+    return forward
+
+
+class InstanceSegmenter:
+    """An instance student behind an image API: HxWx3 uint8 images -> instances at full size.
+
+    Images are letterboxed onto the square training canvas (`input_side`), run through `forward`
+    (PyTorch, ONNX Runtime or TensorRT: `models.student_runtime`) in batches of `batch_size`, and
+    post-processed with Mask2Former's rule (`instances_at_size`)."""
+
+    task = "instance"
+
+    def __init__(
+        self, forward: InstanceForward, meta: dict[str, Any], runtime: str = "torch", batch_size: int = 8
+    ) -> None:
+        self.forward = forward
         self.meta = meta
-        self.device = torch.device(device)
+        self.runtime = runtime
+        self.batch_size = max(1, batch_size)
+        self.name = str(meta.get("name", "instance-student"))
         self.side = int(meta.get("input_side", 320))
+        self.num_classes = int(meta["num_classes"])
+        names = meta.get("class_names")
+        self.class_names = list(names) if names else [f"class_{i}" for i in range(self.num_classes)]
+        self.pad_value = torch.tensor(IMAGE_MEAN) * 255
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> InstanceSegmenter:
         model, meta = load_instance_student(path)
-        return cls(model, meta, device)
+        return cls(torch_instance_forward(model, device), meta)
 
-    @torch.no_grad()
     def segment(
         self, images: list[np.ndarray], top_k: int = 50, min_score: float = 0.05
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per HxWx3 uint8 image: (masks KxHxW bool, class ids K, scores K), best first."""
+        for i, image in enumerate(images):
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"images[{i}]: expected HxWx3, got shape {tuple(image.shape)}")
         out = []
-        for image in images:
-            x, scaled = letterbox(torch.from_numpy(np.ascontiguousarray(image)), self.side)
-            class_logits, mask_logits, _, _ = self.model(x[None].to(self.device))
-            out.append(
-                instances_at_size(
-                    class_logits[-1, 0],
-                    mask_logits[-1, 0],
-                    x.shape[-2:],
-                    scaled,
-                    image.shape[:2],
-                    top_k,
-                    min_score,
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            boxed = [letterbox_pixels(image, self.side, self.pad_value) for image in chunk]
+            class_logits, mask_logits = self.forward(torch.stack([canvas for canvas, _ in boxed]))
+            for j, image in enumerate(chunk):
+                out.append(
+                    instances_at_size(
+                        class_logits[j],
+                        mask_logits[j],
+                        (self.side, self.side),
+                        boxed[j][1],
+                        image.shape[:2],
+                        top_k,
+                        min_score,
+                    )
                 )
-            )
         return out
 
     def info(self) -> dict[str, Any]:
-        return {"student": self.meta.get("name"), "kind": "instance", "classes": self.meta.get("class_names")}
+        return {
+            "student": self.name,
+            "task": self.task,
+            "runtime": self.runtime,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "input_side": self.side,
+        } | {
+            k: self.meta[k] for k in ("val_ap", "val_ap50", "mode", "labels", "iterations") if k in self.meta
+        }
 
 
 def save_instance_student(

@@ -120,18 +120,38 @@ def load_student(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), {k: v for k, v in payload.items() if k != "state_dict"}
 
 
+# Bx3xHxW float RGB in [0, 255] (any H, W) -> BxCxHxW logits at the input size
+SemanticForward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def torch_semantic_forward(model: nn.Module, device: str | torch.device = "cpu") -> SemanticForward:
+    """The PyTorch forward of a semantic student as a `SemanticForward`."""
+    model = model.eval().to(device)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return predict_logits(model, images.to(device)).cpu()
+
+    return forward
+
+
 class StudentSegmenter:
     """A trained student as images -> label maps, at the scale it was trained at.
 
     Each image is resized by the checkpoint's `base_scale` (bilinear, antialiased when shrinking, as
-    the trainer's evaluation does), padded to the stride, predicted, and its logits resized back to
-    the image size before the argmax. Images of equal size share one forward pass.
+    the trainer's evaluation does), run through `forward` (PyTorch, ONNX Runtime or TensorRT:
+    `models.student_runtime`), and its logits resized back to the image size before the argmax.
+    Images of equal size share one forward pass (at most `batch_size` at a time).
     """
 
-    def __init__(self, model: nn.Module, meta: dict[str, Any], device: str = "cpu") -> None:
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+    task = "semantic"
+
+    def __init__(
+        self, forward: SemanticForward, meta: dict[str, Any], runtime: str = "torch", batch_size: int = 8
+    ) -> None:
+        self.forward = forward
         self.meta = meta
+        self.runtime = runtime
+        self.batch_size = max(1, batch_size)
         self.name = str(meta.get("name", "student"))
         self.num_classes = int(meta["num_classes"])
         self.base_scale = float(meta.get("base_scale", 1.0))
@@ -141,7 +161,7 @@ class StudentSegmenter:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> StudentSegmenter:
         model, meta = load_student(path)
-        return cls(model, meta, device)
+        return cls(torch_semantic_forward(model, device), meta)
 
     @torch.inference_mode()
     def logits(self, images: list) -> list[torch.Tensor]:
@@ -152,21 +172,21 @@ class StudentSegmenter:
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"images[{i}]: expected HxWx3, got shape {tuple(image.shape)}")
             groups.setdefault(tuple(image.shape[:2]), []).append(i)
-        for (h, w), members in groups.items():
-            x = (
-                torch.stack([torch.from_numpy(images[i]).permute(2, 0, 1) for i in members])
-                .to(self.device)
-                .float()
-            )
-            size = (max(1, round(h * self.base_scale)), max(1, round(w * self.base_scale)))
-            if size != (h, w):
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=size[0] < h)
-                x = x.round().clamp(0, 255)
-            logits = predict_logits(self.model, x)
-            if size != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            for j, i in enumerate(members):
-                out[i] = logits[j]
+        for (h, w), same_size in groups.items():
+            for start in range(0, len(same_size), self.batch_size):
+                members = same_size[start : start + self.batch_size]
+                x = torch.stack([torch.from_numpy(images[i]).permute(2, 0, 1) for i in members]).float()
+                size = (max(1, round(h * self.base_scale)), max(1, round(w * self.base_scale)))
+                if size != (h, w):
+                    x = F.interpolate(
+                        x, size=size, mode="bilinear", align_corners=False, antialias=size[0] < h
+                    )
+                    x = x.round().clamp(0, 255)
+                logits = self.forward(x)
+                if size != (h, w):
+                    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                for j, i in enumerate(members):
+                    out[i] = logits[j]
         return out  # type: ignore[return-value]
 
     def segment(self, images: list) -> list:
@@ -176,6 +196,8 @@ class StudentSegmenter:
     def info(self) -> dict[str, Any]:
         return {
             "student": self.name,
+            "task": self.task,
+            "runtime": self.runtime,
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "base_scale": self.base_scale,

@@ -5,7 +5,8 @@
     image_id = client.embed("street.jpg")["image_id"]
     out = client.predict([{"points": [[320, 240]], "labels": [1]}], image_id=image_id)
     masks = client.decode_masks(out)[0]             # 3xHxW bool for the first prompt
-    labels = client.segment_labels("street.jpg")   # HxW uint8 class ids from the student
+    labels = client.segment_labels("street.jpg")   # HxW uint8 class ids from a semantic student
+    masks, found = client.segment_instances("people.jpg")  # from an instance student
 
 Images may be a path, encoded bytes or an HxWx3 uint8 array (sent as PNG). Connection errors,
 timeouts and 5xx answers are retried with exponential backoff; 4xx answers raise `ServiceError`
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from models.weak import WeakLabels
-from serving.codec import decode_labels, decode_png, decode_polygons, decode_rle
+from serving.codec import decode_instances, decode_labels, decode_png, decode_polygons, decode_rle
 
 RETRY_STATUS = frozenset({500, 502, 503, 504})
 
@@ -99,7 +100,7 @@ class SesamClient:
         self.close()
 
     # -- transport ------------------------------------------------------------------------------
-    def post(self, route: str, files: dict | None = None, data: dict | None = None) -> dict[str, Any]:
+    def post(self, route: str, files: dict | list | None = None, data: dict | None = None) -> dict[str, Any]:
         """POST with retries on connection errors / 5xx: multipart when files are sent (non-string
         fields JSON-encoded), else a JSON body. None values are left out (the server's default)."""
         fields = {k: v for k, v in (data or {}).items() if v is not None}
@@ -188,11 +189,37 @@ class SesamClient:
     ) -> np.ndarray:
         return decode_labels(self.refine(image, weak, **kw)["labels"])
 
-    def segment(self, image: str | Path | bytes | np.ndarray, label_format: str = "png") -> dict[str, Any]:
-        return self.post("/segment", files={"image": image_part(image)}, data={"label_format": label_format})
+    def segment(
+        self,
+        images: str | Path | bytes | np.ndarray | Sequence[str | Path | bytes | np.ndarray],
+        output: str = "auto",
+        label_format: str = "png",
+        mask_format: str = "rle",
+        min_score: float | None = None,
+    ) -> dict[str, Any]:
+        """One or more images through the served student: {"task", "class_names", "results": [...]}
+        with a label map (semantic) or instances (instance student) per image."""
+        single = isinstance(images, (str, Path, bytes, np.ndarray))
+        parts = [("images", image_part(i)) for i in ([images] if single else images)]
+        data = {
+            "output": output,
+            "label_format": label_format,
+            "mask_format": mask_format,
+            "min_score": min_score,
+        }
+        return self.post("/segment", files=parts, data=data)
 
     def segment_labels(self, image: str | Path | bytes | np.ndarray) -> np.ndarray:
-        return decode_labels(self.segment(image)["labels"])
+        """HxW uint8 class ids from a semantic student."""
+        return decode_labels(self.segment(image, output="labels")["results"][0]["labels"])
+
+    def segment_instances(
+        self, image: str | Path | bytes | np.ndarray, min_score: float | None = None
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """(masks KxHxW bool, the instances' class / score / box) from an instance student."""
+        result = self.segment(image, output="instances", min_score=min_score)["results"][0]
+        masks = decode_instances(result["instances"], result["height"], result["width"], "rle")
+        return masks, [{k: v for k, v in i.items() if k != "mask"} for i in result["instances"]]
 
     # -- decoding -------------------------------------------------------------------------------
     @staticmethod

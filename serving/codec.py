@@ -15,6 +15,7 @@ from PIL import Image
 
 MASK_FORMATS = ("rle", "png", "polygons")
 LABEL_FORMATS = ("png", "rle")
+INSTANCE_MASK_FORMATS = ("rle", "polygons")
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -137,3 +138,43 @@ def decode_labels(payload: dict) -> np.ndarray:
     for item in payload["classes"]:
         out[decode_rle(item["rle"])] = item["class_id"]
     return out
+
+
+def mask_box(mask: np.ndarray) -> list[int]:
+    """HxW bool -> [x0, y0, x1, y1], the tight box in pixels (x1, y1 exclusive); zeros when empty."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return [0, 0, 0, 0]
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
+def encode_instances(
+    masks: np.ndarray,
+    classes: np.ndarray,
+    scores: np.ndarray,
+    class_names: list[str] | None = None,
+    fmt: str = "rle",
+) -> list[dict]:
+    """An instance student's answer for one image (masks KxHxW bool, classes K, scores K) ->
+    [{"class_id", "class_name", "score", "box": [x0, y0, x1, y1], "mask"}], best first."""
+    if fmt not in INSTANCE_MASK_FORMATS:
+        raise ValueError(f"mask_format {fmt!r} unknown; choose one of {INSTANCE_MASK_FORMATS}")
+    out = []
+    for mask, c, score in zip(masks, classes, scores, strict=True):
+        c = int(c)
+        out.append(
+            {
+                "class_id": c,
+                "class_name": class_names[c] if class_names and c < len(class_names) else None,
+                "score": round(float(score), 6),
+                "box": mask_box(mask),
+                "mask": encode_mask(mask, fmt),
+            }
+        )
+    return out
+
+
+def decode_instances(items: list[dict], height: int, width: int, fmt: str = "rle") -> np.ndarray:
+    """The masks of `encode_instances` -> KxHxW bool."""
+    decode = decode_rle if fmt == "rle" else (lambda p: decode_polygons(p, height, width))
+    return np.stack([decode(i["mask"]) for i in items]) if items else np.zeros((0, height, width), bool)

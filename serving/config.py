@@ -11,7 +11,7 @@ YAML layout (every key optional)::
       api_key: change-me
 
 Environment: SESAM_<ENGINE FIELD> (SESAM_BACKEND, SESAM_EXPORT_DIR, ...) and SESAM_<SERVICE FIELD>
-(SESAM_STUDENT_CHECKPOINT, SESAM_MAX_IMAGE_PIXELS, SESAM_MAX_PROMPTS (per /predict),
+(SESAM_STUDENT_CHECKPOINT, SESAM_STUDENT_RUNTIME, SESAM_MAX_IMAGES, SESAM_MAX_IMAGE_PIXELS, SESAM_MAX_PROMPTS (per /predict),
 SESAM_MAX_WEAK_LABELS (points + scribbles + boxes per /refine), SESAM_MAX_BODY_BYTES,
 SESAM_LOGITS_CACHE_BYTES, SESAM_API_KEY, SESAM_REQUEST_TIMEOUT_S, SESAM_BATCHING,
 SESAM_MAX_BATCH_SIZE, SESAM_MAX_LATENCY_MS). An empty SESAM_STUDENT_CHECKPOINT=none turns /segment off.
@@ -40,8 +40,19 @@ class ServiceConfig:
         default_factory=EngineConfig, help="the engine settings (YAML `engine:` section)", env=False
     )
     student_checkpoint: str | None = setting(
-        str(SHIPPED_STUDENT), help="the student behind /segment (`none` turns the route off)"
+        str(SHIPPED_STUDENT),
+        help="the student behind /segment: a .pt checkpoint or an export directory (`sesam export student`); "
+        "semantic or instance; `none` turns the route off",
     )
+    student_runtime: str = setting(
+        "auto", help="torch (a .pt), onnx or tensorrt (an export directory); auto picks by what is there"
+    )
+    student_providers: str | None = setting(
+        None,
+        help="onnx runtime: execution providers, comma-separated (default: TensorRT, CUDA, CPU as present)",
+    )
+    student_threads: int | None = setting(None, help="onnx runtime: intra-op threads (default: all cores)")
+    max_images: int = setting(16, help="images per /segment request (400 above)")
     max_image_pixels: int = setting(
         DEFAULT_MAX_PIXELS, help="decoded image size cap, checked before decoding (413 above)"
     )
@@ -90,14 +101,21 @@ class ServiceConfig:
             "max_body_bytes",
             "request_timeout_s",
             "max_batch_size",
+            "max_images",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{source}: {name} must be >= 1, got {getattr(self, name)}")
         for name in ("logits_cache_bytes", "max_latency_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{source}: {name} must be >= 0, got {getattr(self, name)}")
-        if self.student_checkpoint and not Path(self.student_checkpoint).is_file():
-            raise ValueError(f"{source}: student_checkpoint {self.student_checkpoint!r} is not a file")
+        if self.student_checkpoint and not Path(self.student_checkpoint).exists():
+            raise ValueError(
+                f"{source}: student_checkpoint {self.student_checkpoint!r} is neither a file nor an export directory"
+            )
+        from models.student_runtime import RUNTIMES
+
+        if self.student_runtime not in RUNTIMES:
+            raise ValueError(f"{source}: student_runtime {self.student_runtime!r} must be one of {RUNTIMES}")
         if self.api_key is not None and len(self.api_key) < 8:
             raise ValueError(f"{source}: api_key must be at least 8 characters")
 

@@ -8,7 +8,10 @@ Routes (all POST; multipart when an image file is sent):
               as the next click's mask_input_id.
 - `/refine`   image + weak labels (schema v1 JSON; coarse mask as a PNG file) + method -> refined
               label map (PNG or per-class RLE) and stats: the same as `sesam refine` in-process.
-- `/segment`  image -> the student's label map with class names; adaptive batching across requests.
+- `/segment`  images (one or more) -> the student's answer per image: a label map with class names
+              (semantic student) or instances (instance student: mask as RLE or polygons, class,
+              score, box). The student runs from a .pt checkpoint (PyTorch) or an export directory
+              (ONNX Runtime / TensorRT); adaptive batching across requests (auto: on with CUDA).
 - `/info`     backend, limits, cache and counters.
 - BentoML's `/livez`, `/readyz` (ready once every model is loaded and warmed up) and `/metrics`.
 
@@ -36,9 +39,17 @@ from models.engine.cache import EmbeddingCache
 from models.engine.validation import ImageTooLarge
 from models.io import read_label_png
 from models.refine import LABELERS, backend_defaults, build_labeler, check_weak_kinds
-from models.students import StudentSegmenter
+from models.student_runtime import Segmenter, load_segmenter
 from models.weak import SCHEMA_VERSION, WeakLabels
-from serving.codec import LABEL_FORMATS, MASK_FORMATS, encode_labels, encode_mask
+from serving.codec import (
+    INSTANCE_MASK_FORMATS,
+    LABEL_FORMATS,
+    MASK_FORMATS,
+    decode_instances,
+    encode_instances,
+    encode_labels,
+    encode_mask,
+)
 from serving.config import ServiceConfig
 from serving.middleware import GuardMiddleware
 
@@ -66,6 +77,33 @@ class PromptIn(BaseModel):
     mask_input_id: str | None = Field(default=None, examples=[None])
 
 
+SEGMENT_OUTPUTS = ("auto", "labels", "instances")
+INSTANCE_TOP_K = 100  # instances an instance student answers per image at most (before min_score)
+
+
+def load_student(config: ServiceConfig) -> Segmenter:
+    """The configured student (semantic or instance, any runtime), warmed up on a small image."""
+    student = load_segmenter(
+        config.student_checkpoint,
+        config.student_runtime,
+        config.engine.device,
+        config.student_providers,
+        config.student_threads,
+        batch_size=config.max_batch_size,
+    )
+    student.segment([np.zeros((64, 64, 3), np.uint8)])
+    return student
+
+
+def student_answers(student: Segmenter, images: list[np.ndarray]) -> list:
+    """Label maps (HxW uint8) of a semantic student, or per image the RLE-encoded instances (every
+    score, best first; requests filter by their own min_score) of an instance student."""
+    if student.task == "semantic":
+        return student.segment(images)
+    results = student.segment(images, top_k=INSTANCE_TOP_K, min_score=0.0)
+    return [encode_instances(*r, student.class_names, "rle") for r in results]
+
+
 def _bad(exc: Exception) -> BentoMLException:
     """A ValueError from validation -> 413 for an image over the pixel cap, else 400."""
     return PayloadTooLarge(str(exc)) if isinstance(exc, ImageTooLarge) else InvalidArgument(str(exc))
@@ -76,12 +114,15 @@ class StudentBatcher:
     """The student behind BentoML's adaptive batching: concurrent /segment requests share forwards."""
 
     def __init__(self) -> None:
-        self.student = StudentSegmenter.from_checkpoint(CONFIG.student_checkpoint, CONFIG.engine.device)
-        self.student.segment([np.zeros((64, 64, 3), np.uint8)])  # warm-up
+        self.student = load_student(CONFIG)
 
     @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
     def label_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return self.student.segment(images)
+        return student_answers(self.student, images)
+
+    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
+    def instances(self, images: list[np.ndarray]) -> list[list[dict]]:
+        return student_answers(self.student, images)
 
 
 @bentoml.service(name="sesam", traffic={"timeout": CONFIG.request_timeout_s})
@@ -97,11 +138,7 @@ class SegmentationService:
         self.engine = build_engine(self.config.engine)
         self.max_pixels = self.config.max_image_pixels
         self.logits = EmbeddingCache(self.config.logits_cache_bytes)
-        self.student = None
-        if self.config.student_checkpoint:
-            self.student = StudentSegmenter.from_checkpoint(
-                self.config.student_checkpoint, self.config.engine.device
-            )
+        self.student = load_student(self.config) if self.config.student_checkpoint else None
         self._lock = threading.Lock()  # engine modules and counters are shared: one computes at a time
         warm = np.zeros((64, 96, 3), np.uint8)
         warm[16:48, 24:72] = 200
@@ -275,25 +312,62 @@ class SegmentationService:
     @bentoml.api(route="/segment")
     def segment(
         self,
-        image: ImageFile,
+        images: list[Path],
+        output: Literal[SEGMENT_OUTPUTS] = "auto",  # type: ignore[valid-type]
         label_format: Literal[LABEL_FORMATS] = "png",  # type: ignore[valid-type]
+        mask_format: Literal[INSTANCE_MASK_FORMATS] = "rle",  # type: ignore[valid-type]
+        min_score: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
     ) -> dict:
-        """The student's label map for an image (concurrent requests are batched)."""
-        if self.student is None:
+        """The student's answer for each image (concurrent requests are batched): a label map
+        (semantic student) or instances with mask, class, score and box (instance student)."""
+        student = self.student
+        if student is None:
             raise NotFound("no student configured (SESAM_STUDENT_CHECKPOINT)")
-        pixels = self._read(image)
-        if self.config.batching:
-            labels = self.student_batcher.label_maps([pixels])[0]
-        else:
-            with self._lock:
-                labels = self.student.segment([pixels])[0]
-        h, w = pixels.shape[:2]
+        task = student.task
+        wanted = {"labels": "semantic", "instances": "instance"}.get(output, task)
+        if wanted != task:
+            raise InvalidArgument(
+                f"output: {output!r} is not meaningful for the {task} student {student.name!r}; "
+                f"send output={'labels' if task == 'semantic' else 'instances'} or auto"
+            )
+        if not images:
+            raise InvalidArgument("images: at least one image file is required")
+        if len(images) > self.config.max_images:
+            raise InvalidArgument(
+                f"images: {len(images)} images exceed the limit of {self.config.max_images}"
+            )
+        pixels = [self._read(path, f"images[{i}]") for i, path in enumerate(images)]
+        try:
+            if self.config.batching:
+                batcher = self.student_batcher
+                answers = (batcher.label_maps if task == "semantic" else batcher.instances)(pixels)
+            else:
+                with self._lock:
+                    answers = student_answers(student, pixels)
+        except ValueError as exc:
+            raise _bad(exc) from exc
+        results = []
+        for image, answer in zip(pixels, answers, strict=True):
+            h, w = image.shape[:2]
+            result: dict[str, Any] = {"width": w, "height": h}
+            if task == "semantic":
+                result["labels"] = encode_labels(
+                    np.asarray(answer, np.uint8), label_format, student.class_names
+                )
+            else:
+                kept = [item for item in answer if item["score"] >= min_score]
+                if mask_format != "rle":
+                    masks = decode_instances(kept, h, w, "rle")
+                    kept = [item | {"mask": encode_mask(m, mask_format)} for item, m in zip(kept, masks)]
+                result["instances"] = kept
+            results.append(result)
         return {
-            "student": self.student.name,
-            "width": w,
-            "height": h,
-            "class_names": self.student.class_names,
-            "labels": encode_labels(np.asarray(labels, np.uint8), label_format, self.student.class_names),
+            "student": student.name,
+            "task": task,
+            "runtime": student.runtime,
+            "class_names": student.class_names,
+            "format": label_format if task == "semantic" else mask_format,
+            "results": results,
         }
 
     @bentoml.api(route="/info")
@@ -306,6 +380,7 @@ class SegmentationService:
                 "max_prompts": self.config.max_prompts,
                 "max_weak_labels": self.config.max_weak_labels,
                 "max_image_pixels": self.max_pixels,
+                "max_images": self.config.max_images,
                 "max_body_bytes": self.config.max_body_bytes,
                 "request_timeout_s": self.config.request_timeout_s,
             },

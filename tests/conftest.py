@@ -82,3 +82,26 @@ def student_export(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("student_export")
     assert main(["export", "student", "--checkpoint", str(shipped), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def instance_checkpoint(tmp_path_factory) -> Path:
+    """A seeded m2f-r18 instance student (random weights, canvas 128, one class) as a checkpoint."""
+    from models.instance_students import build_instance_student, save_instance_student
+
+    torch.manual_seed(0)
+    model = build_instance_student("m2f-r18", 1)
+    path = tmp_path_factory.mktemp("instance_student") / "student.pt"
+    extra = {"class_names": ["person"], "category_ids": [1], "input_side": 128, "mode": "wish"}
+    save_instance_student(path, model, "m2f-r18", 1, extra=extra)
+    return path
+
+
+@pytest.fixture(scope="session")
+def instance_export(tmp_path_factory, instance_checkpoint) -> Path:
+    """`instance_checkpoint` exported to ONNX once per session (`sesam export student`)."""
+    from sesam.cli import main
+
+    out = tmp_path_factory.mktemp("instance_export")
+    assert main(["export", "student", "--checkpoint", str(instance_checkpoint), "--out", str(out)]) == 0
+    return out

@@ -16,7 +16,7 @@ from models.progress import progress_bar
 from models.refine import NaiveOptions, SeSAMOptions
 from models.students import student_registry
 from training.data import WeakDataset
-from training.loop import TrainLoop, config_changes, rank_world, weights_digest
+from training.loop import LR_SCHEDULES, TrainLoop, config_changes, rank_world, weights_digest
 from training.recipes.instance import INSTANCE_MODES, InstanceRecipe, InstanceTrainConfig
 from training.recipes.semantic import MODES, READ_BY, SemanticRecipe
 
@@ -65,6 +65,10 @@ class TrainConfig:
     batch_size: int = setting(4, help="images per step (split across DDP ranks)")
     lr: float = setting(1e-4, help="AdamW learning rate")
     weight_decay: float = setting(0.01, help="AdamW weight decay")
+    lr_schedule: str = setting(
+        "constant", help="`constant`, or `poly` (lr (1 - t/T)^0.9 after a linear warm-up; DeepLab's schedule)"
+    )
+    lr_warmup: int = setting(0, help="poly: linear learning-rate warm-up steps from lr/100 to lr")
     crop: tuple[int, int] = setting((160, 224), help="training crop h,w (multiples of 32)")
     base_scale: float = setting(0.5, help="image scale before the random scale jitter (and at evaluation)")
     seed: int = setting(0, help="initial weights, batches and augmentations")
@@ -117,6 +121,10 @@ class TrainConfig:
             )
         if self.iterations < 1 or self.batch_size < 1 or self.sam_every < 1:
             raise ValueError(f"{source}: iterations, batch_size and sam_every must be >= 1")
+        if self.lr_schedule not in LR_SCHEDULES or self.lr_warmup < 0:
+            raise ValueError(
+                f"{source}: lr_schedule {self.lr_schedule!r} must be one of {LR_SCHEDULES}, lr_warmup >= 0"
+            )
         if self.student_view not in ("strong", "weak", "both"):
             raise ValueError(
                 f"{source}: student_view {self.student_view!r} unknown; choose strong, weak or both"

@@ -28,11 +28,12 @@ from torch import nn
 from models.config import from_mapping, load, read_yaml, setting
 from models.engine import EngineConfig, Prompt, build_engine
 from models.instance_students import (
+    InstanceSegmenter,
     build_instance_student,
     instance_student_registry,
-    instances_at_size,
     letterbox,
     save_instance_student,
+    torch_instance_forward,
 )
 from models.prompt_latents import PromptLatents
 from models.refine.wish_tags import TagPointOptions, tags_to_points
@@ -40,6 +41,7 @@ from models.weak import WeakLabels, load_weak_labels
 from training.budget import INSTANCE_KINDS, assign_label_kinds, derive_instance_labels, homogeneous_counts
 from training.data import batch_indices
 from training.datasets import CamVidThings, CocoInstances, InstanceFolder, InstanceSample, PennFudan
+from training.loop import LR_SCHEDULES
 from training.metrics import coco_mask_ap
 from training.wish import Targets, Weights, cam_loss, match, seg_loss, self_loss
 
@@ -106,6 +108,10 @@ class InstanceTrainConfig:
     iterations: int = setting(1000, help="optimisation steps (may grow on resume)")
     batch_size: int = setting(4, help="images per step (split across DDP ranks)")
     lr: float = setting(1e-4, help="AdamW learning rate (Mask2Former's)")
+    lr_schedule: str = setting(
+        "constant", help="`constant`, or `poly` (lr (1 - t/T)^0.9 after a linear warm-up; DeepLab's schedule)"
+    )
+    lr_warmup: int = setting(0, help="poly: linear learning-rate warm-up steps from lr/100 to lr")
     weight_decay: float = setting(0.05, help="AdamW weight decay (Mask2Former's)")
     input_side: int = setting(320, help="the longer image side on the canvas (a multiple of 32)")
     hflip: bool = setting(True, help="random horizontal flips")
@@ -166,6 +172,10 @@ class InstanceTrainConfig:
             raise ValueError(f"{source}: input_side {self.input_side} must be a multiple of 32, >= 64")
         if self.iterations < 1 or self.batch_size < 1 or self.sam_every < 1 or self.warmup_iterations < 0:
             raise ValueError(f"{source}: iterations, batch_size, sam_every must be >= 1, warmup >= 0")
+        if self.lr_schedule not in LR_SCHEDULES or self.lr_warmup < 0:
+            raise ValueError(
+                f"{source}: lr_schedule {self.lr_schedule!r} must be one of {LR_SCHEDULES}, lr_warmup >= 0"
+            )
         from_mapping(TagPointOptions, self.tag_points, f"{source}: tag_points")
 
     @classmethod
@@ -280,7 +290,7 @@ class InstanceRecipe:
         self._tag_latents: dict[int, list[torch.Tensor]] = {}  # item -> Z of its tag points, per flip
         self._encoder_calls_after_prepare = 0
         self._val_gt: dict[str, Any] | None = None
-        self._val_images: list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] = []
+        self._val_images: list[np.ndarray] = []
 
     # -- labels and targets ----------------------------------------------------------------------
     def label_kinds(self) -> list[str | None]:
@@ -503,29 +513,19 @@ class InstanceRecipe:
         from training.coco import coco_dataset
 
         self._val_gt = coco_dataset(self.val.samples, self.val.class_names, self.val.category_ids)
-        for s in self.val.samples:
-            image = s.load_image()
-            x, scaled = letterbox(torch.from_numpy(image), self.cfg.input_side)
-            self._val_images.append((x, scaled, image.shape[:2]))
+        self._val_images = [s.load_image() for s in self.val.samples]
 
-    @torch.no_grad()
     def predict_val(self, model: nn.Module | None = None) -> list[dict[str, Any]]:
-        """COCO results of the model on the validation images."""
+        """COCO results of the model on the validation images, through `InstanceSegmenter` (the square
+        training canvas, as served and exported)."""
         from training.coco import coco_results
 
         self._prepare_val()
         model = model or self.model
-        model.eval()
-        predictions, ids = [], []
-        for s, (x, scaled, size) in zip(self.val.samples, self._val_images):
-            class_logits, mask_logits, _, _ = model(x[None])
-            predictions.append(
-                instances_at_size(
-                    class_logits[-1, 0], mask_logits[-1, 0], x.shape[-2:], scaled, size, self.cfg.top_k
-                )
-            )
-            ids.append(s.image_id)
-        return coco_results(ids, predictions, self.val.category_ids)
+        meta = {"num_classes": self.num_classes, "input_side": self.cfg.input_side}
+        segmenter = InstanceSegmenter(torch_instance_forward(model), meta, batch_size=4)
+        predictions = segmenter.segment(self._val_images, top_k=self.cfg.top_k, min_score=0.0)
+        return coco_results([s.image_id for s in self.val.samples], predictions, self.val.category_ids)
 
     def evaluate(self) -> dict[str, Any]:
         if not self.has_validation():
