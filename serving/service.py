@@ -312,7 +312,7 @@ class SegmentationService:
     @bentoml.api(route="/segment")
     def segment(
         self,
-        images: list[Path],
+        images: list[Path] = Field(default_factory=list),  # noqa: B008 (BentoML reads the default)
         output: Literal[SEGMENT_OUTPUTS] = "auto",  # type: ignore[valid-type]
         label_format: Literal[LABEL_FORMATS] = "png",  # type: ignore[valid-type]
         mask_format: Literal[INSTANCE_MASK_FORMATS] = "rle",  # type: ignore[valid-type]

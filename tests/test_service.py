@@ -6,13 +6,11 @@ Two servers: the classical prior with adaptive batching for /segment, and the ti
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from serving.client import ServiceError, SesamClient
 from serving.codec import decode_labels, decode_png, decode_polygons, decode_rle, encode_polygons
 from serving.config import SHIPPED_STUDENT, ServiceConfig
 from tests.conftest import REPO, free_port
+from tests.conftest import running_server as _running
 
 MAX_PROMPTS = 5
 MAX_PIXELS = 1_000_000
@@ -61,33 +60,6 @@ def server(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
         yield url, request.param
 
 
-@contextlib.contextmanager
-def _running(command: list[str], url: str, env: dict, log_path: Path, cwd: Path) -> Iterator[None]:
-    """Start a server (output to a file: a full pipe would block it), wait for /readyz, stop it after."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("the server exited:\n" + log_path.read_text(errors="replace")[-5000:])
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready in 240 s")
-            time.sleep(0.5)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
 def client(server) -> Iterator[SesamClient]:
     with SesamClient(server[0], api_key=API_KEY, retries=0) as c:
@@ -102,7 +74,8 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 def _post(url: str, route: str, image: bytes | None = None, headers=AUTH, **fields) -> httpx.Response:
     data = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
-    files = {"image": ("x.png", image, "image/png")} if image is not None else None
+    field = "images" if route == "/segment" else "image"
+    files = {field: ("x.png", image, "image/png")} if image is not None else None
     return httpx.post(f"{url}{route}", files=files, data=data, headers=headers, timeout=120)
 
 
@@ -261,11 +234,11 @@ def test_segment_equals_in_process_student(client, camvid_image) -> None:
     student = StudentSegmenter.from_checkpoint(SHIPPED_STUDENT)
     expected = student.segment([camvid_image])[0]
     answer = client.segment(camvid_image, label_format="rle")
-    assert answer["class_names"] == student.class_names
-    labels = decode_labels(answer["labels"])
+    assert answer["class_names"] == student.class_names and answer["task"] == "semantic"
+    labels = decode_labels(answer["results"][0]["labels"])
     assert labels.shape == camvid_image.shape[:2]
     assert np.mean(labels == expected) > 0.999  # float summation order may differ across batch sizes
-    names = {c["name"] for c in answer["labels"]["classes"]}
+    names = {c["name"] for c in answer["results"][0]["labels"]["classes"]}
     assert names <= set(student.class_names)
     assert np.array_equal(client.segment_labels(camvid_image), labels)
 
@@ -280,7 +253,9 @@ BIG = np.zeros((1100, 1000, 3), np.uint8)  # 1.1 MP > MAX_PIXELS, small as PNG
         ("/predict", b"definitely not an image", {"prompts": PROMPTS[:1]}, 400, "not a readable image"),
         ("/predict", "big", {"prompts": PROMPTS[:1]}, 413, "exceeds the limit of 1000000"),
         ("/embed", "big", {}, 413, "exceeds the limit"),
-        ("/segment", b"\x89PNG\r\n\x1a\n broken", {}, 400, "not a readable image"),
+        ("/segment", b"\x89PNG\r\n\x1a\n broken", {}, 400, "images[0]: not a readable image"),
+        ("/segment", "big", {}, 413, "exceeds the limit"),
+        ("/segment", None, {"output": "instances"}, 400, "not meaningful for the semantic student"),
         (
             "/predict",
             None,

@@ -82,7 +82,11 @@ def read_image(
             return as_rgb_uint8(np.array(img.convert("RGB")), label)
     except FileNotFoundError as exc:
         raise ValueError(f"{label}: no such file") from exc
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL refuses to even open it: far over any cap
+        raise ImageTooLarge(
+            f"{label}: a decompression bomb, far over the limit of {max_pixels} pixels ({exc})"
+        ) from exc
+    except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{label}: not a readable image ({exc})") from exc
 
 
