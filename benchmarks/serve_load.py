@@ -1,9 +1,10 @@
 """Loopback load on the served API: /segment (the student) and /predict on a cached embedding.
 
-Starts `bentoml serve` twice on free ports, with adaptive batching for /segment (BentoML's
-dispatcher in front of the student) and without it (the baseline: the student called in-process,
-one request at a time), and sends the same bounded load to each: N requests at concurrency C.
-Prints req/s, p50, p99 and errors per route; writes benchmarks/results/serve_load.md.
+Starts `bentoml serve` three times on free ports: the shipped student from its PyTorch checkpoint
+(the baseline: called in-process, one request at a time), the same with adaptive batching
+(BentoML's dispatcher in front of the student), and the student's ONNX export run by ONNX Runtime
+(`sesam export student`; no batching). Each gets the same bounded load: N requests at concurrency
+C. Prints req/s, p50, p99 and errors per route; writes benchmarks/results/serve_load.md.
 
 Run: `python benchmarks/serve_load.py [--requests 200] [--concurrency 16] [--backend classical]`
 """
@@ -108,12 +109,16 @@ def test_images(count: int = 8) -> list[bytes]:
     return [png(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8)) for _ in range(count)]
 
 
-def run(batching: bool, args: argparse.Namespace, images: list[bytes]) -> dict[str, dict]:
+def run(
+    batching: bool, args: argparse.Namespace, images: list[bytes], student: str | None = None
+) -> dict[str, dict]:
     port = free_port()
     env = dict(
         os.environ, BENTOML_DO_NOT_TRACK="true", SESAM_BACKEND=args.backend, SESAM_SAM_TYPE=args.sam_type
     )
     env["SESAM_BATCHING"] = "1" if batching else "0"
+    if student is not None:
+        env["SESAM_STUDENT_CHECKPOINT"] = student
     env.pop("SESAM_API_KEY", None)
     proc = start_server(port, env)
     url = f"http://127.0.0.1:{port}"
@@ -121,7 +126,7 @@ def run(batching: bool, args: argparse.Namespace, images: list[bytes]) -> dict[s
         with httpx.Client(base_url=url, timeout=300, limits=httpx.Limits(max_connections=64)) as http:
 
             def segment(i: int) -> bool:
-                files = {"image": ("x.jpg", images[i % len(images)], "image/jpeg")}
+                files = {"images": ("x.jpg", images[i % len(images)], "image/jpeg")}
                 return http.post("/segment", files=files).status_code == 200
 
             image_id = http.post("/embed", files={"image": ("x.jpg", images[0], "image/jpeg")}).json()[
@@ -162,8 +167,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.md"))
     args = parser.parse_args()
     images = test_images()
-    results = {"without adaptive batching (baseline)": run(False, args, images)}
-    results["with adaptive batching"] = run(True, args, images)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    from export.onnx_export import export_student_checkpoint
+    from models.students import SHIPPED_SEMANTIC_STUDENT
+
+    onnx_dir = ROOT / "runs" / "serve_load_student_onnx"
+    export_student_checkpoint(SHIPPED_SEMANTIC_STUDENT, onnx_dir)
+    results = {"PyTorch student, no batching (baseline)": run(False, args, images)}
+    results["PyTorch student, adaptive batching"] = run(True, args, images)
+    results["ONNX Runtime student (export), no batching"] = run(False, args, images, str(onnx_dir))
     title = (
         f"{args.requests} requests at concurrency {args.concurrency}, loopback, backend {args.backend}, "
         f"{os.cpu_count()} CPU cores; /segment on {len(images)} CamVid val images (shipped student)"
@@ -173,7 +185,7 @@ def main() -> None:
     for col in header:
         table.add_column(col)
     lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    base = results["without adaptive batching (baseline)"]
+    base = results["PyTorch student, no batching (baseline)"]
     for route in base:
         for server, by_route in results.items():
             r = by_route[route]

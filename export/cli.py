@@ -13,6 +13,8 @@ from rich.table import Table
 from models.progress import progress_bar
 from models.sam.build import sam_model_registry
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 
 def _sam(args: argparse.Namespace) -> int:
     from export.onnx_export import export_sam_checkpoint
@@ -33,6 +35,27 @@ def _student(args: argparse.Namespace) -> int:
     print(
         f"wrote {md['files']['student']['path']} ({md['student']}, {md['num_classes']} classes) to {args.out}"
     )
+    return 0
+
+
+def _half(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.io import atomic_write
+
+    try:
+        payload = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{args.checkpoint}: cannot read the checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise ValueError(f"{args.checkpoint}: not a student checkpoint (no state_dict)")
+    payload["state_dict"] = {
+        k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()
+    }
+    if args.note:
+        payload["trained_with"] = args.note
+    atomic_write(args.out, lambda tmp: torch.save(payload, tmp))
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB, fp16 weights)")
     return 0
 
 
@@ -95,8 +118,22 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from export.quantize import fidelity, quantize_encoder
+    from export.quantize import fidelity, quantize_encoder, quantize_student
+    from models.onnx_runtime import read_metadata
 
+    if read_metadata(args.directory)["kind"] != "sam":
+        images = None
+        if args.calibration:
+            from models.engine import read_image
+
+            files = sorted(p for p in Path(args.calibration).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                print(f"sesam export quantize: no images in {args.calibration}", file=sys.stderr)
+                return 2
+            images = [read_image(p) for p in files[: args.calibration_count]]
+        path = quantize_student(args.directory, args.mode, images)
+        print(f"wrote {path} ({args.mode} int8); run it with runtime onnx, onnx_file student_int8")
+        return 0
     path = quantize_encoder(args.directory)
     print(f"wrote {path}")
     print(json.dumps(fidelity(args.directory), indent=1))
@@ -149,6 +186,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_student)
 
+    p = sub.add_parser("half", help="a student checkpoint with fp16 weights (loads as fp32; for shipping)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--note", default=None, help="how it was trained (stored in the checkpoint)")
+    p.set_defaults(func=_half)
+
     p = sub.add_parser("verify", help="PyTorch vs ONNX Runtime parity of an export directory")
     p.add_argument("directory")
     p.add_argument("--checkpoint", default=None, help="source checkpoint if not the one in metadata.json")
@@ -161,8 +204,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_verify)
 
-    p = sub.add_parser("quantize", help="int8 dynamic quantization of the SAM encoder + fidelity report")
+    p = sub.add_parser(
+        "quantize", help="int8: the SAM encoder (dynamic, + fidelity report) or a student (dynamic or static)"
+    )
     p.add_argument("directory")
+    p.add_argument("--mode", choices=["dynamic", "static"], default="dynamic", help="students only")
+    p.add_argument("--calibration", default=None, help="students, static: a folder of calibration images")
+    p.add_argument("--calibration-count", type=int, default=64, help="at most this many calibration images")
     p.set_defaults(func=_quantize)
 
     p = sub.add_parser("tensorrt", help="TensorRT engines from the ONNX files (needs TensorRT + CUDA)")

@@ -20,7 +20,13 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-from export.sam_modules import InstanceStudentOnnx, SamDecoderOnnx, SamEncoderOnnx, StudentOnnx
+from export.sam_modules import (
+    InstanceStudentOnnx,
+    SamDecoderOnnx,
+    SamEncoderOnnx,
+    SamManyPromptDecoderOnnx,
+    StudentOnnx,
+)
 from models.io import atomic_write
 from models.onnx_runtime import EXPORT_FORMAT
 from models.sam.build import build_sam, sha256_of
@@ -43,6 +49,8 @@ DECODER_INPUTS = [
     "orig_im_size",
 ]
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
+# the many-prompt decoder (no mask inputs): ONNX Runtime picks it when no prompt of a call has one
+MANY_DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "orig_im_size"]
 STUDENT_INPUTS = ["images"]
 STUDENT_OUTPUTS = ["logits"]
 INSTANCE_OUTPUTS = ["class_logits", "mask_logits"]
@@ -147,7 +155,8 @@ def export_sam(
     quiet: bool = True,
     random_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Write encoder.onnx, decoder.onnx (3 masks), decoder_single.onnx (1 mask) and metadata.json."""
+    """Write encoder.onnx, decoder.onnx (3 masks), decoder_single.onnx (1 mask), their many-prompt
+    forms for calls without mask inputs (decoder_many.onnx, decoder_many_single.onnx) and metadata.json."""
     out = Path(out)
     sam = sam.eval()
     size = sam.image_encoder.img_size
@@ -193,6 +202,7 @@ def export_sam(
             dynamic,
             quiet,
         )
+    many = export_many_prompt_decoders(sam, out, quiet)
     metadata = {
         "format": EXPORT_FORMAT,
         "kind": "sam",
@@ -209,12 +219,52 @@ def export_sam(
             "encoder": _file_entry(out / "encoder.onnx"),
             "decoder": _file_entry(out / "decoder.onnx"),
             "decoder_single": _file_entry(out / "decoder_single.onnx"),
-        },
+        }
+        | many,
         "source": _source(checkpoint, random_seed),
         "versions": versions(),
     }
     write_metadata(out, metadata)
     return metadata
+
+
+def export_many_prompt_decoders(sam: Sam, out: str | Path, quiet: bool = True) -> dict[str, Any]:
+    """Write decoder_many.onnx (3 masks) and decoder_many_single.onnx (1 mask), the many-prompt
+    formulation for calls without mask inputs; returns their `files` entries (role -> entry)."""
+    out = Path(out)
+    sam = sam.eval()
+    with torch.no_grad():
+        embedding = sam.image_encoder(
+            torch.zeros(1, 3, sam.image_encoder.img_size, sam.image_encoder.img_size)
+        )
+    prompts = torch.export.Dim("prompts", min=1, max=MAX_PROMPTS)
+    points = torch.export.Dim("points", min=1, max=MAX_POINTS)
+    example = (
+        embedding,
+        torch.tensor([[[10.0, 20.0], [30.0, 40.0]]]).repeat(2, 1, 1),
+        torch.tensor([[1.0, -1.0]]).repeat(2, 1),
+        torch.tensor([480, 640], dtype=torch.int64),
+    )
+    dynamic = {
+        "image_embeddings": None,
+        "point_coords": {0: prompts, 1: points},
+        "point_labels": {0: prompts, 1: points},
+        "orig_im_size": None,
+    }
+    entries = {}
+    for role, multimask in (("decoder_many", True), ("decoder_many_single", False)):
+        path = out / f"{role}.onnx"
+        _onnx_export(
+            SamManyPromptDecoderOnnx(sam, multimask),
+            example,
+            path,
+            MANY_DECODER_INPUTS,
+            DECODER_OUTPUTS,
+            dynamic,
+            quiet,
+        )
+        entries[role] = _file_entry(path)
+    return entries
 
 
 def _source(checkpoint: str | Path | None, random_seed: int | None = None) -> dict[str, Any]:

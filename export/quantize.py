@@ -1,4 +1,5 @@
-"""Dynamic int8 quantization of the exported SAM encoder for CPUs, with a fidelity report.
+"""int8 quantization for CPUs: the exported SAM encoder (dynamic) and students (dynamic, or static
+with calibration images), with fidelity reports.
 
 `quantize_encoder(DIR)` writes `encoder_int8.onnx` beside `encoder.onnx` (weights int8, activations
 quantized on the fly by onnxruntime; MatMul and Gemm only, the bulk of a ViT) and registers it in
@@ -9,6 +10,7 @@ same decoder makes from either embedding.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from export.onnx_export import _file_entry, write_metadata
 from models.onnx_runtime import model_file, read_metadata
+from models.student_runtime import EXPORT_KINDS
 
 
 def quantize_encoder(directory: str | Path) -> Path:
@@ -71,3 +74,85 @@ def fidelity(
         "images": len(cosines),
         "prompts_per_image": prompts_per_image,
     }
+
+
+QUANTIZATION_MODES = ("dynamic", "static")
+
+
+class _CalibrationImages:
+    """ONNX Runtime calibration reader: each image preprocessed exactly as the student's runtime
+    does (`StudentSegmenter` / `InstanceSegmenter`), one image per batch."""
+
+    def __init__(self, directory: Path, images: list[np.ndarray]) -> None:
+        from models.student_runtime import load_segmenter
+
+        student = load_segmenter(directory, "onnx")
+        captured: list[np.ndarray] = []
+
+        def capture(x):  # record what the runtime would feed the graph, answer nothing useful
+            captured.append(np.ascontiguousarray(x.numpy(), np.float32))
+            raise _Captured
+
+        student.forward = capture
+        self.feeds = []
+        for image in images:
+            with contextlib.suppress(_Captured):
+                student.segment([image])
+            x = captured.pop()
+            if student.task == "semantic":  # the graph takes multiples of the stride
+                from models.students_onnx import pad_images
+
+                md = student.meta
+                x = pad_images(x, int(md["stride"]), md["pad_value"])
+            self.feeds.append({"images": x})
+        self._iter = iter(self.feeds)
+
+    def get_next(self):
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self.feeds)
+
+
+class _Captured(Exception):
+    pass
+
+
+def quantize_student(
+    directory: str | Path, mode: str = "dynamic", calibration: list[np.ndarray] | None = None
+) -> Path:
+    """Write student_int8.onnx beside student.onnx and register it as `student_int8`.
+
+    dynamic: int8 weights, activations quantized on the fly (no data needed). static: weights and
+    activations int8 in QDQ form, activation ranges calibrated on `calibration` images (MinMax)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    directory = Path(directory)
+    md = read_metadata(directory)
+    if md.get("kind") not in EXPORT_KINDS:
+        raise ValueError(f"{directory}: holds a {md.get('kind')!r} export, not a student")
+    if mode not in QUANTIZATION_MODES:
+        raise ValueError(f"quantization mode {mode!r} unknown; choose one of {QUANTIZATION_MODES}")
+    source = model_file(directory, md, "student")
+    target, tmp = directory / "student_int8.onnx", directory / "student_int8.tmp.onnx"
+    if mode == "dynamic":
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
+        note = "dynamic int8 (weights int8, activations quantized on the fly)"
+    else:
+        if not calibration:
+            raise ValueError("static quantization needs calibration images (--calibration DIR)")
+        reader = _CalibrationImages(directory, calibration)
+        quantize_static(
+            str(source),
+            str(tmp),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        note = f"static int8 QDQ, per-channel weights, MinMax calibration on {len(calibration)} images"
+    tmp.replace(target)
+    md["files"]["student_int8"] = _file_entry(target) | {"quantization": note}
+    write_metadata(directory, md)
+    return target

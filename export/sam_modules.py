@@ -72,6 +72,28 @@ class SamDecoderOnnx(nn.Module):
             enc = enc + (labels == k).float() * pe.point_embeddings[k].weight[None]
         return enc
 
+    def _sparse(self, point_coords: Tensor, point_labels: Tensor, orig_im_size: Tensor):
+        """Sparse prompt embeddings BxNx256 and the resize geometry (h, w, new_h, new_w)."""
+        h, w = orig_im_size[0], orig_im_size[1]
+        hf, wf = h.float(), w.float()
+        scale = self.img_size / torch.maximum(hf, wf)
+        new_h = (hf * scale + 0.5).floor()
+        new_w = (wf * scale + 0.5).floor()
+        coords = point_coords * torch.stack([new_w / wf, new_h / hf])
+        return self._embed_points(coords, point_labels), (h, w, new_h, new_w)
+
+    def _select(self, low_res: Tensor, iou: Tensor) -> tuple[Tensor, Tensor]:
+        if self.multimask:
+            return low_res[:, 1:], iou[:, 1:]
+        return low_res[:, :1], iou[:, :1]
+
+    def _to_original(self, low_res: Tensor, geometry: tuple) -> Tensor:
+        """low-res (256) -> 1024 -> crop to the resized image -> original size, per axis one matrix."""
+        h, w, new_h, new_w = geometry
+        rows = _bilinear_matrix(h, new_h, self.img_size, new_h / h.float()) @ self.upscale
+        cols = _bilinear_matrix(w, new_w, self.img_size, new_w / w.float()) @ self.upscale
+        return rows @ low_res @ cols.transpose(0, 1)
+
     def forward(
         self,
         image_embeddings: Tensor,
@@ -84,13 +106,7 @@ class SamDecoderOnnx(nn.Module):
         """image_embeddings 1x256x64x64, point_coords BxNx2 (x, y original pixels), point_labels BxN,
         mask_input Bx1x256x256, has_mask_input B, orig_im_size (2,) int64 [h, w] ->
         masks BxCxHxW logits, iou_predictions BxC, low_res_masks BxCx256x256 (C = 3 or 1)."""
-        h, w = orig_im_size[0], orig_im_size[1]
-        hf, wf = h.float(), w.float()
-        scale = self.img_size / torch.maximum(hf, wf)
-        new_h = (hf * scale + 0.5).floor()
-        new_w = (wf * scale + 0.5).floor()
-        coords = point_coords * torch.stack([new_w / wf, new_h / hf])
-        sparse = self._embed_points(coords, point_labels)
+        sparse, geometry = self._sparse(point_coords, point_labels, orig_im_size)
         pe = self.prompt_encoder
         has = has_mask_input.reshape(-1, 1, 1, 1)
         dense = has * pe.mask_downscaling(mask_input) + (1 - has) * pe.no_mask_embed.weight.reshape(
@@ -102,15 +118,42 @@ class SamDecoderOnnx(nn.Module):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
         )
-        if self.multimask:
-            low_res, iou = low_res[:, 1:], iou[:, 1:]
-        else:
-            low_res, iou = low_res[:, :1], iou[:, :1]
-        # low-res (256) -> 1024 -> crop to the resized image -> original size, per axis one matrix
-        rows = _bilinear_matrix(h, new_h, self.img_size, new_h / hf) @ self.upscale
-        cols = _bilinear_matrix(w, new_w, self.img_size, new_w / wf) @ self.upscale
-        masks = rows @ low_res @ cols.transpose(0, 1)
-        return masks, iou, low_res
+        low_res, iou = self._select(low_res, iou)
+        return self._to_original(low_res, geometry), iou, low_res
+
+
+class SamManyPromptDecoderOnnx(SamDecoderOnnx):
+    """The decoder for B prompts WITHOUT mask inputs, in `ManyPromptDecoder`'s formulation: the image
+    side of the first block is projected once for all prompts and the per-prompt projections of the
+    4096 image tokens are folded into the few prompt tokens (same function, fewer FLOPs; see
+    models/sam/fast_decoder.py). Inputs: image_embeddings, point_coords, point_labels, orig_im_size;
+    outputs as `SamDecoderOnnx`. Runtimes use it when no prompt of a call carries a mask input."""
+
+    def __init__(self, sam: Sam, multimask: bool = True) -> None:
+        super().__init__(sam, multimask)
+        from models.sam.fast_decoder import ManyPromptDecoder
+
+        fast = ManyPromptDecoder(sam.mask_decoder, self.image_pe)
+        # its constants were made under inference_mode; export needs ordinary tensors
+        fast.key_pe = fast.key_pe.clone()
+        fast._pe_k = {k: v.clone() for k, v in fast._pe_k.items()}
+        fast._pe_q = {k: v.clone() for k, v in fast._pe_q.items()}
+        for name in ("_w1", "_b1", "_w2", "_b2"):
+            setattr(fast, name, getattr(fast, name).clone())
+        self.fast = fast
+
+    def forward(  # type: ignore[override]
+        self, image_embeddings: Tensor, point_coords: Tensor, point_labels: Tensor, orig_im_size: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """image_embeddings 1x256x64x64, point_coords BxNx2, point_labels BxN, orig_im_size (2,) ->
+        masks BxCxHxW, iou_predictions BxC, low_res_masks BxCx256x256."""
+        sparse, geometry = self._sparse(point_coords, point_labels, orig_im_size)
+        _, _, h, w = image_embeddings.shape
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        keys = (image_embeddings + dense).flatten(2).transpose(1, 2)  # 1 x N x C, shared by all prompts
+        shared = self.fast._shared_first_layer(keys)
+        low_res, iou = self.fast._chunk(sparse, keys, shared, self.multimask, (h, w))
+        return self._to_original(low_res, geometry), iou, low_res
 
 
 class StudentOnnx(nn.Module):

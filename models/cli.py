@@ -19,6 +19,7 @@ from models.refine.sampling import SAMPLERS, TRAINING_ONLY_SAMPLERS
 from models.refine.selection import SELECTORS
 from models.refine.sesam import PROMPT_TYPES
 from models.sam.build import sam_model_registry
+from models.students import SHIPPED_SEMANTIC_STUDENT
 from models.visualize import overlay_masks
 
 
@@ -146,23 +147,91 @@ def refine_run_from_args(args: argparse.Namespace, options: dict) -> RefineRun:
 
 
 def report_refine_summary(summary: dict) -> int:
-    """Print the summary (without the per-image part); exit status 1 when any image failed."""
+    return report_summary(summary, "refine")
+
+
+def add_ray_args(parser: argparse.ArgumentParser) -> None:
+    """`--ray [ADDRESS]` and the worker count, shared by `sesam refine` and `sesam segment`."""
+    g = parser.add_argument_group("scale-out on Ray (pip install 'sesam[ray]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray Data: no ADDRESS starts a local cluster; `auto` or ray://HOST:10001 joins one",
+    )
+    g.add_argument("--ray-workers", type=int, default=2, help="actors, each holding one model (2)")
+    g.add_argument(
+        "--ray-gpus", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has GPUs)"
+    )
+
+
+def ray_options_from_args(args: argparse.Namespace):
+    from models.folders import RayOptions
+
+    if args.ray is None:
+        return None
+    address = None if args.ray == "local" else args.ray
+    return RayOptions(address=address, workers=args.ray_workers, gpus_per_worker=args.ray_gpus)
+
+
+def segment_run_from_args(args: argparse.Namespace):
+    """The `sesam segment` folders and switches (shared with `--endpoint` runs in serving.cli)."""
+    from models.segment_run import SegmentRun
+
+    if not 0.0 <= args.min_score <= 1.0:
+        raise ValueError(f"--min-score must lie in [0, 1], got {args.min_score}")
+    return SegmentRun(
+        images=Path(args.images),
+        out=Path(args.out),
+        min_score=args.min_score,
+        overlays=Path(args.overlays) if args.overlays else None,
+        report=args.report,
+        overwrite=args.overwrite,
+        limit=args.limit,
+    )
+
+
+def report_summary(summary: dict, command: str) -> int:
+    """Print a folder job's summary (without the per-image part); exit status 1 when any image failed."""
     print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=1))
     if summary["failed"]:
         print(
-            f"sesam refine: {summary['failed']} image(s) failed: " + ", ".join(summary["failures"]),
+            f"sesam {command}: {summary['failed']} image(s) failed: " + ", ".join(summary["failures"]),
             file=sys.stderr,
         )
         return 1
     return 0
 
 
+def run_segment(args: argparse.Namespace) -> int:
+    from models.segment_run import LoadStudent, segment_folder
+
+    run = segment_run_from_args(args)
+    ray = ray_options_from_args(args)
+    threads = args.threads or (max(1, int(ray.cpus_per_worker)) if ray is not None else None)
+    factory = LoadStudent(args.student, args.runtime, args.device, args.providers, args.min_score, threads)
+    name = Path(args.student).name
+    summary = segment_folder(run, factory, name, quiet=args.quiet, ray=ray)
+    return report_summary(summary, "segment")
+
+
 def run_refine(args: argparse.Namespace) -> int:
-    engine = build_engine(engine_config_from_args(args))
+    from dataclasses import asdict
+
+    from models.refine.run import BuildRefineOne, process_folder
+
+    config = engine_config_from_args(args)
+    engine = build_engine(config)
     args.backend_name = engine.name
     options = labeler_options(args)
-    labeler = build_labeler(args.method, engine, **options)
     run = refine_run_from_args(args, options)
+    ray = ray_options_from_args(args)
+    if ray is not None:  # every actor builds its own engine and labeler from the same settings
+        factory = BuildRefineOne(run, asdict(config), args.method, options)
+        return report_refine_summary(process_folder(run, factory, engine.name, quiet=args.quiet, ray=ray))
+    labeler = build_labeler(args.method, engine, **options)
     return report_refine_summary(refine_folder(run, engine, labeler, quiet=args.quiet))
 
 
@@ -190,6 +259,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--overwrite", action="store_true", help="redo images already refined (default: resume)")
     r.add_argument("--limit", type=int, default=None, help="only the first N images")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_args(r)
     g = r.add_argument_group("sesam options (paper defaults)")
     g.add_argument("--k", type=int, default=None, help="points per component (5)")
     g.add_argument(
@@ -212,3 +282,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--stability-thresh", type=float, default=None, help="0.92 (0 with the classical prior)")
     add_engine_args(r)
     r.set_defaults(func=run_refine)
+
+    g = subparsers.add_parser(
+        "segment", help="a folder of images through a student (label maps or instances)"
+    )
+    g.add_argument("--images", required=True, help="folder of images (<stem>.jpg/.png/...)")
+    g.add_argument(
+        "--out", required=True, help="output folder: <stem>.png label maps or <stem>.json instances"
+    )
+    g.add_argument(
+        "--student",
+        default=str(SHIPPED_SEMANTIC_STUDENT),
+        help="a .pt checkpoint or an export directory, semantic or instance (default: the shipped CamVid student)",
+    )
+    g.add_argument("--runtime", choices=["auto", "torch", "onnx", "tensorrt"], default="auto")
+    g.add_argument("--providers", default=None, help="onnx: execution providers, comma-separated")
+    g.add_argument("--device", default="cpu", help="torch: cpu or cuda")
+    g.add_argument("--min-score", type=float, default=0.5, help="instance students: lowest score kept (0.5)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads per student (default: all cores; on Ray the actor's CPUs). Answers are "
+        "byte-identical between runs with equal thread counts",
+    )
+    g.add_argument("--overlays", default=None, help="also write image|answer overlay PNGs here")
+    g.add_argument("--report", action="store_true", help="write report.html with pictures (implies overlays)")
+    g.add_argument("--overwrite", action="store_true", help="redo images already done (default: resume)")
+    g.add_argument("--limit", type=int, default=None, help="only the first N images")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_args(g)
+    g.set_defaults(func=run_segment)

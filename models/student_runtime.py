@@ -67,8 +67,8 @@ def _semantic_runner(run, metadata: dict[str, Any]):
     return padded_run
 
 
-def _onnx_run(directory: Path, metadata: dict[str, Any], providers, threads: int | None):
-    session = create_session(model_file(directory, metadata, "student"), providers, threads)
+def _onnx_run(directory: Path, metadata: dict[str, Any], providers, threads: int | None, role: str):
+    session = create_session(model_file(directory, metadata, role), providers, threads)
     names = [o.name for o in session.get_outputs()]
     return (lambda x: session.run(names, {"images": x})), session.get_providers()
 
@@ -109,8 +109,11 @@ def load_segmenter(
     providers: Sequence[str] | str | None = None,
     threads: int | None = None,
     batch_size: int = 8,
+    onnx_file: str = "student",
 ) -> Segmenter:
-    """A student from a `.pt` checkpoint or an export directory, run by `runtime` (see module doc)."""
+    """A student from a `.pt` checkpoint or an export directory, run by `runtime` (see module doc).
+    `onnx_file`: the export's graph ONNX Runtime runs, `student` or `student_int8` (`sesam export
+    quantize`)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"student runtime {runtime!r} unknown; choose one of {RUNTIMES}")
     path = Path(source)
@@ -128,8 +131,9 @@ def load_segmenter(
             runtime = "tensorrt" if has_tensorrt_engine(path) else "onnx"
         meta = metadata | {"name": metadata.get("student"), "num_classes": metadata["num_classes"]}
         if runtime == "onnx":
-            run, used = _onnx_run(path, metadata, providers, threads)
+            run, used = _onnx_run(path, metadata, providers, threads, onnx_file)
             meta["providers"] = used
+            runtime = runtime if onnx_file == "student" else f"onnx-{onnx_file}"
         else:
             run = _tensorrt_run(path)
         if task == "semantic":

@@ -20,6 +20,8 @@ from torch import nn
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 STRIDE = 32
+SHIPPED_SEMANTIC_STUDENT = Path(__file__).resolve().parent / "weights" / "camvid_student.pt"
+SHIPPED_INSTANCE_STUDENT = Path(__file__).resolve().parent / "weights" / "pennfudan_student.pt"
 
 
 def _smp():

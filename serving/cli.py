@@ -1,4 +1,5 @@
-"""`sesam serve` (the BentoML service, as `make serve`) and `sesam refine --endpoint URL`.
+"""`sesam serve` (the BentoML service, as `make serve`), `sesam refine --endpoint URL` and
+`sesam segment --endpoint URL`.
 
 `register` runs after `models.cli` registered `sesam refine`; it adds the remote options to that
 parser and routes runs with `--endpoint` to `serving.remote`, so the models package never imports
@@ -48,10 +49,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     refine = subparsers.choices.get("refine")
     if refine is not None:
         add_remote_refine(refine)
+    segment = subparsers.choices.get("segment")
+    if segment is not None:
+        add_remote_options(segment, run_remote_segment)
 
 
 def add_remote_refine(parser: argparse.ArgumentParser) -> None:
     """`sesam refine --endpoint URL`: the same command, run through a served /refine."""
+    add_remote_options(parser, run_remote_refine)
+
+
+def add_remote_options(parser: argparse.ArgumentParser, remote) -> None:
+    """`--endpoint URL` and friends on a folder command: runs with it go to `remote(args)`."""
     g = parser.add_argument_group("through a running service")
     g.add_argument("--endpoint", default=None, help="service URL, e.g. http://127.0.0.1:3000")
     g.add_argument("--api-key", default=None, help="bearer key (default: $SESAM_API_KEY)")
@@ -60,7 +69,9 @@ def add_remote_refine(parser: argparse.ArgumentParser) -> None:
     local = parser.get_default("func")
 
     def run(args: argparse.Namespace) -> int:
-        return run_remote_refine(args) if args.endpoint else local(args)
+        if args.endpoint and getattr(args, "ray", None):
+            raise ValueError("--endpoint and --ray: choose one (the service scales itself)")
+        return remote(args) if args.endpoint else local(args)
 
     parser.set_defaults(func=run)
 
@@ -76,3 +87,15 @@ def run_remote_refine(args: argparse.Namespace) -> int:
     with SesamClient(args.endpoint, api_key=api_key, retries=args.retries) as client:
         summary = refine_folder_remote(run, client, concurrency=args.concurrency, quiet=args.quiet)
     return report_refine_summary(summary)
+
+
+def run_remote_segment(args: argparse.Namespace) -> int:
+    from models.cli import report_summary, segment_run_from_args
+    from serving.client import SesamClient
+    from serving.remote import segment_folder_remote
+
+    run = segment_run_from_args(args)
+    api_key = args.api_key or os.environ.get("SESAM_API_KEY") or None
+    with SesamClient(args.endpoint, api_key=api_key, retries=args.retries) as client:
+        summary = segment_folder_remote(run, client, concurrency=args.concurrency, quiet=args.quiet)
+    return report_summary(summary, "segment")

@@ -13,19 +13,11 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
+from models.masks import decode_rle, encode_rle, instance_records
+
 MASK_FORMATS = ("rle", "png", "polygons")
 LABEL_FORMATS = ("png", "rle")
 INSTANCE_MASK_FORMATS = ("rle", "polygons")
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """HxW bool -> COCO RLE {"size": [H, W], "counts": str} (column-major, as COCO stores it)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
 
 
 def encode_png(mask: np.ndarray) -> str:
@@ -140,14 +132,6 @@ def decode_labels(payload: dict) -> np.ndarray:
     return out
 
 
-def mask_box(mask: np.ndarray) -> list[int]:
-    """HxW bool -> [x0, y0, x1, y1], the tight box in pixels (x1, y1 exclusive); zeros when empty."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if not len(rows):
-        return [0, 0, 0, 0]
-    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
-
-
 def encode_instances(
     masks: np.ndarray,
     classes: np.ndarray,
@@ -155,23 +139,11 @@ def encode_instances(
     class_names: list[str] | None = None,
     fmt: str = "rle",
 ) -> list[dict]:
-    """An instance student's answer for one image (masks KxHxW bool, classes K, scores K) ->
-    [{"class_id", "class_name", "score", "box": [x0, y0, x1, y1], "mask"}], best first."""
+    """An instance student's answer for one image -> `models.masks.instance_records` with each mask
+    in `fmt` (rle or polygons)."""
     if fmt not in INSTANCE_MASK_FORMATS:
         raise ValueError(f"mask_format {fmt!r} unknown; choose one of {INSTANCE_MASK_FORMATS}")
-    out = []
-    for mask, c, score in zip(masks, classes, scores, strict=True):
-        c = int(c)
-        out.append(
-            {
-                "class_id": c,
-                "class_name": class_names[c] if class_names and c < len(class_names) else None,
-                "score": round(float(score), 6),
-                "box": mask_box(mask),
-                "mask": encode_mask(mask, fmt),
-            }
-        )
-    return out
+    return instance_records(masks, classes, scores, class_names, lambda m: encode_mask(m, fmt))
 
 
 def decode_instances(items: list[dict], height: int, width: int, fmt: str = "rle") -> np.ndarray:

@@ -27,9 +27,10 @@ from pathlib import Path
 from models.config import load, read_yaml, setting
 from models.engine import EngineConfig
 from models.engine.validation import DEFAULT_MAX_PIXELS
+from models.students import SHIPPED_SEMANTIC_STUDENT
 
 ENV_PREFIX = "SESAM_"
-SHIPPED_STUDENT = Path(__file__).resolve().parents[1] / "models" / "weights" / "camvid_student.pt"
+SHIPPED_STUDENT = SHIPPED_SEMANTIC_STUDENT
 
 
 @dataclass
@@ -50,6 +51,10 @@ class ServiceConfig:
     student_providers: str | None = setting(
         None,
         help="onnx runtime: execution providers, comma-separated (default: TensorRT, CUDA, CPU as present)",
+    )
+    student_onnx_file: str = setting(
+        "student",
+        help="onnx runtime: the export's graph, `student` or `student_int8` (sesam export quantize)",
     )
     student_threads: int | None = setting(None, help="onnx runtime: intra-op threads (default: all cores)")
     max_images: int = setting(16, help="images per /segment request (400 above)")

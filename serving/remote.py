@@ -1,4 +1,5 @@
-"""Batch refinement through a running service: `sesam refine --endpoint URL ...`.
+"""Batch jobs through a running service: `sesam refine --endpoint URL ...` and
+`sesam segment --endpoint URL ...`.
 
 The folder loop is `models.refine.run.process_folder`, the one in-process `sesam refine` uses, so
 the output folder is laid out the same way (`<stem>.png`, `.meta/<stem>.json`, `summary.json`,
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from models.refine.run import RefineRun, process_folder
+from models.segment_run import SegmentRun, segment_folder
 from models.weak import WeakLabels
 from serving.client import ServiceError, SesamClient
 from serving.codec import decode_labels
@@ -40,7 +42,33 @@ def refine_folder_remote(
 
     return process_folder(
         run,
-        refine_one,
+        lambda: refine_one,
+        f"endpoint {client.url}",
+        quiet=quiet,
+        concurrency=concurrency,
+        errors=(ValueError, ServiceError),
+    )
+
+
+def segment_folder_remote(
+    run: SegmentRun, client: SesamClient, concurrency: int = 4, quiet: bool = False
+) -> dict[str, Any]:
+    """Segment every image through the service's /segment; the same layout as in-process runs."""
+    if not client.ready():
+        raise ValueError(f"--endpoint {client.url}: the service is not reachable or not ready (GET /readyz)")
+
+    def segment_one(image: np.ndarray, path: Path) -> tuple[str, Any]:
+        answer = client.segment(path.read_bytes(), min_score=run.min_score)
+        result = answer["results"][0]
+        if (result["height"], result["width"]) != image.shape[:2]:
+            raise ValueError(f"{path}: the server answered for a {result['width']}x{result['height']} image")
+        if answer["task"] == "semantic":
+            return "semantic", decode_labels(result["labels"])
+        return "instance", result["instances"]
+
+    return segment_folder(
+        run,
+        lambda: segment_one,
         f"endpoint {client.url}",
         quiet=quiet,
         concurrency=concurrency,

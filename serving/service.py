@@ -90,6 +90,7 @@ def load_student(config: ServiceConfig) -> Segmenter:
         config.student_providers,
         config.student_threads,
         batch_size=config.max_batch_size,
+        onnx_file=config.student_onnx_file,
     )
     student.segment([np.zeros((64, 64, 3), np.uint8)])
     return student

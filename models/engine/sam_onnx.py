@@ -3,6 +3,8 @@
 Same interface and host-side behaviour as the torch backend (see `models.engine.exported`);
 providers are chosen automatically (TensorRT EP, CUDA EP, CPU) or named; threads configurable.
 `encoder_file` picks another encoder of the same export, e.g. the int8 one (`encoder_int8`).
+Calls whose prompts carry no mask input run the many-prompt decoder (`decoder_many*.onnx`, the
+`ManyPromptDecoder` formulation) when the export has it; the others the plain decoder.
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ class OnnxSamEngine(ExportedSamEngine):
             True: create_session(model_file(export_dir, md, "decoder"), providers, threads),
             False: create_session(model_file(export_dir, md, "decoder_single"), providers, threads),
         }
+        # the many-prompt formulation (exports since issue 16): used when no prompt has a mask input
+        self.many_decoders = {}
+        if "decoder_many" in md["files"]:
+            self.many_decoders = {
+                True: create_session(model_file(export_dir, md, "decoder_many"), providers, threads),
+                False: create_session(model_file(export_dir, md, "decoder_many_single"), providers, threads),
+            }
         self.providers = self.encoder.get_providers()
 
     def _run_encoder(self, images: np.ndarray) -> np.ndarray:
@@ -53,6 +62,9 @@ class OnnxSamEngine(ExportedSamEngine):
 
     def _run_decoder(self, inputs: dict[str, np.ndarray], multimask: bool) -> dict[str, np.ndarray]:
         session = self.decoders[multimask]
+        if self.many_decoders and not inputs["has_mask_input"].any():
+            session = self.many_decoders[multimask]
+            inputs = {i.name: inputs[i.name] for i in session.get_inputs()}
         outputs = session.run(None, inputs)
         return {o.name: v for o, v in zip(session.get_outputs(), outputs, strict=True)}
 

@@ -7,11 +7,9 @@ stats (what makes a run resumable), `summary.json`, and with overlays `overlays/
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,11 @@ import numpy as np
 
 from models.engine import PromptableSegmenter, read_image
 from models.engine.validation import list_images
-from models.io import atomic_write, save_json, save_png
+from models.folders import RayOptions, run_images
+from models.io import save_json, save_png
 from models.progress import progress_bar
 from models.refine.common import check_weak_kinds
+from models.report import write_html_report
 from models.visualize import label_overlay, side_by_side
 from models.weak import WeakLabels, load_weak_labels
 
@@ -49,27 +49,83 @@ def refine_folder(
     run: RefineRun, engine: PromptableSegmenter, labeler: Any, quiet: bool = False
 ) -> dict[str, Any]:
     """Refine every image that has weak labels in-process; returns (and writes) the summary."""
+    return process_folder(
+        run, lambda: labeler_refine_one(run, labeler), getattr(engine, "name", "?"), quiet=quiet
+    )
+
+
+def labeler_refine_one(run: RefineRun, labeler: Any) -> RefineOne:
+    """A labeler as a `RefineOne` (checks that it reads the image's weak-label kinds)."""
 
     def refine_one(image: np.ndarray, weak: WeakLabels, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         check_weak_kinds(labeler, weak, f"{run.weak / path.stem} (weak labels)")
         result = labeler.refine(image, weak)
         return result.labels, result.stats()
 
-    return process_folder(run, refine_one, getattr(engine, "name", "?"), quiet=quiet)
+    return refine_one
+
+
+@dataclass
+class BuildRefineOne:
+    """A picklable `RefineOne` factory: builds the engine and labeler where it runs (a Ray actor)."""
+
+    run: RefineRun
+    engine: dict[str, Any]  # EngineConfig fields
+    method: str
+    options: dict[str, Any]
+
+    def __call__(self) -> RefineOne:
+        from models.engine import EngineConfig, build_engine
+        from models.refine import build_labeler
+
+        engine = build_engine(EngineConfig(**self.engine))
+        return labeler_refine_one(self.run, build_labeler(self.method, engine, **self.options))
+
+
+@dataclass
+class RefineWorker:
+    """One image of `sesam refine`: read it and its weak labels, refine, write map, overlay, stats."""
+
+    run: RefineRun
+    make_refine_one: Callable[[], RefineOne]
+    errors: tuple[type[Exception], ...] = (ValueError,)
+
+    def setup(self) -> None:
+        self._refine_one = self.make_refine_one()
+
+    def __call__(self, stem: str, path: Path) -> None:
+        run = self.run
+        image = read_image(path)
+        weak = load_weak_labels(run.weak, stem, image.shape[:2], run.num_classes)
+        t0 = time.perf_counter()
+        labels, stats = self._refine_one(image, weak, path)
+        stats = stats | {"seconds": round(time.perf_counter() - t0, 3), "weak_kinds": weak.kinds()}
+        save_png(labels, run.out / f"{stem}.png")
+        overlays = overlay_dir(run)
+        if overlays is not None:
+            picture = side_by_side([label_overlay(image, weak.sparse_map()), label_overlay(image, labels)])
+            save_png(picture, overlays / f"{stem}.png")
+        save_json(stats, run.out / ".meta" / f"{stem}.json")
+
+
+def overlay_dir(run: RefineRun) -> Path | None:
+    return run.overlays or (run.out / "overlays" if run.report else None)
 
 
 def process_folder(
     run: RefineRun,
-    refine_one: RefineOne,
+    make_refine_one: Callable[[], RefineOne],
     engine_name: str,
     quiet: bool = False,
     concurrency: int = 1,
     errors: tuple[type[Exception], ...] = (ValueError,),
+    ray: RayOptions | None = None,
 ) -> dict[str, Any]:
-    """The folder loop behind `sesam refine`, whoever refines (in-process or a served endpoint).
+    """The folder loop behind `sesam refine`, whoever refines (in-process, a served endpoint, Ray).
 
     Skips images already refined (resume) unless `run.overwrite`; runs `concurrency` images at a
-    time; an image whose refinement raises one of `errors` is reported and skipped.
+    time (or on Ray actors, each building its own refiner with `make_refine_one`); an image whose
+    refinement raises one of `errors` is reported and skipped.
     """
     if concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
@@ -80,41 +136,25 @@ def process_folder(
         raise ValueError(f"--weak {run.weak}: not a folder")
     items = list(stems.items())[: run.limit] if run.limit else list(stems.items())
     meta_dir = run.out / ".meta"
-    overlays = run.overlays or (run.out / "overlays" if run.report else None)
 
     def done(stem: str) -> bool:
         return (run.out / f"{stem}.png").exists() and (meta_dir / f"{stem}.json").exists()
 
     todo = [(stem, path) for stem, path in items if run.overwrite or not done(stem)]
     skipped = len(items) - len(todo)
-
-    def work(stem: str, path: Path) -> None:
-        image = read_image(path)
-        weak = load_weak_labels(run.weak, stem, image.shape[:2], run.num_classes)
-        t0 = time.perf_counter()
-        labels, stats = refine_one(image, weak, path)
-        stats = stats | {"seconds": round(time.perf_counter() - t0, 3), "weak_kinds": weak.kinds()}
-        save_png(labels, run.out / f"{stem}.png")
-        if overlays is not None:
-            picture = side_by_side([label_overlay(image, weak.sparse_map()), label_overlay(image, labels)])
-            save_png(picture, overlays / f"{stem}.png")
-        save_json(stats, meta_dir / f"{stem}.json")
-
-    failures: dict[str, str] = {}
+    worker = RefineWorker(run, make_refine_one, errors)
     started = time.perf_counter()
     progress = progress_bar(f"refine {run.method}", disable=quiet)
-    with progress, ThreadPoolExecutor(concurrency) as pool:
-        task = progress.add_task("refine", total=len(items), info="")
+    with progress:
+        task = progress.add_task("refine", total=len(items), info="" if ray is None else "on ray")
         progress.advance(task, skipped)
-        futures = {pool.submit(work, stem, path): stem for stem, path in todo}
-        for future in as_completed(futures):
-            stem = futures[future]
-            try:
-                future.result()
-            except errors as exc:
-                failures[stem] = str(exc)
-                progress.console.print(f"[red]{stem}: {exc}")
+
+        def on_done(stem: str, error: str | None) -> None:
+            if error is not None:
+                progress.console.print(f"[red]{stem}: {error}")
             progress.update(task, advance=1, info=stem)
+
+        failures = run_images(todo, worker, concurrency, ray, on_done)
     per_image = {}
     for stem, _ in items:
         meta = meta_dir / f"{stem}.json"
@@ -135,36 +175,34 @@ def process_folder(
         else None,
         "per_image": per_image,
     }
+    if ray is not None:
+        summary["ray"] = {"address": ray.address, "workers": ray.workers}
     save_json(summary, run.out / "summary.json")
+    overlays = overlay_dir(run)
     if run.report and overlays is not None:
-        write_report(run.out / "report.html", summary, overlays, run.out)
+        write_report(run.out / "report.html", summary, overlays)
     return summary
 
 
-def write_report(path: Path, summary: dict[str, Any], overlays: Path, base: Path) -> None:
+def write_report(path: Path, summary: dict[str, Any], overlays: Path) -> None:
     """An HTML page: per image the weak labels and the refined labels drawn over it, with stats."""
-    rows = []
-    for stem, meta in summary["per_image"].items():
-        picture = overlays / f"{stem}.png"
-        try:
-            src = picture.relative_to(base).as_posix()
-        except ValueError:
-            src = picture.resolve().as_uri()
-        rows.append(
-            f"<tr><td><b>{html.escape(stem)}</b><br>labelled {meta['labelled_fraction']:.1%}<br>"
-            f"instances {meta['instances']}<br>prompts {meta['prompts']}<br>decoder calls {meta['decoder_calls']}"
-            f"<br>{meta['seconds']} s</td><td><img src='{html.escape(src)}' loading='lazy'></td></tr>"
+    rows = [
+        (
+            stem,
+            [
+                f"labelled {meta['labelled_fraction']:.1%}",
+                f"instances {meta['instances']}",
+                f"prompts {meta['prompts']}",
+                f"decoder calls {meta['decoder_calls']}",
+                f"{meta['seconds']} s",
+            ],
+            overlays / f"{stem}.png",
         )
-    failures = "".join(
-        f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in summary["failures"].items()
+        for stem, meta in summary["per_image"].items()
+    ]
+    intro = (
+        f"{summary['refined']} refined, {summary['skipped_existing']} already done, {summary['failed']} failed, "
+        f"{summary['seconds']} s. Left: weak labels; right: refined labels (unlabeled pixels show the image)."
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sesam refine: {html.escape(summary["method"])}</title>
-<style>body{{font-family:sans-serif;margin:2em}} td{{vertical-align:top;padding:6px}} img{{max-width:960px}}
-table{{border-collapse:collapse}} tr{{border-bottom:1px solid #ddd}}</style></head><body>
-<h1>Refined labels: {html.escape(summary["method"])} ({html.escape(summary["engine"])})</h1>
-<p>{summary["refined"]} refined, {summary["skipped_existing"]} already done, {summary["failed"]} failed,
-{summary["seconds"]} s. Left: weak labels; right: refined labels (unlabeled pixels show the image).</p>
-{"<h2>Failures</h2><ul>" + failures + "</ul>" if failures else ""}
-<table>{"".join(rows)}</table></body></html>"""
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(page))
+    title = f"Refined labels: {summary['method']} ({summary['engine']})"
+    write_html_report(path, title, intro, rows, summary["failures"])
