@@ -109,7 +109,8 @@ def run_ray(
         _RayActor,
         fn_constructor_kwargs={"worker": worker},
         batch_size=1,
-        concurrency=options.workers,
+        # one image queued behind the one in work: little is redone after an interruption
+        compute=ray.data.ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=2),
         num_gpus=gpus,
         num_cpus=options.cpus_per_worker,
     )

@@ -79,14 +79,14 @@ def test_interrupted_ray_run_resumes_with_nothing_lost_and_equals_local(tmp_path
     """Start `sesam refine --ray` in another process, stop it once some images are done, run again
     on Ray: the second run skips what was finished, every output is complete, no temporary file is
     left, the broken image is reported (not fatal), and the label maps are byte-equal to a local run."""
-    images, weak = _folder(tmp_path, scene, 6)
+    images, weak = _folder(tmp_path, scene, 10)
     out = tmp_path / "ray"
     command = [sys.executable, "-m", "sesam.cli", *_refine(images, weak, out, "--ray", "--ray-workers", "1")]
     env = dict(os.environ, BENTOML_DO_NOT_TRACK="true")
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
-        while len(list((out / ".meta").glob("*.json"))) < 2:
+        while not list((out / ".meta").glob("*.json")):
             assert proc.poll() is None, "the run ended before it could be interrupted"
             assert time.monotonic() < deadline, "no image finished in 300 s"
             time.sleep(0.2)
@@ -97,15 +97,15 @@ def test_interrupted_ray_run_resumes_with_nothing_lost_and_equals_local(tmp_path
         except subprocess.TimeoutExpired:
             proc.kill()
     done_before = len(list((out / ".meta").glob("*.json")))
-    assert 2 <= done_before < 6, "interrupted too late to test resuming"
+    assert 1 <= done_before < 10, "interrupted too late to test resuming"
     assert main(_refine(images, weak, out, "--ray", "auto", "--ray-workers", "2")) == 1  # the broken image
     summary = json.loads((out / "summary.json").read_text())
     assert (
-        summary["skipped_existing"] >= done_before and summary["refined"] + summary["skipped_existing"] == 6
+        summary["skipped_existing"] >= done_before and summary["refined"] + summary["skipped_existing"] == 10
     )
     assert summary["failed"] == 1 and "not a readable image" in summary["failures"]["zz_broken"]
     assert summary["ray"]["workers"] == 2
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     assert main(_refine(images, weak, tmp_path / "local")) == 1
     local = _pngs(tmp_path / "local")
-    assert len(local) == 6 and _pngs(out) == local
+    assert len(local) == 10 and _pngs(out) == local

@@ -21,7 +21,9 @@ def test_shipped_semantic_student_scores_above_its_floor() -> None:
     if not (CAMVID / "val.txt").is_file():
         pytest.skip(f"CamVid is not at {CAMVID}")
     student = load_segmenter(SHIPPED_SEMANTIC_STUDENT)
-    assert student.task == "semantic" and student.meta["mode"] == "sesam" and student.meta["kind"] == "scribbles"
+    assert (
+        student.task == "semantic" and student.meta["mode"] == "sesam" and student.meta["kind"] == "scribbles"
+    )
     scores = semantic_scores(student, camvid_pairs(CAMVID, "val", 12))
     assert scores["miou"] > SEMANTIC_FLOOR_MIOU, scores
 

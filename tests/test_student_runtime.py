@@ -84,3 +84,31 @@ def test_export_verify_of_an_instance_student(instance_export) -> None:
         (c.image, c.max_abs_diff, c.mask_agreement) for c in cases
     ]
     assert {c.prompts for c in cases} == {1, 3}  # batch 1 and 3 through the dynamic batch axis
+
+
+@pytest.mark.gpu
+def test_tensorrt_students_match_onnx(student_export, instance_export, tmp_path, scene) -> None:
+    """Where TensorRT and a GPU exist: engines for a semantic and an instance student answer as
+    ONNX Runtime does (the `auto` runtime picks them)."""
+    import shutil
+
+    pytest.importorskip("tensorrt")
+    from export.tensorrt import build_engines
+
+    for name, source in (("semantic", student_export), ("instance", instance_export)):
+        work = tmp_path / name
+        shutil.copytree(source, work)
+        build_engines(work, fp16=False)
+        trt_student, ort_student = load_segmenter(work), load_segmenter(work, "onnx", providers="cpu")
+        assert trt_student.runtime == "tensorrt"
+        if name == "semantic":
+            a, b = trt_student.logits([scene])[0], ort_student.logits([scene])[0]
+            assert float((a - b).abs().max()) < 1e-3
+        else:
+            (m0, c0, s0), (m1, c1, s1) = (
+                trt_student.segment([scene], 0.0)[0],
+                ort_student.segment([scene], 0.0)[0],
+            )
+            np.testing.assert_allclose(s0, s1, atol=1e-3)
+            assert np.array_equal(c0, c1)
+            assert np.mean(m0 == m1) > 0.999
