@@ -176,20 +176,11 @@ class StudentOnnx(nn.Module):
         return self.student((images - self.mean) / self.std)
 
 
-class InstanceStudentOnnx(nn.Module):
+class InstanceStudentOnnx(StudentOnnx):
     """Bx3xSxS float canvases in [0, 255] (RGB, the letterboxed training canvas) -> the last decoder
     layer's class logits BxQx(C+1) and mask logits BxQx(S/4)x(S/4). Normalisation is in the graph;
     the runtime pads the canvas with the mean colour (`InstanceSegmenter`)."""
 
-    def __init__(self, student: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.student = student
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
-
-    def pad_value(self) -> list[float]:
-        return [float(v) for v in self.mean.flatten()]
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         class_logits, mask_logits, _, _ = self.student((images - self.mean) / self.std)
         return class_logits[-1], mask_logits[-1]

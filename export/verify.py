@@ -137,6 +137,16 @@ def verify_sam(
     return cases
 
 
+def _source_checkpoint(
+    directory: str | Path, md: dict[str, Any], checkpoint: str | Path | None
+) -> str | Path:
+    """The checkpoint a student export came from: the one given, else the one metadata.json names."""
+    checkpoint = checkpoint or md["source"].get("checkpoint")
+    if not checkpoint:
+        raise ValueError(f"{directory}: metadata names no student checkpoint; pass --checkpoint")
+    return checkpoint
+
+
 def verify_student(
     directory: str | Path,
     checkpoint: str | Path | None = None,
@@ -150,10 +160,7 @@ def verify_student(
     from models.students_onnx import OnnxStudent
 
     md = read_metadata(directory, kind="student")
-    checkpoint = checkpoint or md["source"].get("checkpoint")
-    if not checkpoint:
-        raise ValueError(f"{directory}: metadata names no student checkpoint; pass --checkpoint")
-    model, _ = load_student(checkpoint)
+    model, _ = load_student(_source_checkpoint(directory, md, checkpoint))
     runtime = OnnxStudent(directory)
     cases = []
     for name, image in sample_images(seed, images).items():
@@ -198,10 +205,7 @@ def verify_instance_student(
     from models.student_runtime import load_segmenter
 
     md = read_metadata(directory, kind="instance_student")
-    checkpoint = checkpoint or md["source"].get("checkpoint")
-    if not checkpoint:
-        raise ValueError(f"{directory}: metadata names no student checkpoint; pass --checkpoint")
-    model, meta = load_instance_student(checkpoint)
+    model, meta = load_instance_student(_source_checkpoint(directory, md, checkpoint))
     reference = torch_instance_forward(model)
     runtime = load_segmenter(directory, "onnx")
     side = int(md["input_side"])

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Protocol
 
 from models.deps import require
+from models.engine.validation import list_images
+from models.progress import progress_bar
 
 
 class ImageWorker(Protocol):
@@ -134,3 +136,50 @@ def run_images(
         if on_done is not None:
             on_done(stem, error)
     return failures
+
+
+@dataclass
+class FolderResult:
+    """What a folder job did: the images considered, how many were already done, the failures."""
+
+    items: list[tuple[str, Path]]
+    todo: int
+    skipped: int
+    failures: dict[str, str]
+    seconds: float
+
+
+def run_folder(
+    images: Path,
+    limit: int | None,
+    done: Callable[[str], bool],
+    worker: ImageWorker,
+    label: str,
+    quiet: bool = False,
+    concurrency: int = 1,
+    ray: RayOptions | None = None,
+) -> FolderResult:
+    """The folder loop of `sesam refine` / `sesam segment`: list the images (the first `limit`),
+    skip those `done` (resume), run the rest locally or on Ray with a progress bar that prints
+    each failure as it happens."""
+    import time
+
+    stems = list_images(images)
+    if not stems:
+        raise ValueError(f"--images {images}: no images found")
+    items = list(stems.items())[:limit] if limit else list(stems.items())
+    todo = [(stem, path) for stem, path in items if not done(stem)]
+    started = time.perf_counter()
+    with progress_bar(label, disable=quiet) as progress:
+        task = progress.add_task(label, total=len(items), info="" if ray is None else "on ray")
+        progress.advance(task, len(items) - len(todo))
+
+        def on_done(stem: str, error: str | None) -> None:
+            if error is not None:
+                progress.console.print(f"[red]{stem}: {error}")
+            progress.update(task, advance=1, info=stem)
+
+        failures = run_images(todo, worker, concurrency, ray, on_done)
+    return FolderResult(
+        items, len(todo), len(items) - len(todo), failures, round(time.perf_counter() - started, 2)
+    )

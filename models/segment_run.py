@@ -19,11 +19,9 @@ from typing import Any
 import numpy as np
 
 from models.engine import read_image
-from models.engine.validation import list_images
-from models.folders import RayOptions, run_images
+from models.folders import RayOptions, run_folder
 from models.io import save_json, save_png
 from models.masks import decode_rle, instance_records
-from models.progress import progress_bar
 from models.report import write_html_report
 from models.visualize import label_overlay, overlay_masks, side_by_side
 
@@ -128,29 +126,15 @@ def segment_folder(
 ) -> dict[str, Any]:
     """Segment every image of `run.images` (skipping those done unless `run.overwrite`); returns
     (and writes) the summary."""
-    stems = list_images(run.images)
-    if not stems:
-        raise ValueError(f"--images {run.images}: no images found")
-    items = list(stems.items())[: run.limit] if run.limit else list(stems.items())
     meta_dir = run.out / ".meta"
 
     def done(stem: str) -> bool:
-        return (meta_dir / f"{stem}.json").exists() and any(p.exists() for p in output_files(run.out, stem))
+        outputs = output_files(run.out, stem)
+        return not run.overwrite and (meta_dir / f"{stem}.json").exists() and any(p.exists() for p in outputs)
 
-    todo = [(stem, path) for stem, path in items if run.overwrite or not done(stem)]
-    skipped = len(items) - len(todo)
     worker = SegmentWorker(run, make_segment_one, errors)
-    started = time.perf_counter()
-    with progress_bar("segment", disable=quiet) as progress:
-        task = progress.add_task("segment", total=len(items), info="" if ray is None else "on ray")
-        progress.advance(task, skipped)
-
-        def on_done(stem: str, error: str | None) -> None:
-            if error is not None:
-                progress.console.print(f"[red]{stem}: {error}")
-            progress.update(task, advance=1, info=stem)
-
-        failures = run_images(todo, worker, concurrency, ray, on_done)
+    result = run_folder(run.images, run.limit, done, worker, "segment", quiet, concurrency, ray)
+    items, failures = result.items, result.failures
     per_image = {
         stem: json.loads((meta_dir / f"{stem}.json").read_text())
         for stem, _ in items
@@ -159,11 +143,11 @@ def segment_folder(
     summary = {
         "student": student_name,
         "images": len(items),
-        "segmented": len(todo) - len(failures),
-        "skipped_existing": skipped,
+        "segmented": result.todo - len(failures),
+        "skipped_existing": result.skipped,
         "failed": len(failures),
         "failures": failures,
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": result.seconds,
         "per_image": per_image,
     }
     if ray is not None:

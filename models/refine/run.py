@@ -17,10 +17,8 @@ from typing import Any
 import numpy as np
 
 from models.engine import PromptableSegmenter, read_image
-from models.engine.validation import list_images
-from models.folders import RayOptions, run_images
+from models.folders import RayOptions, run_folder
 from models.io import save_json, save_png
-from models.progress import progress_bar
 from models.refine.common import check_weak_kinds
 from models.report import write_html_report
 from models.visualize import label_overlay, side_by_side
@@ -129,32 +127,18 @@ def process_folder(
     """
     if concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
-    stems = list_images(run.images)
-    if not stems:
-        raise ValueError(f"--images {run.images}: no images found")
     if not run.weak.is_dir():
         raise ValueError(f"--weak {run.weak}: not a folder")
-    items = list(stems.items())[: run.limit] if run.limit else list(stems.items())
     meta_dir = run.out / ".meta"
 
     def done(stem: str) -> bool:
-        return (run.out / f"{stem}.png").exists() and (meta_dir / f"{stem}.json").exists()
+        return (
+            not run.overwrite and (run.out / f"{stem}.png").exists() and (meta_dir / f"{stem}.json").exists()
+        )
 
-    todo = [(stem, path) for stem, path in items if run.overwrite or not done(stem)]
-    skipped = len(items) - len(todo)
     worker = RefineWorker(run, make_refine_one, errors)
-    started = time.perf_counter()
-    progress = progress_bar(f"refine {run.method}", disable=quiet)
-    with progress:
-        task = progress.add_task("refine", total=len(items), info="" if ray is None else "on ray")
-        progress.advance(task, skipped)
-
-        def on_done(stem: str, error: str | None) -> None:
-            if error is not None:
-                progress.console.print(f"[red]{stem}: {error}")
-            progress.update(task, advance=1, info=stem)
-
-        failures = run_images(todo, worker, concurrency, ray, on_done)
+    result = run_folder(run.images, run.limit, done, worker, f"refine {run.method}", quiet, concurrency, ray)
+    items, failures = result.items, result.failures
     per_image = {}
     for stem, _ in items:
         meta = meta_dir / f"{stem}.json"
@@ -165,11 +149,11 @@ def process_folder(
         "options": run.options,
         "engine": engine_name,
         "images": len(items),
-        "refined": len(todo) - len(failures),
-        "skipped_existing": skipped,
+        "refined": result.todo - len(failures),
+        "skipped_existing": result.skipped,
         "failed": len(failures),
         "failures": failures,
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": result.seconds,
         "mean_labelled_fraction": float(np.mean([m["labelled_fraction"] for m in per_image.values()]))
         if per_image
         else None,
