@@ -54,6 +54,11 @@ def _half(args: argparse.Namespace) -> int:
     }
     if args.note:
         payload["trained_with"] = args.note
+    if args.class_names:
+        names = [n.strip() for n in args.class_names.split(",")]
+        if len(names) != int(payload.get("num_classes", len(names))):
+            raise ValueError(f"--class-names: {len(names)} names for {payload.get('num_classes')} classes")
+        payload["class_names"] = names
     atomic_write(args.out, lambda tmp: torch.save(payload, tmp))
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB, fp16 weights)")
     return 0
@@ -190,6 +195,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--note", default=None, help="how it was trained (stored in the checkpoint)")
+    p.add_argument("--class-names", default=None, help="comma-separated class names to store (if missing)")
     p.set_defaults(func=_half)
 
     p = sub.add_parser("verify", help="PyTorch vs ONNX Runtime parity of an export directory")

@@ -37,6 +37,7 @@ from models.refine.sesam import weak_fingerprint
 from models.students import build_student, normalize, pad_to_multiple, save_student
 from training.augment import center_view
 from training.data import WeakDataset, batch_indices, make_batch
+from training.datasets import CAMVID_CLASSES
 from training.losses import ema_decay, ema_update, partial_ce, sesam_loss, sesam_targets
 from training.metrics import ConfusionMatrix
 
@@ -333,5 +334,10 @@ class SemanticRecipe:
                 "kind": c.kind,
                 "iterations": c.iterations,
                 "base_scale": c.base_scale,
-            },
+            }
+            | (
+                {"class_names": list(CAMVID_CLASSES)}
+                if c.camvid_root and c.num_classes == len(CAMVID_CLASSES)
+                else {}
+            ),
         )
