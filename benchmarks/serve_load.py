@@ -1,9 +1,10 @@
 """Loopback load on the served API: /segment (the student) and /predict on a cached embedding.
 
-Starts `bentoml serve` three times on free ports: the shipped student from its PyTorch checkpoint
+Starts `bentoml serve` four times on free ports: the shipped student from its PyTorch checkpoint
 (the baseline: called in-process, one request at a time), the same with adaptive batching
 (BentoML's dispatcher in front of the student), and the student's ONNX export run by ONNX Runtime
-(`sesam export student`; no batching). Each gets the same bounded load: N requests at concurrency
+(`sesam export student`; no batching), and its static int8 graph (calibrated on 32 CamVid train
+images; benchmarks/student_int8.py has its accuracy). Each gets the same bounded load: N requests at concurrency
 C. Prints req/s, p50, p99 and errors per route; writes benchmarks/results/serve_load.md.
 
 Run: `python benchmarks/serve_load.py [--requests 200] [--concurrency 16] [--backend classical]`
@@ -110,7 +111,11 @@ def test_images(count: int = 8) -> list[bytes]:
 
 
 def run(
-    batching: bool, args: argparse.Namespace, images: list[bytes], student: str | None = None
+    batching: bool,
+    args: argparse.Namespace,
+    images: list[bytes],
+    student: str | None = None,
+    onnx_file: str = "student",
 ) -> dict[str, dict]:
     port = free_port()
     env = dict(
@@ -119,6 +124,7 @@ def run(
     env["SESAM_BATCHING"] = "1" if batching else "0"
     if student is not None:
         env["SESAM_STUDENT_CHECKPOINT"] = student
+        env["SESAM_STUDENT_ONNX_FILE"] = onnx_file
     env.pop("SESAM_API_KEY", None)
     proc = start_server(port, env)
     url = f"http://127.0.0.1:{port}"
@@ -173,9 +179,20 @@ def main() -> None:
 
     onnx_dir = ROOT / "runs" / "serve_load_student_onnx"
     export_student_checkpoint(SHIPPED_SEMANTIC_STUDENT, onnx_dir)
+    from export.quantize import quantize_student
+    from models.engine import read_image
+
+    calibration = [
+        read_image(CAMVID / "images" / "train" / f"{s}.jpg")
+        for s in (CAMVID / "train.txt").read_text().split()[:32]
+    ]
+    quantize_student(onnx_dir, "static", calibration)  # train images only
     results = {"PyTorch student, no batching (baseline)": run(False, args, images)}
     results["PyTorch student, adaptive batching"] = run(True, args, images)
     results["ONNX Runtime student (export), no batching"] = run(False, args, images, str(onnx_dir))
+    results["ONNX Runtime student, static int8 (-0.43 mIoU), no batching"] = run(
+        False, args, images, str(onnx_dir), "student_int8"
+    )
     title = (
         f"{args.requests} requests at concurrency {args.concurrency}, loopback, backend {args.backend}, "
         f"{os.cpu_count()} CPU cores; /segment on {len(images)} CamVid val images (shipped student)"
