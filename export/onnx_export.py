@@ -306,6 +306,41 @@ def export_sam_checkpoint(
     return export_sam(build_sam(sam_type, checkpoint), out, sam_type, checkpoint, quiet)
 
 
+def _export_student_graph(
+    wrapper: StudentOnnx,
+    example: torch.Tensor,
+    dynamic: dict[int, Any],
+    outputs: list[str],
+    out: Path,
+    info: dict[str, Any],
+    checkpoint: str | Path | None,
+    quiet: bool,
+    kind: str,
+    trained_keys: tuple[str, ...],
+    fields: dict[str, Any],
+) -> dict[str, Any]:
+    """student.onnx of any student wrapper and its metadata.json (the common fields, then `fields`)."""
+    _onnx_export(
+        wrapper, (example,), out / "student.onnx", STUDENT_INPUTS, outputs, {"images": dynamic}, quiet
+    )
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "kind": kind,
+        "student": info["name"],
+        "num_classes": int(info["num_classes"]),
+        "class_names": info.get("class_names"),
+        **fields,
+        "pad_value": wrapper.pad_value(),
+        "opset": OPSET,
+        "files": {"student": _file_entry(out / "student.onnx")},
+        "source": _source(checkpoint),
+        "trained": {k: info[k] for k in trained_keys if k in info},
+        "versions": versions(),
+    }
+    write_metadata(out, metadata)
+    return metadata
+
+
 def export_student_module(
     student: nn.Module,
     out: str | Path,
@@ -314,39 +349,27 @@ def export_student_module(
     quiet: bool = True,
 ) -> dict[str, Any]:
     """Write student.onnx (dynamic batch, height, width in multiples of the stride) and metadata.json."""
-    out = Path(out)
-    wrapper = StudentOnnx(student.eval(), IMAGE_MEAN, IMAGE_STD)
     batch = torch.export.Dim("batch", min=1, max=MAX_STUDENT_BATCH)
     height = STRIDE * torch.export.Dim("height_blocks", min=1, max=256)
     width = STRIDE * torch.export.Dim("width_blocks", min=1, max=256)
-    example = torch.full((2, 3, 3 * STRIDE, 5 * STRIDE), 128.0)
-    _onnx_export(
-        wrapper,
-        (example,),
-        out / "student.onnx",
-        STUDENT_INPUTS,
-        STUDENT_OUTPUTS,
-        {"images": {0: batch, 2: height, 3: width}},
-        quiet,
-    )
-    metadata = {
-        "format": EXPORT_FORMAT,
-        "kind": "student",
-        "student": info["name"],
-        "num_classes": int(info["num_classes"]),
-        "class_names": info.get("class_names"),
+    fields = {
         "stride": STRIDE,
         "input": "Bx3xHxW float RGB in [0, 255]; H, W multiples of stride; pad with pad_value",
-        "pad_value": wrapper.pad_value(),
         "base_scale": info.get("base_scale", 1.0),
-        "opset": OPSET,
-        "files": {"student": _file_entry(out / "student.onnx")},
-        "source": _source(checkpoint),
-        "trained": {k: info[k] for k in ("mode", "kind", "iterations", "val_miou") if k in info},
-        "versions": versions(),
     }
-    write_metadata(out, metadata)
-    return metadata
+    return _export_student_graph(
+        StudentOnnx(student.eval(), IMAGE_MEAN, IMAGE_STD),
+        torch.full((2, 3, 3 * STRIDE, 5 * STRIDE), 128.0),
+        {0: batch, 2: height, 3: width},
+        STUDENT_OUTPUTS,
+        Path(out),
+        info,
+        checkpoint,
+        quiet,
+        "student",
+        ("mode", "kind", "iterations", "val_miou"),
+        fields,
+    )
 
 
 def export_instance_student_module(
@@ -363,39 +386,26 @@ def export_instance_student_module(
     ints, which torch.export records as constants, so a graph exported at one size gives wrong
     logits at another (docs/export.md has the measurement). `InstanceSegmenter` letterboxes every
     image onto that canvas anyway, as training does."""
-    out = Path(out)
     side = int(info.get("input_side", 320))
-    wrapper = InstanceStudentOnnx(student.eval(), IMAGE_MEAN, IMAGE_STD)
-    batch = torch.export.Dim("batch", min=1, max=MAX_STUDENT_BATCH)
-    example = torch.full((2, 3, side, side), 128.0)
-    _onnx_export(
-        wrapper,
-        (example,),
-        out / "student.onnx",
-        STUDENT_INPUTS,
-        INSTANCE_OUTPUTS,
-        {"images": {0: batch}},
-        quiet,
-    )
-    metadata = {
-        "format": EXPORT_FORMAT,
-        "kind": "instance_student",
-        "student": info["name"],
-        "num_classes": int(info["num_classes"]),
-        "class_names": info.get("class_names"),
+    fields = {
         "category_ids": info.get("category_ids"),
         "input_side": side,
         "input": "Bx3xSxS float RGB in [0, 255], the image letterboxed (longer side S), padded with pad_value",
         "outputs": "class_logits BxQx(C+1) (last = no object), mask_logits BxQx(S/4)x(S/4)",
-        "pad_value": wrapper.pad_value(),
-        "opset": OPSET,
-        "files": {"student": _file_entry(out / "student.onnx")},
-        "source": _source(checkpoint),
-        "trained": {k: info[k] for k in ("mode", "labels", "iterations", "val_ap", "val_ap50") if k in info},
-        "versions": versions(),
     }
-    write_metadata(out, metadata)
-    return metadata
+    return _export_student_graph(
+        InstanceStudentOnnx(student.eval(), IMAGE_MEAN, IMAGE_STD),
+        torch.full((2, 3, side, side), 128.0),
+        {0: torch.export.Dim("batch", min=1, max=MAX_STUDENT_BATCH)},
+        INSTANCE_OUTPUTS,
+        Path(out),
+        info,
+        checkpoint,
+        quiet,
+        "instance_student",
+        ("mode", "labels", "iterations", "val_ap", "val_ap50"),
+        fields,
+    )
 
 
 def export_student_checkpoint(checkpoint: str | Path, out: str | Path, quiet: bool = True) -> dict[str, Any]:

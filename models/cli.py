@@ -150,6 +150,19 @@ def report_refine_summary(summary: dict) -> int:
     return report_summary(summary, "refine")
 
 
+def add_folder_args(parser: argparse.ArgumentParser, overlay: str) -> None:
+    """Switches every folder job has (`sesam refine`, `sesam segment`): overlays and report, resume,
+    limit, progress, and Ray."""
+    parser.add_argument("--overlays", default=None, help=f"also write {overlay} overlay PNGs here")
+    parser.add_argument(
+        "--report", action="store_true", help="write report.html with pictures (implies overlays)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo images already done (default: resume)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_args(parser)
+
+
 def add_ray_args(parser: argparse.ArgumentParser) -> None:
     """`--ray [ADDRESS]` and the worker count, shared by `sesam refine` and `sesam segment`."""
     g = parser.add_argument_group("scale-out on Ray (pip install 'sesam[ray]')")
@@ -254,12 +267,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True, help="output folder for <stem>.png class maps (255 = unlabeled)")
     r.add_argument("--method", choices=sorted(LABELERS), default="sesam")
     r.add_argument("--num-classes", type=int, default=None, help="reject class ids >= this")
-    r.add_argument("--overlays", default=None, help="also write weak|refined overlay PNGs here")
-    r.add_argument("--report", action="store_true", help="write report.html with pictures (implies overlays)")
-    r.add_argument("--overwrite", action="store_true", help="redo images already refined (default: resume)")
-    r.add_argument("--limit", type=int, default=None, help="only the first N images")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_ray_args(r)
+    add_folder_args(r, "weak|refined")
     g = r.add_argument_group("sesam options (paper defaults)")
     g.add_argument("--k", type=int, default=None, help="points per component (5)")
     g.add_argument(
@@ -306,10 +314,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="intra-op threads per student (default: all cores; on Ray the actor's CPUs). Answers are "
         "byte-identical between runs with equal thread counts",
     )
-    g.add_argument("--overlays", default=None, help="also write image|answer overlay PNGs here")
-    g.add_argument("--report", action="store_true", help="write report.html with pictures (implies overlays)")
-    g.add_argument("--overwrite", action="store_true", help="redo images already done (default: resume)")
-    g.add_argument("--limit", type=int, default=None, help="only the first N images")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_ray_args(g)
+    add_folder_args(g, "image|answer")
     g.set_defaults(func=run_segment)
