@@ -19,7 +19,7 @@ from models.refine.selection import (
     select_coverage,
     select_smallest,
 )
-from models.refine.sepl import assign_and_select
+from models.refine.sepl import assign_and_select, authors_merge
 
 
 def _rect(h: int, w: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
@@ -185,10 +185,10 @@ def test_sepl_assignment_and_selection() -> None:
     spill = _rect(20, 20, 8, 20, 8, 20)  # 144 px, 100 in P_2 -> o_s 0.69 kept for class 2
     stray = _rect(20, 20, 0, 20, 15, 20)  # 100 px, 50 in P_2 -> o_s 0.5 (not > 0.5), o_p 0.5 -> dropped
     nowhere = _rect(20, 20, 0, 5, 15, 20)  # overlaps no class -> dropped
-    out = assign_and_select([inside, spill, stray, nowhere], pseudo, keep_uncovered=False)
+    out = assign_and_select([inside, spill, stray, nowhere], pseudo)
     assert np.array_equal(out[1][0], inside)
     assert np.array_equal(out[2][0], spill)
-    kept = assign_and_select([inside, spill], pseudo, keep_uncovered=True)
+    kept = assign_and_select([inside, spill], pseudo, keep_pseudo=True)
     assert np.array_equal(kept[1][0], inside | (pseudo == 1))
 
 
@@ -196,7 +196,61 @@ def test_sepl_falls_back_to_the_pseudo_label() -> None:
     pseudo = np.full((20, 20), 255, np.uint8)
     pseudo[0:10, 0:10] = 1
     big = _rect(20, 20, 0, 20, 0, 20)  # o_s = 0.25, o_p = 1.0 > 0.85 -> kept by the OR
-    assert assign_and_select([big], pseudo, keep_uncovered=False)[1][0].all()
+    assert assign_and_select([big], pseudo)[1][0].all()
     small_far = _rect(20, 20, 9, 20, 9, 20)  # 1 px overlap: o_s 0.008, o_p 0.01 -> not kept
-    fallback = assign_and_select([small_far], pseudo, keep_uncovered=False)[1][0]
+    fallback = assign_and_select([small_far], pseudo)[1][0]
     assert np.array_equal(fallback, pseudo == 1)
+
+
+def _row(*cells: int) -> np.ndarray:
+    return np.asarray([cells], np.uint8)
+
+
+def _span(n: int, a: int, b: int) -> np.ndarray:
+    """A 1xn mask over columns a..b inclusive."""
+    m = np.zeros((1, n), bool)
+    m[0, a : b + 1] = True
+    return m
+
+
+def _paper(masks, pseudo, **kw) -> np.ndarray:
+    from models.refine.merge import Instance, merge_instances
+
+    sel = assign_and_select(masks, pseudo, **kw)
+    return merge_instances(pseudo.shape, [Instance(c, m, s) for c, (m, s) in sel.items()], None, "score")
+
+
+def test_sepl_rules_on_one_row() -> None:
+    """The three rules on one hand-made row; they differ exactly where the papers say.
+
+    P = [1 1 1 1 . 2 2 2 2 2]; A = cols 0-2 (all P_1), B = cols 3-6 (1 px P_1, 2 px P_2: o_s 0.5,
+    not above), C = cols 8-9 (all P_2)."""
+    _ = 255
+    pseudo = _row(1, 1, 1, 1, _, 2, 2, 2, 2, 2)
+    a, b, c = _span(10, 0, 2), _span(10, 3, 6), _span(10, 8, 9)
+    # paper: union of kept masks; P pixels outside them (col 3 under B, cols 5-7) are dropped
+    assert _paper([a, b, c], pseudo).tolist() == [[1, 1, 1, _, _, _, _, _, 2, 2]]
+    # keep_pseudo: every P pixel stays
+    assert _paper([a, b, c], pseudo, keep_pseudo=True).tolist() == [[1, 1, 1, 1, _, 2, 2, 2, 2, 2]]
+    # authors: col 3 lies under B, which nobody claimed -> dropped; col 7 lies under no mask ->
+    # the CAM is trusted there
+    assert authors_merge([a, b, c], pseudo).tolist() == [[1, 1, 1, _, _, _, _, 2, 2, 2]]
+
+
+def test_sepl_authors_merge_is_greedy_and_higher_class_wins() -> None:
+    _ = 255
+    pseudo = _row(1, 1, 1, 2, 2, 2)
+    e, f = _span(6, 0, 3), _span(6, 2, 5)  # E: o_s 3/4 for class 1; F: 1/4 for 1, 3/4 for 2
+    assert authors_merge([e, f], pseudo).tolist() == [[1, 1, 2, 2, 2, 2]]  # class 2 paints last
+    # a mask claimed by class 1 (o_p = 1 >= 0.85) is gone for class 2, whose P stays as CAM
+    whole = _span(4, 0, 3)
+    assert authors_merge([whole], _row(1, 1, 2, 2)).tolist() == [[1, 1, 2, 2]]
+    assert authors_merge([whole], _row(1, 1, 2, 2), t2=1.01).tolist() == [[_, _, _, _]]  # both drop it
+
+
+def test_sepl_background_class_takes_no_masks() -> None:
+    pseudo = _row(0, 0, 1, 1)
+    m = _span(4, 1, 3)  # o_s for class 1 = 2/3
+    sel = assign_and_select([m], pseudo, background_class=0)
+    assert list(sel) == [1] and sel[1][0].tolist() == [[False, True, True, True]]
+    assert authors_merge([m], pseudo, background_class=0).tolist() == [[0, 1, 1, 1]]

@@ -98,6 +98,11 @@ class TrainConfig:
     engine: dict[str, Any] = setting(
         {"backend": "classical", "cache_bytes": 4 * 1024**3}, help="the engine (see the engine table)"
     )
+    # cam: a CAM classifier from image tags (the student's backbone + a 1x1 conv CAM head)
+    cam_output_stride: int = setting(16, help="cam: backbone output stride, 8, 16 or 32 (dilated below 32)")
+    cam_threshold: float = setting(
+        0.3, help="cam: background threshold on normalised CAMs for the validation pseudo-labels"
+    )
     # bookkeeping
     out_dir: str = setting("runs/train", help="checkpoints, metrics.csv, summary.json, student.pt")
     eval_every: int = setting(200, help="validate every N iterations (and at the end)")
@@ -119,6 +124,10 @@ class TrainConfig:
             raise ValueError(
                 f"{source}: crop {list(self.crop)} must be multiples of 32 (the students' stride)"
             )
+        if self.mode == "cam" and self.camvid_root and self.kind != "tags":
+            raise ValueError(f"{source}: mode cam trains from image tags; set kind: tags (got {self.kind!r})")
+        if self.cam_output_stride not in (8, 16, 32) or not 0 < self.cam_threshold < 1:
+            raise ValueError(f"{source}: cam_output_stride must be 8, 16 or 32 and cam_threshold in (0, 1)")
         if self.iterations < 1 or self.batch_size < 1 or self.sam_every < 1:
             raise ValueError(f"{source}: iterations, batch_size and sam_every must be >= 1")
         if self.lr_schedule not in LR_SCHEDULES or self.lr_warmup < 0:

@@ -1,29 +1,52 @@
 """SEPL (paper 001): enhance a class pseudo-label map with SAM's automatic masks.
 
+Input: per-class pseudo-labels P_k (from CAMs when the image has tags, `models.cam`; else the weak
+labels' own pixel map) and SAM's automatic masks S_l.
+
 1. Automatic masks: a grid of `points_per_side`^2 single-point prompts; keep candidates with
    predicted IoU >= pred_iou_thresh and stability >= stability_thresh; box NMS at nms_thresh.
-2. Assignment (pure, `assign_and_select`): each mask S goes to the class k with the largest
-   |S & P_k|; masks overlapping no class are dropped.
-3. Selection per class: keep S when o_s = |S & P_k| / |S| > t1 OR o_p = |S & P_k| / |P_k| > t2;
-   the class's new label is the union of its kept masks, or P_k itself when none is kept. With
-   `keep_uncovered` (the authors' code) P_k pixels that no kept mask covers stay labelled too.
-Classes then merge by the shared rule (overlaps by score = o_s, or unlabeled).
+2. The rule (`rule`), all pure functions of (masks, P):
+   - `paper` (default, the paper's Sec. 3): each S goes to the class k with the largest |S & P_k|
+     (masks overlapping no class are dropped); a class keeps S when
+     o_s = |S & P_k| / |S| > t1 OR o_p = |S & P_k| / |P_k| > t2; its new label is the union of its
+     kept masks, or P_k itself when none is kept. P_k pixels outside the kept masks are dropped,
+     which is how SEPL removes a falsely activated CAM region.
+   - `authors` (cskyl/SAM_WSSS `merge/max_iou_imp2.py`, their default): classes in ascending id;
+     each claims, greedily and for good, every still unclaimed S with o_s > 0.5 or o_p >= t2
+     (their t1 is fixed at 0.5); P_k pixels under no unclaimed mask stay ("trust the CAM where SAM
+     says nothing"), P_k pixels under masks it did not claim are dropped; the class paints the
+     union, so a higher class id wins overlaps.
+   - `keep_pseudo` (this project's earlier default): as `paper`, and every P_k pixel stays too
+     (SEPL can then only add pixels).
+3. Merge (`paper`, `keep_pseudo`): class overlaps by `overlap`: `score` gives a pixel to the class
+   with the higher score (the mean o_s of its kept masks; 1.0 for a class that kept P_k as is),
+   `unlabeled` leaves it unlabeled.
+4. Background: pixels no class claims are `background_class` when the dataset has one (VOC's 0;
+   SAM masks are never assigned to it, as in the authors' code), else unlabeled (255).
+5. Weak labels win, as in every labeler: pixels the weak labels name (points, scribbles, coarse)
+   keep their weak class. CAM pseudo-labels are a model's guess, not weak labels, so SEPL may
+   overrule them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from models.cam import SHIPPED_CAM, CamPredictor, cam_pseudo_labels
 from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.io import UNLABELED
 from models.refine.common import RefineResult, ensure_handle, predict_counted
 from models.refine.merge import OVERLAP_RULES, Instance, merge_instances
 from models.weak import WeakLabels
+
+SEPL_RULES = ("paper", "authors", "keep_pseudo")
 
 
 @dataclass
@@ -40,12 +63,25 @@ class SEPLOptions:
     nms_thresh: float = setting(0.7, help="automatic masks: box NMS IoU")
     t1: float = setting(0.5, help="keep a mask when |S & P_k| / |S| > t1 ...")
     t2: float = setting(0.85, help="... or when |S & P_k| / |P_k| > t2")
-    keep_uncovered: bool = setting(True, help="P_k pixels no kept mask covers stay labelled (authors' code)")
-    overlap: str = setting("score", help="class overlaps: score or unlabeled")
+    rule: str = setting("paper", help="paper, authors (cskyl/SAM_WSSS merge) or keep_pseudo (see module)")
+    overlap: str = setting("score", help="class overlaps (paper, keep_pseudo): score or unlabeled")
+    background_class: int | None = setting(None, help="the dataset's background class id (none: unlabeled)")
+    cam: str | None = setting(
+        None, help="tags: a CAM classifier checkpoint (default: the shipped CamVid one)"
+    )
+    cam_threshold: float = setting(0.3, help="tags: background threshold on the normalised CAMs")
+
+    MOVED_SETTINGS: ClassVar[dict[str, str]] = {
+        "keep_uncovered": "is `rule` now: keep_uncovered true is rule: keep_pseudo (rule: paper is the default)",
+    }
 
     def validate(self, source: str = "sepl options") -> None:
         if self.overlap not in OVERLAP_RULES:
             raise ValueError(f"{source}: overlap {self.overlap!r} unknown; choose one of {OVERLAP_RULES}")
+        if self.rule not in SEPL_RULES:
+            raise ValueError(f"{source}: rule {self.rule!r} unknown; choose one of {SEPL_RULES}")
+        if not 0 < self.cam_threshold < 1:
+            raise ValueError(f"{source}: cam_threshold must lie in (0, 1), got {self.cam_threshold}")
         if self.points_per_side < 1:
             raise ValueError(f"{source}: points_per_side must be >= 1, got {self.points_per_side}")
 
@@ -65,10 +101,12 @@ def assign_and_select(
     pseudo: np.ndarray,
     t1: float = 0.5,
     t2: float = 0.85,
-    keep_uncovered: bool = True,
+    keep_pseudo: bool = False,
+    background_class: int | None = None,
 ) -> dict[int, tuple[np.ndarray, float]]:
-    """SEPL's rule on a class map `pseudo` (HxW, 255 unlabeled): class -> (new mask, score)."""
-    classes = [int(c) for c in np.unique(pseudo) if c != UNLABELED]
+    """SEPL's assignment and selection (rule `paper`, or `keep_pseudo`) on a class map `pseudo`
+    (HxW, 255 unlabeled): class -> (new mask, score). `background_class` takes no masks."""
+    classes = [int(c) for c in np.unique(pseudo) if c != UNLABELED and c != background_class]
     per_class = {c: pseudo == c for c in classes}
     kept: dict[int, list[tuple[np.ndarray, float]]] = {c: [] for c in classes}
     for s in masks:
@@ -87,7 +125,7 @@ def assign_and_select(
     for c in classes:
         if kept[c]:
             union = np.logical_or.reduce([m for m, _ in kept[c]])
-            if keep_uncovered:
+            if keep_pseudo:
                 union |= per_class[c]
             out[c] = (union, float(np.mean([score for _, score in kept[c]])))
         else:
@@ -95,13 +133,74 @@ def assign_and_select(
     return out
 
 
+def authors_merge(
+    masks: list[np.ndarray], pseudo: np.ndarray, t2: float = 0.85, background_class: int | None = None
+) -> np.ndarray:
+    """The authors' default merge (cskyl/SAM_WSSS `max_iou_imp2.py`), rule `authors`: HxW uint8.
+
+    Classes in ascending id (the background class skipped) claim unclaimed masks with
+    o_s > 0.5 (their `2 |S & P| - |S| > 0`) or o_p >= t2; P_k pixels under none of the masks still
+    unclaimed when the class's turn came stay; the class paints its union, later classes overwrite."""
+    fill = UNLABELED if background_class is None else background_class
+    out = np.full(pseudo.shape, fill, np.uint8)
+    claimed = [False] * len(masks)
+    for c in sorted(int(v) for v in np.unique(pseudo) if v != UNLABELED and v != background_class):
+        p = pseudo == c
+        area_p = int(p.sum())
+        under_sam = np.zeros_like(p)
+        chosen = []
+        for i, s in enumerate(masks):
+            if claimed[i]:
+                continue
+            under_sam |= s
+            inter = int((s & p).sum())
+            if 2 * inter - int(s.sum()) > 0 or inter / area_p >= t2:
+                chosen.append(s)
+                claimed[i] = True
+        chosen.append(p & ~under_sam)
+        out[np.logical_or.reduce(chosen)] = c
+    return out
+
+
 class SEPLLabeler:
     name = "sepl"
-    reads = frozenset({"points", "scribbles", "coarse"})  # through the weak labels' pixel map
+    reads = frozenset({"points", "scribbles", "coarse", "tags"})  # pixel map, or tags through CAMs
 
-    def __init__(self, engine: PromptableSegmenter, options: SEPLOptions | None = None) -> None:
+    def __init__(
+        self,
+        engine: PromptableSegmenter,
+        options: SEPLOptions | None = None,
+        cams: CamPredictor | None = None,
+    ) -> None:
         self.engine = engine
         self.options = options or SEPLOptions()
+        self.options.validate()
+        self._cams = cams
+
+    @property
+    def cams(self) -> CamPredictor:
+        """The CAM classifier for tags (`cam` option; else the shipped CamVid one), loaded once."""
+        if self._cams is None:
+            path = self.options.cam or SHIPPED_CAM
+            if not Path(path).is_file():
+                raise ValueError(
+                    f"sepl: tags need a CAM classifier and {path} does not exist; train one with "
+                    "`sesam train` mode cam and give it as the `cam` option"
+                )
+            self._cams = CamPredictor.from_checkpoint(path)
+        return self._cams
+
+    def pseudo_from_tags(self, image: np.ndarray, weak: WeakLabels) -> np.ndarray:
+        """P from the image's tags: the CAM pseudo-labels (`models.cam.cam_pseudo_labels`)."""
+        cams = self.cams
+        bad = [t for t in weak.tags if t >= cams.num_classes]
+        if bad:
+            raise ValueError(
+                f"weak: tags {bad} are out of range for the CAM classifier's {cams.num_classes} classes"
+            )
+        return cam_pseudo_labels(
+            cams(image), weak.tags, self.options.cam_threshold, self.options.background_class
+        )
 
     def automatic_masks(self, handle: ImageHandle, result: RefineResult) -> list[np.ndarray]:
         o = self.options
@@ -125,16 +224,40 @@ class SEPLLabeler:
     def refine(
         self, image: ImageHandle | np.ndarray, weak: WeakLabels, pseudo: np.ndarray | None = None, **_: object
     ) -> RefineResult:
-        """`pseudo`: the class pseudo-label map to enhance; defaults to the weak labels' pixel map."""
+        """`pseudo`: the class pseudo-label map to enhance; defaults to the CAM pseudo-labels of the
+        image's tags when it has tags and no pixel labels, else the weak labels' pixel map."""
         o = self.options
         handle = ensure_handle(self.engine, image)
-        pseudo = weak.sparse_map() if pseudo is None else pseudo
+        weak_map = weak.sparse_map()
+        if pseudo is None:
+            named = (weak_map != UNLABELED).any()
+            if not named and weak.tags:
+                if not isinstance(image, np.ndarray):
+                    raise ValueError("sepl: tags need the image pixels (for the CAM), not only a handle")
+                pseudo = self.pseudo_from_tags(image, weak)
+            else:
+                pseudo = weak_map
         result = RefineResult(labels=np.empty(0))
         masks = self.automatic_masks(handle, result)
-        selected = assign_and_select(masks, pseudo, o.t1, o.t2, o.keep_uncovered)
-        instances = [Instance(c, m, score) for c, (m, score) in selected.items()]
-        result.instances = [
-            {"class_id": c, "area": int(m.sum()), "score": round(s, 4)} for c, (m, s) in selected.items()
-        ]
-        result.labels = merge_instances(weak.size, instances, None, o.overlap)
+        if o.rule == "authors":
+            labels = authors_merge(masks, pseudo, o.t2, o.background_class)
+            result.instances = [
+                {"class_id": int(c), "area": int((labels == c).sum())}
+                for c in np.unique(labels)
+                if c != UNLABELED and c != o.background_class
+            ]
+        else:
+            selected = assign_and_select(
+                masks, pseudo, o.t1, o.t2, o.rule == "keep_pseudo", o.background_class
+            )
+            instances = [Instance(c, m, score) for c, (m, score) in selected.items()]
+            result.instances = [
+                {"class_id": c, "area": int(m.sum()), "score": round(s, 4)} for c, (m, s) in selected.items()
+            ]
+            labels = merge_instances(weak.size, instances, None, o.overlap)
+            if o.background_class is not None:
+                labels[labels == UNLABELED] = o.background_class
+        named = weak_map != UNLABELED  # weak labels win
+        labels[named] = weak_map[named]
+        result.labels = labels
         return result

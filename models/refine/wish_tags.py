@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.cam import normalise_cam
 from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.peaks import peak_points
@@ -55,12 +56,6 @@ class TagInstances:
 
     def __len__(self) -> int:
         return len(self.class_ids)
-
-
-def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
-    """CxHxW -> CxHxW in [0, 1]: ReLU, each class divided by its maximum (0 where it is all <= 0)."""
-    cam = cam.clamp(min=0)
-    return cam / cam.flatten(1).amax(1).clamp(min=1e-8)[:, None, None]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Semantic students from weak labels: supervised | weak | fixmatch | naive-sam | sesam.
+"""Semantic students from weak labels: supervised | weak | fixmatch | naive-sam | sesam; and the
+CAM classifier from image tags (cam).
 
 - supervised: cross-entropy on dense ground truth (the upper bound).
 - weak: partial cross-entropy on the weakly labelled pixels only.
@@ -9,6 +10,10 @@
 - sesam (paper 000): EMA teacher (0.999); every `sam_every` (M) iterations the weak labels of the
   batch's images, extended with teacher pixels of confidence >= `sesam.theta2`, are refined by the
   SeSAM labeler; loss = L_weak + w_sam L_SAM + w_pseudo L_pseudo with precedence weak > SAM > pseudo.
+- cam: a CAM classifier (`models.cam`: the student's backbone + a 1x1 conv CAM head) trained on
+  the images' tags with the multi-label loss on the GAP logits (`training.wish.cam_loss`, WISH's
+  Eq. 17). Validation scores the CAM pseudo-labels (tags from the dense labels,
+  `cam_pseudo_labels` at `cam_threshold`) by mIoU; the output is `cam.pt`.
 
 SAM in the loop never re-encodes: every training image is embedded once, up front (the engine's
 cache), prompts are made in ORIGINAL image coordinates (the teacher's view probabilities are
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.cam import CamClassifier, cam_pseudo_labels, normalise_cam, predict_cams, save_cam_classifier
 from models.config import from_mapping
 from models.engine import EngineConfig, ImageHandle, build_engine
 from models.io import UNLABELED, read_label_png, save_png
@@ -40,8 +46,10 @@ from training.data import WeakDataset, batch_indices, make_batch
 from training.datasets import CAMVID_CLASSES
 from training.losses import ema_decay, ema_update, partial_ce, sesam_loss, sesam_targets
 from training.metrics import ConfusionMatrix
+from training.protocols import class_ids_present
+from training.wish import cam_loss
 
-MODES = ("supervised", "weak", "fixmatch", "naive-sam", "sesam")
+MODES = ("supervised", "weak", "fixmatch", "naive-sam", "sesam", "cam")
 _WITH_SAM, _WITH_TEACHER = frozenset({"sesam", "naive-sam"}), frozenset({"fixmatch", "sesam"})
 # settings only some modes read (the others ignore them): setting -> those modes
 READ_BY = {
@@ -50,6 +58,7 @@ READ_BY = {
     "naive": frozenset({"naive-sam"}),
     **dict.fromkeys(("ema", "ema_warmup", "theta1", "student_view"), _WITH_TEACHER),
     "fixmatch_w_pseudo": frozenset({"fixmatch"}),
+    **dict.fromkeys(("cam_output_stride", "cam_threshold"), frozenset({"cam"})),
 }
 
 
@@ -83,7 +92,11 @@ class SemanticRecipe:
         self.train_ds = train_ds or self._load_train()
         self.val_ds = val_ds if val_ds is not None else self._load_val()
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.student = build_student(cfg.student, cfg.num_classes)
+        self.student = (
+            CamClassifier(cfg.student, cfg.num_classes, cfg.cam_output_stride)
+            if cfg.mode == "cam"
+            else build_student(cfg.student, cfg.num_classes)
+        )
         self.teacher = copy.deepcopy(self.student).eval() if cfg.mode in _WITH_TEACHER else None
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
@@ -226,7 +239,13 @@ class SemanticRecipe:
         indices = batch_indices(len(self.train_ds), c.batch_size, iteration, c.seed)[self.rank :: self.world]
         batch = make_batch(self.train_ds, indices, iteration, c.seed, c.crop, c.base_scale)
         self.student.train()
-        if c.mode == "supervised":
+        if c.mode == "cam":
+            tags = torch.zeros(len(indices), c.num_classes)
+            for j, idx in enumerate(batch.indices):
+                tags[j, [t for t in self.train_ds.weak[idx].tags if t < c.num_classes]] = 1
+            x, _ = pad_to_multiple(normalize(batch.weak_images))
+            terms = {"total": cam_loss(self._forward_model(x), tags)}
+        elif c.mode == "supervised":
             terms = {"total": partial_ce(self._forward(batch.weak_images), batch.gt_labels)}
         elif c.mode == "weak":
             terms = {"total": partial_ce(self._forward(batch.weak_images), batch.weak_labels)}
@@ -278,9 +297,12 @@ class SemanticRecipe:
                 view = center_view(size, self.cfg.base_scale)
                 images = torch.from_numpy(np.stack([view.image_to_view(ds.images[i]) for i in group]))
                 x, (h, w) = pad_to_multiple(normalize(images.permute(0, 3, 1, 2)))
-                logits = model(x)[..., :h, :w]
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-                preds = logits.argmax(1).numpy().astype(np.uint8)
+                if self.cfg.mode == "cam":
+                    preds = self._cam_labels(model, images.permute(0, 3, 1, 2), group, size)
+                else:
+                    logits = model(x)[..., :h, :w]
+                    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+                    preds = logits.argmax(1).numpy().astype(np.uint8)
                 for p, i in zip(preds, group, strict=True):
                     conf.update(p, ds.gt_map(i))
         miou = conf.miou()
@@ -290,6 +312,17 @@ class SemanticRecipe:
             "pixel_accuracy": conf.pixel_accuracy(),
             "per_class_iou": conf.iou_per_class(),
         }
+
+    def _cam_labels(self, model: nn.Module, images: torch.Tensor, group: list[int], size) -> np.ndarray:
+        """CAM pseudo-labels of validation images from the tags their dense labels give."""
+        cams = F.interpolate(predict_cams(model, images), size=size, mode="bilinear", align_corners=False)
+        ds, c = self.val_ds, self.cfg
+        return np.stack(
+            [
+                cam_pseudo_labels(normalise_cam(cam), class_ids_present(ds.gt_map(i), None), c.cam_threshold)
+                for cam, i in zip(cams, group, strict=True)
+            ]
+        )
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -323,6 +356,21 @@ class SemanticRecipe:
 
     def save_outputs(self, out: Path, final: dict[str, Any]) -> None:
         c = self.cfg
+        names = (
+            {"class_names": list(CAMVID_CLASSES)}
+            if c.camvid_root and c.num_classes == len(CAMVID_CLASSES)
+            else {}
+        )
+        if c.mode == "cam":
+            extra = {
+                "val_pseudo_miou": final.get("miou"),
+                "iterations": c.iterations,
+                "base_scale": c.base_scale,
+            }
+            save_cam_classifier(
+                out / "cam.pt", self.student, extra | {"cam_threshold": c.cam_threshold} | names
+            )
+            return
         save_student(
             out / "student.pt",
             self.student,
@@ -335,9 +383,5 @@ class SemanticRecipe:
                 "iterations": c.iterations,
                 "base_scale": c.base_scale,
             }
-            | (
-                {"class_names": list(CAMVID_CLASSES)}
-                if c.camvid_root and c.num_classes == len(CAMVID_CLASSES)
-                else {}
-            ),
+            | names,
         )
