@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.cam import SHIPPED_CAM
 from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, build_engine, read_image
 from models.io import save_png
 from models.refine import LABELERS, backend_defaults, build_labeler
@@ -230,6 +231,26 @@ def run_segment(args: argparse.Namespace) -> int:
     return report_summary(summary, "segment")
 
 
+def run_cam(args: argparse.Namespace) -> int:
+    from models.cam_run import CamRun, cam_folder
+
+    if not 0 < args.threshold < 1:
+        raise ValueError(f"--threshold must lie in (0, 1), got {args.threshold}")
+    run = CamRun(
+        images=Path(args.images),
+        out=Path(args.out),
+        checkpoint=Path(args.cam),
+        weak=Path(args.weak) if args.weak else None,
+        threshold=args.threshold,
+        background_class=args.background_class,
+        report=args.report,
+        overwrite=args.overwrite,
+        limit=args.limit,
+    )
+    summary = cam_folder(run, quiet=args.quiet, ray=ray_options_from_args(args))
+    return report_summary(summary, "cam")
+
+
 def run_refine(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -316,3 +337,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_folder_args(g, "image|answer")
     g.set_defaults(func=run_segment)
+
+    c = subparsers.add_parser("cam", help="class activation maps of a folder of images (a CAM classifier)")
+    c.add_argument("--images", required=True, help="folder of images (<stem>.jpg/.png/...)")
+    c.add_argument("--out", required=True, help="output folder: <stem>.npz CAMs and <stem>.png pseudo-labels")
+    c.add_argument(
+        "--cam",
+        default=str(SHIPPED_CAM),
+        help="CAM checkpoint (`sesam train` mode cam; default: the shipped CamVid one)",
+    )
+    c.add_argument(
+        "--weak", default=None, help="weak labels whose tags pick the classes (else: predicted >= 0.5)"
+    )
+    c.add_argument(
+        "--threshold", type=float, default=0.3, help="background threshold on normalised CAMs (0.3)"
+    )
+    c.add_argument(
+        "--background-class", type=int, default=None, help="the dataset's background id (else 255)"
+    )
+    c.add_argument("--report", action="store_true", help="write overlays and report.html")
+    c.add_argument("--overwrite", action="store_true", help="redo images already done (default: resume)")
+    c.add_argument("--limit", type=int, default=None, help="only the first N images")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_args(c)
+    c.set_defaults(func=run_cam)
