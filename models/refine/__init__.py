@@ -7,14 +7,18 @@ from collections.abc import Callable
 from models.config import from_mapping
 from models.engine import PromptableSegmenter
 from models.refine.common import RefineResult, check_weak_kinds, confident_labels
+from models.refine.grounded import GroundedLabeler, GroundedOptions
 from models.refine.naive import NaiveLabeler, NaiveOptions
 from models.refine.sepl import SEPLLabeler, SEPLOptions
 from models.refine.sesam import SeSAMLabeler, SeSAMOptions
+from models.refine.weaksam import WeakSAMLabeler, WeakSAMOptions
 
 LABELERS: dict[str, Callable[..., object]] = {
     "sesam": lambda engine, **kw: SeSAMLabeler(engine, from_mapping(SeSAMOptions, kw, "sesam options")),
     "naive": lambda engine, **kw: NaiveLabeler(engine, from_mapping(NaiveOptions, kw, "naive options")),
     "sepl": lambda engine, **kw: SEPLLabeler(engine, from_mapping(SEPLOptions, kw, "sepl options")),
+    "weaksam": lambda engine, **kw: WeakSAMLabeler(engine, from_mapping(WeakSAMOptions, kw, "weaksam options")),
+    "grounded": lambda engine, **kw: GroundedLabeler(engine, from_mapping(GroundedOptions, kw, "grounded options")),
 }
 
 
@@ -32,7 +36,7 @@ def backend_defaults(method: str, backend: str, options: dict) -> dict:
 
 
 def build_labeler(method: str, engine: PromptableSegmenter, **options: object):
-    """A labeler by name ('sesam', 'naive', 'sepl') with its options."""
+    """A labeler by name ('sesam', 'naive', 'sepl', 'weaksam', 'grounded') with its options."""
     if method not in LABELERS:
         raise ValueError(f"unknown refinement method {method!r}; choose one of {sorted(LABELERS)}")
     try:
@@ -43,6 +47,8 @@ def build_labeler(method: str, engine: PromptableSegmenter, **options: object):
 
 __all__ = [
     "LABELERS",
+    "GroundedLabeler",
+    "GroundedOptions",
     "NaiveLabeler",
     "NaiveOptions",
     "RefineResult",
@@ -50,6 +56,8 @@ __all__ = [
     "SEPLOptions",
     "SeSAMLabeler",
     "SeSAMOptions",
+    "WeakSAMLabeler",
+    "WeakSAMOptions",
     "backend_defaults",
     "build_labeler",
     "check_weak_kinds",

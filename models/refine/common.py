@@ -22,10 +22,11 @@ class RefineResult:
     instances: list[dict[str, Any]] = field(default_factory=list)
     decoder_calls: int = 0
     prompts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # a labeler's own counts (e.g. proposals)
 
     def stats(self) -> dict[str, Any]:
         labelled = self.labels != UNLABELED
-        return {
+        return self.extra | {
             "labelled_fraction": float(labelled.mean()),
             "instances": len(self.instances),
             "prompts": self.prompts,
@@ -69,6 +70,26 @@ def box_clip(mask: np.ndarray, box: tuple[float, float, float, float]) -> np.nda
     return out
 
 
+def box_instances(
+    engine: PromptableSegmenter,
+    handle: ImageHandle,
+    boxes: np.ndarray,
+    class_ids: list[int],
+    scores: list[float],
+    result: RefineResult,
+) -> list[tuple[int, np.ndarray, float]]:
+    """Boxes Nx4 (x0, y0, x1, y1) -> SAM box prompts -> one mask each (SAM's single output for a
+    box, clipped to the box): [(class id, HxW bool, score)]. Books calls on `result`."""
+    if len(boxes) == 0:
+        return []
+    prompts = [Prompt(box=np.asarray(b, float)) for b in boxes]
+    out = predict_counted(engine, handle, prompts, result, multimask=False)
+    return [
+        (int(c), box_clip(out.masks[i, 0], tuple(float(v) for v in boxes[i])), float(s))
+        for i, (c, s) in enumerate(zip(class_ids, scores, strict=True))
+    ]
+
+
 def count_calls(engine: PromptableSegmenter) -> int:
     return engine.stats.decoder_calls
 
@@ -100,12 +121,12 @@ def confident_labels(probs: torch.Tensor | np.ndarray, threshold: float, class_a
 
 
 def check_weak_kinds(labeler: Any, weak: WeakLabels, source: str = "weak") -> None:
-    """Refuse weak labels that hold no kind the labeler reads (e.g. only image tags, which no
-    labeler uses yet), rather than answering an empty map."""
+    """Refuse weak labels that hold no kind the labeler reads (e.g. only image tags for SeSAM),
+    rather than answering an empty map."""
     given = weak.kinds()
     if not set(given) & labeler.reads:
         raise ValueError(
             f"{source}: {', '.join(given) or 'no labels'} given; the {labeler.name} labeler reads "
             f"{', '.join(sorted(labeler.reads))}"
-            + (" (no labeler uses image tags yet)" if "tags" in given else "")
+            + (" (image tags: use sepl, weaksam or grounded)" if given == ["tags"] else "")
         )

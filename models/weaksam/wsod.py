@@ -158,3 +158,43 @@ def detection_scores(outputs: tuple[torch.Tensor, list[torch.Tensor]]) -> torch.
         return wsddn
     c = wsddn.shape[1]
     return torch.stack([b.softmax(1)[:, :c] for b in branches]).mean(0)
+
+
+def save_wsod(path, head: WSODHead, extra: dict | None = None) -> None:
+    """A self-describing WSOD checkpoint {kind: wsod, student, num_classes, refinements, ...}."""
+    from models.io import atomic_write
+
+    payload = {
+        "kind": "wsod",
+        "student": head.student,
+        "num_classes": head.num_classes,
+        "refinements": head.refinements,
+        "hidden": head.fc[1].out_features,
+        "roi_size": head.roi_size,
+        "state_dict": head.state_dict(),
+    } | (extra or {})
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_wsod(path) -> tuple[WSODHead, dict]:
+    """The WSOD head a checkpoint describes; errors name the file."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such WSOD checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the WSOD checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("kind") != "wsod":
+        raise ValueError(f"{path}: not a WSOD checkpoint (train one with `sesam weaksam train-wsod`)")
+    head = WSODHead(
+        payload["student"],
+        int(payload["num_classes"]),
+        int(payload["refinements"]),
+        int(payload["hidden"]),
+        int(payload["roi_size"]),
+    )
+    head.load_state_dict(payload["state_dict"])
+    return head.eval(), {k: v for k, v in payload.items() if k != "state_dict"}
