@@ -16,6 +16,7 @@ Modules see tensors only; `CamPredictor` owns image I/O, resizing and the checkp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,15 @@ class CamPredictor:
         model, meta = load_cam_classifier(path)
         return cls(model, float(meta.get("base_scale", 1.0)), meta.get("class_names"))
 
+    @classmethod
+    def cached(cls, path: str | Path) -> CamPredictor:
+        """`from_checkpoint`, loaded once per process while the file is unchanged (labelers are
+        built per request in the service; the weights are not re-read each time)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such CAM checkpoint")
+        return _cached_predictor(str(path.resolve()), path.stat().st_mtime_ns)
+
     def raw(self, image: np.ndarray) -> torch.Tensor:
         """HxWx3 uint8 -> CxHxW raw CAMs at the image size."""
         h, w = image.shape[:2]
@@ -173,6 +183,11 @@ class CamPredictor:
     def scores(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> C image-level class probabilities (sigmoid of the GAP logits)."""
         return torch.sigmoid(image_logits(self.raw(image)[None]))[0].numpy()
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_predictor(path: str, mtime_ns: int) -> CamPredictor:
+    return CamPredictor.from_checkpoint(path)
 
 
 SHIPPED_CAM = Path(__file__).resolve().parent / "weights" / "camvid_cam.pt"

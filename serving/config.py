@@ -57,6 +57,13 @@ class ServiceConfig:
         help="onnx runtime: the export's graph, `student` or `student_int8` (sesam export quantize)",
     )
     student_threads: int | None = setting(None, help="onnx runtime: intra-op threads (default: all cores)")
+    cam_checkpoint: str | None = setting(
+        None, help="tags (sepl, weaksam): the CAM classifier (default: the shipped CamVid one)"
+    )
+    wsod_checkpoint: str | None = setting(None, help="weaksam with scorer wsod: the WSOD head")
+    detector: str | None = setting(
+        None, help="grounded: the HF Grounding DINO / OWLv2 checkpoint folder (`box_source` picks which)"
+    )
     max_images: int = setting(16, help="images per /segment request (400 above)")
     max_image_pixels: int = setting(
         DEFAULT_MAX_PIXELS, help="decoded image size cap, checked before decoding (413 above)"
@@ -117,6 +124,12 @@ class ServiceConfig:
             raise ValueError(
                 f"{source}: student_checkpoint {self.student_checkpoint!r} is neither a file nor an export directory"
             )
+        for name in ("cam_checkpoint", "wsod_checkpoint", "detector"):
+            value = getattr(self, name)
+            if value in ("", "none", "None"):
+                setattr(self, name, None)
+            elif value is not None and not Path(value).exists():
+                raise ValueError(f"{source}: {name} {value!r} does not exist")
         from models.student_runtime import RUNTIMES
 
         if self.student_runtime not in RUNTIMES:

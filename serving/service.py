@@ -57,7 +57,13 @@ from serving.middleware import GuardMiddleware
 # starts): the timeout, batching and guard below are declared with the services
 CONFIG = ServiceConfig.load()
 ImageFile = Annotated[Path, ContentType("image/*")]
-METHODS = tuple(LABELERS)  # the refinement methods /refine offers: every registered labeler
+METHODS = tuple(LABELERS)
+# labeler options that name model files -> the service setting that provides them
+SERVER_PATH_OPTIONS = {
+    "cam": "cam_checkpoint",
+    "wsod": "wsod_checkpoint",
+    "detector": "detector",
+}  # the refinement methods /refine offers: every registered labeler
 # BentoML 1.4 turns an uploaded part into a Path only for `Path` and `list[Path]` fields (not
 # `Path | None`), so an optional file is a list of at most one.
 OPTIONAL_FILE = Field(default_factory=list, max_length=1)
@@ -264,6 +270,22 @@ class SegmentationService:
             "predictions": predictions,
         }
 
+    def _model_paths(self, method: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Model files come from the server's configuration, never from a request (a client must not
+        make the server open paths of its choosing); they are filled in per method."""
+        given = sorted(set(options) & set(SERVER_PATH_OPTIONS))
+        if given:
+            where = ", ".join(f"{k} (SESAM_{SERVER_PATH_OPTIONS[k].upper()})" for k in given)
+            raise InvalidArgument(f"options: {where} is set on the server, not per request")
+        c, options = self.config, dict(options)
+        if method in ("sepl", "weaksam") and c.cam_checkpoint:
+            options["cam"] = c.cam_checkpoint
+        if method == "weaksam" and c.wsod_checkpoint:
+            options["wsod"] = c.wsod_checkpoint
+        if method == "grounded" and c.detector:
+            options["detector"] = c.detector
+        return options
+
     @bentoml.api(route="/refine")
     def refine(
         self,
@@ -293,7 +315,7 @@ class SegmentationService:
                     f"weak: {count} points/scribbles/boxes exceed the limit of {self.config.max_weak_labels}"
                 )
             labels.validate(num_classes, "weak" + (" / coarse_mask" if coarse_mask else ""))
-            opts = backend_defaults(method, self.engine.name, options or {})
+            opts = backend_defaults(method, self.engine.name, self._model_paths(method, options or {}))
             with self._lock:
                 labeler = build_labeler(method, self.engine, **opts)
                 check_weak_kinds(labeler, labels, "weak")
@@ -393,6 +415,12 @@ class SegmentationService:
                 "max_latency_ms": self.config.max_latency_ms,
             },
             "auth": self.config.api_key is not None,
+            "refine_methods": list(METHODS),
+            "tags_models": {
+                "cam_checkpoint": self.config.cam_checkpoint,
+                "wsod_checkpoint": self.config.wsod_checkpoint,
+                "detector": self.config.detector,
+            },
         }
 
 

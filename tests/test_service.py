@@ -38,8 +38,22 @@ API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
+@pytest.fixture(scope="module")
+def tags_models(tmp_path_factory) -> dict[str, Path]:
+    """A seeded random CAM classifier (11 classes) and a tiny random Grounding DINO, by path."""
+    import torch
+
+    from models.cam import CamClassifier, save_cam_classifier
+    from tests.tiny_detectors import tiny_grounding_dino
+
+    root = tmp_path_factory.mktemp("tags_models")
+    torch.manual_seed(0)
+    save_cam_classifier(root / "cam.pt", CamClassifier("fpn-mobilenetv2", 11, 16), {"base_scale": 0.5})
+    return {"cam": root / "cam.pt", "detector": tiny_grounding_dino(root / "gdino")}
+
+
 @pytest.fixture(scope="module", params=["classical", "torch-tiny"])
-def server(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
+def server(request, tmp_path_factory, tags_models) -> Iterator[tuple[str, str]]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "bentoml.log"  # a file: a full pipe would block the server
     env = dict(
@@ -50,6 +64,8 @@ def server(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
         SESAM_MAX_BODY_BYTES=str(MAX_BODY),
         SESAM_API_KEY=API_KEY,
         SESAM_SAM_TYPE="tiny",
+        SESAM_CAM_CHECKPOINT=str(tags_models["cam"]),
+        SESAM_DETECTOR=str(tags_models["detector"]),
     )
     env.pop("SESAM_SAM_CHECKPOINT", None)
     env.pop("SESAM_CONFIG", None)
@@ -229,6 +245,37 @@ def test_refine_equals_in_process_refiner(client, server, scene, tiny_sam, metho
     assert np.array_equal(decode_labels(rle["labels"]), expected.labels)
 
 
+TAGS_REQUESTS = {
+    "sepl": ("sepl", {"tags": [0, 3, 8]}, {"points_per_side": 6}),
+    "sepl-authors": ("sepl", {"tags": [0, 3]}, {"points_per_side": 6, "rule": "authors"}),
+    "weaksam": ("weaksam", {"tags": [3, 8]}, {"points_per_side": 4, "peak_threshold": 0.9}),
+    "grounded-dino": ("grounded", {"tags": [0, 8]}, {"box_threshold": 0.0, "text_threshold": 0.0}),
+    "grounded-user": (
+        "grounded",
+        {"tags": [8], "boxes": [{"class_id": 8, "box": [250, 170, 410, 330]}]},
+        {"box_source": "user"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAGS_REQUESTS))
+def test_refine_from_tags_equals_in_process(client, server, scene, tiny_sam, tags_models, case) -> None:
+    """Every tags method over HTTP answers what the labeler computes in-process with the server's
+    model files."""
+    _, kind = server
+    method, weak_json, options = TAGS_REQUESTS[case]
+    weak = WeakLabels.from_json({"version": 2, "width": 480, "height": 360} | weak_json)
+    answer = client.refine(scene, weak, method=method, options=options, num_classes=11)
+    paths = {"sepl": {"cam": str(tags_models["cam"])}, "weaksam": {"cam": str(tags_models["cam"])}}
+    paths["grounded"] = {"detector": str(tags_models["detector"])}
+    engine = _engine(kind, tiny_sam)
+    opts = backend_defaults(method, engine.name, options | paths[method])
+    expected = build_labeler(method, engine, **opts).refine(scene, weak)
+    assert np.array_equal(decode_labels(answer["labels"]), expected.labels)
+    assert answer["stats"]["instances"] == expected.stats()["instances"]
+    assert answer["stats"]["weak_kinds"] == weak.kinds()
+
+
 # -- /segment ------------------------------------------------------------------------------------
 def test_segment_equals_in_process_student(client, camvid_image) -> None:
     student = StudentSegmenter.from_checkpoint(SHIPPED_STUDENT)
@@ -301,7 +348,57 @@ BIG = np.zeros((1100, 1000, 3), np.uint8)  # 1.1 MP > MAX_PIXELS, small as PNG
         ("/refine", None, {"weak": {"boxes": [{"class_id": 1, "box": [1, 2]}]}}, 400, "box"),
         ("/refine", None, {}, 400, "no labels"),
         ("/refine", None, {"weak": {"tags": [1, 3]}}, 400, "tags given; the sesam labeler reads"),
-        ("/refine", None, {"weak": {"tags": [1]}, "method": "sepl"}, 400, "no labeler uses image tags"),
+        ("/refine", None, {"weak": {"tags": [1, 3]}}, 400, "use sepl, weaksam or grounded"),
+        ("/refine", None, {"weak": {"tags": [40]}, "method": "sepl"}, 400, "out of range for the CAM"),
+        (
+            "/refine",
+            None,
+            {"weak": {"tags": [3]}, "method": "sepl", "num_classes": 2},
+            400,
+            "out of range for 2",
+        ),
+        (
+            "/refine",
+            None,
+            {"weak": {"points": [{"x": 5, "y": 5, "class_id": 1}]}, "method": "weaksam"},
+            400,
+            "the weaksam labeler reads tags",
+        ),
+        (
+            "/refine",
+            None,
+            {"weak": {"tags": [1]}, "method": "sepl", "options": {"cam": "/etc/passwd"}},
+            400,
+            "set on the server",
+        ),
+        (
+            "/refine",
+            None,
+            {"weak": {"tags": [1]}, "method": "grounded", "options": {"detector": "/tmp"}},
+            400,
+            "SESAM_DETECTOR",
+        ),
+        (
+            "/refine",
+            None,
+            {"weak": {"tags": [1]}, "method": "grounded", "options": {"box_source": "user"}},
+            400,
+            "no",
+        ),
+        (
+            "/refine",
+            None,
+            {"weak": {"tags": [1]}, "method": "weaksam", "options": {"scorer": "wsod"}},
+            400,
+            "wsod",
+        ),
+        (
+            "/refine",
+            None,
+            {"weak": {"tags": [1]}, "method": "sepl", "options": {"rule": "vote"}},
+            400,
+            "rule",
+        ),
         (
             "/refine",
             None,

@@ -17,8 +17,12 @@ LABELERS: dict[str, Callable[..., object]] = {
     "sesam": lambda engine, **kw: SeSAMLabeler(engine, from_mapping(SeSAMOptions, kw, "sesam options")),
     "naive": lambda engine, **kw: NaiveLabeler(engine, from_mapping(NaiveOptions, kw, "naive options")),
     "sepl": lambda engine, **kw: SEPLLabeler(engine, from_mapping(SEPLOptions, kw, "sepl options")),
-    "weaksam": lambda engine, **kw: WeakSAMLabeler(engine, from_mapping(WeakSAMOptions, kw, "weaksam options")),
-    "grounded": lambda engine, **kw: GroundedLabeler(engine, from_mapping(GroundedOptions, kw, "grounded options")),
+    "weaksam": lambda engine, **kw: WeakSAMLabeler(
+        engine, from_mapping(WeakSAMOptions, kw, "weaksam options")
+    ),
+    "grounded": lambda engine, **kw: GroundedLabeler(
+        engine, from_mapping(GroundedOptions, kw, "grounded options")
+    ),
 }
 
 

@@ -19,6 +19,7 @@ SAM box prompts -> a class map.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -155,6 +156,16 @@ class Owlv2Boxes:
         return Boxes(boxes, best[keep].numpy(), phrase[keep].numpy())
 
 
+@functools.lru_cache(maxsize=2)
+def _cached_source(
+    kind: str, folder: str, mtime_ns: int, box_threshold: float, text_threshold: float
+) -> BoxSource:
+    """A detector loaded once per process (labelers are built per request in the service)."""
+    if kind == "grounding-dino":
+        return GroundingDinoBoxes(folder, box_threshold, text_threshold)
+    return Owlv2Boxes(folder, box_threshold)
+
+
 @dataclass
 class GroundedOptions:
     """The grounded-tags labeler's settings (thresholds: the paper's Grounding DINO values)."""
@@ -211,16 +222,18 @@ class GroundedLabeler:
     @property
     def source(self) -> BoxSource:
         o = self.options
-        if self._source is None:
-            if o.box_source == "grounding-dino":
-                self._source = GroundingDinoBoxes(o.detector, o.box_threshold, o.text_threshold)
-            elif o.box_source == "owlv2":
-                self._source = Owlv2Boxes(o.detector, o.box_threshold)
+        if self._source is None and o.box_source != "user":
+            folder = Path(o.detector).resolve()
+            self._source = _cached_source(
+                o.box_source, str(folder), folder.stat().st_mtime_ns, o.box_threshold, o.text_threshold
+            )
         return self._source
 
     def boxes(self, image: np.ndarray | None, weak: WeakLabels) -> tuple[np.ndarray, list[int], list[float]]:
         """The boxes to prompt SAM with, their classes and scores."""
         if self.options.box_source == "user":
+            if not weak.boxes:
+                raise ValueError("weak: box_source user reads the weak labels' boxes; none given")
             boxes = np.asarray([b.box for b in weak.boxes], float).reshape(-1, 4)
             return boxes, [b.class_id for b in weak.boxes], [1.0] * len(weak.boxes)
         if image is None:

@@ -187,7 +187,7 @@ class SEPLLabeler:
                     f"sepl: tags need a CAM classifier and {path} does not exist; train one with "
                     "`sesam train` mode cam and give it as the `cam` option"
                 )
-            self._cams = CamPredictor.from_checkpoint(path)
+            self._cams = CamPredictor.cached(path)
         return self._cams
 
     def pseudo_from_tags(self, image: np.ndarray, weak: WeakLabels) -> np.ndarray:

@@ -125,7 +125,7 @@ class WeakSAMLabeler:
             path = self.options.cam or SHIPPED_CAM
             if not Path(path).is_file():
                 raise ValueError(f"weaksam: no CAM classifier at {path}; give one as the `cam` option")
-            self._cams = CamPredictor.from_checkpoint(path)
+            self._cams = CamPredictor.cached(path)
         return self._cams
 
     @property
