@@ -4,6 +4,8 @@ proposal generation on a scripted segmenter."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -190,3 +192,58 @@ def test_proposals_from_cam_peaks() -> None:
     )
     assert len(props) == 3 and set(props.sources) == {"peak:2"}
     assert any(np.allclose(b, [50, 36, 90, 60]) for b in props.boxes)
+
+
+# -- the pipeline: proposals -> WSOD head -> pseudo instances (COCO) ------------------------------
+def test_weaksam_pipeline_end_to_end(tmp_path, capsys) -> None:
+    """Two tagged images through `sesam weaksam proposals / train-wsod / instances` on the classical
+    prior; the COCO file loads as a training dataset; train-wsod resumes."""
+    from models.cam import CamClassifier, save_cam_classifier
+    from models.io import save_png
+    from models.weak import WeakLabels, save_weak_labels
+    from sesam.cli import main
+    from training.datasets import CocoInstances
+
+    images, weak = tmp_path / "images", tmp_path / "weak"
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        img = rng.normal(90, 10, (64, 96, 3)).clip(0, 255).astype(np.uint8)
+        img[10 + i * 5 : 40, 10:50] = (220, 40, 40)
+        save_png(img, images / f"im{i}.png")
+        save_weak_labels(WeakLabels(64, 96, tags=[1, 2]), weak, f"im{i}")
+    torch.manual_seed(0)
+    cam = tmp_path / "cam.pt"
+    save_cam_classifier(cam, CamClassifier("fpn-mobilenetv2", 3, 16), {"class_names": ["a", "b", "c"]})
+    common = ["--images", str(images), "--quiet"]
+    props = tmp_path / "proposals"
+    args = ["weaksam", "proposals", *common, "--weak", str(weak), "--out", str(props), "--cam", str(cam)]
+    assert main([*args, "--set", "points_per_side=3", "--set", "peak_threshold=0.9"]) == 0
+    record = json.loads((props / "im0.json").read_text())
+    assert record["tags"] == [1, 2] and len(record["boxes"]) == len(record["scores"]) > 0
+    wsod = tmp_path / "wsod"
+    train = [
+        "weaksam",
+        "train-wsod",
+        *common,
+        "--proposals",
+        str(props),
+        "--out",
+        str(wsod),
+        "--num-classes",
+        "3",
+    ]
+    small = ["--set", "hidden=32", "--set", "refinements=2", "--set", "checkpoint_every=2"]
+    assert main([*train, *small, "--set", "iterations=2"]) == 0
+    assert main([*train, *small, "--set", "iterations=3"]) == 0  # continues from last.pt
+    assert json.loads((wsod / "summary.json").read_text())["resumed_at"] == 2
+    assert main([*train, "--set", "hidden=64", "--set", "iterations=4"]) == 2
+    assert "other settings (refinements, hidden)" in capsys.readouterr().err
+    pseudo = tmp_path / "pseudo"
+    inst = ["weaksam", "instances", *common, "--weak", str(weak), "--out", str(pseudo), "--cam", str(cam)]
+    assert main([*inst, "--wsod", str(wsod / "wsod.pt"), "--set", "points_per_side=3"]) == 0
+    coco = json.loads((pseudo / "annotations" / "instances_pseudo.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["a", "b", "c"] and len(coco["images"]) == 2
+    assert coco["annotations"] and {a["category_id"] for a in coco["annotations"]} <= {2, 3}  # tags 1, 2
+    samples = CocoInstances(pseudo, "pseudo").samples()
+    assert len(samples) == 2 and all(s.image.exists() for s in samples)
+    assert sum(len(s.masks) for s in samples) == len(coco["annotations"])

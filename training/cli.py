@@ -111,6 +111,79 @@ def run_eval_instances(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weaksam_engine(args: argparse.Namespace):
+    from models.cli import engine_config_from_args
+    from models.engine import build_engine
+
+    return build_engine(engine_config_from_args(args))
+
+
+def run_weaksam_proposals(args: argparse.Namespace) -> int:
+    from models.cam import CamPredictor
+    from models.config import from_mapping
+    from models.weaksam.proposals import ProposalOptions
+    from training.weaksam import folder_proposals
+
+    options = from_mapping(ProposalOptions, _options(args.set), "--set")
+    cams = CamPredictor.cached(args.cam) if args.cam != "none" else None
+    summary = folder_proposals(
+        _weaksam_engine(args),
+        Path(args.images),
+        Path(args.weak),
+        Path(args.out),
+        cams,
+        options,
+        args.limit,
+        args.quiet,
+    )
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def run_weaksam_train(args: argparse.Namespace) -> int:
+    from models.config import from_mapping
+    from training.weaksam import WSODConfig, train_wsod
+
+    cfg = from_mapping(WSODConfig, _options(args.set), "--set")
+    summary = train_wsod(
+        cfg, Path(args.images), Path(args.proposals), Path(args.out), args.num_classes, args.quiet
+    )
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def run_weaksam_instances(args: argparse.Namespace) -> int:
+    from models.refine import backend_defaults, build_labeler
+    from training.weaksam import pseudo_instances
+
+    engine = _weaksam_engine(args)
+    options = _options(args.set) | {"cam": args.cam}
+    if args.wsod:
+        options |= {"wsod": args.wsod, "scorer": "wsod"}
+    labeler = build_labeler("weaksam", engine, **backend_defaults("weaksam", engine.name, options))
+    names = args.class_names.split(",") if args.class_names else labeler.cams.class_names
+    if not names:
+        raise ValueError("--class-names: the CAM checkpoint names no classes; give them comma-separated")
+    summary = pseudo_instances(
+        labeler,
+        Path(args.images),
+        Path(args.weak),
+        Path(args.out),
+        list(names),
+        args.split,
+        args.limit,
+        args.quiet,
+    )
+    print(json.dumps(summary, indent=1))
+    return 1 if summary["failed"] else 0
+
+
+def _options(items: list[str]) -> dict:
+    from models.config import parse_overrides
+
+    return parse_overrides(items)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser("train", help="train a student from weak labels (YAML config)")
     t.add_argument("--config", required=True, help="YAML file with TrainConfig settings (see configs/)")
@@ -131,6 +204,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=run_derive)
     weak.set_defaults(func=lambda a: (weak.print_help(), 2)[1])
+
+    from models.cam import SHIPPED_CAM
+    from models.cli import add_engine_args
+
+    ws = subparsers.add_parser(
+        "weaksam", help="WeakSAM from image tags: proposals, WSOD head, pseudo instances"
+    )
+    ws_sub = ws.add_subparsers(dest="weaksam_command", metavar="SUBCOMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--images", required=True, help="folder of images")
+    common.add_argument("--out", required=True, help="output folder (resumable)")
+    common.add_argument("--limit", type=int, default=None, help="only the first N images")
+    common.add_argument("--quiet", action="store_true", help="no progress bar")
+    common.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting (see docs)"
+    )
+    p = ws_sub.add_parser(
+        "proposals", parents=[common], help="WeakSAM-proposals: grid + CAM peaks -> SAM -> boxes"
+    )
+    p.add_argument("--weak", required=True, help="weak labels with tags (<stem>.json)")
+    p.add_argument(
+        "--cam", default=str(SHIPPED_CAM), help="CAM checkpoint for the peak prompts (`none`: grid only)"
+    )
+    add_engine_args(p)
+    p.set_defaults(func=run_weaksam_proposals)
+    t = ws_sub.add_parser(
+        "train-wsod", parents=[common], help="train the WSOD head (WSDDN + OICR) on proposals"
+    )
+    t.add_argument("--proposals", required=True, help="the folder `sesam weaksam proposals` wrote")
+    t.add_argument("--num-classes", type=int, required=True)
+    t.set_defaults(func=run_weaksam_train)
+    i = ws_sub.add_parser(
+        "instances", parents=[common], help="pseudo instance masks (WSIS) as a COCO dataset"
+    )
+    i.add_argument("--weak", required=True, help="weak labels with tags (<stem>.json)")
+    i.add_argument("--cam", default=str(SHIPPED_CAM), help="CAM checkpoint")
+    i.add_argument("--wsod", default=None, help="a trained WSOD head (else proposals are scored by the CAM)")
+    i.add_argument("--class-names", default=None, help="comma-separated (default: the CAM checkpoint's)")
+    i.add_argument(
+        "--split", default="pseudo", help="the COCO split name: annotations/instances_<split>.json"
+    )
+    add_engine_args(i)
+    i.set_defaults(func=run_weaksam_instances)
+    ws.set_defaults(func=lambda a: (ws.print_help(), 2)[1])
 
     ei = subparsers.add_parser("eval-instances", help="COCO mask AP of instance predictions (prints JSON)")
     ei.add_argument(

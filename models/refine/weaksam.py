@@ -152,12 +152,12 @@ class WeakSAMLabeler:
         pgt = adaptive_pgt(*det, tags=tags, tau_s=o.tau_s, tau_o=o.tau_o, variant=o.pgt_variant)
         return proposals, det, pgt
 
-    def refine(self, image: ImageHandle | np.ndarray, weak: WeakLabels, **_: object) -> RefineResult:
-        if not isinstance(image, np.ndarray):
-            raise ValueError("weaksam: needs the image pixels (for the CAM), not only a handle")
-        handle = ensure_handle(self.engine, image)
-        result = RefineResult(labels=np.empty(0))
-        tags = sorted({int(t) for t in weak.tags})
+    def instances(
+        self, image: np.ndarray, handle: ImageHandle, tags: list[int], result: RefineResult | None = None
+    ) -> tuple[list[np.ndarray], list[dict]]:
+        """Steps 1-5 for one image: the pseudo instance masks (HxW bool) and their records
+        (class_id, box, score)."""
+        result = result if result is not None else RefineResult(labels=np.empty(0))
         bad = [t for t in tags if t >= self.cams.num_classes]
         if bad:
             raise ValueError(
@@ -168,18 +168,21 @@ class WeakSAMLabeler:
         found = box_instances(
             self.engine, handle, boxes[pgt], labels[pgt].tolist(), scores[pgt].tolist(), result
         )
-        result.instances = [
-            {
-                "class_id": c,
-                "box": [round(float(v), 1) for v in boxes[i]],
-                "score": round(s, 4),
-                "area": int(m.sum()),
-            }
-            for i, (c, m, s) in zip(pgt, found)
+        records = [
+            {"class_id": c, "box": [round(float(v), 1) for v in boxes[i]], "score": round(s, 4)}
+            for i, (c, _, s) in zip(pgt, found)
         ]
-        result.labels = merge_instances(
-            weak.size, [Instance(c, m, s) for c, m, s in found], weak.sparse_map(), self.options.overlap
-        )
+        return [m for _, m, _ in found], records
+
+    def refine(self, image: ImageHandle | np.ndarray, weak: WeakLabels, **_: object) -> RefineResult:
+        if not isinstance(image, np.ndarray):
+            raise ValueError("weaksam: needs the image pixels (for the CAM), not only a handle")
+        handle = ensure_handle(self.engine, image)
+        result = RefineResult(labels=np.empty(0))
+        masks, records = self.instances(image, handle, sorted({int(t) for t in weak.tags}), result)
+        result.instances = [r | {"area": int(m.sum())} for r, m in zip(records, masks)]
+        found = [Instance(r["class_id"], m, r["score"]) for r, m in zip(records, masks)]
+        result.labels = merge_instances(weak.size, found, weak.sparse_map(), self.options.overlap)
         return result
 
 
