@@ -30,6 +30,7 @@ from models.io import UNLABELED, atomic_write
 from models.students import build_student, normalize, pad_to_multiple
 
 CAM_OUTPUT_STRIDES = (8, 16, 32)
+DEFAULT_THRESHOLD = 0.3  # the background threshold when a checkpoint names none
 CHECKPOINT_KIND = "cam"
 
 
@@ -146,16 +147,24 @@ class CamPredictor:
     Images are scaled by the checkpoint's `base_scale` (the scale it was trained at) before the
     forward; the maps come back at the original size, normalised (`normalise_cam`)."""
 
-    def __init__(self, model: CamClassifier, base_scale: float = 1.0, class_names: list[str] | None = None):
+    def __init__(
+        self,
+        model: CamClassifier,
+        base_scale: float = 1.0,
+        class_names: list[str] | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+    ):
         self.model = model.eval()
         self.base_scale = float(base_scale)
         self.num_classes = model.num_classes
         self.class_names = class_names
+        self.threshold = float(threshold)  # the background threshold the checkpoint was tuned with
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> CamPredictor:
         model, meta = load_cam_classifier(path)
-        return cls(model, float(meta.get("base_scale", 1.0)), meta.get("class_names"))
+        threshold = float(meta.get("cam_threshold", DEFAULT_THRESHOLD))
+        return cls(model, float(meta.get("base_scale", 1.0)), meta.get("class_names"), threshold)
 
     @classmethod
     def cached(cls, path: str | Path) -> CamPredictor:

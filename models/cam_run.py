@@ -31,7 +31,7 @@ class CamRun:
     out: Path
     checkpoint: Path
     weak: Path | None = None
-    threshold: float = 0.3
+    threshold: float | None = None  # None: the checkpoint's
     background_class: int | None = None
     report: bool = False
     overwrite: bool = False
@@ -71,7 +71,8 @@ class CamWorker:
             tags, source = list(weak.tags), "weak"
         else:
             tags, source = [int(c) for c in np.flatnonzero(scores >= 0.5)], "predicted"
-        labels = cam_pseudo_labels(cams, tags, run.threshold, run.background_class)
+        threshold = run.threshold if run.threshold is not None else self._cams.threshold
+        labels = cam_pseudo_labels(cams, tags, threshold, run.background_class)
 
         def write_npz(tmp: Path) -> None:
             with open(tmp, "wb") as f:
@@ -82,6 +83,7 @@ class CamWorker:
         stats = {
             "tags": tags,
             "tags_from": source,
+            "threshold": threshold,
             "scores": [round(float(s), 4) for s in scores],
             "labelled_fraction": float((labels != 255).mean()),
             "seconds": round(time.perf_counter() - t0, 3),

@@ -124,10 +124,18 @@ def labeler_options(args: argparse.Namespace) -> dict:
         if args.no_instance_separation:
             opts["instance_separation"] = False
         return opts
-    if args.method == "naive":
-        return {n: getattr(args, n) for n in ("overlap", "scribble_points") if getattr(args, n) is not None}
-    names = ("points_per_side", "pred_iou_thresh", "stability_thresh", "overlap")
-    opts = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    from models.config import parse_overrides
+
+    names = {
+        "naive": ("overlap", "scribble_points"),
+        "sepl": ("points_per_side", "pred_iou_thresh", "stability_thresh", "overlap", "rule", "cam"),
+        "weaksam": ("points_per_side", "overlap", "cam", "wsod"),
+        "grounded": ("box_source", "detector", "vocabulary"),
+    }[args.method]
+    opts = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if args.method == "weaksam" and "wsod" in opts:
+        opts["scorer"] = "wsod"
+    opts |= parse_overrides(args.set)
     return backend_defaults(args.method, args.backend_name, opts)
 
 
@@ -234,7 +242,7 @@ def run_segment(args: argparse.Namespace) -> int:
 def run_cam(args: argparse.Namespace) -> int:
     from models.cam_run import CamRun, cam_folder
 
-    if not 0 < args.threshold < 1:
+    if args.threshold is not None and not 0 < args.threshold < 1:
         raise ValueError(f"--threshold must lie in (0, 1), got {args.threshold}")
     run = CamRun(
         images=Path(args.images),
@@ -305,10 +313,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--scribble-points", type=int, default=None, help="points spread along a scribble (10)")
     g.add_argument("--overlap", choices=OVERLAP_RULES, default=None, help="class overlaps (score)")
-    s = r.add_argument_group("sepl options")
-    s.add_argument("--points-per-side", type=int, default=None, help="16")
-    s.add_argument("--pred-iou-thresh", type=float, default=None, help="0.86 (0 with the classical prior)")
-    s.add_argument("--stability-thresh", type=float, default=None, help="0.92 (0 with the classical prior)")
+    s = r.add_argument_group("sepl / weaksam / grounded options (image tags; docs/tags.md)")
+    s.add_argument(
+        "--points-per-side", type=int, default=None, help="sepl / weaksam: grid prompts per side (16)"
+    )
+    s.add_argument(
+        "--pred-iou-thresh", type=float, default=None, help="sepl: 0.86 (0 with the classical prior)"
+    )
+    s.add_argument(
+        "--stability-thresh", type=float, default=None, help="sepl: 0.92 (0 with the classical prior)"
+    )
+    s.add_argument("--rule", default=None, help="sepl: paper (default), authors or keep_pseudo")
+    s.add_argument(
+        "--cam", default=None, help="sepl / weaksam: CAM checkpoint (default: the shipped CamVid one)"
+    )
+    s.add_argument(
+        "--wsod", default=None, help="weaksam: a trained WSOD head (else the CAM scores proposals)"
+    )
+    s.add_argument("--box-source", default=None, help="grounded: grounding-dino, owlv2 or user")
+    s.add_argument("--detector", default=None, help="grounded: the HF checkpoint folder of the box source")
+    s.add_argument("--vocabulary", default=None, help="grounded: class prompts (camvid, voc, pennfudan)")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any option of the method (docs/settings.md)",
+    )
     add_engine_args(r)
     r.set_defaults(func=run_refine)
 
@@ -350,7 +381,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--weak", default=None, help="weak labels whose tags pick the classes (else: predicted >= 0.5)"
     )
     c.add_argument(
-        "--threshold", type=float, default=0.3, help="background threshold on normalised CAMs (0.3)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="background threshold on normalised CAMs (the checkpoint's)",
     )
     c.add_argument(
         "--background-class", type=int, default=None, help="the dataset's background id (else 255)"

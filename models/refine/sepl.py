@@ -69,7 +69,9 @@ class SEPLOptions:
     cam: str | None = setting(
         None, help="tags: a CAM classifier checkpoint (default: the shipped CamVid one)"
     )
-    cam_threshold: float = setting(0.3, help="tags: background threshold on the normalised CAMs")
+    cam_threshold: float | None = setting(
+        None, help="tags: background threshold on the normalised CAMs (default: the CAM checkpoint's)"
+    )
 
     MOVED_SETTINGS: ClassVar[dict[str, str]] = {
         "keep_uncovered": "is `rule` now: keep_uncovered true is rule: keep_pseudo (rule: paper is the default)",
@@ -80,7 +82,7 @@ class SEPLOptions:
             raise ValueError(f"{source}: overlap {self.overlap!r} unknown; choose one of {OVERLAP_RULES}")
         if self.rule not in SEPL_RULES:
             raise ValueError(f"{source}: rule {self.rule!r} unknown; choose one of {SEPL_RULES}")
-        if not 0 < self.cam_threshold < 1:
+        if self.cam_threshold is not None and not 0 < self.cam_threshold < 1:
             raise ValueError(f"{source}: cam_threshold must lie in (0, 1), got {self.cam_threshold}")
         if self.points_per_side < 1:
             raise ValueError(f"{source}: points_per_side must be >= 1, got {self.points_per_side}")
@@ -198,9 +200,8 @@ class SEPLLabeler:
             raise ValueError(
                 f"weak: tags {bad} are out of range for the CAM classifier's {cams.num_classes} classes"
             )
-        return cam_pseudo_labels(
-            cams(image), weak.tags, self.options.cam_threshold, self.options.background_class
-        )
+        threshold = self.options.cam_threshold if self.options.cam_threshold is not None else cams.threshold
+        return cam_pseudo_labels(cams(image), weak.tags, threshold, self.options.background_class)
 
     def automatic_masks(self, handle: ImageHandle, result: RefineResult) -> list[np.ndarray]:
         o = self.options
@@ -226,7 +227,6 @@ class SEPLLabeler:
     ) -> RefineResult:
         """`pseudo`: the class pseudo-label map to enhance; defaults to the CAM pseudo-labels of the
         image's tags when it has tags and no pixel labels, else the weak labels' pixel map."""
-        o = self.options
         handle = ensure_handle(self.engine, image)
         weak_map = weak.sparse_map()
         if pseudo is None:
@@ -239,25 +239,32 @@ class SEPLLabeler:
                 pseudo = weak_map
         result = RefineResult(labels=np.empty(0))
         masks = self.automatic_masks(handle, result)
-        if o.rule == "authors":
+        result.labels, result.instances = self.enhance(masks, pseudo, weak_map)
+        return result
+
+    def enhance(
+        self, masks: list[np.ndarray], pseudo: np.ndarray, weak_map: np.ndarray, rule: str | None = None
+    ) -> tuple[np.ndarray, list[dict]]:
+        """Steps 2-5 on given automatic masks: (HxW uint8 labels, per-class records). `rule`
+        overrides the option (benchmarks compare the rules on one set of masks)."""
+        o = self.options
+        rule = rule or o.rule
+        if rule == "authors":
             labels = authors_merge(masks, pseudo, o.t2, o.background_class)
-            result.instances = [
+            records = [
                 {"class_id": int(c), "area": int((labels == c).sum())}
                 for c in np.unique(labels)
                 if c != UNLABELED and c != o.background_class
             ]
         else:
-            selected = assign_and_select(
-                masks, pseudo, o.t1, o.t2, o.rule == "keep_pseudo", o.background_class
-            )
-            instances = [Instance(c, m, score) for c, (m, score) in selected.items()]
-            result.instances = [
+            selected = assign_and_select(masks, pseudo, o.t1, o.t2, rule == "keep_pseudo", o.background_class)
+            records = [
                 {"class_id": c, "area": int(m.sum()), "score": round(s, 4)} for c, (m, s) in selected.items()
             ]
-            labels = merge_instances(weak.size, instances, None, o.overlap)
+            instances = [Instance(c, m, score) for c, (m, score) in selected.items()]
+            labels = merge_instances(pseudo.shape, instances, None, o.overlap)
             if o.background_class is not None:
                 labels[labels == UNLABELED] = o.background_class
         named = weak_map != UNLABELED  # weak labels win
         labels[named] = weak_map[named]
-        result.labels = labels
-        return result
+        return labels, records
