@@ -10,11 +10,12 @@ from models.config import settings_markdown
 from models.engine import EngineConfig
 from models.engine.classical import ClassicalOptions
 from models.io import atomic_write_text
-from models.refine import NaiveOptions, SEPLOptions, SeSAMOptions
+from models.refine import GroundedOptions, NaiveOptions, SEPLOptions, SeSAMOptions, WeakSAMOptions
 from models.refine.wish_tags import TagPointOptions
 from serving.config import ServiceConfig
 from training.trainer import ENV_PREFIX as TRAIN_PREFIX
 from training.trainer import InstanceTrainConfig, TrainConfig
+from training.weaksam import WSODConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 SECTIONS = (
@@ -62,6 +63,26 @@ SECTIONS = (
         "SEPL labeler",
         "`options` of `/refine` with `method=sepl`, `sesam refine --method sepl` flags.",
         SEPLOptions,
+        None,
+    ),
+    (
+        "WeakSAM labeler",
+        "`options` of `/refine` with `method=weaksam`, `sesam refine --method weaksam --set ...`, "
+        "`sesam weaksam proposals / instances --set ...` (docs/tags.md).",
+        WeakSAMOptions,
+        None,
+    ),
+    (
+        "WeakSAM WSOD head",
+        "`sesam weaksam train-wsod --set key=value` (docs/tags.md).",
+        WSODConfig,
+        None,
+    ),
+    (
+        "Grounded-tags labeler",
+        "`options` of `/refine` with `method=grounded` (the detector comes from `SESAM_DETECTOR`), "
+        "`sesam refine --method grounded` flags (docs/tags.md).",
+        GroundedOptions,
         None,
     ),
 )

@@ -247,3 +247,24 @@ def test_weaksam_pipeline_end_to_end(tmp_path, capsys) -> None:
     samples = CocoInstances(pseudo, "pseudo").samples()
     assert len(samples) == 2 and all(s.image.exists() for s in samples)
     assert sum(len(s.masks) for s in samples) == len(coco["annotations"])
+    # a supervised-instance student trains on the pseudo instances as on any COCO dataset
+    from training.trainer import InstanceTrainConfig, build_trainer
+
+    cfg = InstanceTrainConfig.from_mapping(
+        {
+            "mode": "supervised-instance",
+            "dataset": "coco",
+            "data_root": str(pseudo),
+            "train_split": "pseudo",
+            "val_split": "pseudo",
+            "input_side": 64,
+            "batch_size": 2,
+            "iterations": 1,
+            "match_points": 64,
+            "loss_points": 32,
+            "out_dir": str(tmp_path / "student"),
+            "quiet": True,
+        }
+    )
+    summary = build_trainer(cfg).train()
+    assert summary["iterations"] == 1 and (tmp_path / "student" / "student.pt").exists()

@@ -1,0 +1,151 @@
+"""The CAM classifier from tags: pseudo-label rule on hand-made maps, training (3 iterations),
+checkpoints, `sesam cam`, and SEPL reading tags through it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.cam import (
+    CamClassifier,
+    CamPredictor,
+    cam_pseudo_labels,
+    image_logits,
+    load_cam_classifier,
+    normalise_cam,
+    save_cam_classifier,
+)
+from models.io import UNLABELED
+from tests.conftest import CAMVID
+
+
+def test_cam_pseudo_labels_on_hand_made_maps() -> None:
+    cams = torch.tensor(
+        [
+            [[0.9, 0.6, 0.1, 0.0]],  # class 0
+            [[0.2, 0.7, 0.3, 0.0]],  # class 1
+            [[1.0, 1.0, 1.0, 1.0]],  # class 2: not tagged, never wins
+        ]
+    )
+    assert cam_pseudo_labels(cams, [0, 1], 0.25).tolist() == [[0, 1, 1, UNLABELED]]
+    assert cam_pseudo_labels(cams, [0, 1], 0.25, background_class=5).tolist() == [[0, 1, 1, 5]]
+    assert cam_pseudo_labels(cams, [0], 0.5).tolist() == [[0, 0, UNLABELED, UNLABELED]]
+    assert cam_pseudo_labels(cams, [], 0.5).tolist() == [[UNLABELED] * 4]
+
+
+def test_normalise_and_gap() -> None:
+    cam = torch.tensor([[[-1.0, 2.0], [4.0, 0.0]], [[-3.0, -1.0], [-2.0, -1.0]]])
+    out = normalise_cam(cam)
+    assert out[0].tolist() == [[0.0, 0.5], [1.0, 0.0]] and out[1].abs().sum() == 0
+    assert image_logits(cam[None]).tolist() == [[1.25, -1.75]]
+
+
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_cam_classifier_shapes_and_checkpoint(tmp_path, stride) -> None:
+    torch.manual_seed(0)
+    model = CamClassifier("fpn-mobilenetv2", 3, stride).eval()
+    assert model(torch.zeros(1, 3, 64, 96)).shape == (1, 3, 64 // stride, 96 // stride)
+    save_cam_classifier(tmp_path / "c.pt", model, {"base_scale": 0.5, "cam_threshold": 0.2}, half=True)
+    loaded, meta = load_cam_classifier(tmp_path / "c.pt")
+    assert meta["output_stride"] == stride and meta["base_scale"] == 0.5
+    x = torch.rand(1, 3, 64, 96)
+    assert torch.allclose(loaded(x), model(x), atol=1e-2)  # fp16 storage, same network
+    predictor = CamPredictor.from_checkpoint(tmp_path / "c.pt")
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    cams = predictor(image)
+    assert cams.shape == (3, 50, 70) and float(cams.min()) >= 0 and float(cams.max()) <= 1
+    assert predictor.threshold == 0.2 and predictor.scores(image).shape == (3,)
+    with pytest.raises(ValueError, match="not a CAM classifier"):
+        torch.save({"name": "x"}, tmp_path / "bad.pt")
+        load_cam_classifier(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="output_stride"):
+        CamClassifier("fpn-mobilenetv2", 3, 4)
+
+
+def test_cam_mode_trains_three_iterations_and_resumes(tmp_path) -> None:
+    from training.trainer import TrainConfig, build_trainer
+
+    if not (CAMVID / "train.txt").is_file():
+        pytest.skip("CamVid is not available")
+    values = {
+        "mode": "cam",
+        "camvid_root": str(CAMVID),
+        "kind": "tags",
+        "train_limit": 4,
+        "val_limit": 2,
+        "iterations": 3,
+        "batch_size": 2,
+        "crop": [96, 128],
+        "base_scale": 0.3,
+        "eval_every": 3,
+        "checkpoint_every": 1,
+        "out_dir": str(tmp_path / "cam"),
+        "quiet": True,
+    }
+    summary = build_trainer(TrainConfig.from_mapping(values)).train()
+    assert summary["iterations"] == 3 and 0 <= summary["val_miou"] <= 1
+    _, meta = load_cam_classifier(tmp_path / "cam" / "cam.pt")
+    assert meta["class_names"][0] == "sky" and meta["base_scale"] == 0.3
+    rows = (tmp_path / "cam" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("iteration") and len(rows) >= 3
+    again = build_trainer(TrainConfig.from_mapping(values | {"iterations": 4})).train()
+    assert again["iterations"] == 4  # resumed from last.pt
+    with pytest.raises(ValueError, match="kind: tags"):
+        TrainConfig.from_mapping(values | {"kind": "points"})
+
+
+def test_sesam_cam_writes_maps_and_report(tmp_path, capsys) -> None:
+    from models.io import save_png
+    from models.weak import WeakLabels, save_weak_labels
+    from sesam.cli import main
+
+    torch.manual_seed(0)
+    save_cam_classifier(tmp_path / "c.pt", CamClassifier("fpn-mobilenetv2", 3, 16), {"cam_threshold": 0.3})
+    images, weak = tmp_path / "images", tmp_path / "weak"
+    for i in range(2):
+        save_png(np.full((40, 60, 3), 60 * i, np.uint8), images / f"i{i}.png")
+    save_weak_labels(WeakLabels(40, 60, tags=[1, 2]), weak, "i0")
+    save_weak_labels(WeakLabels(40, 60, points=[]), weak, "i1")  # no tags: reported, not fatal
+    args = ["cam", "--images", str(images), "--out", str(tmp_path / "out"), "--cam", str(tmp_path / "c.pt")]
+    assert main([*args, "--weak", str(weak), "--report", "--quiet"]) == 1
+    out = tmp_path / "out"
+    assert np.load(out / "i0.npz")["cams"].shape == (3, 40, 60)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["done"] == 1 and "i1" in summary["failures"] and (out / "report.html").exists()
+    assert summary["per_image"]["i0"]["tags"] == [1, 2] and summary["per_image"]["i0"]["threshold"] == 0.3
+    assert main([*args, "--quiet"]) == 0  # without --weak: predicted classes; i0 resumes
+    assert json.loads((out / "summary.json").read_text())["skipped_existing"] == 1
+
+
+def test_sepl_reads_tags_through_the_cam_and_weak_labels_win(tmp_path) -> None:
+    from models.refine import build_labeler
+    from models.weak import PointLabel, WeakLabels
+    from tests.scripted import ScriptedSegmenter
+
+    a = np.zeros((40, 60), bool)
+    a[5:20, 5:30] = True
+    b = np.zeros((40, 60), bool)
+    b[22:38, 30:58] = True
+    engine = ScriptedSegmenter([a, b])
+    torch.manual_seed(0)
+    save_cam_classifier(tmp_path / "c.pt", CamClassifier("fpn-mobilenetv2", 3, 16), {"cam_threshold": 0.05})
+    options = {"cam": str(tmp_path / "c.pt"), "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_thresh": 0.0}
+    labeler = build_labeler("sepl", engine, **options)
+    image = np.zeros((40, 60, 3), np.uint8)
+    tags_only = WeakLabels(40, 60, tags=[1, 2])
+    pseudo = labeler.pseudo_from_tags(image, tags_only)
+    assert set(np.unique(pseudo)) <= {1, 2, UNLABELED}
+    result = labeler.refine(image, tags_only)
+    assert set(np.unique(result.labels)) <= {1, 2, UNLABELED}
+    expected, _ = labeler.enhance(
+        labeler.automatic_masks(engine.embed([image])[0], type(result)(np.empty(0))), pseudo, np.full((40, 60), 255, np.uint8)
+    )
+    assert np.array_equal(result.labels, expected)
+    # with a pixel label, SEPL enhances the weak labels' own map, and the labelled pixel keeps its class
+    point = WeakLabels(40, 60, points=[PointLabel(10, 10, 0)], tags=[1, 2])
+    assert labeler.refine(image, point).labels[10, 10] == 0
+    with pytest.raises(ValueError, match="out of range for the CAM"):
+        labeler.refine(image, WeakLabels(40, 60, tags=[7]))
