@@ -15,7 +15,7 @@ from models.refine.wish_tags import TagPointOptions
 from serving.config import ServiceConfig
 from training.trainer import ENV_PREFIX as TRAIN_PREFIX
 from training.trainer import InstanceTrainConfig, TrainConfig
-from training.weaksam import WSODConfig
+from training.weaksam import DetectorConfig, WSODConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 SECTIONS = (
@@ -76,6 +76,12 @@ SECTIONS = (
         "WeakSAM WSOD head",
         "`sesam weaksam train-wsod --set key=value` (docs/tags.md).",
         WSODConfig,
+        None,
+    ),
+    (
+        "WeakSAM retraining (Faster R-CNN with RoI drop)",
+        "`sesam weaksam retrain --set key=value` (docs/tags.md).",
+        DetectorConfig,
         None,
     ),
     (

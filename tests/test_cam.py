@@ -132,7 +132,12 @@ def test_sepl_reads_tags_through_the_cam_and_weak_labels_win(tmp_path) -> None:
     engine = ScriptedSegmenter([a, b])
     torch.manual_seed(0)
     save_cam_classifier(tmp_path / "c.pt", CamClassifier("fpn-mobilenetv2", 3, 16), {"cam_threshold": 0.05})
-    options = {"cam": str(tmp_path / "c.pt"), "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_thresh": 0.0}
+    options = {
+        "cam": str(tmp_path / "c.pt"),
+        "points_per_side": 4,
+        "pred_iou_thresh": 0.0,
+        "stability_thresh": 0.0,
+    }
     labeler = build_labeler("sepl", engine, **options)
     image = np.zeros((40, 60, 3), np.uint8)
     tags_only = WeakLabels(40, 60, tags=[1, 2])
@@ -141,7 +146,9 @@ def test_sepl_reads_tags_through_the_cam_and_weak_labels_win(tmp_path) -> None:
     result = labeler.refine(image, tags_only)
     assert set(np.unique(result.labels)) <= {1, 2, UNLABELED}
     expected, _ = labeler.enhance(
-        labeler.automatic_masks(engine.embed([image])[0], type(result)(np.empty(0))), pseudo, np.full((40, 60), 255, np.uint8)
+        labeler.automatic_masks(engine.embed([image])[0], type(result)(np.empty(0))),
+        pseudo,
+        np.full((40, 60), 255, np.uint8),
     )
     assert np.array_equal(result.labels, expected)
     # with a pixel label, SEPL enhances the weak labels' own map, and the labelled pixel keeps its class

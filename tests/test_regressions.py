@@ -168,7 +168,8 @@ def test_tags_only_weak_labels_are_refused(tmp_path, capsys) -> None:
     engine = build_engine(EngineConfig(backend="classical"))
     labeler = SeSAMLabeler(engine)
     with pytest.raises(
-        ValueError, match=r"weak: tags given; the sesam labeler reads .* \(image tags: use sepl, weaksam or grounded"
+        ValueError,
+        match=r"weak: tags given; the sesam labeler reads .* \(image tags: use sepl, weaksam or grounded",
     ):
         check_weak_kinds(labeler, WeakLabels(8, 8, tags=[1]), "weak")
     _write_folder(tmp_path)
@@ -187,7 +188,9 @@ def test_tags_only_weak_labels_are_refused(tmp_path, capsys) -> None:
     )
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (
-        code == 1 and summary["failed"] == 1 and "use sepl, weaksam or grounded" in summary["failures"]["img0"]
+        code == 1
+        and summary["failed"] == 1
+        and "use sepl, weaksam or grounded" in summary["failures"]["img0"]
     )
     assert summary["refined"] == 2 and not (tmp_path / "out" / "img0.png").exists()
 

@@ -247,6 +247,23 @@ def test_weaksam_pipeline_end_to_end(tmp_path, capsys) -> None:
     samples = CocoInstances(pseudo, "pseudo").samples()
     assert len(samples) == 2 and all(s.image.exists() for s in samples)
     assert sum(len(s.masks) for s in samples) == len(coco["annotations"])
+    # WeakSAM's retraining: a Faster R-CNN on the pseudo boxes under RoI drop, resumable
+    det = ["weaksam", "retrain", "--coco-root", str(pseudo), "--out", str(tmp_path / "det"), "--quiet"]
+    size = [
+        "--set",
+        "min_size=64",
+        "--set",
+        "max_size=96",
+        "--set",
+        "batch_size=1",
+        "--set",
+        "checkpoint_every=1",
+    ]
+    assert main([*det, *size, "--set", "iterations=1"]) == 0
+    assert main([*det, *size, "--set", "iterations=2"]) == 0
+    retrained = json.loads((tmp_path / "det" / "summary.json").read_text())
+    assert retrained["resumed_at"] == 1 and 0 <= retrained["mean_rois_kept"] <= 1
+    assert (tmp_path / "det" / "detector.pt").exists()
     # a supervised-instance student trains on the pseudo instances as on any COCO dataset
     from training.trainer import InstanceTrainConfig, build_trainer
 

@@ -178,6 +178,16 @@ def run_weaksam_instances(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def run_weaksam_retrain(args: argparse.Namespace) -> int:
+    from models.config import from_mapping
+    from training.weaksam import DetectorConfig, retrain_detector
+
+    cfg = from_mapping(DetectorConfig, _options(args.set), "--set")
+    summary = retrain_detector(cfg, Path(args.coco_root), args.split, Path(args.out), args.quiet)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def _options(items: list[str]) -> dict:
     from models.config import parse_overrides
 
@@ -247,6 +257,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_engine_args(i)
     i.set_defaults(func=run_weaksam_instances)
+    rt = ws_sub.add_parser(
+        "retrain", help="retrain a Faster R-CNN on the pseudo boxes with RoI drop (Eq. 1-2)"
+    )
+    rt.add_argument("--coco-root", required=True, help="the folder `sesam weaksam instances` wrote")
+    rt.add_argument("--split", default="pseudo")
+    rt.add_argument("--out", required=True, help="output folder (resumable)")
+    rt.add_argument("--quiet", action="store_true", help="no progress bar")
+    rt.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting (docs/settings.md)"
+    )
+    rt.set_defaults(func=run_weaksam_retrain)
     ws.set_defaults(func=lambda a: (ws.print_help(), 2)[1])
 
     ei = subparsers.add_parser("eval-instances", help="COCO mask AP of instance predictions (prints JSON)")

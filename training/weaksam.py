@@ -285,3 +285,130 @@ def pseudo_instances(
     }
     save_json(summary, out / "summary.json")
     return summary
+
+
+@dataclass
+class DetectorConfig:
+    """Retraining a torchvision Faster R-CNN on PGT boxes with RoI drop (WeakSAM's Sec. 3.3)."""
+
+    iterations: int = setting(500, help="optimisation steps (may grow on resume)")
+    batch_size: int = setting(2, help="images per step")
+    lr: float = setting(0.01, help="SGD learning rate (momentum 0.9)")
+    weight_decay: float = setting(1e-4, help="SGD weight decay")
+    min_size: int = setting(320, help="Faster R-CNN's shorter image side")
+    max_size: int = setting(512, help="Faster R-CNN's longer side cap")
+    roi_drop: str = setting("paper", help="RoI drop rule: paper, code, or none")
+    tau_cls: float = setting(4.0, help="RoI drop: classification-loss threshold (the paper's best)")
+    tau_reg: float = setting(1.0, help="RoI drop: regression-loss threshold (the paper's best)")
+    seed: int = setting(0, help="initial weights and image sampling")
+    checkpoint_every: int = setting(50, help="write last.pt every N steps (and at the end)")
+
+    def validate(self, source: str = "detector settings") -> None:
+        if self.roi_drop not in ("paper", "code", "none"):
+            raise ValueError(f"{source}: roi_drop {self.roi_drop!r} unknown; choose paper, code or none")
+        if min(self.iterations, self.batch_size, self.checkpoint_every) < 1:
+            raise ValueError(f"{source}: iterations, batch_size and checkpoint_every must be >= 1")
+
+
+def build_detector(num_classes: int, cfg: DetectorConfig) -> torch.nn.Module:
+    """Faster R-CNN (MobileNetV3-Large FPN, random weights: nothing is downloaded) with RoI drop."""
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    from models.weaksam.roi_drop import with_roi_drop
+
+    model = fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=num_classes + 1,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+    )
+    if cfg.roi_drop != "none":
+        model = with_roi_drop(model, cfg.tau_cls, cfg.tau_reg, cfg.roi_drop)
+    return model
+
+
+def retrain_detector(
+    cfg: DetectorConfig, coco_root: Path, split: str, out: Path, quiet: bool = False
+) -> dict[str, Any]:
+    """Train the detector on the boxes of `coco_root/annotations/instances_<split>.json` (category
+    id c + 1 = class c, as `pseudo_instances` writes); `out/detector.pt`, resumable from last.pt."""
+    cfg.validate()
+    path = coco_root / "annotations" / f"instances_{split}.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: no such COCO file (run sesam weaksam instances)")
+    coco = json.loads(path.read_text())
+    num_classes = max([c["id"] for c in coco["categories"]] or [1])
+    by_image: dict[int, list[dict]] = {}
+    for a in coco["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    items = []
+    for im in coco["images"]:
+        anns = [a for a in by_image.get(im["id"], []) if a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
+        if anns:
+            boxes = torch.tensor(
+                [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], dtype=torch.float32
+            )
+            labels = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
+            items.append((coco_root / split / im["file_name"], boxes, labels))
+    if not items:
+        raise ValueError(f"{path}: no boxes to train on")
+    torch.manual_seed(cfg.seed)
+    model = build_detector(num_classes, cfg)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    settings = asdict(cfg) | {"num_classes": num_classes, "coco": str(path)}
+    start, last = 0, out / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        free = ("iterations", "checkpoint_every")
+        changed = [k for k in settings if k not in free and state["settings"].get(k) != settings[k]]
+        if changed:
+            raise ValueError(f"{last}: started with other settings ({', '.join(changed)}); use another --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["iteration"]) + 1
+    history, kept, started = [], [], time.perf_counter()
+    model.train()
+    with progress_bar("retrain detector", disable=quiet) as progress:
+        task = progress.add_task("detector", total=cfg.iterations, completed=start, info="")
+        for it in range(start, cfg.iterations):
+            rng = np.random.default_rng([cfg.seed, it])
+            chosen = [
+                items[i] for i in rng.choice(len(items), min(cfg.batch_size, len(items)), replace=False)
+            ]
+            images = [torch.from_numpy(read_image(p)).permute(2, 0, 1).float() / 255 for p, _, _ in chosen]
+            targets = [{"boxes": b, "labels": lab} for _, b, lab in chosen]
+            losses = model(images, targets)
+            total = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            history.append(float(total.detach()))
+            kept.append(getattr(model.roi_heads, "last_kept_fraction", 1.0))
+            progress.update(task, advance=1, info=f"loss {history[-1]:.3f} RoIs kept {kept[-1]:.0%}")
+            if (it + 1) % cfg.checkpoint_every == 0 or it == cfg.iterations - 1:
+                payload = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "iteration": it,
+                    "settings": settings,
+                }
+                atomic_write(last, lambda tmp, payload=payload: torch.save(payload, tmp))
+    payload = {
+        "kind": "detector",
+        "num_classes": num_classes,
+        "settings": settings,
+        "state_dict": model.state_dict(),
+    }
+    atomic_write(out / "detector.pt", lambda tmp: torch.save(payload, tmp))
+    summary = {
+        "images": len(items),
+        "iterations": cfg.iterations,
+        "resumed_at": start,
+        "final_loss": history[-1] if history else None,
+        "mean_rois_kept": float(np.mean(kept)) if kept else None,
+        "seconds": round(time.perf_counter() - started, 1),
+        "settings": settings,
+    }
+    save_json(summary, out / "summary.json")
+    return summary
