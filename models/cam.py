@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.io import UNLABELED, atomic_write
+from models.io import UNLABELED, atomic_write, read_checkpoint
 from models.students import build_student, normalize, pad_to_multiple
 
 CAM_OUTPUT_STRIDES = (8, 16, 32)
@@ -109,14 +109,8 @@ def save_cam_classifier(
 
 def load_cam_classifier(path: str | Path) -> tuple[CamClassifier, dict[str, Any]]:
     """The CAM classifier a checkpoint describes; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such CAM checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the CAM checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
+    payload = read_checkpoint(path, "CAM checkpoint")
+    if payload.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"{path}: not a CAM classifier checkpoint (train one with `sesam train` mode cam)")
     model = CamClassifier(payload["student"], int(payload["num_classes"]), int(payload["output_stride"]))
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
@@ -200,3 +194,15 @@ def _cached_predictor(path: str, mtime_ns: int) -> CamPredictor:
 
 
 SHIPPED_CAM = Path(__file__).resolve().parent / "weights" / "camvid_cam.pt"
+
+
+def cam_predictor(path: str | Path | None, user: str = "tags") -> CamPredictor:
+    """The CAM classifier a labeler's `cam` option names (None: the shipped CamVid one), loaded
+    once per process; the error says how to get one."""
+    path = Path(path or SHIPPED_CAM)
+    if not path.is_file():
+        raise ValueError(
+            f"{user}: needs a CAM classifier and {path} does not exist; train one with `sesam train` "
+            "mode cam and give it as the `cam` option"
+        )
+    return CamPredictor.cached(path)

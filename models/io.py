@@ -38,6 +38,23 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
             os.unlink(tmp)
 
 
+def read_checkpoint(path: str | Path, what: str) -> dict[str, Any]:
+    """A torch checkpoint dict (weights only, on the CPU); errors name the file and `what` it
+    should be (a missing file, an unreadable one, or one that is not a dict)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such {what}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the {what} ({exc})") from exc
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a {what}")
+    return payload
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

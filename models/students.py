@@ -104,14 +104,10 @@ def save_student(
 
 def load_student(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Build the registered student a checkpoint names and load its weights; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such student checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the student checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or not {"name", "num_classes", "state_dict"} <= set(payload):
+    from models.io import read_checkpoint
+
+    payload = read_checkpoint(path, "student checkpoint")
+    if not {"name", "num_classes", "state_dict"} <= set(payload):
         raise ValueError(f"{path}: not a student checkpoint (needs name, num_classes, state_dict)")
     model = build_student(payload["name"], int(payload["num_classes"]))
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}

@@ -278,10 +278,16 @@ class SegmentationService:
             where = ", ".join(f"{k} (SESAM_{SERVER_PATH_OPTIONS[k].upper()})" for k in given)
             raise InvalidArgument(f"options: {where} is set on the server, not per request")
         c, options = self.config, dict(options)
+        side = options.get("points_per_side", 16)
+        if isinstance(side, int) and side * side > c.max_weak_labels:
+            raise InvalidArgument(
+                f"options: points_per_side {side} makes {side * side} prompts, over the limit of {c.max_weak_labels}"
+            )
         if method in ("sepl", "weaksam") and c.cam_checkpoint:
             options["cam"] = c.cam_checkpoint
         if method == "weaksam" and c.wsod_checkpoint:
             options["wsod"] = c.wsod_checkpoint
+            options.setdefault("scorer", "wsod")  # a configured detector is the one to use
         if method == "grounded" and c.detector:
             options["detector"] = c.detector
         return options

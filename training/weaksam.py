@@ -35,6 +35,41 @@ from models.weak import load_weak_labels
 from models.weaksam.proposals import ProposalOptions, weaksam_proposals
 from models.weaksam.wsod import SEED_RULES, WSODHead, save_wsod, wsod_losses
 
+RESUME_FREE = ("iterations", "checkpoint_every")  # settings a resumed run may change
+
+
+def resume(
+    last: Path, settings: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> int:
+    """Restore `model` and `optimizer` from `last` when it exists (its settings must equal these but
+    for `RESUME_FREE`, else the error names what changed); returns the first iteration to run."""
+    if not last.exists():
+        return 0
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    changed = [k for k in settings if k not in RESUME_FREE and state["settings"].get(k) != settings[k]]
+    if changed:
+        raise ValueError(f"{last}: started with other settings ({', '.join(changed)}); use another --out")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["iteration"]) + 1
+
+
+def save_state(
+    last: Path,
+    settings: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    iteration: int,
+) -> None:
+    """The resume state, written atomically."""
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "iteration": iteration,
+        "settings": settings,
+    }
+    atomic_write(last, lambda tmp: torch.save(payload, tmp))
+
 
 def _tags_of(weak_dir: Path, stem: str, size: tuple[int, int]) -> list[int]:
     weak = load_weak_labels(weak_dir, stem, size)
@@ -146,17 +181,9 @@ def train_wsod(
     torch.manual_seed(cfg.seed)
     head = WSODHead(cfg.student, num_classes, cfg.refinements, cfg.hidden)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, last = 0, out / "last.pt"
+    last = out / "last.pt"
     settings = asdict(cfg) | {"num_classes": num_classes}
-    if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        free = ("iterations", "checkpoint_every")
-        changed = [k for k in settings if k not in free and state["settings"].get(k) != settings[k]]
-        if changed:
-            raise ValueError(f"{last}: started with other settings ({', '.join(changed)}); use another --out")
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["iteration"]) + 1
+    start = resume(last, settings, head, optimizer)
     history, started = [], time.perf_counter()
     with progress_bar("train wsod", disable=quiet) as progress:
         task = progress.add_task("wsod", total=cfg.iterations, completed=start, info="")
@@ -180,13 +207,7 @@ def train_wsod(
             history.append(float(total.detach()))
             progress.update(task, advance=1, info=f"loss {history[-1]:.3f}")
             if (it + 1) % cfg.checkpoint_every == 0 or it == cfg.iterations - 1:
-                payload = {
-                    "head": head.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "iteration": it,
-                    "settings": settings,
-                }
-                atomic_write(last, lambda tmp, payload=payload: torch.save(payload, tmp))
+                save_state(last, settings, head, optimizer, it)
     save_wsod(out / "wsod.pt", head, {"base_scale": cfg.base_scale, "seed_rule": cfg.seed_rule})
     summary = {
         "images": len(stems),
@@ -357,16 +378,8 @@ def retrain_detector(
     model = build_detector(num_classes, cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     settings = asdict(cfg) | {"num_classes": num_classes, "coco": str(path)}
-    start, last = 0, out / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        free = ("iterations", "checkpoint_every")
-        changed = [k for k in settings if k not in free and state["settings"].get(k) != settings[k]]
-        if changed:
-            raise ValueError(f"{last}: started with other settings ({', '.join(changed)}); use another --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["iteration"]) + 1
+    last = out / "last.pt"
+    start = resume(last, settings, model, optimizer)
     history, kept, started = [], [], time.perf_counter()
     model.train()
     with progress_bar("retrain detector", disable=quiet) as progress:
@@ -387,13 +400,7 @@ def retrain_detector(
             kept.append(getattr(model.roi_heads, "last_kept_fraction", 1.0))
             progress.update(task, advance=1, info=f"loss {history[-1]:.3f} RoIs kept {kept[-1]:.0%}")
             if (it + 1) % cfg.checkpoint_every == 0 or it == cfg.iterations - 1:
-                payload = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "iteration": it,
-                    "settings": settings,
-                }
-                atomic_write(last, lambda tmp, payload=payload: torch.save(payload, tmp))
+                save_state(last, settings, model, optimizer, it)
     payload = {
         "kind": "detector",
         "num_classes": num_classes,

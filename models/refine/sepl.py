@@ -31,14 +31,13 @@ labels' own pixel map) and SAM's automatic masks S_l.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from models.cam import SHIPPED_CAM, CamPredictor, cam_pseudo_labels
+from models.cam import CamPredictor, cam_predictor, cam_pseudo_labels
 from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.io import UNLABELED
@@ -183,13 +182,7 @@ class SEPLLabeler:
     def cams(self) -> CamPredictor:
         """The CAM classifier for tags (`cam` option; else the shipped CamVid one), loaded once."""
         if self._cams is None:
-            path = self.options.cam or SHIPPED_CAM
-            if not Path(path).is_file():
-                raise ValueError(
-                    f"sepl: tags need a CAM classifier and {path} does not exist; train one with "
-                    "`sesam train` mode cam and give it as the `cam` option"
-                )
-            self._cams = CamPredictor.cached(path)
+            self._cams = cam_predictor(self.options.cam, "sepl")
         return self._cams
 
     def pseudo_from_tags(self, image: np.ndarray, weak: WeakLabels) -> np.ndarray:

@@ -17,14 +17,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torchvision.ops import nms
 
-from models.cam import SHIPPED_CAM, CamPredictor
+from models.cam import CamPredictor, cam_predictor
 from models.config import setting
 from models.engine import ImageHandle, PromptableSegmenter
 from models.refine.common import RefineResult, box_instances, ensure_handle
@@ -37,15 +36,9 @@ SCORERS = ("cam", "wsod")
 
 
 @dataclass
-class WeakSAMOptions:
-    """WeakSAM's settings: the proposals', the scorer's, Algorithm 2's and the merge's."""
+class WeakSAMOptions(ProposalOptions):
+    """WeakSAM's settings: the proposals' (inherited), the scorer's, Algorithm 2's and the merge's."""
 
-    points_per_side: int = setting(16, help="proposals: grid prompts per side (0: CAM peaks only)")
-    peak_kernel: int = setting(3, help="proposals: Algorithm 1's kernel k in CAM cells (odd)")
-    peak_threshold: float = setting(0.5, help="proposals: Algorithm 1's tau")
-    peak_stride: int = setting(16, help="proposals: CAM pooled by this factor before Algorithm 1")
-    candidates: str = setting("all", help="proposals: SAM candidates per prompt kept, all or best")
-    nms_iou: float = setting(0.9, help="proposals: duplicate-box NMS IoU")
     scorer: str = setting("cam", help="proposal scores: cam (training-free) or wsod (a trained head)")
     cam: str | None = setting(None, help="CAM classifier checkpoint (default: the shipped CamVid one)")
     wsod: str | None = setting(None, help="scorer wsod: the WSOD head checkpoint")
@@ -66,11 +59,7 @@ class WeakSAMOptions:
             )
         if self.overlap not in OVERLAP_RULES:
             raise ValueError(f"{source}: overlap {self.overlap!r} unknown; choose one of {OVERLAP_RULES}")
-        self.proposal_options().validate(source)
-
-    def proposal_options(self) -> ProposalOptions:
-        fields = ProposalOptions.__dataclass_fields__
-        return ProposalOptions(**{k: v for k, v in asdict(self).items() if k in fields})
+        super().validate(source)
 
 
 def box_cam_scores(cams: torch.Tensor, boxes: np.ndarray, classes: list[int]) -> np.ndarray:
@@ -122,10 +111,7 @@ class WeakSAMLabeler:
     @property
     def cams(self) -> CamPredictor:
         if self._cams is None:
-            path = self.options.cam or SHIPPED_CAM
-            if not Path(path).is_file():
-                raise ValueError(f"weaksam: no CAM classifier at {path}; give one as the `cam` option")
-            self._cams = CamPredictor.cached(path)
+            self._cams = cam_predictor(self.options.cam, "weaksam")
         return self._cams
 
     @property
@@ -140,7 +126,7 @@ class WeakSAMLabeler:
         """Steps 1-4: (proposals, detections (boxes, scores, labels), PGT indices into detections)."""
         o = self.options
         cams = self.cams(image)
-        proposals = weaksam_proposals(self.engine, handle, cams, tags, o.proposal_options())
+        proposals = weaksam_proposals(self.engine, handle, cams, tags, o)
         if len(proposals) == 0:
             empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, int))
             return proposals, empty, np.zeros(0, int)
@@ -196,7 +182,9 @@ def wsod_proposal_scores(wsod, image: np.ndarray, boxes: np.ndarray) -> np.ndarr
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
     if scale != 1.0:
         h, w = image.shape[:2]
-        x = torch.nn.functional.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear")
+        x = torch.nn.functional.interpolate(
+            x, size=(round(h * scale), round(w * scale)), mode="bilinear", align_corners=False
+        )
     x, _ = pad_to_multiple(normalize(x))
     with torch.inference_mode():
         out = head(x, [torch.as_tensor(boxes, dtype=torch.float32) * scale])[0]

@@ -30,7 +30,7 @@ from models.peaks import peak_points
 CANDIDATE_RULES = ("all", "best")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProposalOptions:
     """WeakSAM's prompt and proposal settings (the paper follows WeakTr's defaults, unstated)."""
 
@@ -99,9 +99,10 @@ def weaksam_proposals(
     handle: ImageHandle,
     cams: torch.Tensor | None = None,
     tags: Sequence[int] = (),
-    options: ProposalOptions = ProposalOptions(),
+    options: ProposalOptions | None = None,
 ) -> Proposals:
     """The proposals of one image: grid and CAM-peak prompts -> SAM -> boxes -> NMS."""
+    options = options or ProposalOptions()
     h, w = handle.original_size
     points = [grid_points((h, w), options.points_per_side)] if options.points_per_side else []
     sources = ["grid"] * (options.points_per_side**2)

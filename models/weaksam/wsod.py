@@ -178,16 +178,10 @@ def save_wsod(path, head: WSODHead, extra: dict | None = None) -> None:
 
 def load_wsod(path) -> tuple[WSODHead, dict]:
     """The WSOD head a checkpoint describes; errors name the file."""
-    from pathlib import Path
+    from models.io import read_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such WSOD checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the WSOD checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("kind") != "wsod":
+    payload = read_checkpoint(path, "WSOD checkpoint")
+    if payload.get("kind") != "wsod":
         raise ValueError(f"{path}: not a WSOD checkpoint (train one with `sesam weaksam train-wsod`)")
     head = WSODHead(
         payload["student"],
