@@ -285,3 +285,36 @@ def test_weaksam_pipeline_end_to_end(tmp_path, capsys) -> None:
     )
     summary = build_trainer(cfg).train()
     assert summary["iterations"] == 1 and (tmp_path / "student" / "student.pt").exists()
+
+
+class _ScriptedCam(torch.nn.Module):
+    """A 'CAM classifier' whose maps are given: class c fires on `regions[c]` (for labeler tests)."""
+
+    def __init__(self, regions: list[np.ndarray]) -> None:
+        super().__init__()
+        self.maps = torch.from_numpy(np.stack(regions).astype(np.float32))
+        self.num_classes = len(regions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.nn.functional.interpolate(self.maps[None], size=x.shape[-2:], mode="nearest")
+        return maps.expand(len(x), -1, -1, -1)
+
+
+def test_weaksam_labeler_turns_tags_into_instances() -> None:
+    """Class 1 fires on object a, class 2 on object b: the PGT boxes prompt SAM and every object
+    comes out as its class's instance; an untagged class is never painted."""
+    from models.cam import CamPredictor
+    from models.refine.weaksam import WeakSAMLabeler, WeakSAMOptions
+    from models.weak import WeakLabels
+
+    a, b = _objects()
+    engine = ScriptedSegmenter([a, b])
+    cams = CamPredictor(_ScriptedCam([np.zeros_like(a), a, b]), threshold=0.1)
+    labeler = WeakSAMLabeler(engine, WeakSAMOptions(points_per_side=4, peak_stride=8), cams=cams)
+    image = np.zeros((64, 96, 3), np.uint8)
+    result = labeler.refine(image, WeakLabels(64, 96, tags=[1, 2]))
+    assert result.extra["proposals"] >= 6 and result.extra["pseudo_boxes"] == len(result.instances) >= 2
+    assert (result.labels[a] == 1).all() and (result.labels[b] == 2).all()
+    assert (result.labels[~(a | b)] == 255).all()
+    only_b = labeler.refine(image, WeakLabels(64, 96, tags=[2]))
+    assert set(np.unique(only_b.labels)) == {2, 255} and (only_b.labels[b] == 2).all()
