@@ -23,6 +23,7 @@ interrupted run resumes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -190,7 +191,7 @@ def part2(args, console: Console) -> list[str]:
         )
         handle = None
         for name, (options, peaks) in methods.items():
-            path = cache / f"{s.stem}-{abs(hash(name)) % 10**8}.json"
+            path = cache / f"{s.stem}-{hashlib.sha256(name.encode()).hexdigest()[:12]}.json"
             if path.exists():
                 rec = json.loads(path.read_text())
             else:
