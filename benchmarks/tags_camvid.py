@@ -2,7 +2,8 @@
 proposal recall against a low-level proposal baseline.
 
 Part 1 (CamVid, semantic, tags derived from the dense labels): for each CAM checkpoint of `--cams`
-(each a "CAM method"), the CAM pseudo-labels (`models.cam.cam_pseudo_labels`) alone -- the
+(each a "CAM method"; a semantic student checkpoint stands in for a good CAM, its softmax
+scores as the maps), the CAM pseudo-labels (`models.cam.cam_pseudo_labels`) alone -- the
 baseline -- and after SEPL with each of its rules (paper, authors, keep_pseudo) on the same
 automatic masks of the engine (default: the weight-free classical prior). mIoU over the 11
 classes with unlabeled pixels counted wrong, the share of labelled pixels, and the pixel accuracy
@@ -75,13 +76,44 @@ class Score:
         return [fmt(self.conf.miou()), fmt(self.labelled / max(self.valid, 1)), fmt(acc)]
 
 
+class StudentScores:
+    """A stand-in for a good CAM: a semantic student's softmax scores at the image size (the shipped
+    CamVid student learned from scribbles, not tags: it shows what SEPL does with a map that has
+    signal, not what tags alone give)."""
+
+    def __init__(self, path: str, threshold: float = 0.5) -> None:
+        from models.students import load_student
+
+        self.model, meta = load_student(path)
+        self.base_scale = float(meta.get("base_scale", 1.0))
+        self.threshold = threshold
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        from models.students import predict_logits
+
+        h, w = image.shape[:2]
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        size = (round(h * self.base_scale), round(w * self.base_scale))
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        logits = predict_logits(self.model, x)
+        return torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[
+            0
+        ].softmax(0)
+
+
+def load_maps(path: str):
+    """A CAM checkpoint (mode cam) or, as a stand-in for a good CAM, a semantic student checkpoint."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return CamPredictor.from_checkpoint(path) if payload.get("kind") == "cam" else StudentScores(path)
+
+
 def part1(args, console: Console) -> list[str]:
     camvid = CamVid(DATA / "camvid", args.split)
     samples = camvid.samples()[: args.limit]
     engine = build_engine(EngineConfig(backend=args.backend))
     lines = []
     for cam_path in args.cams:
-        cams = CamPredictor.from_checkpoint(cam_path)
+        cams = load_maps(cam_path)
         cache = ROOT / "runs" / "bench_tags" / f"{Path(cam_path).stem}-{args.split}-{engine.name}"
         if args.split == "train":  # choose the threshold: CAM alone over thresholds
             scores = {t: Score() for t in THRESHOLDS}
@@ -173,7 +205,7 @@ def part2(args, console: Console) -> list[str]:
     ds = PennFudan(DATA / "pennfudan", "val")
     samples = ds.samples()[: args.limit]
     engine = build_engine(EngineConfig(backend=args.backend))
-    cams = CamPredictor.from_checkpoint(args.cams[0])
+    cams = CamPredictor.from_checkpoint(args.cams[0])  # the first --cams: a CAM checkpoint
     methods: dict[str, tuple[ProposalOptions | None, bool]] = {
         "Felzenszwalb boxes, 3 scales (baseline)": (None, False),
         **{f"WeakSAM grid {n}x{n}": (ProposalOptions(points_per_side=n), False) for n in args.grids},
@@ -236,14 +268,16 @@ def main() -> None:
     p.add_argument("--cams", nargs="+", default=[str(ROOT / "models" / "weights" / "camvid_cam.pt")])
     p.add_argument(
         "--threshold",
-        type=float,
-        default=None,
-        help="CAM background threshold (default: the checkpoint's, chosen on train)",
+        action="append",
+        default=[],
+        metavar="FILE=T",
+        help="background threshold of a --cams file (default: the CAM checkpoint's, chosen on train; 0.5 for a student)",
     )
     p.add_argument("--backend", default="classical")
     p.add_argument("--grids", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tags_camvid.md"))
     args = p.parse_args()
+    args.thresholds = {k: float(v) for k, _, v in (t.partition("=") for t in args.threshold)}
     console = Console()
     lines = [
         f"Engine: {args.backend} (weight-free; no SAM weights here). Split: {args.split}, images: {args.limit or 'all'}.",
