@@ -130,7 +130,7 @@ def part1(args, console: Console) -> list[str]:
         labeler = build_labeler(
             "sepl", engine, **backend_defaults("sepl", engine.name, {"cam": str(cam_path)})
         )
-        threshold = args.threshold if args.threshold is not None else cams.threshold
+        threshold = args.thresholds.get(Path(cam_path).name, cams.threshold)
         results = {"cam": Score()} | {r: Score() for r in RULES}
         seconds = []
         for s in track(samples, description=f"CAM / SEPL {Path(cam_path).name}", console=console):
