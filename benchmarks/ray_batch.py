@@ -26,7 +26,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import ray  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from models.io import atomic_write  # noqa: E402
+from models.io import atomic_write_text  # noqa: E402
 from sesam.cli import main as sesam  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def main() -> None:
             f"| {job} | {path} | {seconds:.1f} | {args.images / seconds:.2f} | {base / seconds:.2f}x |"
         )
     text = "\n".join(lines) + "\n"
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(args.out, text)
     Console().print(text)
 
 

@@ -22,7 +22,7 @@ from rich.console import Console  # noqa: E402
 from export.onnx_export import export_student_checkpoint  # noqa: E402
 from export.quantize import quantize_student  # noqa: E402
 from models.engine import read_image  # noqa: E402
-from models.io import atomic_write  # noqa: E402
+from models.io import atomic_write_text  # noqa: E402
 from models.student_runtime import load_segmenter  # noqa: E402
 from training.datasets import PennFudan  # noqa: E402
 from training.evaluate import camvid_pairs, instance_scores, semantic_scores  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
                 f"| {name} | {metric} | {label} | {value:.2f} | {value - fp32:+.2f} | {seconds:.3f} | {base / seconds:.2f}x |"
             )
     text = "\n".join(lines) + "\n"
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(args.out, text)
     Console().print(text)
 
 

@@ -16,7 +16,6 @@ Modules see tensors only; `CamPredictor` owns image I/O, resizing and the checkp
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.io import UNLABELED, atomic_write, read_checkpoint
+from models.io import UNLABELED, atomic_write, load_once, load_weights, read_checkpoint, weights_state
 from models.students import build_student, normalize, pad_to_multiple
 
 CAM_OUTPUT_STRIDES = (8, 16, 32)
@@ -96,13 +95,12 @@ def save_cam_classifier(
     path: str | Path, model: CamClassifier, extra: dict[str, Any] | None = None, half: bool = False
 ) -> None:
     """A self-describing checkpoint {kind: cam, student, num_classes, output_stride, state_dict, ...}."""
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     payload = {
         "kind": CHECKPOINT_KIND,
         "student": model.student,
         "num_classes": model.num_classes,
         "output_stride": model.output_stride,
-        "state_dict": state,
+        "state_dict": weights_state(model, half),
     } | (extra or {})
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -113,12 +111,8 @@ def load_cam_classifier(path: str | Path) -> tuple[CamClassifier, dict[str, Any]
     if payload.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"{path}: not a CAM classifier checkpoint (train one with `sesam train` mode cam)")
     model = CamClassifier(payload["student"], int(payload["num_classes"]), int(payload["output_stride"]))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the CAM classifier: {str(exc)[:300]}") from exc
-    return model.eval(), {k: v for k, v in payload.items() if k != "state_dict"}
+    model = load_weights(model, payload["state_dict"], path, "the CAM classifier")
+    return model, {k: v for k, v in payload.items() if k != "state_dict"}
 
 
 @torch.inference_mode()
@@ -164,10 +158,7 @@ class CamPredictor:
     def cached(cls, path: str | Path) -> CamPredictor:
         """`from_checkpoint`, loaded once per process while the file is unchanged (labelers are
         built per request in the service; the weights are not re-read each time)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: no such CAM checkpoint")
-        return _cached_predictor(str(path.resolve()), path.stat().st_mtime_ns)
+        return load_once(cls.from_checkpoint, path, what="CAM checkpoint")
 
     def raw(self, image: np.ndarray) -> torch.Tensor:
         """HxWx3 uint8 -> CxHxW raw CAMs at the image size."""
@@ -183,14 +174,15 @@ class CamPredictor:
         """HxWx3 uint8 -> CxHxW CAMs in [0, 1] at the image size."""
         return normalise_cam(self.raw(image))
 
+    def maps_and_scores(self, image: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Both from one forward: the normalised CAMs (CxHxW) and the C image-level class
+        probabilities (sigmoid of the GAP logits)."""
+        raw = self.raw(image)
+        return normalise_cam(raw), torch.sigmoid(image_logits(raw[None]))[0].numpy()
+
     def scores(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> C image-level class probabilities (sigmoid of the GAP logits)."""
-        return torch.sigmoid(image_logits(self.raw(image)[None]))[0].numpy()
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_predictor(path: str, mtime_ns: int) -> CamPredictor:
-    return CamPredictor.from_checkpoint(path)
+        return self.maps_and_scores(image)[1]
 
 
 SHIPPED_CAM = Path(__file__).resolve().parent / "weights" / "camvid_cam.pt"

@@ -18,7 +18,7 @@ import numpy as np
 
 from models.cam import CamPredictor, cam_pseudo_labels
 from models.engine import read_image
-from models.folders import RayOptions, run_folder
+from models.folders import RayOptions, overlay_dir, run_folder
 from models.io import atomic_write, save_json, save_png
 from models.report import write_html_report
 from models.visualize import label_overlay, side_by_side
@@ -33,6 +33,7 @@ class CamRun:
     weak: Path | None = None
     threshold: float | None = None  # None: the checkpoint's
     background_class: int | None = None
+    overlays: Path | None = None
     report: bool = False
     overwrite: bool = False
     limit: int | None = None
@@ -56,14 +57,13 @@ class CamWorker:
     errors: tuple[type[Exception], ...] = (ValueError,)
 
     def setup(self) -> None:
-        self._cams = CamPredictor.from_checkpoint(self.run.checkpoint)
+        self._cams = CamPredictor.cached(self.run.checkpoint)
 
     def __call__(self, stem: str, path: Path) -> None:
         run = self.run
         image = read_image(path)
         t0 = time.perf_counter()
-        cams = self._cams(image)
-        scores = self._cams.scores(image)
+        cams, scores = self._cams.maps_and_scores(image)
         if run.weak is not None:
             weak = load_weak_labels(run.weak, stem, image.shape[:2], self._cams.num_classes)
             if not weak.tags:
@@ -88,10 +88,11 @@ class CamWorker:
             "labelled_fraction": float((labels != 255).mean()),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        if run.report:
+        overlays = overlay_dir(run)
+        if overlays is not None:
             heat = cams[tags].amax(0).numpy() if tags else np.zeros(image.shape[:2])
             picture = side_by_side([heat_overlay(image, heat), label_overlay(image, labels)])
-            save_png(picture, run.out / "overlays" / f"{stem}.png")
+            save_png(picture, overlays / f"{stem}.png")
         save_json(stats, run.out / ".meta" / f"{stem}.json")
 
 
@@ -106,7 +107,7 @@ def cam_folder(run: CamRun, quiet: bool = False, ray: RayOptions | None = None) 
 
     if run.weak is not None and not run.weak.is_dir():
         raise ValueError(f"--weak {run.weak}: not a folder")
-    CamPredictor.from_checkpoint(run.checkpoint)  # a bad checkpoint fails here, once, naming the file
+    CamPredictor.cached(run.checkpoint)  # a bad checkpoint fails here, once, naming the file
     result = run_folder(run.images, run.limit, done, CamWorker(run), "cam", quiet, 1, ray)
     per_image = {
         stem: json.loads((meta_dir / f"{stem}.json").read_text())
@@ -125,12 +126,13 @@ def cam_folder(run: CamRun, quiet: bool = False, ray: RayOptions | None = None) 
         "per_image": per_image,
     }
     save_json(summary, run.out / "summary.json")
-    if run.report:
+    overlays = overlay_dir(run)
+    if run.report and overlays is not None:
         rows = [
             (
                 stem,
                 [f"tags {meta['tags']} ({meta['tags_from']})", f"labelled {meta['labelled_fraction']:.1%}"],
-                run.out / "overlays" / f"{stem}.png",
+                overlays / f"{stem}.png",
             )
             for stem, meta in per_image.items()
         ]

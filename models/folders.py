@@ -35,6 +35,18 @@ class ImageWorker(Protocol):
         """Handle one image and write its outputs atomically; raise one of `errors` when it fails."""
 
 
+class FolderOutputs(Protocol):
+    out: Path
+    overlays: Path | None
+    report: bool
+
+
+def overlay_dir(run: FolderOutputs) -> Path | None:
+    """Where a folder job draws its overlays: the folder asked for, else `out/overlays` when a
+    report is wanted, else nowhere."""
+    return run.overlays or (run.out / "overlays" if run.report else None)
+
+
 @dataclass
 class RayOptions:
     """Where and how wide a Ray run goes."""

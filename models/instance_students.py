@@ -296,16 +296,11 @@ def save_instance_student(
 
 
 def load_instance_student(path: str | Path) -> tuple[InstanceStudent, dict[str, Any]]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise ValueError(f"{path}: no such instance student checkpoint") from exc
-    if not isinstance(payload, dict) or payload.get("kind") != "instance":
+    from models.io import load_weights, read_checkpoint
+
+    payload = read_checkpoint(path, "instance student checkpoint")
+    if payload.get("kind") != "instance":
         raise ValueError(f"{path}: not an instance student checkpoint (no kind: instance)")
     model = build_instance_student(payload["name"], int(payload["num_classes"]))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit {payload['name']} ({exc})") from exc
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model.eval(), meta
+    model = load_weights(model, payload["state_dict"], path, payload["name"])
+    return model, {k: v for k, v in payload.items() if k != "state_dict"}

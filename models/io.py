@@ -7,6 +7,7 @@ sees half a file, and a crash loses nothing already written).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -53,6 +54,37 @@ def read_checkpoint(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: not a {what}")
     return payload
+
+
+@functools.lru_cache(maxsize=8)
+def _loaded(loader: Callable[..., Any], path: str, mtime_ns: int, args: tuple) -> Any:
+    return loader(path, *args)
+
+
+def load_once(loader: Callable[..., Any], path: str | Path, *args: Any, what: str = "file") -> Any:
+    """`loader(path, *args)`, run once per process while the file or folder is unchanged (its
+    modification time is part of the key). The service builds labelers per request; their models
+    (CAM classifiers, WSOD heads, detectors) are read from disk once."""
+    resolved = Path(path).resolve()
+    if not resolved.exists():
+        raise ValueError(f"{path}: no such {what}")
+    return _loaded(loader, str(resolved), resolved.stat().st_mtime_ns, args)
+
+
+def weights_state(model: Any, half: bool = False) -> dict[str, Any]:
+    """A module's state dict for a checkpoint; `half` stores floating tensors as fp16 (shipping)."""
+    return {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+
+
+def load_weights(model: Any, state: dict[str, Any], path: str | Path, what: str) -> Any:
+    """Load a checkpoint's state dict (fp16 tensors back to fp32) into `model`, in eval mode; a
+    mismatch is a ValueError naming the file and `what` it should fit."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit {what}: {str(exc)[:300]}") from exc
+    return model.eval()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from models.engine import read_image
-from models.folders import RayOptions, run_folder
+from models.folders import RayOptions, overlay_dir, run_folder
 from models.io import save_json, save_png
 from models.masks import decode_rle, instance_records
 from models.report import write_html_report
@@ -109,10 +109,6 @@ class SegmentWorker:
         if overlays is not None:
             save_png(side_by_side([image, picture]), overlays / f"{stem}.png")
         save_json(stats, run.out / ".meta" / f"{stem}.json")
-
-
-def overlay_dir(run: SegmentRun) -> Path | None:
-    return run.overlays or (run.out / "overlays" if run.report else None)
 
 
 def segment_folder(

@@ -95,27 +95,24 @@ def save_student(
     half: bool = False,
 ) -> None:
     """A self-describing checkpoint {name, num_classes, state_dict, ...}, written atomically."""
-    from models.io import atomic_write
+    from models.io import atomic_write, weights_state
 
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    payload = {"name": name, "num_classes": num_classes, "state_dict": state} | (extra or {})
+    payload = {"name": name, "num_classes": num_classes, "state_dict": weights_state(model, half)} | (
+        extra or {}
+    )
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_student(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Build the registered student a checkpoint names and load its weights; errors name the file."""
-    from models.io import read_checkpoint
+    from models.io import load_weights, read_checkpoint
 
     payload = read_checkpoint(path, "student checkpoint")
     if not {"name", "num_classes", "state_dict"} <= set(payload):
         raise ValueError(f"{path}: not a student checkpoint (needs name, num_classes, state_dict)")
     model = build_student(payload["name"], int(payload["num_classes"]))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit student {payload['name']!r}: {str(exc)[:300]}") from exc
-    return model.eval(), {k: v for k, v in payload.items() if k != "state_dict"}
+    model = load_weights(model, payload["state_dict"], path, f"student {payload['name']!r}")
+    return model, {k: v for k, v in payload.items() if k != "state_dict"}
 
 
 # Bx3xHxW float RGB in [0, 255] (any H, W) -> BxCxHxW logits at the input size

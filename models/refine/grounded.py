@@ -19,7 +19,6 @@ SAM box prompts -> a class map.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -31,9 +30,9 @@ import torch
 
 from models.config import setting
 from models.engine import ImageHandle, PromptableSegmenter
-from models.io import UNLABELED
+from models.io import UNLABELED, load_once
 from models.refine.common import RefineResult, box_instances, ensure_handle
-from models.refine.merge import Instance, merge_instances
+from models.refine.merge import Instance, apply_weak_labels, merge_instances
 from models.weak import WeakLabels
 
 CLASS_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "class_prompts.yaml"
@@ -156,16 +155,6 @@ class Owlv2Boxes:
         return Boxes(boxes, best[keep].numpy(), phrase[keep].numpy())
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_source(
-    kind: str, folder: str, mtime_ns: int, box_threshold: float, text_threshold: float
-) -> BoxSource:
-    """A detector loaded once per process (labelers are built per request in the service)."""
-    if kind == "grounding-dino":
-        return GroundingDinoBoxes(folder, box_threshold, text_threshold)
-    return Owlv2Boxes(folder, box_threshold)
-
-
 @dataclass
 class GroundedOptions:
     """The grounded-tags labeler's settings (thresholds: the paper's Grounding DINO values)."""
@@ -223,10 +212,10 @@ class GroundedLabeler:
     def source(self) -> BoxSource:
         o = self.options
         if self._source is None and o.box_source != "user":
-            folder = Path(o.detector).resolve()
-            self._source = _cached_source(
-                o.box_source, str(folder), folder.stat().st_mtime_ns, o.box_threshold, o.text_threshold
-            )
+            if o.box_source == "grounding-dino":
+                self._source = load_once(GroundingDinoBoxes, o.detector, o.box_threshold, o.text_threshold)
+            else:
+                self._source = load_once(Owlv2Boxes, o.detector, o.box_threshold)
         return self._source
 
     def boxes(self, image: np.ndarray | None, weak: WeakLabels) -> tuple[np.ndarray, list[int], list[float]]:
@@ -270,9 +259,7 @@ class GroundedLabeler:
         ]
         weak_map = weak.sparse_map()
         if self.options.paint == "order":
-            labels = paint_in_order(weak.size, found)
-            named = weak_map != UNLABELED
-            labels[named] = weak_map[named]
+            labels = apply_weak_labels(paint_in_order(weak.size, found), weak_map)
         else:
             labels = merge_instances(weak.size, [Instance(c, m, s) for c, m, s in found], weak_map, "score")
         result.labels = labels

@@ -26,6 +26,14 @@ class Instance:
     score: float
 
 
+def apply_weak_labels(labels: np.ndarray, weak_map: np.ndarray | None) -> np.ndarray:
+    """Rule 3 in place: every pixel the weak labels name keeps its weak class. Returns `labels`."""
+    if weak_map is not None:
+        named = weak_map != UNLABELED
+        labels[named] = weak_map[named]
+    return labels
+
+
 def merge_instances(
     size: tuple[int, int],
     instances: list[Instance],
@@ -42,7 +50,4 @@ def merge_instances(
         out[inst.mask] = inst.class_id
     if overlap == "unlabeled":
         out[conflict] = UNLABELED
-    if weak_map is not None:
-        named = weak_map != UNLABELED
-        out[named] = weak_map[named]
-    return out
+    return apply_weak_labels(out, weak_map)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from models.engine import PromptableSegmenter, read_image
-from models.folders import RayOptions, run_folder
+from models.folders import RayOptions, overlay_dir, run_folder
 from models.io import save_json, save_png
 from models.refine.common import check_weak_kinds
 from models.report import write_html_report
@@ -104,10 +104,6 @@ class RefineWorker:
             picture = side_by_side([label_overlay(image, weak.sparse_map()), label_overlay(image, labels)])
             save_png(picture, overlays / f"{stem}.png")
         save_json(stats, run.out / ".meta" / f"{stem}.json")
-
-
-def overlay_dir(run: RefineRun) -> Path | None:
-    return run.overlays or (run.out / "overlays" if run.report else None)
 
 
 def process_folder(

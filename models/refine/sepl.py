@@ -42,7 +42,7 @@ from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.io import UNLABELED
 from models.refine.common import RefineResult, ensure_handle, predict_counted
-from models.refine.merge import OVERLAP_RULES, Instance, merge_instances
+from models.refine.merge import OVERLAP_RULES, Instance, apply_weak_labels, merge_instances
 from models.weak import WeakLabels
 
 SEPL_RULES = ("paper", "authors", "keep_pseudo")
@@ -258,6 +258,4 @@ class SEPLLabeler:
             labels = merge_instances(pseudo.shape, instances, None, o.overlap)
             if o.background_class is not None:
                 labels[labels == UNLABELED] = o.background_class
-        named = weak_map != UNLABELED  # weak labels win
-        labels[named] = weak_map[named]
-        return labels, records
+        return apply_weak_labels(labels, weak_map), records  # weak labels win

@@ -117,9 +117,10 @@ class WeakSAMLabeler:
     @property
     def wsod(self):
         if self._wsod is None:
+            from models.io import load_once
             from models.weaksam.wsod import load_wsod
 
-            self._wsod = load_wsod(self.options.wsod)
+            self._wsod = load_once(load_wsod, self.options.wsod, what="WSOD checkpoint")
         return self._wsod
 
     def detect(self, image: np.ndarray, handle: ImageHandle, tags: list[int]):

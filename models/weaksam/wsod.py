@@ -178,7 +178,7 @@ def save_wsod(path, head: WSODHead, extra: dict | None = None) -> None:
 
 def load_wsod(path) -> tuple[WSODHead, dict]:
     """The WSOD head a checkpoint describes; errors name the file."""
-    from models.io import read_checkpoint
+    from models.io import load_weights, read_checkpoint
 
     payload = read_checkpoint(path, "WSOD checkpoint")
     if payload.get("kind") != "wsod":
@@ -190,5 +190,5 @@ def load_wsod(path) -> tuple[WSODHead, dict]:
         int(payload["hidden"]),
         int(payload["roi_size"]),
     )
-    head.load_state_dict(payload["state_dict"])
-    return head.eval(), {k: v for k, v in payload.items() if k != "state_dict"}
+    head = load_weights(head, payload["state_dict"], path, "the WSOD head")
+    return head, {k: v for k, v in payload.items() if k != "state_dict"}
