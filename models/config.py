@@ -41,6 +41,11 @@ def _strip_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def strip_optional(annotation: Any) -> tuple[Any, bool]:
+    """`X | None` -> (X, True); anything else -> (it, False)."""
+    return _strip_optional(annotation)
+
+
 def coerce(raw: Any, annotation: Any, name: str, source: str) -> Any:
     """`raw` (from YAML, the environment or --set) as the field's type; ValueError names all three."""
     kind, optional = _strip_optional(annotation)

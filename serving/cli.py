@@ -9,9 +9,12 @@ serving.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+from types import FrameType
 
 SERVICE = "serving.service:SegmentationService"
 
@@ -32,7 +35,37 @@ def run_serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value:
             env[name] = value
-    return subprocess.call(serve_command(args.host, args.port), env=env)
+    return supervise(serve_command(args.host, args.port), env)
+
+
+def supervise(command: list[str], env: dict[str, str], grace_s: float = 30.0) -> int:
+    """Run the server in its own process group and answer with its exit status. SIGINT and SIGTERM
+    are forwarded to it; whatever is left of the group after `grace_s` (or after the server exits)
+    is killed, so no worker outlives `sesam serve`."""
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=grace_s if received else None)
+                break
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (workers), if any
+    if received and code in (0, -signal.SIGTERM, -signal.SIGINT):
+        return 128 + received[0] if code < 0 else 0
+    return code if code >= 0 else 128 - code
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -68,11 +68,11 @@ def _error_message(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return response.text[:500]
-    if isinstance(body, list) and body:
-        body = body[0]
-    if isinstance(body, dict):
-        return str(body.get("error", body))
-    return str(body)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):  # the service's one error shape (serving.errors)
+        field = error.get("field")
+        return f"{error.get('message')}" + (f" [field: {field}]" if field else "")
+    return str(error if error is not None else body)[:500]
 
 
 class SesamClient:
@@ -105,10 +105,10 @@ class SesamClient:
         fields JSON-encoded), else a JSON body. None values are left out (the server's default)."""
         fields = {k: v for k, v in (data or {}).items() if v is not None}
         form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
-        last = "no attempt"
+        last, wait_s = "no attempt", 0.0
         for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            if attempt:  # exponential backoff, at least what the server's Retry-After asked for
+                time.sleep(max(self.backoff_s * 2 ** (attempt - 1), wait_s))
             try:
                 if files:
                     response = self.http.post(route, files=files, data=form)
@@ -119,6 +119,10 @@ class SesamClient:
                 continue
             if response.status_code in RETRY_STATUS:
                 last = f"{response.status_code}: {_error_message(response)}"
+                try:
+                    wait_s = min(float(response.headers.get("retry-after", 0)), 60.0)
+                except ValueError:
+                    wait_s = 0.0
                 continue
             if response.status_code >= 400:
                 raise ServiceError(response.status_code, _error_message(response))

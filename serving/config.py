@@ -13,8 +13,8 @@ YAML layout (every key optional)::
 Environment: SESAM_<ENGINE FIELD> (SESAM_BACKEND, SESAM_EXPORT_DIR, ...) and SESAM_<SERVICE FIELD>
 (SESAM_STUDENT_CHECKPOINT, SESAM_STUDENT_RUNTIME, SESAM_MAX_IMAGES, SESAM_MAX_IMAGE_PIXELS, SESAM_MAX_PROMPTS (per /predict),
 SESAM_MAX_WEAK_LABELS (points + scribbles + boxes per /refine), SESAM_MAX_BODY_BYTES,
-SESAM_LOGITS_CACHE_BYTES, SESAM_API_KEY, SESAM_REQUEST_TIMEOUT_S, SESAM_BATCHING,
-SESAM_MAX_BATCH_SIZE, SESAM_MAX_LATENCY_MS). An empty SESAM_STUDENT_CHECKPOINT=none turns /segment off.
+SESAM_LOGITS_CACHE_BYTES, SESAM_API_KEY, SESAM_REQUEST_TIMEOUT_S, SESAM_BATCHING, ...; every one is
+in docs/settings.md). SESAM_STUDENT_CHECKPOINT=none turns /segment off.
 """
 
 from __future__ import annotations
@@ -66,16 +66,55 @@ class ServiceConfig:
     )
     max_images: int = setting(16, help="images per /segment request (400 above)")
     max_image_pixels: int = setting(
-        DEFAULT_MAX_PIXELS, help="decoded image size cap, checked before decoding (413 above)"
+        DEFAULT_MAX_PIXELS, help="decoded image size cap, checked from the header before decoding (413 above)"
     )
     max_prompts: int = setting(256, help="prompts per /predict request (400 above)")
-    max_weak_labels: int = setting(4096, help="points + scribbles + boxes per /refine request")
+    max_points_per_prompt: int = setting(64, help="points in one /predict prompt (400 above)")
+    max_weak_labels: int = setting(
+        4096, help="points + scribbles + boxes per /refine request (400 above); also caps points_per_side^2"
+    )
+    max_scribble_points: int = setting(
+        65536, help="polyline vertices over all scribbles of one /refine request (400 above)"
+    )
+    max_field_bytes: int = setting(
+        1024**2, help="bytes of one text field or JSON value (`weak`, `prompts`, ...; 413 above)"
+    )
     max_body_bytes: int = setting(64 * 1024**2, help="request body cap, also for chunked bodies (413 above)")
+    max_mask_bytes: int = setting(
+        256 * 1024**2,
+        help="/predict decodes prompts in chunks of at most this many bytes of full-size masks",
+    )
+    refine_side: int = setting(
+        1024,
+        help="/refine works at most at this long side (larger images and their weak labels are reduced, "
+        "the label map is answered at the image's size)",
+    )
     logits_cache_bytes: int = setting(256 * 1024**2, help="budget of the low-res logits kept for next clicks")
     api_key: str | None = setting(
         None, help="when set, every route but health / metrics needs `Authorization: Bearer <key>`"
     )
-    request_timeout_s: int = setting(300, help="per-request timeout in seconds (504 after it)")
+    request_timeout_s: int = setting(
+        120, help="deadline of the heavy routes (/embed, /refine, /predict with a new image); 504 after it"
+    )
+    light_timeout_s: int = setting(
+        30, help="deadline of the light routes (/predict on a cached image, /segment); 503/504 after it"
+    )
+    light_slots: int | None = setting(
+        None, help="light requests computed at once in the front process (none: the number of cores)"
+    )
+    light_queue: int = setting(
+        64, help="light requests waiting for a slot; one more is a 503 with Retry-After"
+    )
+    heavy_workers: int = setting(
+        1, help="processes of the heavy lane (image encodings, /refine), each computing one request at a time"
+    )
+    heavy_queue: int = setting(
+        4, help="heavy requests waiting per heavy worker; one more is a 503 with Retry-After"
+    )
+    heavy_nice: int = setting(
+        10, help="CPU niceness of the heavy lane's processes, so light requests win the cores (0: equal)"
+    )
+    retry_after_s: int = setting(2, help="Retry-After of a 503 answer, in seconds")
     batching: bool | None = setting(
         None, help="adaptive batching of /segment: true, false or auto (on with CUDA; it does not pay on CPU)"
     )
@@ -110,14 +149,27 @@ class ServiceConfig:
         for name in (
             "max_image_pixels",
             "max_prompts",
+            "max_points_per_prompt",
+            "max_weak_labels",
+            "max_scribble_points",
+            "max_field_bytes",
             "max_body_bytes",
+            "max_mask_bytes",
+            "refine_side",
             "request_timeout_s",
+            "light_timeout_s",
+            "heavy_workers",
             "max_batch_size",
             "max_images",
+            "retry_after_s",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{source}: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("logits_cache_bytes", "max_latency_ms"):
+        if self.light_slots is not None and self.light_slots < 1:
+            raise ValueError(f"{source}: light_slots must be >= 1, got {self.light_slots}")
+        if not 0 <= self.heavy_nice <= 19:
+            raise ValueError(f"{source}: heavy_nice must lie in [0, 19], got {self.heavy_nice}")
+        for name in ("logits_cache_bytes", "max_latency_ms", "light_queue", "heavy_queue"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{source}: {name} must be >= 0, got {getattr(self, name)}")
         if self.student_checkpoint and not Path(self.student_checkpoint).exists():

@@ -6,41 +6,66 @@ Routes (all POST; multipart when an image file is sent):
 - `/predict`  image or image_id + prompts (points/labels, box, mask_input_id) -> per prompt masks
               (COCO RLE, PNG or polygons), IoU and stability scores, and a logits_id to send back
               as the next click's mask_input_id.
-- `/refine`   image + weak labels (schema v1 JSON; coarse mask as a PNG file) + method -> refined
+- `/refine`   image + weak labels (schema v2 JSON; coarse mask as a PNG file) + method -> refined
               label map (PNG or per-class RLE) and stats: the same as `sesam refine` in-process.
 - `/segment`  images (one or more) -> the student's answer per image: a label map with class names
               (semantic student) or instances (instance student: mask as RLE or polygons, class,
-              score, box). The student runs from a .pt checkpoint (PyTorch) or an export directory
-              (ONNX Runtime / TensorRT); adaptive batching across requests (auto: on with CUDA).
-- `/info`     backend, limits, cache and counters.
+              score, box), from a .pt checkpoint or an export directory (ONNX Runtime / TensorRT).
+- `/info`     backend, limits, lanes, cache and counters.
 - BentoML's `/livez`, `/readyz` (ready once every model is loaded and warmed up) and `/metrics`.
 
-Configuration: `serving.config.ServiceConfig` (SESAM_CONFIG YAML and SESAM_* environment). With no
-SAM checkpoint or export configured the weight-free classical prior answers (it is not SAM).
-Errors are 4xx JSON naming the field; a request can fail, the worker does not.
+Concurrency by resource (docs/serving.md has the picture): the front process (`SegmentationService`)
+answers the cheap routes from bounded lanes (`serving.lanes`): a click on a cached embedding, a
+student forward, /info. Image encodings and /refine run in `HeavyLane`, a second BentoML service
+in its own process(es) at lower CPU priority, one request at a time per process with a bounded
+queue (BentoML's `max_concurrency`). So no expensive request can stall a cheap one, a full queue
+is a 503 with Retry-After, and every request has a deadline (503/504 past it, the worker freed at
+its next chunk). Embeddings computed by the heavy lane come back to the front's cache.
+
+Errors follow one contract (`serving.errors`), checked in front of BentoML's parser by the guard
+middleware (`serving.middleware`). Configuration: `serving.config.ServiceConfig` (SESAM_CONFIG
+YAML and SESAM_* environment). With no SAM checkpoint or export the weight-free classical prior
+answers (it is not SAM).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import re
 import threading
 import uuid
-from http import HTTPStatus
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
+import anyio.to_thread
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
-from bentoml.validators import ContentType
-from pydantic import BaseModel, Field
+from bentoml.exceptions import BentoMLException
+from pydantic import Field
 
-from models.engine import Prompt, build_engine, read_image
-from models.engine.cache import EmbeddingCache
+from models.deadline import DeadlineExceeded, check_deadline, deadline
+from models.engine import ImageHandle, Prompt, build_engine, read_image, validate_prompts
 from models.engine.validation import ImageTooLarge
 from models.io import read_label_png
-from models.refine import LABELERS, backend_defaults, build_labeler, check_weak_kinds
+from models.refine import (
+    LABELERS,
+    GroundedOptions,
+    NaiveOptions,
+    SEPLOptions,
+    SeSAMOptions,
+    WeakSAMOptions,
+    backend_defaults,
+    build_labeler,
+    check_weak_kinds,
+)
 from models.student_runtime import Segmenter, load_segmenter
 from models.weak import SCHEMA_VERSION, WeakLabels
+from serving import startup
 from serving.codec import (
     INSTANCE_MASK_FORMATS,
     LABEL_FORMATS,
@@ -51,40 +76,53 @@ from serving.codec import (
     encode_mask,
 )
 from serving.config import ServiceConfig
-from serving.middleware import GuardMiddleware
+from serving.errors import ApiError, install_log_filter, normalize_body
+from serving.inputs import prompt_model, strict_options, weak_model
+from serving.lanes import Lane
+from serving.middleware import GuardMiddleware, RouteSpec
 
-# read when BentoML imports this module to start serving (each worker process imports it as it
-# starts): the timeout, batching and guard below are declared with the services
-CONFIG = ServiceConfig.load()
-ImageFile = Annotated[Path, ContentType("image/*")]
-METHODS = tuple(LABELERS)
+
+def _load_config() -> ServiceConfig:
+    startup.watch_for_fatal_workers()
+    try:
+        return ServiceConfig.load()
+    except ValueError as exc:
+        startup.fail(f"configuration: {exc}", code=2)
+        raise  # not reached: fail exits
+
+
+# read when BentoML imports this module to start serving (the supervisor and each worker process
+# import it): lanes, caps, timeouts and the guard below are declared with the services
+CONFIG = _load_config()
+install_log_filter()
+PromptIn = prompt_model(CONFIG)
+WeakIn = weak_model(CONFIG)
+METHODS = tuple(LABELERS)  # the refinement methods /refine offers: every registered labeler
+OPTIONS = {
+    "sesam": SeSAMOptions,
+    "naive": NaiveOptions,
+    "sepl": SEPLOptions,
+    "weaksam": WeakSAMOptions,
+    "grounded": GroundedOptions,
+}
 # labeler options that name model files -> the service setting that provides them
-SERVER_PATH_OPTIONS = {
-    "cam": "cam_checkpoint",
-    "wsod": "wsod_checkpoint",
-    "detector": "detector",
-}  # the refinement methods /refine offers: every registered labeler
+SERVER_PATH_OPTIONS = {"cam": "cam_checkpoint", "wsod": "wsod_checkpoint", "detector": "detector"}
+SEGMENT_OUTPUTS = ("auto", "labels", "instances")
+INSTANCE_TOP_K = 100  # instances an instance student answers per image at most
+FILE_KEYS = 4096  # upload hashes remembered -> embedding keys (a re-sent image skips the heavy lane)
 # BentoML 1.4 turns an uploaded part into a Path only for `Path` and `list[Path]` fields (not
 # `Path | None`), so an optional file is a list of at most one.
 OPTIONAL_FILE = Field(default_factory=list, max_length=1)
+LIGHT_SLOTS = CONFIG.light_slots or os.cpu_count() or 1
 
 
-class PayloadTooLarge(BentoMLException):
-    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-
-class PromptIn(BaseModel):
-    """One prompt in original-image pixels: points [[x, y], ...] with labels (1 fg, 0 bg), a box, and/or
-    the logits_id of an earlier prediction on the same image (SAM's mask input for the next click)."""
-
-    points: list[tuple[float, float]] | None = Field(default=None, examples=[[[240.0, 180.0]]])
-    labels: list[int] | None = Field(default=None, examples=[[1]])
-    box: tuple[float, float, float, float] | None = Field(default=None, examples=[None])
-    mask_input_id: str | None = Field(default=None, examples=[None])
-
-
-SEGMENT_OUTPUTS = ("auto", "labels", "instances")
-INSTANCE_TOP_K = 100  # instances an instance student answers per image at most (before min_score)
+# -- work shared by the processes ----------------------------------------------------------------
+def warm_up(engine: Any) -> None:
+    """One embed and one click on a small synthetic image (loads kernels, fills caches)."""
+    warm = np.zeros((64, 96, 3), np.uint8)
+    warm[16:48, 24:72] = 200
+    handle = engine.embed([warm])[0]
+    engine.predict(handle, [Prompt(points=np.array([[48.0, 32.0]]), labels=np.array([1]))])
 
 
 def load_student(config: ServiceConfig) -> Segmenter:
@@ -102,26 +140,150 @@ def load_student(config: ServiceConfig) -> Segmenter:
     return student
 
 
-def student_answers(student: Segmenter, images: list[np.ndarray]) -> list:
-    """Label maps (HxW uint8) of a semantic student, or per image the RLE-encoded instances (every
-    score, best first; requests filter by their own min_score) of an instance student."""
+def student_answers(student: Segmenter, images: list[np.ndarray], min_score: float = 0.0) -> list:
+    """Label maps (HxW uint8) of a semantic student, or per image the RLE-encoded instances (best
+    first, at most INSTANCE_TOP_K, score >= min_score, dropped before any upsampling) of an
+    instance student."""
     if student.task == "semantic":
         return student.segment(images)
-    results = student.segment(images, top_k=INSTANCE_TOP_K, min_score=0.0)
+    results = student.segment(images, top_k=INSTANCE_TOP_K, min_score=min_score)
     return [encode_instances(*r, student.class_names, "rle") for r in results]
 
 
-def _bad(exc: Exception) -> BentoMLException:
-    """A ValueError from validation -> 413 for an image over the pixel cap, else 400."""
-    return PayloadTooLarge(str(exc)) if isinstance(exc, ImageTooLarge) else InvalidArgument(str(exc))
+def read_pixels(data: bytes, field: str) -> np.ndarray:
+    """Decode an upload under the pixel cap: 413 over it, 400 when it is not an image."""
+    try:
+        return read_image(data, max_pixels=CONFIG.max_image_pixels, name=field)
+    except ImageTooLarge as exc:
+        raise ApiError(413, str(exc), field) from None
+    except ValueError as exc:
+        raise ApiError(400, str(exc), field) from None
 
 
-@bentoml.service(name="sesam-student", workers=1, traffic={"timeout": CONFIG.request_timeout_s})
-class StudentBatcher:
-    """The student behind BentoML's adaptive batching: concurrent /segment requests share forwards."""
+def value_error(exc: Exception, field: str) -> ApiError:
+    return ApiError(413 if isinstance(exc, ImageTooLarge) else 400, str(exc), field)
+
+
+def as_reply(work: Callable[[], Any], budget_s: float) -> bytes:
+    """Run heavy work under its deadline; answer ("ok", value) or ("error", status, message,
+    field), pickled (the heavy lane only talks to the front process)."""
+    try:
+        with deadline(budget_s):
+            reply: tuple = ("ok", work())
+    except ApiError as exc:
+        reply = ("error", exc.error_code.value, exc.message, exc.field)
+    except DeadlineExceeded as exc:
+        reply = ("error", 504, f"deadline exceeded: {exc}", None)
+    return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# -- the heavy lane ---------------------------------------------------------------------------------
+@bentoml.service(
+    name="sesam-heavy",
+    workers=CONFIG.heavy_workers,
+    threads=1,
+    traffic={
+        "timeout": CONFIG.request_timeout_s + 30,
+        "max_concurrency": CONFIG.heavy_workers * (1 + CONFIG.heavy_queue),
+    },
+)
+class HeavyLane:
+    """Image encodings and refinement, one at a time per process, at lower CPU priority."""
 
     def __init__(self) -> None:
-        self.student = load_student(CONFIG)
+        with startup.guard("heavy lane"):
+            if CONFIG.heavy_nice:
+                os.nice(CONFIG.heavy_nice)
+            self.engine = build_engine(CONFIG.engine)
+            warm_up(self.engine)
+
+    @bentoml.api
+    def embed(self, image: bytes, budget_s: float, field: str = "image") -> bytes:
+        """Pickled ("ok", {key, size, payload, nbytes}) for an image file's bytes."""
+
+        def work() -> dict[str, Any]:
+            pixels = read_pixels(image, field)
+            try:
+                handle = self.engine.embed([pixels])[0]
+            except ValueError as exc:
+                raise value_error(exc, field) from None
+            return {
+                "key": handle.key,
+                "size": handle.original_size,
+                "payload": handle.payload,
+                "nbytes": int(self.engine._payload_nbytes(handle.payload)),
+            }
+
+        return as_reply(work, budget_s)
+
+    @bentoml.api
+    def refine(self, request: bytes, budget_s: float) -> bytes:
+        """Pickled ("ok", {labels, stats, options, width, height}) for a pickled /refine request."""
+        args = pickle.loads(request)
+        return as_reply(lambda: self._refine(**args), budget_s)
+
+    def _refine(
+        self,
+        image: bytes,
+        weak: dict[str, Any],
+        coarse: bytes | None,
+        method: str,
+        options: dict[str, Any],
+        label_format: str,
+        num_classes: int | None,
+    ) -> dict[str, Any]:
+        from models.refine.run import refine_at
+
+        pixels = read_pixels(image, "image")
+        h, w = pixels.shape[:2]
+        try:
+            labels = WeakLabels.from_json({"version": SCHEMA_VERSION, "width": w, "height": h} | weak, "weak")
+            if (labels.height, labels.width) != (h, w):
+                raise ApiError(
+                    400,
+                    f"weak: labels are for a {labels.width}x{labels.height} image, the image is {w}x{h}",
+                    "weak",
+                )
+            if coarse is not None:
+                labels.coarse = read_label_png(coarse, source="coarse_mask", expected_size=(h, w))
+            labels.validate(num_classes, "weak" + (" / coarse_mask" if coarse is not None else ""))
+            labeler = build_labeler(method, self.engine, **options)
+            check_weak_kinds(labeler, labels, "weak")
+            result, stats = refine_at(labeler, pixels, labels, CONFIG.refine_side)
+        except (ValueError, TypeError) as exc:
+            message = str(exc)
+            field = (
+                "coarse_mask"
+                if message.startswith("coarse_mask")
+                else ("options" if message.startswith(method) else "weak")
+            )
+            raise ApiError(413 if isinstance(exc, ImageTooLarge) else 400, message, field) from None
+        return {
+            "labels": encode_labels(result, label_format),
+            "stats": stats | {"weak_kinds": labels.kinds()},
+            "width": w,
+            "height": h,
+        }
+
+
+# -- the student behind adaptive batching ---------------------------------------------------------
+@bentoml.service(name="sesam-student", workers=1, traffic={"timeout": CONFIG.light_timeout_s + 30})
+class StudentBatcher:
+    """The student behind BentoML's adaptive batching: concurrent /segment requests share forwards.
+    With batching on, this is the only process that loads the student."""
+
+    def __init__(self) -> None:
+        with startup.guard("student"):
+            self.student = load_student(CONFIG)
+
+    @bentoml.api
+    def describe(self) -> dict:
+        s = self.student
+        return {"name": s.name, "task": s.task, "runtime": s.runtime, "class_names": s.class_names}
+
+    @bentoml.api
+    def info(self) -> dict:
+        return self.student.info()
 
     @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
     def label_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -129,146 +291,171 @@ class StudentBatcher:
 
     @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
     def instances(self, images: list[np.ndarray]) -> list[list[dict]]:
+        # a batch mixes requests: each one filters by its own min_score in the front; the scores
+        # are never below the lowest min_score the front accepts (0), so nothing is lost here
         return student_answers(self.student, images)
 
 
-@bentoml.service(name="sesam", traffic={"timeout": CONFIG.request_timeout_s})
+ImageFile = Annotated[Path, Field(description="an image file (JPEG, PNG, WebP, TIFF, BMP)")]
+Score = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
+
+
+@bentoml.service(name="sesam", traffic={"timeout": CONFIG.request_timeout_s + 60})
 class SegmentationService:
     """Weak-label refinement, interactive SAM prompts and student inference over HTTP."""
 
+    heavy = bentoml.depends(HeavyLane)
     if CONFIG.student_checkpoint and CONFIG.batching:
         student_batcher = bentoml.depends(StudentBatcher)
 
     def __init__(self) -> None:
         self.config = CONFIG
         self.ready = False
-        self.engine = build_engine(self.config.engine)
-        self.max_pixels = self.config.max_image_pixels
-        self.logits = EmbeddingCache(self.config.logits_cache_bytes)
-        self.student = load_student(self.config) if self.config.student_checkpoint else None
-        self._lock = threading.Lock()  # engine modules and counters are shared: one computes at a time
-        warm = np.zeros((64, 96, 3), np.uint8)
-        warm[16:48, 24:72] = 200
-        self.engine.predict(
-            self.engine.embed([warm])[0], [Prompt(points=np.array([[48.0, 32.0]]), labels=np.array([1]))]
-        )
+        with startup.guard("service"):
+            self.engine = build_engine(self.config.engine)
+            from models.engine.cache import EmbeddingCache
+
+            self.logits = EmbeddingCache(self.config.logits_cache_bytes)
+            batched = bool(self.config.student_checkpoint and self.config.batching)
+            self.student = (
+                load_student(self.config) if self.config.student_checkpoint and not batched else None
+            )
+            self.student_meta: dict | None = None
+            if self.student is not None:
+                s = self.student
+                self.student_meta = {
+                    "name": s.name,
+                    "task": s.task,
+                    "runtime": s.runtime,
+                    "class_names": s.class_names,
+                }
+            warm_up(self.engine)
+        retry = self.config.retry_after_s
+        self.predict_lane = Lane("predict", LIGHT_SLOTS, self.config.light_queue, retry)
+        self.segment_lane = Lane("segment", LIGHT_SLOTS, self.config.light_queue, retry)
+        self._file_keys: OrderedDict[str, str] = OrderedDict()
+        self._keys_lock = threading.Lock()
         self.ready = True
 
     def __is_ready__(self) -> bool:
         return self.ready
 
     # -- helpers --------------------------------------------------------------------------------
-    def _read(self, image: Path | None, field: str = "image") -> np.ndarray:
-        if image is None:
-            raise InvalidArgument(f"{field}: required")
+    async def _heavy(self, call: Callable[[], Any]) -> Any:
+        """Await a heavy-lane call within the heavy deadline; map its refusals to ours."""
+        budget = self.config.request_timeout_s
         try:
-            return read_image(image, max_pixels=self.max_pixels, name=field)
-        except ValueError as exc:
-            raise _bad(exc) from exc
+            with anyio.fail_after(budget + 10):
+                raw = await call()
+        except TimeoutError:
+            raise ApiError(
+                504, f"deadline exceeded: the heavy lane gave no answer within {budget} s"
+            ) from None
+        except BentoMLException as exc:
+            status = getattr(getattr(exc, "error_code", None), "value", 500)
+            if status == 429:
+                raise ApiError(
+                    503,
+                    f"busy: the heavy lane (image encodings, /refine) is full; retry after "
+                    f"{self.config.retry_after_s} s",
+                    None,
+                    {"Retry-After": str(self.config.retry_after_s)},
+                ) from None
+            body = normalize_body(status, str(exc).encode())["error"]
+            raise ApiError(status, body["message"], body["field"]) from None
+        reply = pickle.loads(raw)  # from our own heavy lane process, never from a client
+        if reply[0] == "error":
+            raise ApiError(reply[1], reply[2], reply[3])
+        return reply[1]
 
-    def _prompts(self, prompts: list[PromptIn], image_id: str) -> list[Prompt]:
-        if len(prompts) > self.config.max_prompts:
-            raise InvalidArgument(
-                f"prompts: {len(prompts)} prompts exceed the limit of {self.config.max_prompts}"
-            )
+    async def _handle_for_upload(self, data: bytes, field: str) -> tuple[ImageHandle, bool]:
+        """The embedding of an uploaded image: from the cache, else from the heavy lane."""
+        file_key = hashlib.sha256(data).hexdigest()
+        with self._keys_lock:
+            key = self._file_keys.get(file_key)
+        if key is not None:
+            handle = self.engine.lookup(key)
+            if handle is not None:
+                return handle, True
+        out = await self._heavy(
+            lambda: self.heavy.to_async.embed(image=data, budget_s=self.config.request_timeout_s, field=field)
+        )
+        self.engine.cache.put(out["key"], out["payload"], out["nbytes"])
+        with self._keys_lock:
+            self._file_keys[file_key] = out["key"]
+            while len(self._file_keys) > FILE_KEYS:
+                self._file_keys.popitem(last=False)
+        return ImageHandle(out["key"], tuple(out["size"]), self.engine.name, out["payload"]), False
+
+    def _prompts(self, prompts: list[Any], handle: ImageHandle) -> list[Prompt]:
         out = []
         for i, p in enumerate(prompts):
             mask_logits = None
             if p.mask_input_id is not None:
                 stored = self.logits.get(p.mask_input_id)
                 if stored is None:
-                    raise NotFound(f"prompts[{i}].mask_input_id {p.mask_input_id!r} is unknown or expired")
-                if stored[0] != image_id:
-                    raise InvalidArgument(f"prompts[{i}].mask_input_id belongs to another image")
-                mask_logits = stored[1]
-            try:
-                out.append(
-                    Prompt(
-                        points=None if p.points is None else np.asarray(p.points, np.float64).reshape(-1, 2),
-                        labels=None if p.labels is None else np.asarray(p.labels),
-                        box=None if p.box is None else np.asarray(p.box, np.float64),
-                        mask_logits=mask_logits,
+                    raise ApiError(
+                        404,
+                        f"prompts[{i}].mask_input_id {p.mask_input_id!r} is unknown or expired",
+                        f"prompts[{i}].mask_input_id",
                     )
+                if stored[0] != handle.key:
+                    raise ApiError(
+                        400,
+                        f"prompts[{i}].mask_input_id belongs to another image",
+                        f"prompts[{i}].mask_input_id",
+                    )
+                mask_logits = stored[1]
+            out.append(
+                Prompt(
+                    points=None if p.points is None else np.asarray(p.points, np.float64).reshape(-1, 2),
+                    labels=None if p.labels is None else np.asarray(p.labels, np.int64),
+                    box=None if p.box is None else np.asarray(p.box, np.float64),
+                    mask_logits=mask_logits,
                 )
-            except (ValueError, TypeError) as exc:
-                raise InvalidArgument(f"prompts[{i}]: {exc}") from exc
+            )
+        try:
+            validate_prompts(out, handle.original_size)
+        except ValueError as exc:
+            message = str(exc)
+            match = re.match(r"prompt (\d+)", message)
+            field = f"prompts[{match.group(1)}]" if match else "prompts"
+            raise ApiError(
+                400, message.replace(match.group(0), field, 1) if match else message, field
+            ) from None
         return out
 
-    # -- routes ---------------------------------------------------------------------------------
-    @bentoml.api(route="/embed")
-    def embed(self, image: ImageFile) -> dict:
-        """Embed an image once; later /predict calls may send its image_id instead of the pixels."""
-        pixels = self._read(image)
-        with self._lock:
-            hits = self.engine.stats.cache_hits
-            try:
-                handle = self.engine.embed([pixels])[0]
-            except ValueError as exc:
-                raise _bad(exc) from exc
-            cached = self.engine.stats.cache_hits > hits
+    def _decode(
+        self, handle: ImageHandle, prompts: list[Prompt], multimask: bool, mask_format: str
+    ) -> list[dict]:
+        """Decode in chunks whose full-size masks stay under max_mask_bytes; encode each chunk's
+        masks before the next (memory is O(chunk), not O(prompts))."""
         h, w = handle.original_size
-        return {
-            "image_id": handle.key,
-            "width": w,
-            "height": h,
-            "cached": cached,
-            "backend": self.engine.name,
-        }
-
-    @bentoml.api(route="/predict")
-    def predict(
-        self,
-        prompts: list[PromptIn],
-        image: list[Path] = OPTIONAL_FILE,
-        image_id: str | None = None,
-        multimask: bool = True,
-        mask_format: Literal[MASK_FORMATS] = "rle",  # type: ignore[valid-type]
-    ) -> dict:
-        """Masks for each prompt: 3 candidates (1 without multimask) with IoU and stability scores."""
-        if bool(image) == (image_id is not None):
-            raise InvalidArgument("send exactly one of image (a file) or image_id (from /embed)")
-        pixels = self._read(image[0]) if image else None
-        with self._lock:
-            if pixels is None:
-                handle = self.engine.lookup(image_id)
-                if handle is None:
-                    raise NotFound(
-                        f"image_id {image_id!r} is unknown or was evicted; POST the image to /embed"
-                    )
-            else:
-                try:
-                    handle = self.engine.embed([pixels])[0]
-                except ValueError as exc:
-                    raise _bad(exc) from exc
-            converted = self._prompts(prompts, handle.key)
-            try:
-                out = self.engine.predict(handle, converted, multimask=multimask)
-            except ValueError as exc:
-                raise _bad(exc) from exc
+        per_prompt = (3 if multimask else 1) * h * w
+        chunk = max(1, self.config.max_mask_bytes // max(per_prompt, 1))
         predictions = []
-        for i in range(len(out)):
-            best = int(np.argmax(out.iou[i]))
-            logits_id = uuid.uuid4().hex
-            logits = np.ascontiguousarray(out.low_res_logits[i, best : best + 1], dtype=np.float32)
-            self.logits.put(logits_id, (handle.key, logits), logits.nbytes)
-            predictions.append(
-                {
-                    "masks": [encode_mask(m, mask_format) for m in out.masks[i]],
-                    "iou": [round(float(v), 6) for v in out.iou[i]],
-                    "stability": [round(float(v), 6) for v in out.stability[i]],
-                    "best": best,
-                    "logits_id": logits_id,
-                }
-            )
-        h, w = handle.original_size
-        return {
-            "image_id": handle.key,
-            "width": w,
-            "height": h,
-            "backend": self.engine.name,
-            "mask_format": mask_format,
-            "predictions": predictions,
-        }
+        for start in range(0, len(prompts), chunk):
+            check_deadline()
+            try:
+                out = self.engine.predict(handle, prompts[start : start + chunk], multimask=multimask)
+            except ValueError as exc:
+                raise ApiError(400, str(exc), "prompts") from None
+            for i in range(len(out)):
+                best = int(np.argmax(out.iou[i]))
+                logits_id = uuid.uuid4().hex
+                logits = np.ascontiguousarray(out.low_res_logits[i, best : best + 1], dtype=np.float32)
+                self.logits.put(logits_id, (handle.key, logits), logits.nbytes)
+                predictions.append(
+                    {
+                        "masks": [encode_mask(m, mask_format) for m in out.masks[i]],
+                        "iou": [round(float(v), 6) for v in out.iou[i]],
+                        "stability": [round(float(v), 6) for v in out.stability[i]],
+                        "best": best,
+                        "logits_id": logits_id,
+                    }
+                )
+            del out
+        return predictions
 
     def _model_paths(self, method: str, options: dict[str, Any]) -> dict[str, Any]:
         """Model files come from the server's configuration, never from a request (a client must not
@@ -276,12 +463,19 @@ class SegmentationService:
         given = sorted(set(options) & set(SERVER_PATH_OPTIONS))
         if given:
             where = ", ".join(f"{k} (SESAM_{SERVER_PATH_OPTIONS[k].upper()})" for k in given)
-            raise InvalidArgument(f"options: {where} is set on the server, not per request")
+            raise ApiError(
+                400,
+                f"options.{given[0]}: {where} is set on the server, not per request",
+                f"options.{given[0]}",
+            )
+        strict_options(OPTIONS[method], options)
         c, options = self.config, dict(options)
-        side = options.get("points_per_side", 16)
-        if isinstance(side, int) and side * side > c.max_weak_labels:
-            raise InvalidArgument(
-                f"options: points_per_side {side} makes {side * side} prompts, over the limit of {c.max_weak_labels}"
+        side = options.get("points_per_side", getattr(OPTIONS[method](), "points_per_side", None))
+        if side is not None and side * side > c.max_weak_labels:
+            raise ApiError(
+                400,
+                f"options.points_per_side: {side} makes {side * side} prompts, over the limit of {c.max_weak_labels}",
+                "options.points_per_side",
             )
         if method in ("sepl", "weaksam") and c.cam_checkpoint:
             options["cam"] = c.cam_checkpoint
@@ -292,96 +486,157 @@ class SegmentationService:
             options["detector"] = c.detector
         return options
 
+    # -- routes ---------------------------------------------------------------------------------
+    @bentoml.api(route="/embed")
+    async def embed(self, image: ImageFile) -> dict:
+        """Embed an image once; later /predict calls may send its image_id instead of the pixels."""
+        data = await anyio.Path(image).read_bytes()
+        handle, cached = await self._handle_for_upload(data, "image")
+        h, w = handle.original_size
+        return {
+            "image_id": handle.key,
+            "width": w,
+            "height": h,
+            "cached": cached,
+            "backend": self.engine.name,
+        }
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        prompts: Annotated[list[PromptIn], Field(min_length=1, max_length=CONFIG.max_prompts)],  # type: ignore[valid-type]
+        image: list[Path] = OPTIONAL_FILE,
+        image_id: Annotated[str, Field(max_length=128)] | None = None,
+        multimask: Annotated[bool, Field(strict=True)] = True,
+        mask_format: Literal[MASK_FORMATS] = "rle",  # type: ignore[valid-type]
+    ) -> dict:
+        """Masks for each prompt: 3 candidates (1 without multimask) with IoU and stability scores."""
+        if bool(image) == (image_id is not None):
+            raise ApiError(
+                400, "image: send exactly one of image (a file) or image_id (from /embed)", "image"
+            )
+        if image:
+            handle, _ = await self._handle_for_upload(await anyio.Path(image[0]).read_bytes(), "image")
+        else:
+            handle = self.engine.lookup(image_id)
+            if handle is None:
+                raise ApiError(
+                    404,
+                    f"image_id: {image_id!r} is unknown or was evicted; POST the image to /embed",
+                    "image_id",
+                )
+        converted = self._prompts(prompts, handle)
+        predictions = await self.predict_lane.run(
+            self._decode, handle, converted, multimask, mask_format, budget_s=self.config.light_timeout_s
+        )
+        h, w = handle.original_size
+        return {
+            "image_id": handle.key,
+            "width": w,
+            "height": h,
+            "backend": self.engine.name,
+            "mask_format": mask_format,
+            "predictions": predictions,
+        }
+
     @bentoml.api(route="/refine")
-    def refine(
+    async def refine(
         self,
         image: ImageFile,
-        weak: dict[str, Any] | None = None,
+        weak: WeakIn | None = None,  # type: ignore[valid-type]
         coarse_mask: list[Path] = OPTIONAL_FILE,
         method: Literal[METHODS] = "sesam",  # type: ignore[valid-type]
         options: dict[str, Any] | None = None,
         label_format: Literal[LABEL_FORMATS] = "png",  # type: ignore[valid-type]
-        num_classes: int | None = None,
+        num_classes: Annotated[int, Field(ge=1, le=255, strict=True)] | None = None,
     ) -> dict:
         """Weak labels -> a dense label map (255 = unlabeled), as `sesam refine` computes it."""
-        pixels = self._read(image)
-        h, w = pixels.shape[:2]
-        try:
-            data = {"version": SCHEMA_VERSION, "width": w, "height": h} | (weak or {})
-            labels = WeakLabels.from_json(data, source="weak")
-            if (labels.height, labels.width) != (h, w):
-                raise ValueError(
-                    f"weak: labels are for a {labels.width}x{labels.height} image, the image is {w}x{h}"
-                )
-            if coarse_mask:
-                labels.coarse = read_label_png(coarse_mask[0], source="coarse_mask", expected_size=(h, w))
-            count = len(labels.points) + len(labels.scribbles) + len(labels.boxes)
-            if count > self.config.max_weak_labels:
-                raise InvalidArgument(
-                    f"weak: {count} points/scribbles/boxes exceed the limit of {self.config.max_weak_labels}"
-                )
-            labels.validate(num_classes, "weak" + (" / coarse_mask" if coarse_mask else ""))
-            opts = backend_defaults(method, self.engine.name, self._model_paths(method, options or {}))
-            with self._lock:
-                labeler = build_labeler(method, self.engine, **opts)
-                check_weak_kinds(labeler, labels, "weak")
-                result = labeler.refine(pixels, labels)
-        except (ValueError, TypeError) as exc:
-            raise _bad(exc) from exc
+        opts = backend_defaults(method, self.engine.name, self._model_paths(method, options or {}))
+        request = {
+            "image": await anyio.Path(image).read_bytes(),
+            "weak": weak.model_dump(exclude_none=True) if weak is not None else {},
+            "coarse": await anyio.Path(coarse_mask[0]).read_bytes() if coarse_mask else None,
+            "method": method,
+            "options": opts,
+            "label_format": label_format,
+            "num_classes": num_classes,
+        }
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        out = await self._heavy(
+            lambda: self.heavy.to_async.refine(request=payload, budget_s=self.config.request_timeout_s)
+        )
         return {
             "method": method,
             "options": opts,
             "backend": self.engine.name,
-            "width": w,
-            "height": h,
-            "labels": encode_labels(result.labels, label_format),
-            "stats": result.stats() | {"weak_kinds": labels.kinds()},
+            "width": out["width"],
+            "height": out["height"],
+            "labels": out["labels"],
+            "stats": out["stats"],
         }
 
+    async def _student_meta(self) -> dict:
+        if self.student_meta is None:
+            self.student_meta = await self.student_batcher.to_async.describe()
+        return self.student_meta
+
+    def _segment_local(self, datas: list[bytes], min_score: float) -> tuple[list[np.ndarray], list]:
+        pixels = [read_pixels(d, f"images[{i}]") for i, d in enumerate(datas)]
+        check_deadline()
+        try:
+            return pixels, student_answers(self.student, pixels, min_score)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), "images") from None
+
     @bentoml.api(route="/segment")
-    def segment(
+    async def segment(
         self,
         images: list[Path] = Field(default_factory=list),  # noqa: B008 (BentoML reads the default)
         output: Literal[SEGMENT_OUTPUTS] = "auto",  # type: ignore[valid-type]
         label_format: Literal[LABEL_FORMATS] = "png",  # type: ignore[valid-type]
         mask_format: Literal[INSTANCE_MASK_FORMATS] = "rle",  # type: ignore[valid-type]
-        min_score: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
+        min_score: Score = 0.5,
     ) -> dict:
-        """The student's answer for each image (concurrent requests are batched): a label map
-        (semantic student) or instances with mask, class, score and box (instance student)."""
-        student = self.student
-        if student is None:
-            raise NotFound("no student configured (SESAM_STUDENT_CHECKPOINT)")
-        task = student.task
+        """The student's answer for each image: a label map (semantic student) or instances with
+        mask, class, score and box (instance student)."""
+        if not self.config.student_checkpoint:
+            raise ApiError(404, "no student configured (SESAM_STUDENT_CHECKPOINT)", None)
+        meta = await self._student_meta()
+        task = meta["task"]
         wanted = {"labels": "semantic", "instances": "instance"}.get(output, task)
         if wanted != task:
-            raise InvalidArgument(
-                f"output: {output!r} is not meaningful for the {task} student {student.name!r}; "
-                f"send output={'labels' if task == 'semantic' else 'instances'} or auto"
+            raise ApiError(
+                400,
+                f"output: {output!r} is not meaningful for the {task} student {meta['name']!r}; "
+                f"send output={'labels' if task == 'semantic' else 'instances'} or auto",
+                "output",
             )
         if not images:
-            raise InvalidArgument("images: at least one image file is required")
+            raise ApiError(400, "images: at least one image file is required", "images")
         if len(images) > self.config.max_images:
-            raise InvalidArgument(
-                f"images: {len(images)} images exceed the limit of {self.config.max_images}"
+            raise ApiError(
+                400, f"images: {len(images)} images exceed the limit of {self.config.max_images}", "images"
             )
-        pixels = [self._read(path, f"images[{i}]") for i, path in enumerate(images)]
-        try:
-            if self.config.batching:
-                batcher = self.student_batcher
-                answers = (batcher.label_maps if task == "semantic" else batcher.instances)(pixels)
-            else:
-                with self._lock:
-                    answers = student_answers(student, pixels)
-        except ValueError as exc:
-            raise _bad(exc) from exc
+        datas = [await anyio.Path(p).read_bytes() for p in images]
+        if self.student is not None:
+            pixels, answers = await self.segment_lane.run(
+                self._segment_local, datas, min_score, budget_s=self.config.light_timeout_s
+            )
+        else:
+            pixels = await self.segment_lane.run(
+                lambda: [read_pixels(d, f"images[{i}]") for i, d in enumerate(datas)],
+                budget_s=self.config.light_timeout_s,
+            )
+            batcher = self.student_batcher.to_async
+            call = batcher.label_maps if task == "semantic" else batcher.instances
+            answers = await self._batched(call, pixels)
         results = []
         for image, answer in zip(pixels, answers, strict=True):
             h, w = image.shape[:2]
             result: dict[str, Any] = {"width": w, "height": h}
             if task == "semantic":
                 result["labels"] = encode_labels(
-                    np.asarray(answer, np.uint8), label_format, student.class_names
+                    np.asarray(answer, np.uint8), label_format, meta["class_names"]
                 )
             else:
                 kept = [item for item in answer if item["score"] >= min_score]
@@ -391,45 +646,92 @@ class SegmentationService:
                 result["instances"] = kept
             results.append(result)
         return {
-            "student": student.name,
+            "student": meta["name"],
             "task": task,
-            "runtime": student.runtime,
-            "class_names": student.class_names,
+            "runtime": meta["runtime"],
+            "class_names": meta["class_names"],
             "format": label_format if task == "semantic" else mask_format,
             "results": results,
         }
 
+    async def _batched(self, call: Callable, pixels: list[np.ndarray]) -> list:
+        budget = self.config.light_timeout_s
+        try:
+            with anyio.fail_after(budget):
+                return await call(pixels)
+        except TimeoutError:
+            raise ApiError(504, f"deadline exceeded: the student gave no answer within {budget} s") from None
+        except BentoMLException as exc:
+            status = getattr(getattr(exc, "error_code", None), "value", 500)
+            body = normalize_body(status, str(exc).encode())["error"]
+            raise ApiError(400 if status < 500 else 503, body["message"], body["field"] or "images") from None
+
     @bentoml.api(route="/info")
-    def info(self) -> dict:
-        """Backend, limits, cache and counter state."""
-        with self._lock:
-            engine = self.engine.info()
-        return engine | {
+    async def info(self) -> dict:
+        """Backend, limits, lanes, cache and counter state."""
+        c = self.config
+        student = None
+        if self.student is not None:
+            student = self.student.info()
+        elif c.student_checkpoint:
+            student = await self.student_batcher.to_async.info()
+        return self.engine.info() | {
             "limits": {
-                "max_prompts": self.config.max_prompts,
-                "max_weak_labels": self.config.max_weak_labels,
-                "max_image_pixels": self.max_pixels,
-                "max_images": self.config.max_images,
-                "max_body_bytes": self.config.max_body_bytes,
-                "request_timeout_s": self.config.request_timeout_s,
+                "max_prompts": c.max_prompts,
+                "max_points_per_prompt": c.max_points_per_prompt,
+                "max_weak_labels": c.max_weak_labels,
+                "max_scribble_points": c.max_scribble_points,
+                "max_image_pixels": c.max_image_pixels,
+                "max_images": c.max_images,
+                "max_field_bytes": c.max_field_bytes,
+                "max_body_bytes": c.max_body_bytes,
+                "max_mask_bytes": c.max_mask_bytes,
+                "refine_side": c.refine_side,
+                "request_timeout_s": c.request_timeout_s,
+                "light_timeout_s": c.light_timeout_s,
+            },
+            "lanes": {
+                "predict": self.predict_lane.info(),
+                "segment": self.segment_lane.info(),
+                "heavy": {
+                    "workers": c.heavy_workers,
+                    "queue_per_worker": c.heavy_queue,
+                    "nice": c.heavy_nice,
+                },
             },
             "logits_cache": self.logits.info(),
-            "student": self.student.info() if self.student else None,
+            "student": student,
             "batching": {
-                "enabled": self.config.batching,
-                "max_batch_size": self.config.max_batch_size,
-                "max_latency_ms": self.config.max_latency_ms,
+                "enabled": bool(c.batching),
+                "max_batch_size": c.max_batch_size,
+                "max_latency_ms": c.max_latency_ms,
             },
-            "auth": self.config.api_key is not None,
+            "auth": c.api_key is not None,
             "refine_methods": list(METHODS),
             "tags_models": {
-                "cam_checkpoint": self.config.cam_checkpoint,
-                "wsod_checkpoint": self.config.wsod_checkpoint,
-                "detector": self.config.detector,
+                "cam_checkpoint": c.cam_checkpoint is not None,
+                "wsod_checkpoint": c.wsod_checkpoint is not None,
+                "detector": c.detector is not None,
             },
         }
 
 
+def route_specs(service: Any) -> dict[str, RouteSpec]:
+    """Each route's declared fields, which are files and which may repeat (for the guard)."""
+    specs = {}
+    for api in service.apis.values():
+        fields = api.input_spec.model_fields
+        files = frozenset(getattr(api.input_spec, "multipart_fields", set()) or set())
+        lists = frozenset(n for n in files if "list" in str(fields[n].annotation).lower())
+        specs[api.route] = RouteSpec(frozenset(fields), files, lists, CONFIG.max_images)
+    return specs
+
+
 SegmentationService.add_asgi_middleware(
-    GuardMiddleware, api_key=CONFIG.api_key, max_body_bytes=CONFIG.max_body_bytes
+    GuardMiddleware,
+    api_key=CONFIG.api_key,
+    max_body_bytes=CONFIG.max_body_bytes,
+    routes=route_specs(SegmentationService),
+    max_field_bytes=CONFIG.max_field_bytes,
+    retry_after_s=CONFIG.retry_after_s,
 )
