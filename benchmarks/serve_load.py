@@ -7,7 +7,15 @@ Starts `bentoml serve` four times on free ports: the shipped student from its Py
 images; benchmarks/student_int8.py has its accuracy). Each gets the same bounded load: N requests at concurrency
 C. Prints req/s, p50, p99 and errors per route; writes benchmarks/results/serve_load.md.
 
-Run: `python benchmarks/serve_load.py [--requests 200] [--concurrency 16] [--backend classical]`
+The heavy-neighbour part (`--part neighbour`, also in the default run) starts one more server
+(the classical prior) and measures /predict on a cached embedding at concurrency 8 alone (the
+baseline), then again while a 16-megapixel /embed and a 4096-point /refine run beside it. It
+reports p50/p99 of both, how the heavy requests ended (status, seconds, against their deadline)
+and the peak resident memory of each server process (sampled every 50 ms with psutil); writes
+benchmarks/results/serve_neighbour.md.
+
+Run: `python benchmarks/serve_load.py [--requests 200] [--concurrency 16] [--backend classical]
+[--part all|students|neighbour]`
 """
 
 from __future__ import annotations
@@ -164,15 +172,203 @@ def run(
             proc.kill()
 
 
+def big_image(side: tuple[int, int] = (3264, 4896)) -> bytes:
+    """A 16-megapixel JPEG: a CamVid image upscaled (or seeded noise without CamVid)."""
+    if (CAMVID / "val.txt").is_file():
+        stem = (CAMVID / "val.txt").read_text().split()[0]
+        img = Image.open(CAMVID / "images" / "val" / f"{stem}.jpg").convert("RGB")
+    else:
+        img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (360, 480, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.resize((side[1], side[0]), Image.Resampling.BICUBIC).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def weak_points(n: int, width: int = 480, height: int = 360, classes: int = 11) -> dict:
+    rng = np.random.default_rng(0)
+    xy = rng.uniform([0, 0], [width - 1, height - 1], (n, 2)).round(1)
+    return {
+        "points": [{"x": x, "y": y, "class_id": int(i % classes)} for i, (x, y) in enumerate(xy.tolist())]
+    }
+
+
+class RssSampler:
+    """Peak RSS per process of a process tree, sampled in a thread."""
+
+    def __init__(self, pid: int, every_s: float = 0.05) -> None:
+        import threading
+
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.peak: dict[str, int] = {}
+        self.every_s = every_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                return
+            for p in procs:
+                try:
+                    cmd = " ".join(p.cmdline())
+                    rss = p.memory_info().rss
+                except psutil.Error:
+                    continue
+                name = "supervisor" if p.pid == self.root.pid else _role(cmd)
+                self.peak[name] = max(self.peak.get(name, 0), rss)
+            self.stop.wait(self.every_s)
+
+    def __enter__(self) -> RssSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _role(cmd: str) -> str:
+    for tag, name in (("sesam-heavy", "heavy lane"), ("sesam-student", "student batcher")):
+        if tag in cmd:
+            return name
+    return "front" if "_bentoml_impl.worker" in cmd else "other"
+
+
+def neighbour(args: argparse.Namespace, images: list[bytes]) -> list[str]:
+    """/predict p50/p99 alone vs beside a 16 MP /embed and a 4096-point /refine; peak RSS."""
+    import threading
+
+    port = free_port()
+    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", SESAM_BACKEND="classical", SESAM_BATCHING="0")
+    for name in ("SESAM_API_KEY", "SESAM_CONFIG"):
+        env.pop(name, None)
+    proc = start_server(port, env)
+    url = f"http://127.0.0.1:{port}"
+    concurrency, requests = 8, args.requests
+    rows: list[tuple[str, ...]] = []
+    try:
+        with (
+            httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=64)) as http,
+            RssSampler(proc.pid) as rss,
+        ):
+            image_id = http.post("/embed", files={"image": ("x.jpg", images[0], "image/jpeg")}).json()[
+                "image_id"
+            ]
+            rng = np.random.default_rng(0)
+            clicks = rng.uniform([0, 0], [479, 359], (100_000, 2)).round(1).tolist()
+
+            def predict(i: int) -> bool:
+                body = {"image_id": image_id, "prompts": [{"points": [clicks[i]], "labels": [1]}]}
+                return http.post("/predict", json=body).status_code == 200
+
+            for i in range(8):
+                predict(i)
+            alone = load(predict, requests, concurrency)
+            heavy: dict[str, tuple[int, float]] = {}
+            big = big_image()
+            weak = json.dumps(weak_points(4096))
+
+            def send_heavy(name: str, route: str, files: dict, data: dict) -> None:
+                t0 = time.perf_counter()
+                try:
+                    status = http.post(route, files=files, data=data).status_code
+                except httpx.HTTPError:
+                    status = -1
+                heavy[name] = (status, time.perf_counter() - t0)
+
+            threads = [
+                threading.Thread(
+                    target=send_heavy,
+                    args=("16 MP /embed", "/embed", {"image": ("big.jpg", big, "image/jpeg")}, {}),
+                ),
+                threading.Thread(
+                    target=send_heavy,
+                    args=(
+                        "4096-point /refine",
+                        "/refine",
+                        {"image": ("x.jpg", images[1 % len(images)], "image/jpeg")},
+                        {"weak": weak},
+                    ),
+                ),
+            ]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)  # both heavy requests are in the server
+            beside = load(predict, requests, concurrency)
+            for t in threads:
+                t.join()
+            info = http.post("/info").json()
+        deadline = info["limits"]["request_timeout_s"]
+        rows.append(("/predict alone (baseline)", *_cols(alone), "1.00x"))
+        rows.append(
+            (
+                "/predict beside 16 MP /embed + 4096-point /refine",
+                *_cols(beside),
+                f"{beside['p99_ms'] / alone['p99_ms']:.2f}x",
+            )
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    header = ("requests", "req/s", "p50 ms", "p99 ms", "errors", "p99 vs alone")
+    title = (
+        f"/predict on a cached embedding, {requests} requests at concurrency {concurrency}, classical prior, "
+        f"{os.cpu_count()} CPU cores"
+    )
+    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [
+        "",
+        f"Heavy requests (deadline {deadline} s):",
+        "",
+        "| request | status | seconds |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {status} | {secs:.1f} |" for name, (status, secs) in heavy.items()]
+    lines += ["", "Peak resident memory per server process:", "", "| process | peak RSS MiB |", "|---|---|"]
+    lines += [f"| {name} | {peak / 2**20:.0f} |" for name, peak in sorted(rss.peak.items())]
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+    print("\n".join(lines[len(rows) + 4 :]))
+    return lines
+
+
+def _cols(r: dict) -> tuple[str, ...]:
+    return (f"{r['req_s']:.2f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", str(r["errors"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--backend", default="classical")
     parser.add_argument("--sam-type", default="tiny")
+    parser.add_argument("--part", choices=("all", "students", "neighbour"), default="all")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.md"))
+    parser.add_argument(
+        "--neighbour-out", default=str(ROOT / "benchmarks" / "results" / "serve_neighbour.md")
+    )
     args = parser.parse_args()
     images = test_images()
+    if args.part in ("all", "neighbour"):
+        from models.io import atomic_write_text
+
+        atomic_write_text(Path(args.neighbour_out), "\n".join(neighbour(args, images)) + "\n")
+        if args.part == "neighbour":
+            return
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     from export.onnx_export import export_student_checkpoint
     from models.students import SHIPPED_SEMANTIC_STUDENT

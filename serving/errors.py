@@ -65,12 +65,13 @@ class ApiError(BentoMLException):
         field: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        # BentoML writes str(exc) into the body; the guard middleware reads this JSON back
+        body = error_body(status, message, field)
+        super().__init__(json.dumps(body), error_code=HTTPStatus(status))
         self.error_code = HTTPStatus(status)
         self.field = field
         self.headers = headers or {}
-        self.message = message
-        # BentoML writes str(exc) into the body; the guard middleware reads this JSON back
-        super().__init__(json.dumps(self.payload()), error_code=HTTPStatus(status))
+        self.message = message  # after BentoMLException's __init__, which sets its own
 
     def payload(self) -> dict[str, Any]:
         status = self.error_code.value
@@ -91,6 +92,14 @@ def field_of(message: str) -> str | None:
     return match.group(1) if match else None
 
 
+_TYPE_TAGS = frozenset({"float", "int", "str", "bool", "bytes", "none", "dict", "list", "tuple"})
+
+
+def _type_tag(part: str) -> bool:
+    """A union member's tag in pydantic's error location ('float', 'function-after[...]'), not a field."""
+    return part in _TYPE_TAGS or "[" in part or part.startswith("function-")
+
+
 def _loc_field(loc: Any) -> str | None:
     """pydantic's error location ("prompts", 0, "labels", 1) -> "prompts[0].labels[1]"."""
     if not isinstance(loc, (list, tuple)):
@@ -99,7 +108,7 @@ def _loc_field(loc: Any) -> str | None:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and not part.startswith(("function-", "tuple[", "list[")):
+        elif isinstance(part, str) and not _type_tag(part):
             out += ("." if out else "") + part
     return out or None
 
@@ -116,11 +125,11 @@ def normalize_body(status: int, raw: bytes, content_type: str = "") -> dict[str,
             data = None
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
         data = data[0]  # BentoML 1.4 wraps a 4xx message in a one-element array
-    message, field = None, None
+    message, field, explicit = None, None, False
     if isinstance(data, dict):
         inner = data.get("error")
         if isinstance(inner, dict) and "message" in inner:  # already ours
-            message, field = str(inner.get("message")), inner.get("field")
+            message, field, explicit = str(inner.get("message")), inner.get("field"), True
         elif isinstance(inner, str):
             try:
                 nested = json.loads(inner)
@@ -128,6 +137,7 @@ def normalize_body(status: int, raw: bytes, content_type: str = "") -> dict[str,
                 nested = None
             if isinstance(nested, dict) and isinstance(nested.get("error"), dict):
                 message, field = str(nested["error"].get("message")), nested["error"].get("field")
+                explicit = True
             else:
                 message = inner
         details = data.get("detail")
@@ -142,7 +152,7 @@ def normalize_body(status: int, raw: bytes, content_type: str = "") -> dict[str,
         message = f"{field or 'request'}: {data[0].get('msg', 'invalid value')}"
     if message is None:
         message = text.strip() or HTTPStatus(status).phrase
-    if field is None:
+    if field is None and not explicit:
         field = field_of(message)
     if status >= 500 and status not in (503, 504):
         message, field = INTERNAL_MESSAGE, None
