@@ -221,7 +221,8 @@ def verify_instance_student(
             ref_i = runtime.__class__(reference, meta).segment([image], min_score=0.0)[0]
             out_i = runtime.segment([image], min_score=0.0)[0]
             agreement = float((ref_i[0] == out_i[0]).mean()) if ref_i[0].shape == out_i[0].shape else 0.0
-            score_diff = float(np.abs(ref_i[2] - out_i[2]).max()) if len(ref_i[2]) == len(out_i[2]) else 1.0
+            same = len(ref_i[2]) == len(out_i[2])
+            score_diff = float(np.abs(ref_i[2] - out_i[2]).max(initial=0.0)) if same else 1.0
             case = Case(
                 model=f"instance student {md['student']}",
                 image=name,

@@ -152,12 +152,36 @@ def letterbox(image: torch.Tensor, side: int) -> tuple[torch.Tensor, tuple[int, 
     return F.pad(normalize(x), (0, pw - sw, 0, ph - sh))[0], (sh, sw)
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def as_top_k(top_k: Any) -> int:
+    """`top_k` as an int >= 0: ints, numpy integers and integral floats (3.0) pass; anything else
+    (2.5, -1, NaN, True, "3") is a ValueError naming the value."""
+    if not _is_real(top_k) or not float(top_k).is_integer() or top_k < 0:
+        raise ValueError(f"top_k must be a whole number >= 0, got {top_k!r}")
+    return int(top_k)
+
+
+def as_min_score(min_score: Any) -> float:
+    """`min_score` as a float (any real number; scores lie in [0, 1]); NaN, bools and non-numbers
+    are a ValueError naming the value."""
+    if not _is_real(min_score) or np.isnan(min_score):
+        raise ValueError(f"min_score must be a number, got {min_score!r}")
+    return float(min_score)
+
+
 def instances_from_outputs(
-    class_logits: torch.Tensor, mask_logits: torch.Tensor, top_k: int = 50
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, top_k: int = 50, min_score: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mask2Former's instance inference for one image: Qx(C+1) class logits and Qxhxw mask logits ->
-    the top_k (query, class) pairs as (mask logits Kxhxw, classes K, scores K), best first; score =
-    class probability x the mean mask probability inside the mask (logit > 0), Mask2Former's rule."""
+    the top_k (query, class) pairs by class probability, rescored and kept when score >= min_score,
+    as (mask logits Kxhxw, classes K int64, scores K), best first. Score = class probability x the
+    mean mask probability inside the mask (logit > 0), Mask2Former's rule. K may be 0."""
+    top_k, min_score = as_top_k(top_k), as_min_score(min_score)
     probs = class_logits.softmax(-1)[:, :-1]  # QxC, "no object" dropped
     q, c = probs.shape
     scores, flat = probs.flatten().topk(min(top_k, q * c))
@@ -165,7 +189,8 @@ def instances_from_outputs(
     inside = (logits > 0).float()
     mask_prob = (logits.sigmoid() * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1)
     scores = scores * mask_prob
-    order = scores.argsort(descending=True)
+    keep = (scores >= min_score).nonzero()[:, 0]
+    order = keep[scores[keep].argsort(descending=True, stable=True)]
     return logits[order], (flat % c)[order], scores[order]
 
 
@@ -179,15 +204,17 @@ def instances_at_size(
     min_score: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One letterboxed image's last-layer outputs (Qx(C+1), Qxhxw) -> its instances at the image's
-    own `size`: (masks KxHxW bool, classes K, scores K), best first, scores >= min_score. `canvas` is
-    the padded input size, `scaled` the image's size inside it (top-left)."""
-    logits, classes, scores = instances_from_outputs(class_logits, mask_logits, top_k)
-    keep = scores >= min_score
-    up = F.interpolate(logits[keep][None], size=tuple(canvas), mode="bilinear", align_corners=False)
+    own `size`: (masks KxHxW bool, classes K int64, scores K float32), best first, scores >=
+    min_score; K may be 0. `canvas` is the padded input size, `scaled` the image's size inside it
+    (top-left). top_k and min_score drop instances before any upsampling."""
+    logits, classes, scores = instances_from_outputs(class_logits, mask_logits, top_k, min_score)
+    if len(scores) == 0:
+        return np.zeros((0, *size), bool), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    up = F.interpolate(logits[None], size=tuple(canvas), mode="bilinear", align_corners=False)
     up = F.interpolate(
         up[..., : scaled[0], : scaled[1]], size=tuple(size), mode="bilinear", align_corners=False
     )
-    return up[0].cpu().numpy() > 0, classes[keep].cpu().numpy(), scores[keep].cpu().numpy()
+    return up[0].cpu().numpy() > 0, classes.cpu().numpy(), scores.float().cpu().numpy()
 
 
 def letterbox_pixels(
@@ -249,9 +276,12 @@ class InstanceSegmenter:
         return cls(torch_instance_forward(model, device), meta)
 
     def segment(
-        self, images: list[np.ndarray], top_k: int = 50, min_score: float = 0.05
+        self, images: list[np.ndarray], *, top_k: int = 50, min_score: float = 0.05
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per HxWx3 uint8 image: (masks KxHxW bool, class ids K, scores K), best first."""
+        """Per HxWx3 uint8 image: (masks KxHxW bool, class ids K int64, scores K float32), best
+        first, at most `top_k` (a whole number >= 0), scores >= `min_score`; K may be 0 (then the
+        masks are 0xHxW). Bad top_k or min_score: ValueError before any work."""
+        top_k, min_score = as_top_k(top_k), as_min_score(min_score)
         for i, image in enumerate(images):
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"images[{i}]: expected HxWx3, got shape {tuple(image.shape)}")

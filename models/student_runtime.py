@@ -29,6 +29,7 @@ from models.students_onnx import pad_images
 
 RUNTIMES = ("auto", "torch", "onnx", "tensorrt")
 EXPORT_KINDS = {"student": "semantic", "instance_student": "instance"}
+OUTPUT_ORDER = ("logits", "class_logits", "mask_logits")  # the student graphs' outputs (export.onnx_export)
 
 Segmenter = StudentSegmenter | InstanceSegmenter
 
@@ -85,10 +86,14 @@ def _tensorrt_run(directory: Path):
     from models.tensorrt_runtime import TensorRTModel
 
     engine = TensorRTModel(_student_engine(directory))
+    # the forward's order (class logits before mask logits), whatever order the engine lists them in
+    names = sorted(
+        engine.outputs, key=lambda n: OUTPUT_ORDER.index(n) if n in OUTPUT_ORDER else len(OUTPUT_ORDER)
+    )
 
     def run(x: np.ndarray) -> list[np.ndarray]:
         out = engine.run({"images": x})
-        return [out[name] for name in engine.outputs]
+        return [out[name] for name in names]
 
     return run
 

@@ -69,6 +69,20 @@ def test_instance_onnx_equals_torch(instance_checkpoint, instance_export, scene)
         assert np.array_equal(c0, c1) and np.mean(m0 == m1) > 0.999
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_instance_students_answer_zero_instances_with_empty_arrays(
+    runtime, instance_checkpoint, instance_export, scene
+) -> None:
+    student = load_segmenter(instance_checkpoint if runtime == "torch" else instance_export, runtime)
+    images = [scene, scene[:50, :70]]
+    for top_k, min_score in ((0, 0.0), (0.0, 0.5), (np.int64(20), 1.0)):
+        for image, (masks, classes, scores) in zip(
+            images, student.segment(images, top_k=top_k, min_score=min_score), strict=True
+        ):
+            assert masks.shape == (0, *image.shape[:2]) and masks.dtype == bool
+            assert classes.shape == scores.shape == (0,)
+
+
 def test_letterbox_pads_with_the_mean_colour() -> None:
     image = np.full((50, 100, 3), 10, np.uint8)
     pad = torch.tensor(IMAGE_MEAN) * 255
@@ -106,9 +120,12 @@ def test_tensorrt_students_match_onnx(student_export, instance_export, tmp_path,
             assert float((a - b).abs().max()) < 1e-3
         else:
             (m0, c0, s0), (m1, c1, s1) = (
-                trt_student.segment([scene], 0.0)[0],
-                ort_student.segment([scene], 0.0)[0],
+                trt_student.segment([scene], min_score=0.0)[0],
+                ort_student.segment([scene], min_score=0.0)[0],
             )
             np.testing.assert_allclose(s0, s1, atol=1e-3)
             assert np.array_equal(c0, c1)
             assert np.mean(m0 == m1) > 0.999
+            for top_k, min_score in ((0, 0.0), (0.0, 0.0), (50, 1.0)):  # zero instances: empty arrays
+                masks, classes, scores = trt_student.segment([scene], top_k=top_k, min_score=min_score)[0]
+                assert masks.shape == (0, *scene.shape[:2]) and classes.shape == scores.shape == (0,)
