@@ -9,7 +9,8 @@ In order, before any route (or BentoML's own request parser) sees a request:
 - Shape: the buffered body is checked against the route's declared fields (`RouteSpec`). JSON must
   be one object of known keys; multipart parts must carry known names, files where a file is
   declared (BentoML would otherwise fetch a URL given as text) and text elsewhere, no repeats of a
-  single field, and text of at most `max_field_bytes`. Other content types are 415.
+  single field, and text of at most `max_field_bytes`; a url-encoded form holds known text fields
+  only. Other content types are 415.
   This runs before BentoML's parser, which answers 500 on some of these.
 - Errors: every answer of 400 or more leaving the app is rewritten to the one shape of
   `serving.errors` (BentoML's arrays and pydantic's lists included); a 503 gets `Retry-After`.
@@ -22,6 +23,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -216,6 +218,25 @@ def check_json(spec: RouteSpec, body: bytes, max_field_bytes: int) -> None:
             )
 
 
+def check_urlencoded(spec: RouteSpec, body: bytes, max_field_bytes: int) -> None:
+    """A url-encoded form: text fields only, known names, each within the field cap."""
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise Refusal(400, "body: not a valid url-encoded form", "body") from None
+    seen: set[str] = set()
+    for name, value in pairs:
+        if name not in spec.fields:
+            raise Refusal(400, f"{name}: unknown field; this route takes {_listing(spec.fields)}", name)
+        if name in spec.files:
+            raise Refusal(400, f"{name}: a file; send multipart/form-data with a file part", name)
+        if name in seen:
+            raise Refusal(400, f"{name}: sent twice; this field takes one value", name)
+        seen.add(name)
+        if len(value.encode()) > max_field_bytes:
+            raise Refusal(413, f"{name}: over the limit of {max_field_bytes} bytes per field", name)
+
+
 def _listing(names: frozenset[str]) -> str:
     return ", ".join(sorted(names)) if names else "no fields"
 
@@ -300,6 +321,8 @@ class GuardMiddleware:
         kind = content_type.split(b";")[0].strip().lower()
         if kind == b"multipart/form-data":
             check_multipart(spec, body, content_type, self.max_field_bytes)
+        elif kind == b"application/x-www-form-urlencoded":
+            check_urlencoded(spec, body, self.max_field_bytes)
         elif kind in (b"application/json", b""):
             check_json(spec, body, self.max_field_bytes)
         else:

@@ -160,13 +160,8 @@ def structural_cases() -> list[Case]:
             C(f"broken json {r}", r, raw(b'{"a": ', "application/json"), 400, "body"),
             C(f"deep json {r}", r, raw(b"[" * 100_000 + b"]" * 100_000, "application/json"), 400, "body"),
             C(f"text/plain {r}", r, raw(b"hello", "text/plain"), 415, "Content-Type"),
-            C(
-                f"urlencoded {r}",
-                r,
-                raw(b"a=1&b=2", "application/x-www-form-urlencoded"),
-                415,
-                "Content-Type",
-            ),
+            C(f"urlencoded unknown {r}", r, raw(b"a=1&b=2", "application/x-www-form-urlencoded"), 400, "a"),
+            C(f"xml {r}", r, raw(b"<a/>", "application/xml"), 415, "Content-Type"),
             C(
                 f"multipart without boundary {r}",
                 r,
