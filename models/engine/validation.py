@@ -5,12 +5,14 @@ Every error is a ValueError that says exactly what is wrong (which prompt, which
 
 from __future__ import annotations
 
+import contextlib
 import io
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from models.engine.types import LOW_RES, Prompt
 
@@ -63,23 +65,78 @@ class ImageTooLarge(ValueError):
     """An image over the pixel cap (servers answer 413 rather than 400)."""
 
 
+EXIF_ORIENTATION = 0x0112
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+# what a damaged EXIF block raises while Pillow reads it; the pixels are then used as stored
+EXIF_ERRORS = (SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error)
+
+
+def _header_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8) from what `Image.open` already read, without decoding pixels
+    (PNG's `getexif` would decode them when no eXIf chunk precedes the pixel data); 1 when unknown."""
+    try:
+        if isinstance(img, TiffImagePlugin.TiffImageFile):
+            value = img.tag_v2.get(EXIF_ORIENTATION, 1)
+        elif "exif" in img.info:
+            exif = Image.Exif()
+            exif.load(img.info["exif"])
+            value = exif.get(EXIF_ORIENTATION, 1)
+        else:
+            return 1
+        return int(value) if int(value) in range(1, 9) else 1
+    except EXIF_ERRORS:
+        return 1
+
+
+def _upright(img: Image.Image, label: str) -> Image.Image:
+    """The decoded image turned by its EXIF orientation (`ImageOps.exif_transpose`)."""
+    try:
+        img.load()  # OSErrors (truncated, corrupt) are handled by read_image
+    except (ValueError, SyntaxError, EOFError, struct.error) as exc:  # other decoder complaints
+        raise ValueError(f"{label}: not a readable image ({exc})") from exc
+    with contextlib.suppress(*EXIF_ERRORS):
+        ImageOps.exif_transpose(img, in_place=True)
+    return img
+
+
+def _rgb_pixels(img: Image.Image, label: str) -> np.ndarray:
+    """Any decoded Pillow image -> HxWx3 uint8. 16-bit grey (I;16*, and 32-bit I holding 16-bit
+    values) is scaled to 8 bits, never clipped; colour modes (L, LA, P, PA, CMYK, RGBA, YCbCr, ...)
+    go through Pillow's conversion to RGB, alpha dropped."""
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
+        arr = np.asarray(img)
+        if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(
+                f"{label}: 32-bit integer pixels in [{arr.min()}, {arr.max()}]; only 0..65535 "
+                "(16-bit) integer images are read"
+            )
+        # round(v * 255 / 65535) in integers (no ties: 65535 / 255 = 257 is odd)
+        return as_rgb_uint8(((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8), label)
+    try:
+        rgb = img.convert("RGB")
+    except ValueError as exc:  # a mode Pillow cannot turn into RGB
+        raise ValueError(f"{label}: cannot convert {img.mode} pixels to RGB ({exc})") from exc
+    return as_rgb_uint8(np.array(rgb), label)
+
+
 def read_image(
     source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
 ) -> np.ndarray:
-    """Decode an image file or bytes to HxWx3 uint8, refusing bombs and naming the source on error."""
+    """Decode an image file or bytes to upright HxWx3 uint8 (EXIF orientation applied), refusing
+    bombs (the pixel cap is checked on the header's size, before decoding) and naming the source on
+    error: ImageTooLarge over the cap, ValueError otherwise. Reads what Pillow reads (JPEG incl.
+    CMYK, PNG incl. 16-bit, TIFF 8/16-bit, WebP, BMP, GIF, ...) in any mode (`_rgb_pixels`)."""
     label = name or (str(source) if not isinstance(source, bytes) else "image bytes")
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
             width, height = img.size
+            if _header_orientation(img) in (5, 6, 7, 8):  # stored on its side: upright is turned
+                width, height = height, width
             if width * height > max_pixels:
                 raise ImageTooLarge(
                     f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
                 )
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img).astype(np.float64)
-                arr = arr / max(float(arr.max()), 1.0) if img.mode == "I" else arr / 65535.0
-                return as_rgb_uint8(np.clip(arr, 0, 1), label)
-            return as_rgb_uint8(np.array(img.convert("RGB")), label)
+            return _rgb_pixels(_upright(img, label), label)
     except FileNotFoundError as exc:
         raise ValueError(f"{label}: no such file") from exc
     except Image.DecompressionBombError as exc:  # PIL refuses to even open it: far over any cap
