@@ -95,7 +95,11 @@ class TensorRTModel:
                 continue
             tensor = torch.from_numpy(value).to("cuda", dtype=self._torch_dtype(name))
             keep.append(tensor)
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise ValueError(
+                    f"{self.path}: input {name} of shape {tuple(tensor.shape)} lies outside the engine's "
+                    "optimization profile (see `sesam export tensorrt`)"
+                )
             self.context.set_tensor_address(name, tensor.data_ptr())
         allocator = _OutputAllocator(trt, torch)
         out = {}
