@@ -153,6 +153,7 @@ def letterbox(image: torch.Tensor, side: int) -> tuple[torch.Tensor, tuple[int, 
 
 
 def _is_real(value: Any) -> bool:
+    """A Python or numpy real number, bools excluded."""
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
         value, bool | np.bool_
     )
