@@ -1,9 +1,17 @@
-# One entry point for people and CI. Every target creates .venv if missing and is idempotent.
+# One entry point for people and CI. Every target creates its venv if missing and is idempotent.
+#   .venv        dev and test: the project with `.[dev]` (make install, test, lint, bench)
+#   .venv-serve  serving only: torch, the project's core and `.[serve]`, no dev or test tools (make serve)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYPROJECT_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(PYPROJECT_HASH)
+SERVE_VENV := .venv-serve
+SERVE_PY := $(SERVE_VENV)/bin/python
+SERVE_STAMP := $(SERVE_VENV)/.installed-$(PYPROJECT_HASH)
+# torch first, pinned to the builds available offline on this machine class (see README)
+TORCH := "torch==2.14.1" "torchvision==0.29.1"
 export BENTOML_DO_NOT_TRACK := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -12,21 +20,30 @@ TRITON_HOME := .triton
 SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 3000
 
-.PHONY: install test lint serve bench clean
+.PHONY: install install-serve test lint serve bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	# torch first, pinned to the builds available offline on this machine class (see README)
-	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[dev]"
 	# a real tritonserver for tests/test_triton_live.py, kept out of the venv (pytriton pins numpy<2)
 	$(PIP) install -q --no-deps --target $(TRITON_HOME) "nvidia-pytriton==0.7.0" \
 		|| echo "tritonserver not installed: the live Triton tests will skip"
 	rm -f $(VENV)/.installed-* && touch $@
 
+$(SERVE_PY):
+	$(PYTHON) -m venv $(SERVE_VENV)
+
+$(SERVE_STAMP): pyproject.toml | $(SERVE_PY)
+	$(SERVE_PY) -m pip install -q $(TORCH)
+	$(SERVE_PY) -m pip install -q -e ".[serve]"
+	rm -f $(SERVE_VENV)/.installed-* && touch $@
+
 install: $(STAMP)
+
+install-serve: $(SERVE_STAMP)
 
 lint: install
 	$(VENV)/bin/ruff check models serving sesam training export tests benchmarks
@@ -36,11 +53,11 @@ test: install
 	$(VENV)/bin/ruff check models serving sesam training export tests benchmarks
 	$(PY) -m pytest -q
 
-serve: install
-	$(VENV)/bin/bentoml serve serving.service:SegmentationService --host $(SERVE_HOST) --port $(SERVE_PORT)
+serve: install-serve
+	$(SERVE_VENV)/bin/bentoml serve serving.service:SegmentationService --host $(SERVE_HOST) --port $(SERVE_PORT)
 
 bench: install
 	$(PY) benchmarks/engine.py
 
 clean:
-	rm -rf $(VENV) $(TRITON_HOME) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(TRITON_HOME) .pytest_cache .ruff_cache

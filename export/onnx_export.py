@@ -27,6 +27,7 @@ from export.sam_modules import (
     SamManyPromptDecoderOnnx,
     StudentOnnx,
 )
+from models.deps import require
 from models.io import atomic_write
 from models.onnx_runtime import EXPORT_FORMAT
 from models.sam.build import build_sam, sha256_of
@@ -88,6 +89,8 @@ def _onnx_export(
     quiet: bool = True,
 ) -> None:
     """torch.export-based ONNX export, written atomically (and its .data file when > 2 GB)."""
+    for package in ("onnx", "onnxscript"):  # torch's exporter imports them lazily; name the extra
+        require(package, "export", "ONNX export (sesam export)")
     path.parent.mkdir(parents=True, exist_ok=True)
     external = _parameter_bytes(module) >= EXTERNAL_DATA_BYTES
     tmp = path.with_name(path.name + ".tmp.onnx")

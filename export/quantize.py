@@ -17,11 +17,19 @@ from typing import Any
 import numpy as np
 
 from export.onnx_export import _file_entry, write_metadata
+from models.deps import require
 from models.onnx_runtime import model_file, read_metadata
 from models.student_runtime import EXPORT_KINDS
 
 
+def _require_quantization() -> None:
+    """onnxruntime.quantization imports onnx: name the extras instead of a bare ImportError."""
+    require("onnxruntime", "onnx", "int8 quantization (sesam export quantize)")
+    require("onnx", "export", "int8 quantization (sesam export quantize)")
+
+
 def quantize_encoder(directory: str | Path) -> Path:
+    _require_quantization()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     directory = Path(directory)
@@ -125,6 +133,7 @@ def quantize_student(
 
     dynamic: int8 weights, activations quantized on the fly (no data needed). static: weights and
     activations int8 in QDQ form, activation ranges calibrated on `calibration` images (MinMax)."""
+    _require_quantization()
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     directory = Path(directory)
