@@ -1,0 +1,155 @@
+"""The served shipped instance student, start-up failures and `sesam serve` shutdown, over real processes.
+
+- `models/weights/pennfudan_student.pt` serves from PyTorch and from its ONNX export: a blank image
+  is a 200 with zero instances (it used to crash the warm-up), a Penn-Fudan photo gives people.
+- A broken student makes `bentoml serve` exit non-zero within seconds with one clear line, instead
+  of a supervisor respawning the worker forever.
+- `sesam serve` forwards SIGTERM and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from models.students import SHIPPED_INSTANCE_STUDENT
+from serving.cli import serve_command
+from tests.conftest import REPO, free_port
+from tests.conftest import running_server as _running
+
+PENNFUDAN = REPO.parent / "shared" / "data" / "pennfudan"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", SESAM_BACKEND="classical", SESAM_BATCHING="0")
+    for name in ("SESAM_API_KEY", "SESAM_CONFIG", "SESAM_SAM_CHECKPOINT", "SESAM_STUDENT_CHECKPOINT"):
+        env.pop(name, None)
+    return env | extra
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pennfudan_export(tmp_path_factory) -> Path:
+    from export.onnx_export import export_student_checkpoint
+
+    out = tmp_path_factory.mktemp("pennfudan_export")
+    export_student_checkpoint(SHIPPED_INSTANCE_STUDENT, out)
+    return out
+
+
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def instance_server(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
+    source = (
+        SHIPPED_INSTANCE_STUDENT if request.param == "torch" else request.getfixturevalue("pennfudan_export")
+    )
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve_pennfudan") / "bentoml.log"
+    url = f"http://127.0.0.1:{port}"
+    env = _env(SESAM_STUDENT_CHECKPOINT=str(source))
+    with _running(serve_command("127.0.0.1", port), url, env, log, REPO):
+        yield url, request.param
+
+
+def _segment(url: str, image: bytes, **fields: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/segment", files={"images": ("x.png", image, "image/png")}, data=fields, timeout=120
+    )
+
+
+def test_shipped_instance_student_serves_blank_and_real_images(instance_server) -> None:
+    url, runtime = instance_server
+    blank = _segment(url, _png(np.zeros((64, 64, 3), np.uint8)))
+    assert blank.status_code == 200, blank.text[:300]
+    body = blank.json()
+    assert body["task"] == "instance" and body["runtime"] == runtime
+    assert body["results"][0]["instances"] == []
+    assert (PENNFUDAN / "PNGImages").is_dir(), f"Penn-Fudan is missing at {PENNFUDAN} (shared/data)"
+    photo = sorted((PENNFUDAN / "PNGImages").glob("*.png"))[0].read_bytes()
+    people = _segment(url, photo)
+    assert people.status_code == 200, people.text[:300]
+    found = people.json()["results"][0]["instances"]
+    assert found and all(item["class_name"] == "pedestrian" and item["score"] >= 0.5 for item in found)
+    none = _segment(url, photo, min_score="1.0")
+    assert none.status_code == 200 and none.json()["results"][0]["instances"] == []
+
+
+def _start_failure(env: dict[str, str], timeout_s: float = 120) -> tuple[int, str, float]:
+    started = time.monotonic()
+    proc = subprocess.run(
+        serve_command("127.0.0.1", free_port()),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started
+
+
+def test_missing_student_path_exits_with_one_line(tmp_path) -> None:
+    code, output, _ = _start_failure(_env(SESAM_STUDENT_CHECKPOINT=str(tmp_path / "nope.pt")))
+    assert code == 2, output[-2000:]
+    lines = [line for line in output.splitlines() if line.startswith("sesam: start-up failed:")]
+    assert len(lines) == 1 and "student_checkpoint" in lines[0], output[-2000:]
+    assert "Traceback" not in output
+
+
+def test_broken_student_checkpoint_ends_the_server(tmp_path) -> None:
+    """The file exists but is no checkpoint: the worker fails to load it and the server stops (exit 3)."""
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    code, output, seconds = _start_failure(_env(SESAM_STUDENT_CHECKPOINT=str(broken)))
+    assert code == 3, output[-2000:]
+    lines = [line for line in output.splitlines() if line.startswith("sesam: start-up failed:")]
+    assert len(lines) == 1 and "cannot read the student checkpoint" in lines[0], output[-2000:]
+    assert seconds < 60
+
+
+def test_sesam_serve_forwards_sigterm_and_leaves_no_process(tmp_path) -> None:
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sesam.cli", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=_env(SESAM_STUDENT_CHECKPOINT="none"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "not ready in 240 s"
+            time.sleep(0.5)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 3  # bentoml's supervisor, the front and the heavy lane
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, 128 + signal.SIGTERM)
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
