@@ -290,10 +290,16 @@ class StudentBatcher:
         return student_answers(self.student, images)
 
     @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
-    def instances(self, images: list[np.ndarray]) -> list[list[dict]]:
-        # a batch mixes requests: each one filters by its own min_score in the front; the scores
-        # are never below the lowest min_score the front accepts (0), so nothing is lost here
-        return student_answers(self.student, images)
+    def instances(self, items: list[dict]) -> list[list[dict]]:
+        """items: {"image": HxWx3 uint8, "min_score": float} from concurrent requests; instances
+        under the batch's lowest min_score are dropped before upsampling, each request's own
+        threshold is applied to its answer."""
+        floor = min(float(item["min_score"]) for item in items)
+        answers = student_answers(self.student, [item["image"] for item in items], floor)
+        return [
+            [r for r in answer if r["score"] >= float(item["min_score"])]
+            for item, answer in zip(items, answers, strict=True)
+        ]
 
 
 ImageFile = Annotated[Path, Field(description="an image file (JPEG, PNG, WebP, TIFF, BMP)")]
@@ -628,8 +634,11 @@ class SegmentationService:
                 budget_s=self.config.light_timeout_s,
             )
             batcher = self.student_batcher.to_async
-            call = batcher.label_maps if task == "semantic" else batcher.instances
-            answers = await self._batched(call, pixels)
+            if task == "semantic":
+                answers = await self._batched(batcher.label_maps, pixels)
+            else:
+                items = [{"image": p, "min_score": min_score} for p in pixels]
+                answers = await self._batched(batcher.instances, items)
         results = []
         for image, answer in zip(pixels, answers, strict=True):
             h, w = image.shape[:2]
@@ -654,11 +663,11 @@ class SegmentationService:
             "results": results,
         }
 
-    async def _batched(self, call: Callable, pixels: list[np.ndarray]) -> list:
+    async def _batched(self, call: Callable, batch: list) -> list:
         budget = self.config.light_timeout_s
         try:
             with anyio.fail_after(budget):
-                return await call(pixels)
+                return await call(batch)
         except TimeoutError:
             raise ApiError(504, f"deadline exceeded: the student gave no answer within {budget} s") from None
         except BentoMLException as exc:
