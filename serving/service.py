@@ -211,7 +211,7 @@ class HeavyLane:
                 "key": handle.key,
                 "size": handle.original_size,
                 "payload": handle.payload,
-                "nbytes": int(self.engine._payload_nbytes(handle.payload)),
+                "nbytes": int(self.engine.payload_nbytes(handle.payload)),
             }
 
         return as_reply(work, budget_s)

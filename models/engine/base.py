@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,70 @@ from models.engine.cache import DEFAULT_CACHE_BYTES, EmbeddingCache, content_key
 from models.engine.types import EngineStats, ImageHandle, Predictions, Prompt
 from models.engine.validation import as_rgb_uint8, validate_prompts
 
+# the classical priors' working long side: every image the prior was tuned on (CamVid 480x360,
+# Penn-Fudan up to 1017 wide, COCO up to 640) is encoded at its own size; a larger one is reduced,
+# which bounds a 16-megapixel upload to what a 1024x683 image costs (docs/engine.md)
+PRIOR_WORKING_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """A payload computed on an image reduced to the engine's working size: `inner` is the
+    backend's own payload for `working_size`; `original_size` is the image the user sent."""
+
+    inner: Any
+    original_size: tuple[int, int]
+    working_size: tuple[int, int]
+
+
+def working_size(size: tuple[int, int], side: int | None) -> tuple[int, int]:
+    """(H, W) with the long side at most `side` (aspect kept, at least 1 pixel); unchanged when
+    it already fits or `side` is None."""
+    h, w = size
+    if side is None or max(h, w) <= side:
+        return h, w
+    scale = side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def reduce_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 -> size, antialiased (PIL's box-filtered reduce, then Lanczos)."""
+    from PIL import Image
+
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    pil = Image.fromarray(image)
+    return np.asarray(pil.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0))
+
+
+def upsample_nearest(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """...xhxw masks -> ...xHxW by nearest neighbour (pixel centres)."""
+    h, w = masks.shape[-2:]
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.intp), w - 1)
+    return masks[..., rows[:, None], cols[None, :]]
+
+
+def scale_prompt(prompt: Prompt, sx: float, sy: float, size: tuple[int, int]) -> Prompt:
+    """A prompt in original pixels -> the working frame (points and box scaled, kept inside)."""
+    h, w = size
+    points = None
+    if prompt.points is not None:
+        points = np.clip(prompt.points * (sx, sy), 0, (w, h))
+    box = None
+    if prompt.box is not None:
+        box = np.clip(prompt.box * (sx, sy, sx, sy), 0, (w, h, w, h))
+    return Prompt(points=points, labels=prompt.labels, box=box, mask_logits=prompt.mask_logits)
+
 
 class CachedSegmenter(ABC):
-    """Base of every PromptableSegmenter backend."""
+    """Base of every PromptableSegmenter backend.
+
+    `working_side`: images with a longer side are reduced to it before `_encode` (memory and time
+    stay bounded for any upload); prompts are mapped into that frame and masks come back at the
+    image's own size. None: every image is encoded at its own size.
+    """
 
     name: str = "base"
 
@@ -31,9 +93,13 @@ class CachedSegmenter(ABC):
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_prompts: int | None = None,
         cache: EmbeddingCache | None = None,
+        working_side: int | None = None,
     ) -> None:
+        if working_side is not None and working_side < 16:
+            raise ValueError(f"working_side must be >= 16 pixels or None, got {working_side}")
         self.cache = cache if cache is not None else EmbeddingCache(cache_bytes)
         self.max_prompts = max_prompts
+        self.working_side = working_side
         self.stats = EngineStats()
 
     @property
@@ -57,7 +123,8 @@ class CachedSegmenter(ABC):
         if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object:
             raise ValueError("images: expected a sequence of images; wrap a single image in a list")
         arrays = [as_rgb_uint8(img, f"images[{i}]") for i, img in enumerate(images)]
-        keys = [content_key(a, self.namespace) for a in arrays]
+        space = self.namespace if self.working_side is None else f"{self.namespace}@{self.working_side}"
+        keys = [content_key(a, space) for a in arrays]
         payloads: dict[str, Any] = {}
         todo: dict[str, np.ndarray] = {}
         for key, arr in zip(keys, arrays):
@@ -71,8 +138,12 @@ class CachedSegmenter(ABC):
                 self.stats.cache_hits += 1
                 payloads[key] = cached
         if todo:
-            for key, payload in zip(todo, self._encode(list(todo.values()))):
-                self.cache.put(key, payload, self._payload_nbytes(payload))
+            sizes = [working_size(a.shape[:2], self.working_side) for a in todo.values()]
+            reduced = [reduce_image(a, size) for a, size in zip(todo.values(), sizes)]
+            for key, arr, size, payload in zip(todo, todo.values(), sizes, self._encode(reduced)):
+                if size != arr.shape[:2]:
+                    payload = Reduced(payload, arr.shape[:2], size)
+                self.cache.put(key, payload, self.payload_nbytes(payload))
                 payloads[key] = payload
         return [
             ImageHandle(k, (a.shape[0], a.shape[1]), self.name, payloads[k]) for k, a in zip(keys, arrays)
@@ -87,6 +158,10 @@ class CachedSegmenter(ABC):
     def _payload_size(self, payload: Any) -> tuple[int, int]:
         return tuple(payload.original_size)
 
+    def payload_nbytes(self, payload: Any) -> int:
+        """Bytes a payload holds (what the cache budget counts), reduced or not."""
+        return self._payload_nbytes(payload.inner if isinstance(payload, Reduced) else payload)
+
     def predict(
         self, image: ImageHandle | np.ndarray, prompts: Sequence[Prompt], multimask: bool = True
     ) -> Predictions:
@@ -98,7 +173,15 @@ class CachedSegmenter(ABC):
         validate_prompts(prompts, handle.original_size, self.max_prompts)
         if not prompts:
             return Predictions.empty(handle.original_size, multimask)
-        return self._decode(handle, prompts, multimask)
+        payload = handle.payload
+        if not isinstance(payload, Reduced):
+            return self._decode(handle, prompts, multimask)
+        (h, w), (wh, ww) = payload.original_size, payload.working_size
+        inner = ImageHandle(handle.key, payload.working_size, handle.backend, payload.inner)
+        scaled = [scale_prompt(p, ww / w, wh / h, payload.working_size) for p in prompts]
+        out = self._decode(inner, scaled, multimask)
+        out.masks = upsample_nearest(out.masks, payload.original_size)
+        return out
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "stats": self.stats.as_dict(), "cache": self.cache.info()}

@@ -43,7 +43,8 @@ import numpy as np
 from scipy import sparse
 
 from models.config import from_mapping, setting
-from models.engine.base import CachedSegmenter, stability_score
+from models.deadline import check_deadline
+from models.engine.base import PRIOR_WORKING_SIDE, CachedSegmenter, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.lowres import MASK_LOGIT, low_res_pixels, low_res_to_probability
 from models.engine.types import ImageHandle, Predictions, Prompt
@@ -196,8 +197,9 @@ class ClassicalPrior(CachedSegmenter):
         options: ClassicalOptions | dict[str, Any] | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_prompts: int | None = None,
+        working_side: int | None = PRIOR_WORKING_SIDE,
     ) -> None:
-        super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts)
+        super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts, working_side=working_side)
         if not isinstance(options, ClassicalOptions):
             options = from_mapping(ClassicalOptions, options or {}, "classical options")
         self.options = options.validate()
@@ -354,6 +356,7 @@ class ClassicalPrior(CachedSegmenter):
         thresholds = self.options.thresholds
         out = Predictions.zeros(len(prompts), payload.original_size, multimask, logit=-MASK_LOGIT)
         for i, prompt in enumerate(prompts):
+            check_deadline()  # a request past its deadline stops here, between prompts
             previous = self.previous_answer(payload, prompt)
             clicks = self.clicks(payload, prompt, previous)
             x = self.potentials(payload, prompt, clicks, previous)

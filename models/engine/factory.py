@@ -39,6 +39,11 @@ class EngineConfig:
     )
     threads: int | None = setting(None, help="onnx: intra-op threads (none: onnxruntime's choice)")
     triton_url: str | None = setting(None, help="triton: the server's HTTP host:port")
+    working_side: int | None = setting(
+        None,
+        help="classical backends: images with a longer side are reduced to it before encoding (masks "
+        "answer at the image's size); none: 1024; 0: never reduce. SAM reduces to 1024 by itself",
+    )
     classical: dict[str, Any] = setting(
         {},
         help="classical: options of the prior (see the Classical prior table), e.g. "
@@ -85,6 +90,10 @@ class EngineConfig:
             raise ValueError(
                 f"{source}: export_dir {self.export_dir!r} holds no metadata.json (make one with `sesam export sam`)"
             )
+        if (self.working_side is not None and 0 < self.working_side < 16) or (self.working_side or 0) < 0:
+            raise ValueError(
+                f"{source}: working_side must be 0 (never reduce) or >= 16, got {self.working_side}"
+            )
         if self.cache_bytes < 0:
             raise ValueError(f"{source}: cache_bytes must be >= 0, got {self.cache_bytes}")
         if self.classical_scales is not None:
@@ -94,6 +103,14 @@ class EngineConfig:
         from_mapping(ClassicalOptions, self.classical, f"{source}: classical").validate(
             f"{source}: classical"
         )
+
+    def prior_working_side(self) -> int | None:
+        """The classical priors' working long side: the setting, 1024 when unset, None for 0."""
+        from models.engine.base import PRIOR_WORKING_SIDE
+
+        if self.working_side is None:
+            return PRIOR_WORKING_SIDE
+        return self.working_side or None
 
     def scales(self, source: str = "config") -> tuple[int, int, int] | None:
         """classical_scales as three increasing positive ints, None when unset."""
@@ -114,7 +131,12 @@ class EngineConfig:
 def _build_classical(config: EngineConfig) -> CachedSegmenter:
     from models.engine.classical import ClassicalPrior
 
-    return ClassicalPrior(config.classical, cache_bytes=config.cache_bytes, max_prompts=config.max_prompts)
+    return ClassicalPrior(
+        config.classical,
+        cache_bytes=config.cache_bytes,
+        max_prompts=config.max_prompts,
+        working_side=config.prior_working_side(),
+    )
 
 
 def _build_regions(config: EngineConfig) -> CachedSegmenter:
@@ -125,6 +147,7 @@ def _build_regions(config: EngineConfig) -> CachedSegmenter:
         **({"scales": scales} if scales else {}),
         cache_bytes=config.cache_bytes,
         max_prompts=config.max_prompts,
+        working_side=config.prior_working_side(),
     )
 
 

@@ -26,7 +26,7 @@ from scipy import sparse
 from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb
 
-from models.engine.base import CachedSegmenter
+from models.engine.base import PRIOR_WORKING_SIDE, CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.lowres import MASK_LOGIT, low_res_pixels, low_res_shape, low_res_to_mask
 from models.engine.types import LOW_RES, ImageHandle, Predictions, Prompt
@@ -181,8 +181,9 @@ class RegionPrior(CachedSegmenter):
         sigma: float = 0.8,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_prompts: int | None = None,
+        working_side: int | None = PRIOR_WORKING_SIDE,
     ) -> None:
-        super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts)
+        super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts, working_side=working_side)
         if len(scales) != 3 or any(int(s) <= 0 for s in scales):
             raise ValueError(f"scales: need 3 positive scales (fine, medium, coarse), got {scales}")
         self.scales = tuple(int(s) for s in scales)

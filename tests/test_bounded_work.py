@@ -1,0 +1,98 @@
+"""Work bounded before it starts: the engine's working size, chunked decoding, deadlines, and
+refinement at a working size."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from models.deadline import DeadlineExceeded, check_deadline, deadline, remaining
+from models.engine import Prompt
+from models.engine.base import Reduced, reduce_image, upsample_nearest, working_size
+from models.engine.classical import ClassicalPrior
+
+
+@pytest.fixture(scope="module")
+def big_scene(scene) -> np.ndarray:
+    """The 360x480 scene at 4x: 1440x1920."""
+    return np.repeat(np.repeat(scene, 4, axis=0), 4, axis=1)
+
+
+def test_working_size_keeps_the_aspect_and_small_images() -> None:
+    assert working_size((360, 480), 1024) == (360, 480)
+    assert working_size((3264, 4896), 1024) == (683, 1024)
+    assert working_size((5000, 10), 100) == (100, 1)
+    assert working_size((3000, 4000), None) == (3000, 4000)
+
+
+def test_upsample_nearest_picks_pixel_centres() -> None:
+    small = np.array([[1, 0], [0, 1]], bool)
+    big = upsample_nearest(small, (4, 6))
+    assert big.shape == (4, 6)
+    assert big[:2, :3].all() and big[2:, 3:].all() and not big[:2, 3:].any() and not big[2:, :3].any()
+
+
+def test_images_within_the_working_side_are_untouched(scene) -> None:
+    reduced, plain = ClassicalPrior(working_side=1024), ClassicalPrior(working_side=None)
+    prompts = [Prompt(points=[[120, 130]], labels=[1]), Prompt(box=[250, 170, 410, 330])]
+    a = reduced.predict(reduced.embed([scene])[0], prompts)
+    b = plain.predict(plain.embed([scene])[0], prompts)
+    assert not isinstance(reduced.embed([scene])[0].payload, Reduced)
+    for x, y in zip((a.masks, a.iou, a.low_res_logits), (b.masks, b.iou, b.low_res_logits), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_large_image_is_encoded_at_the_working_size(big_scene) -> None:
+    """Encoding, prompts and masks of a 1440x1920 image on a 480 working side equal the same work
+    done by hand on the reduced image (scaled prompts, masks upsampled)."""
+    engine, plain = ClassicalPrior(working_side=480), ClassicalPrior(working_side=None)
+    handle = engine.embed([big_scene])[0]
+    assert handle.original_size == (1440, 1920)
+    assert isinstance(handle.payload, Reduced) and handle.payload.working_size == (360, 480)
+    assert engine.lookup(handle.key).original_size == (1440, 1920)
+    prompts = [Prompt(points=[[480, 520]], labels=[1]), Prompt(box=[1000, 680, 1640, 1320])]
+    out = engine.predict(handle, prompts)
+    assert out.masks.shape == (2, 3, 1440, 1920)
+    small = reduce_image(big_scene, (360, 480))
+    by_hand = plain.predict(
+        plain.embed([small])[0], [Prompt(points=[[120, 130]], labels=[1]), Prompt(box=[250, 170, 410, 330])]
+    )
+    np.testing.assert_array_equal(out.masks, upsample_nearest(by_hand.masks, (1440, 1920)))
+    np.testing.assert_array_equal(out.iou, by_hand.iou)
+    # the red rectangle (rows 60:200, cols 50:200 at 1x) is found at full size
+    red = np.zeros((1440, 1920), bool)
+    red[240:800, 200:800] = True
+    best = out.masks[0, int(np.argmax(out.iou[0]))]
+    assert (best & red).sum() / (best | red).sum() > 0.8
+    # the next click feeds the low-res logits back, in the same frame
+    again = engine.predict(
+        handle,
+        [Prompt(points=[[480, 520], [1300, 1000]], labels=[1, 0], mask_logits=out.low_res_logits[0, :1])],
+    )
+    assert again.masks.shape == (1, 3, 1440, 1920)
+
+
+def test_deadline_is_per_context_and_nests() -> None:
+    assert remaining() is None
+    check_deadline()  # no deadline: nothing happens
+    with deadline(60):
+        assert 59 < remaining() <= 60
+        with deadline(120):
+            assert remaining() <= 60  # the earlier deadline wins
+        check_deadline()
+    with deadline(0.01):
+        time.sleep(0.02)
+        with pytest.raises(DeadlineExceeded):
+            check_deadline()
+    assert remaining() is None
+
+
+def test_the_prior_stops_between_prompts_past_the_deadline(scene) -> None:
+    engine = ClassicalPrior()
+    handle = engine.embed([scene])[0]
+    prompts = [Prompt(points=[[10 + i, 20]], labels=[1]) for i in range(50)]
+    with deadline(0.0), pytest.raises(DeadlineExceeded):
+        engine.predict(handle, prompts)
+    assert engine.stats.prompts_decoded == 0
