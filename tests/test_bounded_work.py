@@ -96,3 +96,52 @@ def test_the_prior_stops_between_prompts_past_the_deadline(scene) -> None:
     with deadline(0.0), pytest.raises(DeadlineExceeded):
         engine.predict(handle, prompts)
     assert engine.stats.prompts_decoded == 0
+
+
+def _weak(h: int = 360, w: int = 480):
+    from models.weak import WeakLabels
+    from models.weak.schema import BoxLabel, PointLabel, Scribble
+
+    coarse = np.full((h, w), 255, np.uint8)
+    coarse[: h // 4, : w // 4] = 4
+    return WeakLabels(
+        h,
+        w,
+        [PointLabel(120.0, 130.0, 1)],
+        [Scribble(2, np.array([[300.0, 240.0], [360.0, 260.0]]), 5)],
+        [BoxLabel(3, (250.0, 170.0, 410.0, 330.0))],
+        [1, 2],
+        coarse,
+    )
+
+
+def test_weak_labels_rescale_with_the_image() -> None:
+    half = _weak().rescaled(180, 240)
+    assert half.size == (180, 240)
+    assert (half.points[0].x, half.points[0].y) == (60.0, 65.0)
+    np.testing.assert_allclose(half.scribbles[0].points, [[150, 120], [180, 130]])
+    assert half.scribbles[0].width == 2  # round(5 * 0.5)
+    assert half.boxes[0].box == (125.0, 85.0, 205.0, 165.0)
+    assert half.tags == [1, 2]
+    assert (
+        half.coarse.shape == (180, 240)
+        and (half.coarse[:45, :60] == 4).all()
+        and (half.coarse[45:] == 255).all()
+    )
+    half.validate(5)
+
+
+def test_refine_at_a_working_size(scene, big_scene) -> None:
+    from models.refine import build_labeler
+    from models.refine.run import refine_at
+
+    engine = ClassicalPrior(working_side=None)
+    labeler = build_labeler("sesam", engine)
+    weak = _weak()
+    labels, stats = refine_at(labeler, scene, weak, 1024)
+    np.testing.assert_array_equal(labels, labeler.refine(scene, weak).labels)  # fits: untouched
+    assert stats["working_size"] == [360, 480]
+    big, stats = refine_at(labeler, big_scene, weak.rescaled(1440, 1920), 480)
+    assert big.shape == (1440, 1920) and stats["working_size"] == [360, 480]
+    by_hand = labeler.refine(reduce_image(big_scene, (360, 480)), weak).labels
+    np.testing.assert_array_equal(big, upsample_nearest(by_hand, (1440, 1920)))

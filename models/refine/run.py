@@ -63,6 +63,24 @@ def labeler_refine_one(run: RefineRun, labeler: Any) -> RefineOne:
     return refine_one
 
 
+def refine_at(
+    labeler: Any, image: np.ndarray, weak: WeakLabels, max_side: int | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Refine at most at `max_side` long side: a larger image and its weak labels are reduced
+    first (antialiased image, scaled labels), and the label map comes back nearest-upsampled to
+    the image's size. Returns (HxW uint8 labels, the labeler's stats plus `working_size`)."""
+    from models.engine.base import reduce_image, upsample_nearest, working_size
+
+    h, w = image.shape[:2]
+    size = working_size((h, w), max_side)
+    if size == (h, w):
+        result = labeler.refine(image, weak)
+        return result.labels, result.stats() | {"working_size": [h, w]}
+    result = labeler.refine(reduce_image(image, size), weak.rescaled(*size))
+    labels = upsample_nearest(result.labels, (h, w))
+    return labels, result.stats() | {"working_size": list(size)}
+
+
 @dataclass
 class BuildRefineOne:
     """A picklable `RefineOne` factory: builds the engine and labeler where it runs (a Ray actor)."""

@@ -95,6 +95,36 @@ class WeakLabels:
             out.append("coarse")
         return out
 
+    def rescaled(self, height: int, width: int) -> WeakLabels:
+        """The same labels for the image resized to height x width: coordinates scaled (boxes and
+        scribble vertices too; a scribble keeps at least 1 pixel of width), the coarse mask resized
+        by nearest neighbour, tags kept."""
+        sx, sy = width / self.width, height / self.height
+        coarse = None
+        if self.coarse is not None:
+            rows = np.minimum(((np.arange(height) + 0.5) / sy).astype(np.intp), self.height - 1)
+            cols = np.minimum(((np.arange(width) + 0.5) / sx).astype(np.intp), self.width - 1)
+            coarse = self.coarse[rows[:, None], cols[None, :]]
+        return WeakLabels(
+            height,
+            width,
+            [
+                PointLabel(min(p.x * sx, width - 1), min(p.y * sy, height - 1), p.class_id)
+                for p in self.points
+            ],
+            [
+                Scribble(s.class_id, s.points * (sx, sy), max(1, round(s.width * min(sx, sy))))
+                for s in self.scribbles
+            ],
+            [
+                BoxLabel(b.class_id, (b.box[0] * sx, b.box[1] * sy, b.box[2] * sx, b.box[3] * sy))
+                for b in self.boxes
+            ],
+            list(self.tags),
+            coarse,
+            self.instances,
+        )
+
     def class_ids(self) -> set[int]:
         ids = {p.class_id for p in self.points} | {s.class_id for s in self.scribbles}
         ids |= {b.class_id for b in self.boxes} | set(self.tags)
