@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -108,7 +108,7 @@ def save_json(data: Any, path: str | Path) -> None:
 
 
 def read_label_png(
-    path: str | Path, source: str | None = None, expected_size: tuple[int, int] | None = None
+    path: str | Path | BinaryIO, source: str | None = None, expected_size: tuple[int, int] | None = None
 ) -> np.ndarray:
     """Read an HxW uint8 class map; errors name the file.
 

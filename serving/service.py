@@ -31,6 +31,7 @@ answers (it is not SAM).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import re
@@ -245,7 +246,7 @@ class HeavyLane:
                     "weak",
                 )
             if coarse is not None:
-                labels.coarse = read_label_png(coarse, source="coarse_mask", expected_size=(h, w))
+                labels.coarse = read_label_png(io.BytesIO(coarse), source="coarse_mask", expected_size=(h, w))
             labels.validate(num_classes, "weak" + (" / coarse_mask" if coarse is not None else ""))
             labeler = build_labeler(method, self.engine, **options)
             check_weak_kinds(labeler, labels, "weak")

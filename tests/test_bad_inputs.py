@@ -417,7 +417,7 @@ def refine_cases() -> list[Case]:
             "weak",
         ),
         ("too many labels", {"points": [{"x": 1, "y": 1, "class_id": 1}] * (MAX_WEAK + 1)}, "weak.points"),
-        ("box of 3", box([1, 2, 3]), "weak.boxes[0].box"),
+        ("box of 3", box([1, 2, 3]), "weak.boxes[0].box[3]"),
         ("zero-area box", box([10, 10, 10, 20]), "weak.boxes[0]"),
         ("inverted box", box([20, 20, 10, 10]), "weak.boxes[0]"),
         ("box outside", box([10, 10, 400, 40]), "weak"),
@@ -468,7 +468,7 @@ def refine_cases() -> list[Case]:
             "options.cam",
         ),
         C("refine: num_classes 0", "/refine", r(num_classes=0), 400, "num_classes"),
-        C("refine: num_classes string", "/refine", r(num_classes="3"), 400, "num_classes"),
+        C("refine: num_classes float", "/refine", r(num_classes=1.5), 400, "num_classes"),
         C("refine: class over num_classes", "/refine", r(num_classes=2), 400, "weak"),
         C(
             "refine: coarse mask not a png",

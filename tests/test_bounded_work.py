@@ -145,3 +145,48 @@ def test_refine_at_a_working_size(scene, big_scene) -> None:
     assert big.shape == (1440, 1920) and stats["working_size"] == [360, 480]
     by_hand = labeler.refine(reduce_image(big_scene, (360, 480)), weak).labels
     np.testing.assert_array_equal(big, upsample_nearest(by_hand, (1440, 1920)))
+
+
+class Recording(ClassicalPrior):
+    """The prior, recording how many prompts each decode call saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def _decode(self, handle, prompts, multimask):
+        self.calls.append(len(prompts))
+        return super()._decode(handle, prompts, multimask)
+
+
+@pytest.mark.parametrize("method", ["sesam", "naive", "sepl"])
+def test_labelers_decode_in_chunks_with_equal_answers(scene, monkeypatch, method) -> None:
+    """With a chunk budget of 40 full-size masks, no decode call sees more than 13 prompts (3
+    candidates each) and the labels equal those of one big call."""
+    from models.refine import backend_defaults, build_labeler, common
+
+    weak = _weak()
+    weak.points.extend(type(weak.points[0])(10.0 + 20 * i, 300.0, 1) for i in range(20))
+    options = backend_defaults(method, "classical", {"points_per_side": 6} if method == "sepl" else {})
+    engine = Recording()
+    whole = build_labeler(method, engine, **options).refine(scene, weak)
+    assert max(engine.calls) > 13
+    monkeypatch.setattr(common, "MAX_MASK_BYTES", 40 * 360 * 480)
+    engine = Recording()
+    chunked = build_labeler(method, engine, **options).refine(scene, weak)
+    assert max(engine.calls) <= 13 and len(engine.calls) > 1
+    np.testing.assert_array_equal(whole.labels, chunked.labels)
+
+
+def test_a_deadline_stops_sepl_between_chunks(scene, monkeypatch) -> None:
+    from models.refine import backend_defaults, build_labeler, common
+
+    monkeypatch.setattr(common, "MAX_MASK_BYTES", 3 * 360 * 480)  # one prompt per chunk
+    engine = Recording()
+    labeler = build_labeler("sepl", engine, **backend_defaults("sepl", "classical", {"points_per_side": 8}))
+    handle = engine.embed([scene])[0]
+    started = time.monotonic()
+    with deadline(0.3), pytest.raises(DeadlineExceeded):
+        labeler.refine(handle, _weak())
+    assert time.monotonic() - started < 5
+    assert 0 < len(engine.calls) < 64

@@ -410,7 +410,7 @@ BIG = np.zeros((1100, 1000, 3), np.uint8)  # 1.1 MP > MAX_PIXELS, small as PNG
             None,
             {"weak": {"tags": [1], "points": [{"x": 1, "y": 1, "class_id": 1}] * 5000}},
             400,
-            "exceed the limit of 4096",
+            "at most 4096 items",
         ),
         ("/refine", None, {"weak": {"tags": [1]}, "method": "magic"}, 400, ""),
         ("/refine", None, {"weak": {"tags": [1]}, "options": {"k": "many"}}, 400, ""),

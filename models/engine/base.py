@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.deadline import check_deadline
 from models.engine.cache import DEFAULT_CACHE_BYTES, EmbeddingCache, content_key
 from models.engine.types import EngineStats, ImageHandle, Predictions, Prompt
 from models.engine.validation import as_rgb_uint8, validate_prompts
@@ -209,6 +210,7 @@ class BatchedDecoder(CachedSegmenter):
         out = Predictions.zeros(len(prompts), handle.original_size, multimask)
         for indices in groups.values():
             for start in range(0, len(indices), self.decode_batch):
+                check_deadline()  # a request past its deadline stops between decoder calls
                 idx = indices[start : start + self.decode_batch]
                 self._decode_group_into(handle.payload, [prompts[i] for i in idx], multimask, out, idx)
                 self.stats.decoder_calls += 1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from models.deadline import check_deadline
 from models.engine import ImageHandle, Predictions, Prompt, PromptableSegmenter
 from models.io import UNLABELED
 from models.refine.sampling import even_points_along
@@ -83,11 +85,14 @@ def box_instances(
     if len(boxes) == 0:
         return []
     prompts = [Prompt(box=np.asarray(b, float)) for b in boxes]
-    out = predict_counted(engine, handle, prompts, result, multimask=False)
-    return [
-        (int(c), box_clip(out.masks[i, 0], tuple(float(v) for v in boxes[i])), float(s))
-        for i, (c, s) in enumerate(zip(class_ids, scores, strict=True))
-    ]
+    out = []
+    for start, chunk in predict_chunks(engine, handle, prompts, result, multimask=False):
+        for i in range(start, start + len(chunk)):
+            box = tuple(float(v) for v in boxes[i])
+            out.append((int(class_ids[i]), box_clip(chunk.masks[i - start, 0], box), float(scores[i])))
+    if len(class_ids) != len(boxes) or len(scores) != len(boxes):
+        raise ValueError("box_instances: boxes, class_ids and scores differ in length")
+    return out
 
 
 def count_calls(engine: PromptableSegmenter) -> int:
@@ -107,6 +112,31 @@ def predict_counted(
     result.decoder_calls += count_calls(engine) - before
     result.prompts += len(prompts)
     return out
+
+
+# full-size candidate masks one decoder chunk may hold (bool bytes): a labeler's memory is O(chunk)
+MAX_MASK_BYTES = 256 * 1024**2
+
+
+def predict_chunks(
+    engine: PromptableSegmenter,
+    handle: ImageHandle,
+    prompts: list[Prompt],
+    result: RefineResult,
+    multimask: bool = True,
+    max_mask_bytes: int | None = None,
+) -> Iterator[tuple[int, Predictions]]:
+    """`predict_counted` in chunks whose PxCxHxW masks stay under `max_mask_bytes` (default
+    MAX_MASK_BYTES): yields (index
+    of the chunk's first prompt, its Predictions). Checks the deadline (`models.deadline`) before
+    each chunk, so a request past it stops here."""
+    h, w = handle.original_size
+    per_prompt = (3 if multimask else 1) * h * w
+    budget = MAX_MASK_BYTES if max_mask_bytes is None else max_mask_bytes
+    size = max(1, budget // max(per_prompt, 1))
+    for start in range(0, len(prompts), size):
+        check_deadline()
+        yield start, predict_counted(engine, handle, prompts[start : start + size], result, multimask)
 
 
 def confident_labels(probs: torch.Tensor | np.ndarray, threshold: float, class_axis: int = 0):

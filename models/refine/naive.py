@@ -15,7 +15,7 @@ from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.engine.lowres import mask_to_low_res
 from models.io import UNLABELED
-from models.refine.common import RefineResult, box_clip, ensure_handle, predict_counted, sparse_prompts
+from models.refine.common import RefineResult, box_clip, ensure_handle, predict_chunks, sparse_prompts
 from models.refine.merge import OVERLAP_RULES, Instance, merge_instances
 from models.weak import WeakLabels
 
@@ -50,14 +50,14 @@ class NaiveLabeler:
                     prompts.append(Prompt(mask_logits=mask_to_low_res(weak.coarse == c)))
                     origin.append(("coarse", -1, int(c)))
         instances = []
-        if prompts:
-            out = predict_counted(self.engine, handle, prompts, result)
-            for i, (kind, j, c) in enumerate(origin):
+        for start, out in predict_chunks(self.engine, handle, prompts, result):
+            for i in range(len(out)):
+                kind, j, c = origin[start + i]
                 best = int(np.argmax(out.iou[i]))
                 mask = out.masks[i, best]
                 if kind == "box":
                     mask = box_clip(mask, weak.boxes[j].box)
-                instances.append(Instance(c, mask, float(out.iou[i, best])))
+                instances.append(Instance(c, mask.copy(), float(out.iou[i, best])))
                 result.instances.append(
                     {
                         "class_id": c,

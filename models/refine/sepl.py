@@ -41,7 +41,7 @@ from models.cam import CamPredictor, cam_predictor, cam_pseudo_labels
 from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.io import UNLABELED
-from models.refine.common import RefineResult, ensure_handle, predict_counted
+from models.refine.common import RefineResult, ensure_handle, predict_chunks
 from models.refine.merge import OVERLAP_RULES, Instance, apply_weak_labels, merge_instances
 from models.weak import WeakLabels
 
@@ -203,17 +203,24 @@ class SEPLLabeler:
         xs = (np.arange(n) + 0.5) * w / n
         ys = (np.arange(n) + 0.5) * h / n
         prompts = [Prompt(points=[[x, y]], labels=[1]) for y in ys for x in xs]
-        out = predict_counted(self.engine, handle, prompts, result)
-        masks = out.masks.reshape(-1, h, w)
-        keep = (out.iou.ravel() >= o.pred_iou_thresh) & (out.stability.ravel() >= o.stability_thresh)
-        keep &= masks.reshape(len(masks), -1).any(1)
-        idx = np.flatnonzero(keep)
-        if len(idx) == 0:
+        # per chunk, only the candidates that pass the thresholds are kept, bit-packed (1 bit per
+        # pixel) with their box and score; NMS runs on the boxes, survivors are unpacked at the end
+        packed, boxes_, scores_ = [], [], []
+        for _, out in predict_chunks(self.engine, handle, prompts, result):
+            masks = out.masks.reshape(-1, h, w)
+            keep = (out.iou.ravel() >= o.pred_iou_thresh) & (out.stability.ravel() >= o.stability_thresh)
+            keep &= masks.reshape(len(masks), -1).any(1)
+            idx = np.flatnonzero(keep)
+            if len(idx):
+                packed.extend(np.packbits(masks[i]) for i in idx)
+                boxes_.append(mask_boxes(masks[idx]))
+                scores_.append(out.iou.ravel()[idx])
+        if not packed:
             return []
-        boxes = torch.as_tensor(mask_boxes(masks[idx]))
-        scores = torch.as_tensor(out.iou.ravel()[idx], dtype=torch.float32)
-        survivors = batched_nms(boxes, scores, torch.zeros(len(idx), dtype=torch.int64), o.nms_thresh)
-        return [masks[idx[i]] for i in survivors.tolist()]
+        boxes = torch.as_tensor(np.concatenate(boxes_))
+        scores = torch.as_tensor(np.concatenate(scores_), dtype=torch.float32)
+        survivors = batched_nms(boxes, scores, torch.zeros(len(packed), dtype=torch.int64), o.nms_thresh)
+        return [np.unpackbits(packed[i], count=h * w).view(bool).reshape(h, w) for i in survivors.tolist()]
 
     def refine(
         self, image: ImageHandle | np.ndarray, weak: WeakLabels, pseudo: np.ndarray | None = None, **_: object

@@ -33,7 +33,7 @@ from models.refine.common import (
     box_clip,
     confident_labels,
     ensure_handle,
-    predict_counted,
+    predict_chunks,
     sparse_prompts,
 )
 from models.refine.merge import OVERLAP_RULES, Instance, merge_instances
@@ -150,9 +150,9 @@ class SeSAMLabeler:
                 if c != UNLABELED:
                     add(int(c), weak.coarse == c)
         prompts, origin = sparse_prompts(weak, self.options.scribble_points)
-        if prompts:
-            out = predict_counted(self.engine, handle, prompts, result)
-            for i, (kind, j, c) in enumerate(origin):
+        for start, out in predict_chunks(self.engine, handle, prompts, result):
+            for i in range(len(out)):
+                kind, j, c = origin[start + i]
                 if kind == "box":
                     mask = box_clip(out.masks[i, int(np.argmax(out.iou[i]))], weak.boxes[j].box)
                 else:
@@ -223,17 +223,17 @@ class SeSAMLabeler:
             parts = connected_components(mask, o.min_component_area) if o.instance_separation else [mask]
             components.extend((c, part) for part in parts if part.any())
         instances: list[Instance] = []
-        if components:
-            prompts = [self._prompt_for(part, rng, confidence) for _, part in components]
-            out = predict_counted(self.engine, handle, prompts, result)
-            for i, (c, part) in enumerate(components):
+        prompts = [self._prompt_for(part, rng, confidence) for _, part in components]
+        for start, out in predict_chunks(self.engine, handle, prompts, result):
+            for i in range(len(out)):
+                c, part = components[start + i]
                 cov, comp = coverage_compatibility(out.masks[i], part)
                 if o.selection == "coverage":
                     choice = choose_by_coverage(cov, comp, o.tau1, o.tau2)
                 else:
                     choice = SELECTORS[o.selection](out.masks[i], part, out.iou[i], rng)
                 cov, comp = cov[choice : choice + 1], comp[choice : choice + 1]
-                instances.append(Instance(c, out.masks[i, choice], float(comp[0])))
+                instances.append(Instance(c, out.masks[i, choice].copy(), float(comp[0])))
                 result.instances.append(
                     {
                         "class_id": c,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torchvision.ops import masks_to_boxes, nms
 
 from models.config import setting
+from models.deadline import check_deadline
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.peaks import peak_points
 
@@ -117,6 +118,7 @@ def weaksam_proposals(
     xy = np.concatenate(points)
     boxes, scores, kinds = [], [], []
     for start in range(0, len(xy), options.chunk):
+        check_deadline()
         part = xy[start : start + options.chunk]
         pred = engine.predict(handle, [Prompt(points=[p], labels=[1]) for p in part], multimask=True)
         masks, iou = pred.masks, pred.iou  # Px3xHxW, Px3
