@@ -185,9 +185,7 @@ def test_openapi_fuzz_of_segment_finds_no_5xx(served) -> None:
     @given(case=operation.as_strategy())
     def check(case) -> None:
         response = case.call(base_url=url, timeout=60)
-        if response.status_code >= 500 or (
-            response.status_code >= 400 and set(response.json()) != {"error"}
-        ):
+        if response.status_code >= 500 or (response.status_code >= 400 and set(response.json()) != {"error"}):
             failures.append((response.status_code, response.text[:300]))
 
     check()
