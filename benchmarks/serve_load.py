@@ -172,13 +172,16 @@ def run(
             proc.kill()
 
 
-def big_image(side: tuple[int, int] = (3264, 4896)) -> bytes:
-    """A 16-megapixel JPEG: a CamVid image upscaled (or seeded noise without CamVid)."""
+def big_image(side: tuple[int, int] = (3264, 4896), mirror: bool = False) -> bytes:
+    """A 16-megapixel JPEG: a CamVid image upscaled (or seeded noise without CamVid), mirrored
+    on request (another image, so no cache answers it)."""
     if (CAMVID / "val.txt").is_file():
         stem = (CAMVID / "val.txt").read_text().split()[0]
         img = Image.open(CAMVID / "images" / "val" / f"{stem}.jpg").convert("RGB")
     else:
         img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (360, 480, 3), dtype=np.uint8))
+    if mirror:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     buf = io.BytesIO()
     img.resize((side[1], side[0]), Image.Resampling.BICUBIC).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
@@ -270,8 +273,14 @@ def neighbour(args: argparse.Namespace, images: list[bytes]) -> list[str]:
             for i in range(8):
                 predict(i)
             alone = load(predict, requests, concurrency)
+            with RssSampler(proc.pid) as embed_rss:  # the 16 MP image alone: its memory
+                t0 = time.perf_counter()
+                status = http.post(
+                    "/embed", files={"image": ("a.jpg", big_image(), "image/jpeg")}
+                ).status_code
+                embed_alone = (status, time.perf_counter() - t0)
             heavy: dict[str, tuple[int, float]] = {}
-            big = big_image()
+            big = big_image(mirror=True)
             weak = json.dumps(weak_points(4096))
 
             def send_heavy(name: str, route: str, files: dict, data: dict) -> None:
@@ -334,8 +343,19 @@ def neighbour(args: argparse.Namespace, images: list[bytes]) -> list[str]:
         "|---|---|---|",
     ]
     lines += [f"| {name} | {status} | {secs:.1f} |" for name, (status, secs) in heavy.items()]
-    lines += ["", "Peak resident memory per server process:", "", "| process | peak RSS MiB |", "|---|---|"]
-    lines += [f"| {name} | {peak / 2**20:.0f} |" for name, peak in sorted(rss.peak.items())]
+    lines += [
+        "",
+        f"A 16 MP /embed alone: status {embed_alone[0]}, {embed_alone[1]:.1f} s.",
+        "",
+        "Peak resident memory per server process (whole run; during the 16 MP /embed alone):",
+        "",
+        "| process | peak RSS MiB, whole run | peak RSS MiB, 16 MP /embed alone |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {peak / 2**20:.0f} | {embed_rss.peak.get(name, 0) / 2**20:.0f} |"
+        for name, peak in sorted(rss.peak.items())
+    ]
     table = Table(title=title)
     for col in header:
         table.add_column(col)

@@ -36,6 +36,7 @@ import os
 import pickle
 import re
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -165,11 +166,23 @@ def value_error(exc: Exception, field: str) -> ApiError:
     return ApiError(413 if isinstance(exc, ImageTooLarge) else 400, str(exc), field)
 
 
-def as_reply(work: Callable[[], Any], budget_s: float) -> bytes:
-    """Run heavy work under its deadline; answer ("ok", value) or ("error", status, message,
-    field), pickled (the heavy lane only talks to the front process)."""
+def as_reply(work: Callable[[], Any], deadline_at: float) -> bytes:
+    """Run heavy work under the request's deadline (`deadline_at`: epoch seconds, set when the
+    request reached the front, so the time it waited in the heavy lane's queue counts); answer
+    ("ok", value) or ("error", status, message, field), pickled (the heavy lane only talks to the
+    front process)."""
+    left = deadline_at - time.time()
+    if left <= 0:
+        return pickle.dumps(
+            (
+                "error",
+                503,
+                f"busy: the request waited {-left + CONFIG.request_timeout_s:.0f} s for the heavy lane, past its deadline; retry later",
+                None,
+            )
+        )
     try:
-        with deadline(budget_s):
+        with deadline(left):
             reply: tuple = ("ok", work())
     except ApiError as exc:
         reply = ("error", exc.error_code.value, exc.message, exc.field)
@@ -199,7 +212,7 @@ class HeavyLane:
             warm_up(self.engine)
 
     @bentoml.api
-    def embed(self, image: bytes, budget_s: float, field: str = "image") -> bytes:
+    def embed(self, image: bytes, deadline_at: float, field: str = "image") -> bytes:
         """Pickled ("ok", {key, size, payload, nbytes}) for an image file's bytes."""
 
         def work() -> dict[str, Any]:
@@ -215,13 +228,13 @@ class HeavyLane:
                 "nbytes": int(self.engine.payload_nbytes(handle.payload)),
             }
 
-        return as_reply(work, budget_s)
+        return as_reply(work, deadline_at)
 
     @bentoml.api
-    def refine(self, request: bytes, budget_s: float) -> bytes:
+    def refine(self, request: bytes, deadline_at: float) -> bytes:
         """Pickled ("ok", {labels, stats, options, width, height}) for a pickled /refine request."""
         args = pickle.loads(request)
-        return as_reply(lambda: self._refine(**args), budget_s)
+        return as_reply(lambda: self._refine(**args), deadline_at)
 
     def _refine(
         self,
@@ -348,12 +361,13 @@ class SegmentationService:
         return self.ready
 
     # -- helpers --------------------------------------------------------------------------------
-    async def _heavy(self, call: Callable[[], Any]) -> Any:
-        """Await a heavy-lane call within the heavy deadline; map its refusals to ours."""
+    async def _heavy(self, call: Callable[[float], Any]) -> Any:
+        """Await a heavy-lane call (given the request's deadline, epoch seconds) within that
+        deadline; map its refusals to ours."""
         budget = self.config.request_timeout_s
         try:
-            with anyio.fail_after(budget + 10):
-                raw = await call()
+            with anyio.fail_after(budget + 2):
+                raw = await call(time.time() + budget)
         except TimeoutError:
             raise ApiError(
                 504, f"deadline exceeded: the heavy lane gave no answer within {budget} s"
@@ -384,9 +398,7 @@ class SegmentationService:
             handle = self.engine.lookup(key)
             if handle is not None:
                 return handle, True
-        out = await self._heavy(
-            lambda: self.heavy.to_async.embed(image=data, budget_s=self.config.request_timeout_s, field=field)
-        )
+        out = await self._heavy(lambda at: self.heavy.to_async.embed(image=data, deadline_at=at, field=field))
         self.engine.cache.put(out["key"], out["payload"], out["nbytes"])
         with self._keys_lock:
             self._file_keys[file_key] = out["key"]
@@ -569,9 +581,7 @@ class SegmentationService:
             "num_classes": num_classes,
         }
         payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-        out = await self._heavy(
-            lambda: self.heavy.to_async.refine(request=payload, budget_s=self.config.request_timeout_s)
-        )
+        out = await self._heavy(lambda at: self.heavy.to_async.refine(request=payload, deadline_at=at))
         return {
             "method": method,
             "options": opts,
