@@ -82,7 +82,7 @@ class ServiceConfig:
     max_body_bytes: int = setting(64 * 1024**2, help="request body cap, also for chunked bodies (413 above)")
     max_mask_bytes: int = setting(
         256 * 1024**2,
-        help="/predict decodes prompts in chunks of at most this many bytes of full-size masks",
+        help="/predict decodes prompts in chunks of at most this many bytes of full-size masks and low-res logits",
     )
     refine_side: int = setting(
         1024,

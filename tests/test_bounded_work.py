@@ -171,7 +171,7 @@ def test_labelers_decode_in_chunks_with_equal_answers(scene, monkeypatch, method
     engine = Recording()
     whole = build_labeler(method, engine, **options).refine(scene, weak)
     assert max(engine.calls) > 13
-    monkeypatch.setattr(common, "MAX_MASK_BYTES", 40 * 360 * 480)
+    monkeypatch.setattr(common, "MAX_MASK_BYTES", 40 * (360 * 480 + common.LOGIT_BYTES))
     engine = Recording()
     chunked = build_labeler(method, engine, **options).refine(scene, weak)
     assert max(engine.calls) <= 13 and len(engine.calls) > 1
@@ -181,7 +181,7 @@ def test_labelers_decode_in_chunks_with_equal_answers(scene, monkeypatch, method
 def test_a_deadline_stops_sepl_between_chunks(scene, monkeypatch) -> None:
     from models.refine import backend_defaults, build_labeler, common
 
-    monkeypatch.setattr(common, "MAX_MASK_BYTES", 3 * 360 * 480)  # one prompt per chunk
+    monkeypatch.setattr(common, "MAX_MASK_BYTES", 3 * (360 * 480 + common.LOGIT_BYTES))  # one prompt a chunk
     engine = Recording()
     labeler = build_labeler("sepl", engine, **backend_defaults("sepl", "classical", {"points_per_side": 8}))
     handle = engine.embed([scene])[0]

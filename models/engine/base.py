@@ -22,10 +22,13 @@ from models.engine.cache import DEFAULT_CACHE_BYTES, EmbeddingCache, content_key
 from models.engine.types import EngineStats, ImageHandle, Predictions, Prompt
 from models.engine.validation import as_rgb_uint8, validate_prompts
 
-# the classical priors' working long side: every image the prior was tuned on (CamVid 480x360,
-# Penn-Fudan up to 1017 wide, COCO up to 640) is encoded at its own size; a larger one is reduced,
-# which bounds a 16-megapixel upload to what a 1024x683 image costs (docs/engine.md)
-PRIOR_WORKING_SIDE = 1024
+# every backend's default working long side. The classical priors: every image they were tuned on
+# (CamVid 480x360, Penn-Fudan up to 1017 wide, COCO up to 640) is encoded at its own size, a larger
+# one is reduced, which bounds a 16-megapixel upload to what a 1024x683 image costs
+# (benchmarks/results/working_side.md). SAM: its encoder sees a 1024 long side anyway; reducing
+# first keeps its full-size logits (P x 3 x H x W float32) from growing with the upload.
+DEFAULT_WORKING_SIDE = 1024
+PRIOR_WORKING_SIDE = DEFAULT_WORKING_SIDE
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,11 @@ class CachedSegmenter(ABC):
     @abstractmethod
     def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions: ...
 
+    def _reduce(self, image: np.ndarray) -> np.ndarray:
+        """The image at the working size (itself when it fits): antialiased, `reduce_image`. SAM
+        backends reduce with SAM's own resize instead, so their encoder input stays the same."""
+        return reduce_image(image, working_size(image.shape[:2], self.working_side))
+
     # -- the contract ------------------------------------------------------------------------
     def embed(self, images: Sequence[np.ndarray]) -> list[ImageHandle]:
         """Embed images (any layout `as_rgb_uint8` accepts); cached ones cost no encoder call."""
@@ -139,11 +147,10 @@ class CachedSegmenter(ABC):
                 self.stats.cache_hits += 1
                 payloads[key] = cached
         if todo:
-            sizes = [working_size(a.shape[:2], self.working_side) for a in todo.values()]
-            reduced = [reduce_image(a, size) for a, size in zip(todo.values(), sizes)]
-            for key, arr, size, payload in zip(todo, todo.values(), sizes, self._encode(reduced)):
-                if size != arr.shape[:2]:
-                    payload = Reduced(payload, arr.shape[:2], size)
+            reduced = [self._reduce(a) for a in todo.values()]
+            for key, arr, small, payload in zip(todo, todo.values(), reduced, self._encode(reduced)):
+                if small.shape[:2] != arr.shape[:2]:
+                    payload = Reduced(payload, arr.shape[:2], small.shape[:2])
                 self.cache.put(key, payload, self.payload_nbytes(payload))
                 payloads[key] = payload
         return [
@@ -196,6 +203,16 @@ class BatchedDecoder(CachedSegmenter):
     """
 
     decode_batch: int = 64
+
+    def _reduce(self, image: np.ndarray) -> np.ndarray:
+        """SAM's own resize (`ResizeLongestSide`, PIL bilinear) to the working side: at the default
+        1024 the encoder sees exactly the pixels it would see unreduced, and only the last step
+        (masks to the image's size) changes, nearest on the mask instead of bilinear on the logits."""
+        if self.working_side is None or max(image.shape[:2]) <= self.working_side:
+            return image
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        return ResizeLongestSide(self.working_side).apply_image(image)
 
     @abstractmethod
     def _decode_group_into(

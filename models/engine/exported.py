@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from models.engine.base import BatchedDecoder, stability_score
+from models.engine.base import DEFAULT_WORKING_SIDE, BatchedDecoder, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.types import LOW_RES, Predictions, Prompt
 from models.onnx_runtime import read_metadata
@@ -77,8 +77,9 @@ class ExportedSamEngine(BatchedDecoder):
         decode_batch: int = 16,
         max_prompts: int | None = None,
         encoder_file: str = "encoder",
+        working_side: int | None = DEFAULT_WORKING_SIDE,
     ) -> None:
-        super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts)
+        super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts, working_side=working_side)
         self.export_dir = Path(export_dir)
         self.metadata = read_metadata(self.export_dir, kind="sam")
         self.name = name

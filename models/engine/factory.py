@@ -41,8 +41,9 @@ class EngineConfig:
     triton_url: str | None = setting(None, help="triton: the server's HTTP host:port")
     working_side: int | None = setting(
         None,
-        help="classical backends: images with a longer side are reduced to it before encoding (masks "
-        "answer at the image's size); none: 1024; 0: never reduce. SAM reduces to 1024 by itself",
+        help="images with a longer side are reduced to it before encoding (prompts mapped, masks answered "
+        "at the image's size, nearest); none: 1024 (SAM's own input side; the classical priors' by "
+        "measurement); 0: never reduce",
     )
     classical: dict[str, Any] = setting(
         {},
@@ -104,12 +105,12 @@ class EngineConfig:
             f"{source}: classical"
         )
 
-    def prior_working_side(self) -> int | None:
-        """The classical priors' working long side: the setting, 1024 when unset, None for 0."""
-        from models.engine.base import PRIOR_WORKING_SIDE
+    def resolved_working_side(self) -> int | None:
+        """The engine's working long side: the setting, 1024 when unset, None (never reduce) for 0."""
+        from models.engine.base import DEFAULT_WORKING_SIDE
 
         if self.working_side is None:
-            return PRIOR_WORKING_SIDE
+            return DEFAULT_WORKING_SIDE
         return self.working_side or None
 
     def scales(self, source: str = "config") -> tuple[int, int, int] | None:
@@ -135,7 +136,7 @@ def _build_classical(config: EngineConfig) -> CachedSegmenter:
         config.classical,
         cache_bytes=config.cache_bytes,
         max_prompts=config.max_prompts,
-        working_side=config.prior_working_side(),
+        working_side=config.resolved_working_side(),
     )
 
 
@@ -147,7 +148,7 @@ def _build_regions(config: EngineConfig) -> CachedSegmenter:
         **({"scales": scales} if scales else {}),
         cache_bytes=config.cache_bytes,
         max_prompts=config.max_prompts,
-        working_side=config.prior_working_side(),
+        working_side=config.resolved_working_side(),
     )
 
 
@@ -165,6 +166,7 @@ def _build_torch(config: EngineConfig) -> CachedSegmenter:
         device=config.device,
         cache_bytes=config.cache_bytes,
         max_prompts=config.max_prompts,
+        working_side=config.resolved_working_side(),
     )
 
 
@@ -185,6 +187,7 @@ def _build_onnx(config: EngineConfig) -> CachedSegmenter:
         threads=config.threads,
         cache_bytes=config.cache_bytes,
         max_prompts=config.max_prompts,
+        working_side=config.resolved_working_side(),
     )
 
 
@@ -192,7 +195,10 @@ def _build_tensorrt(config: EngineConfig) -> CachedSegmenter:
     from models.engine.sam_tensorrt import TensorRTSamEngine
 
     return TensorRTSamEngine(
-        _needs_export_dir(config, "tensorrt"), cache_bytes=config.cache_bytes, max_prompts=config.max_prompts
+        _needs_export_dir(config, "tensorrt"),
+        cache_bytes=config.cache_bytes,
+        max_prompts=config.max_prompts,
+        working_side=config.resolved_working_side(),
     )
 
 
@@ -206,6 +212,7 @@ def _build_triton(config: EngineConfig) -> CachedSegmenter:
         url=config.triton_url,
         cache_bytes=config.cache_bytes,
         max_prompts=config.max_prompts,
+        working_side=config.resolved_working_side(),
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.engine.base import DEFAULT_WORKING_SIDE
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.exported import ExportedSamEngine
 from models.onnx_runtime import create_session, model_file
@@ -32,6 +33,7 @@ class OnnxSamEngine(ExportedSamEngine):
         encoder_batch: int = 4,
         decode_batch: int = 16,
         max_prompts: int | None = None,
+        working_side: int | None = DEFAULT_WORKING_SIDE,
     ) -> None:
         super().__init__(
             export_dir,
@@ -41,6 +43,7 @@ class OnnxSamEngine(ExportedSamEngine):
             decode_batch=decode_batch,
             max_prompts=max_prompts,
             encoder_file=encoder_file,
+            working_side=working_side,
         )
         md = self.metadata
         self.encoder = create_session(model_file(export_dir, md, encoder_file), providers, threads)

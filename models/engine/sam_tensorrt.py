@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.engine.base import DEFAULT_WORKING_SIDE
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.exported import ExportedSamEngine
 from models.tensorrt_runtime import TensorRTModel, find_engine, require_tensorrt
@@ -24,11 +25,20 @@ class TensorRTSamEngine(ExportedSamEngine):
         encoder_batch: int = 4,
         decode_batch: int = 64,
         max_prompts: int | None = None,
+        working_side: int | None = DEFAULT_WORKING_SIDE,
     ) -> None:
         trt = require_tensorrt()
         import torch
 
-        super().__init__(export_dir, "tensorrt", cache_bytes, encoder_batch, decode_batch, max_prompts)
+        super().__init__(
+            export_dir,
+            "tensorrt",
+            cache_bytes,
+            encoder_batch,
+            decode_batch,
+            max_prompts,
+            working_side=working_side,
+        )
         gpu = torch.cuda.get_device_name(0)
         self.models = {
             role: TensorRTModel(find_engine(export_dir, role, gpu, trt.__version__, fp16))

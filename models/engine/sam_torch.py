@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from models.engine.base import BatchedDecoder, stability_score
+from models.engine.base import DEFAULT_WORKING_SIDE, BatchedDecoder, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.types import Predictions, Prompt
 from models.sam.build import build_sam
@@ -56,8 +56,9 @@ class SamEngine(BatchedDecoder):
         fast_decoder: bool = True,
         decoder_chunk: int = DEFAULT_CHUNK,
         max_prompts: int | None = None,
+        working_side: int | None = DEFAULT_WORKING_SIDE,
     ) -> None:
-        super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts)
+        super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts, working_side=working_side)
         self.name = name
         self.device = torch.device(device)
         self.model = sam.to(self.device).eval()

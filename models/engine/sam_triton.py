@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from models.deps import require
+from models.engine.base import DEFAULT_WORKING_SIDE
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.exported import ExportedSamEngine
 
@@ -27,9 +28,18 @@ class TritonSamEngine(ExportedSamEngine):
         encoder_batch: int = 4,
         decode_batch: int = 16,
         max_prompts: int | None = None,
+        working_side: int | None = DEFAULT_WORKING_SIDE,
     ) -> None:
         httpclient = require("tritonclient.http", "triton", "backend triton")
-        super().__init__(export_dir, "triton", cache_bytes, encoder_batch, decode_batch, max_prompts)
+        super().__init__(
+            export_dir,
+            "triton",
+            cache_bytes,
+            encoder_batch,
+            decode_batch,
+            max_prompts,
+            working_side=working_side,
+        )
         self._http = httpclient
         self.url = url.removeprefix("http://")
         self.prefix = prefix

@@ -114,8 +114,10 @@ def predict_counted(
     return out
 
 
-# full-size candidate masks one decoder chunk may hold (bool bytes): a labeler's memory is O(chunk)
-MAX_MASK_BYTES = 256 * 1024**2
+# bytes one decoder chunk may hold: its full-size candidate masks (bool) and their 256x256
+# float32 low-res logits; a labeler's memory is O(chunk), not O(prompts)
+MAX_MASK_BYTES = 128 * 1024**2
+LOGIT_BYTES = 256 * 256 * 4
 
 
 def predict_chunks(
@@ -126,12 +128,12 @@ def predict_chunks(
     multimask: bool = True,
     max_mask_bytes: int | None = None,
 ) -> Iterator[tuple[int, Predictions]]:
-    """`predict_counted` in chunks whose PxCxHxW masks stay under `max_mask_bytes` (default
+    """`predict_counted` in chunks whose PxCxHxW masks and PxCx256x256 logits stay under `max_mask_bytes` (default
     MAX_MASK_BYTES): yields (index
     of the chunk's first prompt, its Predictions). Checks the deadline (`models.deadline`) before
     each chunk, so a request past it stops here."""
     h, w = handle.original_size
-    per_prompt = (3 if multimask else 1) * h * w
+    per_prompt = (3 if multimask else 1) * (h * w + LOGIT_BYTES)
     budget = MAX_MASK_BYTES if max_mask_bytes is None else max_mask_bytes
     size = max(1, budget // max(per_prompt, 1))
     for start in range(0, len(prompts), size):
