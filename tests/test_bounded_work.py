@@ -190,3 +190,46 @@ def test_a_deadline_stops_sepl_between_chunks(scene, monkeypatch) -> None:
         labeler.refine(handle, _weak())
     assert time.monotonic() - started < 5
     assert 0 < len(engine.calls) < 64
+
+
+def test_sam_at_its_working_side_sees_the_same_pixels(tiny_sam, scene, big_scene) -> None:
+    """SAM reduces a 1440x1920 image with its own resize: the embedding, IoU and low-res logits equal
+    the unreduced engine's; masks come back at the image's size and differ only along boundaries
+    (nearest on the 768x1024 mask instead of bilinear on full-size logits). A 360x480 image is
+    untouched."""
+    from scipy import ndimage
+
+    from models.engine.sam_torch import SamEngine
+
+    reduced, plain = SamEngine(tiny_sam, name="t"), SamEngine(tiny_sam, name="t", working_side=None)
+    assert reduced.working_side == 1024
+    small = reduced.embed([scene])[0]
+    assert not isinstance(small.payload, Reduced)
+    a, b = reduced.embed([big_scene])[0], plain.embed([big_scene])[0]
+    assert isinstance(a.payload, Reduced) and a.payload.working_size == (768, 1024)
+    assert a.original_size == (1440, 1920) and a.key != b.key
+    np.testing.assert_array_equal(a.payload.inner.embedding.numpy(), b.payload.embedding.numpy())
+    prompts = [
+        Prompt(points=[[480, 520]], labels=[1]),
+        Prompt(box=[1000, 680, 1640, 1320]),
+        Prompt(points=[[1919, 1439], [5, 5]], labels=[1, 0], box=[0, 0, 1920, 1440]),
+    ]
+    x, y = reduced.predict(a, prompts), plain.predict(b, prompts)
+    assert x.masks.shape == y.masks.shape == (3, 3, 1440, 1920)
+    np.testing.assert_array_equal(x.iou, y.iou)
+    np.testing.assert_array_equal(x.low_res_logits, y.low_res_logits)
+    for m, n in zip(x.masks.reshape(-1, 1440, 1920), y.masks.reshape(-1, 1440, 1920)):
+        boundary = ndimage.binary_dilation(m, iterations=3) & ~ndimage.binary_erosion(m, iterations=3)
+        assert not ((m != n) & ~boundary).any()
+
+
+def test_engine_config_working_side() -> None:
+    from models.engine import EngineConfig, build_engine
+
+    assert EngineConfig().resolved_working_side() == 1024
+    assert EngineConfig(working_side=0).resolved_working_side() is None
+    assert build_engine(EngineConfig(working_side=640)).working_side == 640
+    assert build_engine(EngineConfig(backend="classical-regions", working_side=0)).working_side is None
+    assert build_engine(EngineConfig(backend="torch", sam_type="tiny")).working_side == 1024
+    with pytest.raises(ValueError, match="working_side"):
+        EngineConfig(working_side=8).validate()
