@@ -233,3 +233,223 @@ def test_engine_config_working_side() -> None:
     assert build_engine(EngineConfig(backend="torch", sam_type="tiny")).working_side == 1024
     with pytest.raises(ValueError, match="working_side"):
         EngineConfig(working_side=8).validate()
+
+
+# -- one chunking helper for every labeler -------------------------------------------------------
+def _two_objects(h: int = 64, w: int = 96) -> list[np.ndarray]:
+    a, b = np.zeros((h, w), bool), np.zeros((h, w), bool)
+    a[8:30, 10:40], b[36:60, 50:90] = True, True
+    return [a, b]
+
+
+def test_chunk_size_counts_masks_and_logits() -> None:
+    from models.refine.common import LOGIT_BYTES, chunk_size
+
+    per = 3 * (100 * 200 + LOGIT_BYTES)
+    assert chunk_size((100, 200), True, 10 * per) == 10
+    assert chunk_size((100, 200), True, 10 * per - 1) == 9
+    assert chunk_size((100, 200), False, 10 * per) == 30
+    assert chunk_size((100, 200), True, 10 * per, max_prompts=4) == 4
+    assert chunk_size((4000, 6000), True, 1) == 1  # never less than one prompt
+
+
+def test_predict_chunks_yields_every_prompt_once_and_books_calls() -> None:
+    from models.refine.common import RefineResult, predict_chunks
+    from tests.scripted import ScriptedSegmenter
+
+    engine = ScriptedSegmenter(_two_objects())
+    handle = engine.embed([np.zeros((64, 96, 3), np.uint8)])[0]
+    prompts = [Prompt(points=[[20 + (i % 2) * 50, 20 + (i % 2) * 25]], labels=[1]) for i in range(11)]
+    whole = engine.predict(handle, prompts)
+    result = RefineResult(np.empty(0))
+    starts, masks = [], []
+    for start, out in predict_chunks(engine, handle, prompts, result, max_prompts=4):
+        starts.append(start)
+        masks.append(out.masks)
+    assert starts == [0, 4, 8] and [len(p) for p in engine.seen[-3:]] == [4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate(masks), whole.masks)
+    assert (result.decoder_calls, result.prompts) == (3, 11)
+    assert len(list(predict_chunks(engine, handle, [], result))) == 0
+
+
+def test_packed_masks_round_trip_at_one_bit_per_pixel() -> None:
+    from models.refine.common import PackedMasks
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 37, 41)) > 0.5
+    packed = PackedMasks((37, 41))
+    for m in masks:
+        packed.append(m)
+    assert len(packed) == 5 and packed.nbytes == 5 * ((37 * 41 + 7) // 8)
+    for m, n in zip(masks, packed, strict=True):
+        np.testing.assert_array_equal(m, n)
+    np.testing.assert_array_equal(packed.select([3, 1])[0], masks[3])
+    assert len(packed[1:3]) == 2
+    with pytest.raises(ValueError, match="PackedMasks"):
+        packed.append(np.zeros((37, 40), bool))
+
+
+class Largest:
+    """Records the largest prompt batch a ScriptedSegmenter decoded."""
+
+    @staticmethod
+    def of(engine) -> int:
+        return max(len(p) for p in engine.seen)
+
+
+def test_weaksam_proposals_and_tag_points_decode_in_chunks(monkeypatch) -> None:
+    """WeakSAM's proposals and WISH's tags -> points give the same answer with a chunk budget of
+    two prompts, and no decode call sees more."""
+    import torch
+
+    from models.refine import common
+    from models.refine.wish_tags import TagPointOptions, tags_to_points
+    from models.weaksam.proposals import ProposalOptions, weaksam_proposals
+    from tests.scripted import ScriptedSegmenter
+
+    def run():
+        engine = ScriptedSegmenter(_two_objects())
+        handle = engine.embed([np.zeros((64, 96, 3), np.uint8)])[0]
+        props = weaksam_proposals(engine, handle, options=ProposalOptions(points_per_side=4))
+        cam = torch.zeros(2, 64, 96)
+        for y, x, v in ((10, 12, 1.0), (25, 30, 0.9), (50, 80, 0.8), (40, 60, 0.7)):
+            cam[0, y, x] = v
+        found = tags_to_points(
+            engine, handle, cam, [0], lambda xy: xy.astype(float), TagPointOptions(3, 0.5, 0.5)
+        )
+        return props, found, Largest.of(engine)
+
+    props, found, largest = run()
+    assert largest == 16
+    monkeypatch.setattr(common, "MAX_MASK_BYTES", 2 * 3 * (64 * 96 + common.LOGIT_BYTES))
+    props2, found2, largest2 = run()
+    assert largest2 == 2
+    np.testing.assert_array_equal(props.boxes, props2.boxes)
+    np.testing.assert_array_equal(props.scores, props2.scores)
+    assert props.sources == props2.sources
+    np.testing.assert_array_equal(found.points, found2.points)
+    np.testing.assert_array_equal(found.candidates, found2.candidates)
+    np.testing.assert_array_equal(found.stability, found2.stability)
+
+
+def test_box_instances_decode_in_chunks(monkeypatch) -> None:
+    from models.refine import common
+    from models.refine.common import RefineResult, box_instances
+    from tests.scripted import ScriptedSegmenter
+
+    boxes = np.array([[10, 8, 40, 30], [50, 36, 90, 60], [12, 10, 38, 28]], float)
+
+    def run():
+        engine = ScriptedSegmenter(_two_objects())
+        handle = engine.embed([np.zeros((64, 96, 3), np.uint8)])[0]
+        found = box_instances(engine, handle, boxes, [1, 2, 1], [0.9, 0.8, 0.7], RefineResult(np.empty(0)))
+        return found, Largest.of(engine)
+
+    whole, largest = run()
+    monkeypatch.setattr(common, "MAX_MASK_BYTES", 64 * 96 + common.LOGIT_BYTES)  # one single-mask prompt
+    chunked, largest2 = run()
+    assert (largest, largest2) == (3, 1)
+    for (c, m, s), (c2, m2, s2) in zip(whole, chunked, strict=True):
+        assert (c, s) == (c2, s2) and np.array_equal(m, m2)
+    with pytest.raises(ValueError, match="differ in length"):
+        box_instances(None, None, boxes, [1], [0.5], RefineResult(np.empty(0)))
+
+
+def test_sepl_peak_memory_is_bounded_by_the_chunk(monkeypatch) -> None:
+    """SEPL on 100 grid prompts over a 400x600 image: decoded in one call its candidates and logits
+    take ~150 MB; in chunks of 2 prompts the peak of Python-traced memory stays under 40 MB (kept
+    candidates are bit-packed) and the labels are the same."""
+    import tracemalloc
+
+    from models.refine import backend_defaults, build_labeler, common
+    from models.weak import WeakLabels
+    from models.weak.schema import PointLabel
+    from tests.scripted import ScriptedSegmenter
+
+    h, w = 400, 600
+    objects = [np.zeros((h, w), bool), np.zeros((h, w), bool)]
+    objects[0][50:200, 60:250], objects[1][220:380, 300:560] = True, True
+    weak = WeakLabels(h, w, points=[PointLabel(100, 100, 1), PointLabel(400, 300, 2)])
+    options = backend_defaults("sepl", "classical", {"points_per_side": 10})
+
+    def run() -> tuple[np.ndarray, int, int]:
+        engine = ScriptedSegmenter(objects)
+        handle = engine.embed([np.zeros((h, w, 3), np.uint8)])[0]
+        labeler = build_labeler("sepl", engine, **options)
+        tracemalloc.start()
+        try:
+            labels = labeler.refine(handle, weak).labels
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return labels, peak, Largest.of(engine)
+
+    monkeypatch.setattr(common, "MAX_MASK_BYTES", 2**40)  # one call
+    whole, whole_peak, largest = run()
+    assert largest == 100 and whole_peak > 150e6
+    monkeypatch.setattr(common, "MAX_MASK_BYTES", 2 * 3 * (h * w + common.LOGIT_BYTES))
+    chunked, peak, largest = run()
+    assert largest == 2 and peak < 40e6
+    np.testing.assert_array_equal(whole, chunked)
+
+
+def test_a_deadline_stops_weaksam_proposals_between_chunks(monkeypatch) -> None:
+    from models.refine import common
+    from models.weaksam.proposals import ProposalOptions, weaksam_proposals
+    from tests.scripted import ScriptedSegmenter
+
+    class Slow(ScriptedSegmenter):
+        def _decode(self, handle, prompts, multimask):
+            time.sleep(0.05)
+            return super()._decode(handle, prompts, multimask)
+
+    engine = Slow(_two_objects())
+    handle = engine.embed([np.zeros((64, 96, 3), np.uint8)])[0]
+    monkeypatch.setattr(common, "MAX_MASK_BYTES", 3 * (64 * 96 + common.LOGIT_BYTES))
+    with deadline(0.3), pytest.raises(DeadlineExceeded):
+        weaksam_proposals(engine, handle, options=ProposalOptions(points_per_side=8))
+    assert 1 <= len(engine.seen) < 64
+
+
+def test_deadlines_belong_to_their_thread() -> None:
+    """A deadline set in one thread (the service's worker) is not seen by another."""
+    import threading
+
+    seen: dict[str, object] = {}
+
+    def other() -> None:
+        seen["remaining"] = remaining()
+        try:
+            check_deadline()
+            seen["raised"] = False
+        except DeadlineExceeded:
+            seen["raised"] = True
+
+    with deadline(0.0):
+        time.sleep(0.01)
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        with pytest.raises(DeadlineExceeded):
+            check_deadline()
+    assert seen == {"remaining": None, "raised": False}
+
+
+def test_prompts_map_into_the_working_frame_and_are_checked_at_the_image_size(big_scene) -> None:
+    """Points and boxes scale by working / original per axis (and back exactly); a prompt is
+    validated against the image's own size, not the working one."""
+    from models.engine.base import scale_prompt
+
+    p = Prompt(points=[[1920, 0], [960, 720]], labels=[1, 0], box=[480, 360, 1440, 1080])
+    small = scale_prompt(p, 480 / 1920, 360 / 1440, (360, 480))
+    np.testing.assert_allclose(small.points, [[480, 0], [240, 180]])
+    np.testing.assert_allclose(small.box, [120, 90, 360, 270])
+    back = scale_prompt(small, 1920 / 480, 1440 / 360, (1440, 1920))
+    np.testing.assert_allclose(back.points, p.points)
+    np.testing.assert_allclose(back.box, p.box)
+    engine = ClassicalPrior(working_side=480)
+    handle = engine.embed([big_scene])[0]
+    out = engine.predict(handle, [Prompt(points=[[1900, 1400]], labels=[1])])  # beyond 480x360: fine
+    assert out.masks.shape == (1, 3, 1440, 1920)
+    with pytest.raises(ValueError):
+        engine.predict(handle, [Prompt(points=[[1930, 10]], labels=[1])])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -84,14 +84,14 @@ def box_instances(
     box, clipped to the box): [(class id, HxW bool, score)]. Books calls on `result`."""
     if len(boxes) == 0:
         return []
+    if len(class_ids) != len(boxes) or len(scores) != len(boxes):
+        raise ValueError("box_instances: boxes, class_ids and scores differ in length")
     prompts = [Prompt(box=np.asarray(b, float)) for b in boxes]
     out = []
     for start, chunk in predict_chunks(engine, handle, prompts, result, multimask=False):
         for i in range(start, start + len(chunk)):
             box = tuple(float(v) for v in boxes[i])
             out.append((int(class_ids[i]), box_clip(chunk.masks[i - start, 0], box), float(scores[i])))
-    if len(class_ids) != len(boxes) or len(scores) != len(boxes):
-        raise ValueError("box_instances: boxes, class_ids and scores differ in length")
     return out
 
 
@@ -103,14 +103,15 @@ def predict_counted(
     engine: PromptableSegmenter,
     handle: ImageHandle,
     prompts: list[Prompt],
-    result: RefineResult,
+    result: RefineResult | None,
     multimask: bool = True,
 ) -> Predictions:
-    """engine.predict that books its decoder calls and prompt count on the result."""
+    """engine.predict that books its decoder calls and prompt count on the result (if given)."""
     before = count_calls(engine)
     out = engine.predict(handle, prompts, multimask=multimask)
-    result.decoder_calls += count_calls(engine) - before
-    result.prompts += len(prompts)
+    if result is not None:
+        result.decoder_calls += count_calls(engine) - before
+        result.prompts += len(prompts)
     return out
 
 
@@ -120,25 +121,76 @@ MAX_MASK_BYTES = 128 * 1024**2
 LOGIT_BYTES = 256 * 256 * 4
 
 
+def chunk_size(
+    image_size: tuple[int, int],
+    multimask: bool,
+    max_mask_bytes: int | None = None,
+    max_prompts: int | None = None,
+) -> int:
+    """Prompts per chunk: as many as keep P x (3|1) x H x W bool masks and their 256x256 float32
+    logits under `max_mask_bytes` (default MAX_MASK_BYTES), at most `max_prompts`, at least one."""
+    h, w = image_size
+    budget = MAX_MASK_BYTES if max_mask_bytes is None else max_mask_bytes
+    size = max(1, budget // ((3 if multimask else 1) * (h * w + LOGIT_BYTES)))
+    return size if max_prompts is None else max(1, min(size, max_prompts))
+
+
 def predict_chunks(
     engine: PromptableSegmenter,
     handle: ImageHandle,
     prompts: list[Prompt],
-    result: RefineResult,
+    result: RefineResult | None = None,
     multimask: bool = True,
     max_mask_bytes: int | None = None,
+    max_prompts: int | None = None,
 ) -> Iterator[tuple[int, Predictions]]:
-    """`predict_counted` in chunks whose PxCxHxW masks and PxCx256x256 logits stay under `max_mask_bytes` (default
-    MAX_MASK_BYTES): yields (index
-    of the chunk's first prompt, its Predictions). Checks the deadline (`models.deadline`) before
-    each chunk, so a request past it stops here."""
-    h, w = handle.original_size
-    per_prompt = (3 if multimask else 1) * (h * w + LOGIT_BYTES)
-    budget = MAX_MASK_BYTES if max_mask_bytes is None else max_mask_bytes
-    size = max(1, budget // max(per_prompt, 1))
+    """`predict_counted` in chunks of `chunk_size` prompts (masks and logits under `max_mask_bytes`,
+    at most `max_prompts`): yields (index of the chunk's first prompt, its Predictions). Checks the
+    deadline (`models.deadline`) before each chunk, so work past it stops here. Every labeler
+    decodes through this, so its memory is O(chunk), not O(prompts)."""
+    size = chunk_size(handle.original_size, multimask, max_mask_bytes, max_prompts)
     for start in range(0, len(prompts), size):
         check_deadline()
         yield start, predict_counted(engine, handle, prompts[start : start + size], result, multimask)
+
+
+class PackedMasks(Sequence[np.ndarray]):
+    """HxW bool masks held at one bit per pixel (`np.packbits`); each is unpacked when read, so a
+    list of many full-size masks costs 1/8 of its bool size plus one mask at a time."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self._bits: list[np.ndarray] = []
+
+    def append(self, mask: np.ndarray) -> None:
+        if mask.shape != self.size:
+            raise ValueError(f"PackedMasks: a {mask.shape} mask in a list of {self.size} masks")
+        self._bits.append(np.packbits(mask))
+
+    def select(self, indices: Sequence[int]) -> PackedMasks:
+        """The masks at `indices`, in that order (still packed)."""
+        out = PackedMasks(self.size)
+        out._bits = [self._bits[i] for i in indices]
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._bits)
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        h, w = self.size
+        return np.unpackbits(self._bits[index], count=h * w).view(bool).reshape(h, w)
 
 
 def confident_labels(probs: torch.Tensor | np.ndarray, threshold: float, class_axis: int = 0):

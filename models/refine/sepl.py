@@ -30,6 +30,7 @@ labels' own pixel map) and SAM's automatic masks S_l.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -39,9 +40,10 @@ from torchvision.ops import batched_nms
 
 from models.cam import CamPredictor, cam_predictor, cam_pseudo_labels
 from models.config import setting
+from models.deadline import check_deadline
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.io import UNLABELED
-from models.refine.common import RefineResult, ensure_handle, predict_chunks
+from models.refine.common import PackedMasks, RefineResult, ensure_handle, predict_chunks
 from models.refine.merge import OVERLAP_RULES, Instance, apply_weak_labels, merge_instances
 from models.weak import WeakLabels
 
@@ -98,7 +100,7 @@ def mask_boxes(masks: np.ndarray) -> np.ndarray:
 
 
 def assign_and_select(
-    masks: list[np.ndarray],
+    masks: Sequence[np.ndarray],
     pseudo: np.ndarray,
     t1: float = 0.5,
     t2: float = 0.85,
@@ -109,8 +111,10 @@ def assign_and_select(
     (HxW, 255 unlabeled): class -> (new mask, score). `background_class` takes no masks."""
     classes = [int(c) for c in np.unique(pseudo) if c != UNLABELED and c != background_class]
     per_class = {c: pseudo == c for c in classes}
-    kept: dict[int, list[tuple[np.ndarray, float]]] = {c: [] for c in classes}
+    unions: dict[int, np.ndarray] = {}  # a class's kept masks, OR-ed as they come (memory O(classes))
+    scores: dict[int, list[float]] = {c: [] for c in classes}
     for s in masks:
+        check_deadline()
         area = int(s.sum())
         if area == 0 or not classes:
             continue
@@ -121,21 +125,22 @@ def assign_and_select(
         inter = float(overlaps.max())
         o_s, o_p = inter / area, inter / per_class[k].sum()
         if o_s > t1 or o_p > t2:
-            kept[k].append((s, o_s))
+            unions[k] = unions[k] | s if k in unions else s.copy()
+            scores[k].append(o_s)
     out = {}
     for c in classes:
-        if kept[c]:
-            union = np.logical_or.reduce([m for m, _ in kept[c]])
+        if scores[c]:
+            union = unions[c]
             if keep_pseudo:
                 union |= per_class[c]
-            out[c] = (union, float(np.mean([score for _, score in kept[c]])))
+            out[c] = (union, float(np.mean(scores[c])))
         else:
             out[c] = (per_class[c], 1.0)
     return out
 
 
 def authors_merge(
-    masks: list[np.ndarray], pseudo: np.ndarray, t2: float = 0.85, background_class: int | None = None
+    masks: Sequence[np.ndarray], pseudo: np.ndarray, t2: float = 0.85, background_class: int | None = None
 ) -> np.ndarray:
     """The authors' default merge (cskyl/SAM_WSSS `max_iou_imp2.py`), rule `authors`: HxW uint8.
 
@@ -149,17 +154,17 @@ def authors_merge(
         p = pseudo == c
         area_p = int(p.sum())
         under_sam = np.zeros_like(p)
-        chosen = []
+        chosen = np.zeros_like(p)  # the union of the masks it claims
         for i, s in enumerate(masks):
             if claimed[i]:
                 continue
+            check_deadline()
             under_sam |= s
             inter = int((s & p).sum())
             if 2 * inter - int(s.sum()) > 0 or inter / area_p >= t2:
-                chosen.append(s)
+                chosen |= s
                 claimed[i] = True
-        chosen.append(p & ~under_sam)
-        out[np.logical_or.reduce(chosen)] = c
+        out[chosen | (p & ~under_sam)] = c
     return out
 
 
@@ -196,7 +201,8 @@ class SEPLLabeler:
         threshold = self.options.cam_threshold if self.options.cam_threshold is not None else cams.threshold
         return cam_pseudo_labels(cams(image), weak.tags, threshold, self.options.background_class)
 
-    def automatic_masks(self, handle: ImageHandle, result: RefineResult) -> list[np.ndarray]:
+    def automatic_masks(self, handle: ImageHandle, result: RefineResult) -> Sequence[np.ndarray]:
+        """Step 1: the automatic masks (HxW bool, held bit-packed), decoded chunk by chunk."""
         o = self.options
         h, w = handle.original_size
         n = o.points_per_side
@@ -204,23 +210,24 @@ class SEPLLabeler:
         ys = (np.arange(n) + 0.5) * h / n
         prompts = [Prompt(points=[[x, y]], labels=[1]) for y in ys for x in xs]
         # per chunk, only the candidates that pass the thresholds are kept, bit-packed (1 bit per
-        # pixel) with their box and score; NMS runs on the boxes, survivors are unpacked at the end
-        packed, boxes_, scores_ = [], [], []
+        # pixel) with their box and score; NMS runs on the boxes; the survivors stay packed
+        packed, boxes_, scores_ = PackedMasks((h, w)), [], []
         for _, out in predict_chunks(self.engine, handle, prompts, result):
             masks = out.masks.reshape(-1, h, w)
             keep = (out.iou.ravel() >= o.pred_iou_thresh) & (out.stability.ravel() >= o.stability_thresh)
             keep &= masks.reshape(len(masks), -1).any(1)
             idx = np.flatnonzero(keep)
+            for i in idx:
+                packed.append(masks[i])
             if len(idx):
-                packed.extend(np.packbits(masks[i]) for i in idx)
                 boxes_.append(mask_boxes(masks[idx]))
                 scores_.append(out.iou.ravel()[idx])
-        if not packed:
-            return []
+        if not len(packed):
+            return packed
         boxes = torch.as_tensor(np.concatenate(boxes_))
         scores = torch.as_tensor(np.concatenate(scores_), dtype=torch.float32)
         survivors = batched_nms(boxes, scores, torch.zeros(len(packed), dtype=torch.int64), o.nms_thresh)
-        return [np.unpackbits(packed[i], count=h * w).view(bool).reshape(h, w) for i in survivors.tolist()]
+        return packed.select(survivors.tolist())
 
     def refine(
         self, image: ImageHandle | np.ndarray, weak: WeakLabels, pseudo: np.ndarray | None = None, **_: object
@@ -243,7 +250,7 @@ class SEPLLabeler:
         return result
 
     def enhance(
-        self, masks: list[np.ndarray], pseudo: np.ndarray, weak_map: np.ndarray, rule: str | None = None
+        self, masks: Sequence[np.ndarray], pseudo: np.ndarray, weak_map: np.ndarray, rule: str | None = None
     ) -> tuple[np.ndarray, list[dict]]:
         """Steps 2-5 on given automatic masks: (HxW uint8 labels, per-class records). `rule`
         overrides the option (benchmarks compare the rules on one set of masks)."""

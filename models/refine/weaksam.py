@@ -25,6 +25,7 @@ from torchvision.ops import nms
 
 from models.cam import CamPredictor, cam_predictor
 from models.config import setting
+from models.deadline import check_deadline
 from models.engine import ImageHandle, PromptableSegmenter
 from models.refine.common import RefineResult, box_instances, ensure_handle
 from models.refine.merge import OVERLAP_RULES, Instance, merge_instances
@@ -127,10 +128,12 @@ class WeakSAMLabeler:
         """Steps 1-4: (proposals, detections (boxes, scores, labels), PGT indices into detections)."""
         o = self.options
         cams = self.cams(image)
+        check_deadline()  # between steps; the proposals check it between their chunks too
         proposals = weaksam_proposals(self.engine, handle, cams, tags, o)
         if len(proposals) == 0:
             empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, int))
             return proposals, empty, np.zeros(0, int)
+        check_deadline()
         if o.scorer == "cam":
             scores = box_cam_scores(cams, proposals.boxes, tags)
         else:
@@ -151,6 +154,7 @@ class WeakSAMLabeler:
                 f"weak: tags {bad} are out of range for the CAM classifier's {self.cams.num_classes} classes"
             )
         proposals, (boxes, scores, labels), pgt = self.detect(image, handle, tags)
+        check_deadline()
         result.extra = {"proposals": len(proposals), "detections": len(boxes), "pseudo_boxes": len(pgt)}
         found = box_instances(
             self.engine, handle, boxes[pgt], labels[pgt].tolist(), scores[pgt].tolist(), result

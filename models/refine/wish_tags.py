@@ -25,6 +25,7 @@ from models.cam import normalise_cam
 from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.peaks import peak_points
+from models.refine.common import PackedMasks, predict_chunks
 
 
 @dataclass(frozen=True)
@@ -118,13 +119,22 @@ def tags_to_points(
     if not points:
         return TagInstances(np.zeros((0, 2)), np.zeros(0, int), np.zeros((0, 3, h, w), bool), np.zeros(0))
     prompts = [Prompt(points=np.asarray([p]), labels=np.ones(1, int)) for p in points]
-    pred = engine.predict(handle, prompts, multimask=True)
-    best = pred.iou.argmax(1)
-    rows = np.arange(len(prompts))
-    keep = merge_peaks(pred.masks[rows, best], pred.stability[rows, best], classes, options.merge_iou)
+    # decoded in chunks (`predict_chunks`): each peak's best mask is kept for the merge, its three
+    # candidates bit-packed; only the kept peaks' candidates are unpacked
+    best_masks = np.zeros((len(prompts), h, w), bool)
+    stability, candidates = [], PackedMasks((3 * h, w))
+    for start, pred in predict_chunks(engine, handle, prompts):
+        rows = np.arange(len(pred))
+        best = pred.iou.argmax(1)
+        best_masks[start : start + len(pred)] = pred.masks[rows, best]
+        stability.append(pred.stability[rows, best])
+        for m in pred.masks:
+            candidates.append(m.reshape(3 * h, w))
+    stability = np.concatenate(stability)
+    keep = merge_peaks(best_masks, stability, classes, options.merge_iou)
     return TagInstances(
         np.asarray(points)[keep],
         np.asarray(classes)[keep],
-        pred.masks[keep],
-        pred.stability[rows, best][keep],
+        np.stack([candidates[i].reshape(3, h, w) for i in keep]),
+        stability[keep],
     )

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torchvision.ops import masks_to_boxes, nms
 
 from models.config import setting
-from models.deadline import check_deadline
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.peaks import peak_points
 
@@ -42,7 +41,9 @@ class ProposalOptions:
     candidates: str = setting("all", help="SAM's candidates per prompt that become proposals: all or best")
     nms_iou: float = setting(0.9, help="duplicate proposals: box NMS IoU")
     min_area: int = setting(16, help="masks smaller than this (pixels) give no proposal")
-    chunk: int = setting(64, help="prompts per SAM call (bounds memory)")
+    chunk: int = setting(
+        64, help="at most this many prompts per SAM call (fewer where their masks would pass the byte budget)"
+    )
 
     def validate(self, source: str = "weaksam proposals") -> None:
         if self.points_per_side < 0 or self.peak_stride < 1 or self.chunk < 1:
@@ -102,7 +103,10 @@ def weaksam_proposals(
     tags: Sequence[int] = (),
     options: ProposalOptions | None = None,
 ) -> Proposals:
-    """The proposals of one image: grid and CAM-peak prompts -> SAM -> boxes -> NMS."""
+    """The proposals of one image: grid and CAM-peak prompts -> SAM (in chunks, `predict_chunks`:
+    memory O(chunk), the deadline checked between chunks) -> boxes -> NMS."""
+    from models.refine.common import predict_chunks  # models.refine imports this module
+
     options = options or ProposalOptions()
     h, w = handle.original_size
     points = [grid_points((h, w), options.points_per_side)] if options.points_per_side else []
@@ -116,14 +120,12 @@ def weaksam_proposals(
     if not points or not sum(len(p) for p in points):
         return Proposals(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), [])
     xy = np.concatenate(points)
+    prompts = [Prompt(points=[p], labels=[1]) for p in xy]
     boxes, scores, kinds = [], [], []
-    for start in range(0, len(xy), options.chunk):
-        check_deadline()
-        part = xy[start : start + options.chunk]
-        pred = engine.predict(handle, [Prompt(points=[p], labels=[1]) for p in part], multimask=True)
+    for start, pred in predict_chunks(engine, handle, prompts, max_prompts=options.chunk):
         masks, iou = pred.masks, pred.iou  # Px3xHxW, Px3
         if options.candidates == "best":
-            rows = np.arange(len(part))
+            rows = np.arange(len(pred))
             best = iou.argmax(1)
             masks, iou = masks[rows, best][:, None], iou[rows, best][:, None]
         flat = torch.from_numpy(masks.reshape(-1, h, w))
