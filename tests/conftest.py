@@ -137,3 +137,14 @@ def instance_export(tmp_path_factory, instance_checkpoint) -> Path:
     out = tmp_path_factory.mktemp("instance_export")
     assert main(["export", "student", "--checkpoint", str(instance_checkpoint), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def pennfudan_export(tmp_path_factory) -> Path:
+    """The shipped Penn-Fudan instance student exported to ONNX once per session."""
+    from export.onnx_export import export_student_checkpoint
+    from models.students import SHIPPED_INSTANCE_STUDENT
+
+    out = tmp_path_factory.mktemp("pennfudan_export")
+    export_student_checkpoint(SHIPPED_INSTANCE_STUDENT, out)
+    return out

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -43,15 +42,6 @@ def _png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def pennfudan_export(tmp_path_factory) -> Path:
-    from export.onnx_export import export_student_checkpoint
-
-    out = tmp_path_factory.mktemp("pennfudan_export")
-    export_student_checkpoint(SHIPPED_INSTANCE_STUDENT, out)
-    return out
 
 
 @pytest.fixture(scope="module", params=["torch", "onnx"])

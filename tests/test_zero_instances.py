@@ -31,13 +31,9 @@ def shipped_torch() -> InstanceSegmenter:
 
 
 @pytest.fixture(scope="module")
-def shipped_onnx(tmp_path_factory) -> InstanceSegmenter:
-    """The shipped instance student exported to ONNX once for this module (about half a minute)."""
-    from export.onnx_export import export_student_checkpoint
-
-    out = tmp_path_factory.mktemp("pennfudan_export")
-    export_student_checkpoint(SHIPPED_INSTANCE_STUDENT, out)
-    student = load_segmenter(out, "onnx")
+def shipped_onnx(pennfudan_export) -> InstanceSegmenter:
+    """The shipped instance student's ONNX export (conftest: exported once per session)."""
+    student = load_segmenter(pennfudan_export, "onnx")
     assert isinstance(student, InstanceSegmenter) and student.runtime == "onnx"
     return student
 
