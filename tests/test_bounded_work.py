@@ -453,3 +453,21 @@ def test_prompts_map_into_the_working_frame_and_are_checked_at_the_image_size(bi
     assert out.masks.shape == (1, 3, 1440, 1920)
     with pytest.raises(ValueError):
         engine.predict(handle, [Prompt(points=[[1930, 10]], labels=[1])])
+
+
+def test_rescaled_labels_at_the_far_edge_stay_inside() -> None:
+    from models.weak import WeakLabels
+    from models.weak.schema import BoxLabel, PointLabel, Scribble
+
+    big = WeakLabels(
+        1440,
+        1920,
+        [PointLabel(1919.9, 1439.9, 1)],
+        [Scribble(2, np.array([[0.0, 0.0], [1919.99, 1439.99]]), 1)],
+        [BoxLabel(3, (0.0, 0.0, 1920.0, 1440.0))],
+    )
+    big.validate(5)
+    small = big.rescaled(360, 480)
+    small.validate(5)
+    assert small.boxes[0].box == (0.0, 0.0, 480.0, 360.0) and small.scribbles[0].width == 1
+    assert small.scribble_mask(small.scribbles[0])[359, 479]

@@ -97,8 +97,8 @@ class WeakLabels:
 
     def rescaled(self, height: int, width: int) -> WeakLabels:
         """The same labels for the image resized to height x width: coordinates scaled (boxes and
-        scribble vertices too; a scribble keeps at least 1 pixel of width), the coarse mask resized
-        by nearest neighbour, tags kept."""
+        scribble vertices too, kept inside the new size; a scribble keeps at least 1 pixel of
+        width), the coarse mask resized by nearest neighbour (pixel centres), tags kept."""
         sx, sy = width / self.width, height / self.height
         coarse = None
         if self.coarse is not None:
@@ -113,11 +113,23 @@ class WeakLabels:
                 for p in self.points
             ],
             [
-                Scribble(s.class_id, s.points * (sx, sy), max(1, round(s.width * min(sx, sy))))
+                Scribble(
+                    s.class_id,
+                    np.minimum(s.points * (sx, sy), (width - 1, height - 1)),
+                    max(1, round(s.width * min(sx, sy))),
+                )
                 for s in self.scribbles
             ],
             [
-                BoxLabel(b.class_id, (b.box[0] * sx, b.box[1] * sy, b.box[2] * sx, b.box[3] * sy))
+                BoxLabel(
+                    b.class_id,
+                    (
+                        min(b.box[0] * sx, width),
+                        min(b.box[1] * sy, height),
+                        min(b.box[2] * sx, width),
+                        min(b.box[3] * sy, height),
+                    ),
+                )
                 for b in self.boxes
             ],
             list(self.tags),
