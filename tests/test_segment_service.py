@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from models.student_runtime import load_segmenter
+from models.students import SHIPPED_INSTANCE_STUDENT
 from serving.cli import serve_command
 from serving.client import ServiceError, SesamClient
 from serving.codec import decode_instances, decode_labels
@@ -21,6 +22,7 @@ from serving.config import SHIPPED_STUDENT
 from tests.conftest import REPO, free_port, running_server
 
 MAX_IMAGES = 3
+PENNFUDAN = REPO.parent / "shared" / "data" / "pennfudan"
 MAX_PIXELS = 1_000_000
 
 # (task, runtime, adaptive batching): the batcher path and the in-process path both get served
@@ -33,13 +35,14 @@ STUDENTS = [
 
 
 @pytest.fixture(scope="module", params=STUDENTS, ids=lambda p: f"{p[0]}-{p[1]}")
-def served(request, tmp_path_factory, student_export, instance_checkpoint, instance_export):
+def served(request, tmp_path_factory, student_export, pennfudan_export):
+    """The shipped students: CamVid (semantic) and Penn-Fudan (instance), from PyTorch and ONNX."""
     task, runtime, batching = request.param
     source = {
         ("semantic", "torch"): SHIPPED_STUDENT,
         ("semantic", "onnx"): student_export,
-        ("instance", "torch"): instance_checkpoint,
-        ("instance", "onnx"): instance_export,
+        ("instance", "torch"): SHIPPED_INSTANCE_STUDENT,
+        ("instance", "onnx"): pennfudan_export,
     }[(task, runtime)]
     port = free_port()
     env = dict(
@@ -103,7 +106,7 @@ def test_answers_equal_the_in_process_torch_student(served, client, scene, camvi
         assert (result["height"], result["width"]) == image.shape[:2]
         np.testing.assert_allclose([i["score"] for i in found], scores, atol=1e-4)
         assert [i["class_id"] for i in found] == classes.tolist()
-        assert {i["class_name"] for i in found} <= {"person"}
+        assert {i["class_name"] for i in found} <= set(reference.class_names)
         decoded = decode_instances(found, *image.shape[:2])
         assert decoded.shape == masks.shape and np.mean(decoded == masks) > 0.999
         for item, mask in zip(found, masks, strict=True):
@@ -190,3 +193,26 @@ def test_openapi_fuzz_of_segment_finds_no_5xx(served) -> None:
 
     check()
     assert not failures, failures
+
+
+def test_instance_students_answer_blank_and_real_images(served) -> None:
+    """Zero instances is a normal answer (a blank image used to crash the warm-up); a Penn-Fudan
+    photo gives pedestrians at the default min_score."""
+    url, task, runtime, _ = served
+    if task != "instance":
+        pytest.skip("instance students only")
+
+    def segment(image: bytes, **fields: str) -> httpx.Response:
+        return httpx.post(
+            f"{url}/segment", files={"images": ("x.png", image, "image/png")}, data=fields, timeout=120
+        )
+
+    blank = segment(_png(np.zeros((64, 64, 3), np.uint8)))
+    assert blank.status_code == 200 and blank.json()["runtime"] == runtime
+    assert blank.json()["results"][0]["instances"] == []
+    assert (PENNFUDAN / "PNGImages").is_dir(), f"Penn-Fudan is missing at {PENNFUDAN} (shared/data)"
+    photo = sorted((PENNFUDAN / "PNGImages").glob("*.png"))[0].read_bytes()
+    found = segment(photo).json()["results"][0]["instances"]
+    assert found and all(i["class_name"] == "pedestrian" and i["score"] >= 0.5 for i in found)
+    none = segment(photo, min_score="1.0")
+    assert none.status_code == 200 and none.json()["results"][0]["instances"] == []

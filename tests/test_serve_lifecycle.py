@@ -1,7 +1,6 @@
-"""The served shipped instance student, start-up failures and `sesam serve` shutdown, over real processes.
+"""Start-up failures and `sesam serve` shutdown, over real processes (the shipped instance
+student served from PyTorch and ONNX is in tests/test_segment_service.py).
 
-- `models/weights/pennfudan_student.pt` serves from PyTorch and from its ONNX export: a blank image
-  is a 200 with zero instances (it used to crash the warm-up), a Penn-Fudan photo gives people.
 - A broken student makes `bentoml serve` exit non-zero within seconds with one clear line, instead
   of a supervisor respawning the worker forever.
 - `sesam serve` forwards SIGTERM and leaves no process behind.
@@ -15,18 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import psutil
-import pytest
 from PIL import Image
 
-from models.students import SHIPPED_INSTANCE_STUDENT
 from serving.cli import serve_command
 from tests.conftest import REPO, free_port
-from tests.conftest import running_server as _running
 
 PENNFUDAN = REPO.parent / "shared" / "data" / "pennfudan"
 
@@ -42,42 +37,6 @@ def _png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module", params=["torch", "onnx"])
-def instance_server(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
-    source = (
-        SHIPPED_INSTANCE_STUDENT if request.param == "torch" else request.getfixturevalue("pennfudan_export")
-    )
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve_pennfudan") / "bentoml.log"
-    url = f"http://127.0.0.1:{port}"
-    env = _env(SESAM_STUDENT_CHECKPOINT=str(source))
-    with _running(serve_command("127.0.0.1", port), url, env, log, REPO):
-        yield url, request.param
-
-
-def _segment(url: str, image: bytes, **fields: str) -> httpx.Response:
-    return httpx.post(
-        f"{url}/segment", files={"images": ("x.png", image, "image/png")}, data=fields, timeout=120
-    )
-
-
-def test_shipped_instance_student_serves_blank_and_real_images(instance_server) -> None:
-    url, runtime = instance_server
-    blank = _segment(url, _png(np.zeros((64, 64, 3), np.uint8)))
-    assert blank.status_code == 200, blank.text[:300]
-    body = blank.json()
-    assert body["task"] == "instance" and body["runtime"] == runtime
-    assert body["results"][0]["instances"] == []
-    assert (PENNFUDAN / "PNGImages").is_dir(), f"Penn-Fudan is missing at {PENNFUDAN} (shared/data)"
-    photo = sorted((PENNFUDAN / "PNGImages").glob("*.png"))[0].read_bytes()
-    people = _segment(url, photo)
-    assert people.status_code == 200, people.text[:300]
-    found = people.json()["results"][0]["instances"]
-    assert found and all(item["class_name"] == "pedestrian" and item["score"] >= 0.5 for item in found)
-    none = _segment(url, photo, min_score="1.0")
-    assert none.status_code == 200 and none.json()["results"][0]["instances"] == []
 
 
 def _start_failure(env: dict[str, str], timeout_s: float = 120) -> tuple[int, str, float]:
