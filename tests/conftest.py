@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -41,7 +42,9 @@ def free_port() -> int:
 def running_server(command: list[str], url: str, env: dict, log_path: Path, cwd: Path) -> Iterator[None]:
     """Start a server (output to a file: a full pipe would block it), wait for /readyz, stop it after."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 240
     try:
         while True:
@@ -62,6 +65,8 @@ def running_server(command: list[str], url: str, env: dict, log_path: Path, cwd:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # workers the supervisor left behind, if any
 
 
 @pytest.fixture(scope="session")
