@@ -57,6 +57,7 @@ def fidelity(
     """int8 vs fp32 encoder on the verification images; the decoder is the same fp32 one.
     `fp32` / `int8`: engines already open on this directory (saves loading the models twice)."""
     from export.verify import random_prompts, sample_images
+    from models.engine.base import backend_payload
     from models.engine.sam_onnx import OnnxSamEngine
 
     fp32 = fp32 or OnnxSamEngine(directory)
@@ -65,7 +66,7 @@ def fidelity(
     cosines, diffs, agreements, ious = [], [], [], []
     for image in sample_images(seed).values():
         a, b = fp32.embed([image])[0], int8.embed([image])[0]
-        ea, eb = a.payload.embedding.ravel(), b.payload.embedding.ravel()
+        ea, eb = backend_payload(a.payload).embedding.ravel(), backend_payload(b.payload).embedding.ravel()
         cosines.append(float(ea @ eb / (np.linalg.norm(ea) * np.linalg.norm(eb) + 1e-12)))
         diffs.append(float(np.abs(ea - eb).max()))
         prompts = random_prompts(prompts_per_image, image.shape[:2], rng)

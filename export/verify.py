@@ -95,6 +95,7 @@ def verify_sam(
     progress: Any = None,
 ) -> list[Case]:
     from export.onnx_export import build_seeded_sam
+    from models.engine.base import backend_payload
     from models.engine.sam_onnx import OnnxSamEngine
     from models.engine.sam_torch import SamEngine
     from models.sam.build import build_sam
@@ -113,7 +114,8 @@ def verify_sam(
     for name, image in sample_images(seed, images).items():
         ref_handle = reference.embed([image])[0]
         onnx_handle = onnx.embed([image])[0]
-        emb_diff = float(np.abs(ref_handle.payload.embedding.numpy() - onnx_handle.payload.embedding).max())
+        ref_emb = backend_payload(ref_handle.payload).embedding.numpy()
+        emb_diff = float(np.abs(ref_emb - backend_payload(onnx_handle.payload).embedding).max())
         for count in prompt_counts:
             prompts = random_prompts(count, image.shape[:2], rng)
             for multimask in (True, False):

@@ -65,7 +65,7 @@ from models.refine import (
     build_labeler,
     check_weak_kinds,
 )
-from models.refine.common import LOGIT_BYTES
+from models.refine.common import chunk_size
 from models.student_runtime import Segmenter, load_segmenter
 from models.weak import SCHEMA_VERSION, WeakLabels
 from serving import startup
@@ -450,9 +450,7 @@ class SegmentationService:
     ) -> list[dict]:
         """Decode in chunks whose full-size masks stay under max_mask_bytes; encode each chunk's
         masks before the next (memory is O(chunk), not O(prompts))."""
-        h, w = handle.original_size
-        per_prompt = (3 if multimask else 1) * (h * w + LOGIT_BYTES)
-        chunk = max(1, self.config.max_mask_bytes // max(per_prompt, 1))
+        chunk = chunk_size(handle.original_size, multimask, self.config.max_mask_bytes)
         predictions = []
         for start in range(0, len(prompts), chunk):
             check_deadline()

@@ -41,6 +41,11 @@ class Reduced:
     working_size: tuple[int, int]
 
 
+def backend_payload(payload: Any) -> Any:
+    """The backend's own payload of a cached image, whether it was reduced (`Reduced`) or not."""
+    return payload.inner if isinstance(payload, Reduced) else payload
+
+
 def working_size(size: tuple[int, int], side: int | None) -> tuple[int, int]:
     """(H, W) with the long side at most `side` (aspect kept, at least 1 pixel); unchanged when
     it already fits or `side` is None."""

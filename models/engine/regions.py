@@ -26,6 +26,7 @@ from scipy import sparse
 from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb
 
+from models.deadline import check_deadline
 from models.engine.base import PRIOR_WORKING_SIDE, CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.lowres import MASK_LOGIT, low_res_pixels, low_res_shape, low_res_to_mask
@@ -262,6 +263,7 @@ class RegionPrior(CachedSegmenter):
         h, w = sp.original_size
         out = Predictions.zeros(len(prompts), (h, w), multimask)
         for i, prompt in enumerate(prompts):
+            check_deadline()  # a request past its deadline stops here, between prompts
             guide = None if prompt.mask_logits is None else low_res_to_mask(prompt.mask_logits, (h, w))
             built = [self._candidate(sp, s, prompt, guide) for s in range(3)]
             cands = [m for m, _ in built]
