@@ -234,14 +234,15 @@ def _weak(scene: np.ndarray) -> WeakLabels:
 def test_refine_equals_in_process_refiner(client, server, scene, tiny_sam, method) -> None:
     _, kind = server
     weak = _weak(scene)
-    answer = client.refine(scene, weak, method=method, num_classes=11)
+    options = {"points_per_side": 6} if method == "sepl" else {}  # 36 automatic-mask prompts, not 256
+    answer = client.refine(scene, weak, method=method, num_classes=11, options=options or None)
     engine = _engine(kind, tiny_sam)
-    labeler = build_labeler(method, engine, **backend_defaults(method, engine.name, {}))
+    labeler = build_labeler(method, engine, **backend_defaults(method, engine.name, options))
     expected = labeler.refine(scene, weak)
     assert np.array_equal(decode_labels(answer["labels"]), expected.labels)
     assert answer["stats"]["labelled_fraction"] == pytest.approx(expected.stats()["labelled_fraction"])
     assert sorted(answer["stats"]["weak_kinds"]) == sorted(weak.kinds())
-    rle = client.refine(scene, weak, method=method, label_format="rle")
+    rle = client.refine(scene, weak, method=method, label_format="rle", options=options or None)
     assert np.array_equal(decode_labels(rle["labels"]), expected.labels)
 
 
