@@ -694,7 +694,10 @@ class SegmentationService:
             student = self.student.info()
         elif c.student_checkpoint:
             student = await self.student_batcher.to_async.info()
-        return self.engine.info() | {
+        engine = self.engine.info()
+        if "export_dir" in engine:  # answers carry no server paths: the export's folder name only
+            engine["export_dir"] = Path(engine["export_dir"]).name
+        return engine | {
             "limits": {
                 "max_prompts": c.max_prompts,
                 "max_points_per_prompt": c.max_points_per_prompt,
