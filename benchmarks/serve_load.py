@@ -21,9 +21,11 @@ Run: `python benchmarks/serve_load.py [--requests 200] [--concurrency 16] [--bac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,7 +60,12 @@ def start_server(port: int, env: dict[str, str]) -> subprocess.Popen:
         "127.0.0.1",
     ]
     proc = subprocess.Popen(
-        [*cmd, "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        [*cmd, "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -72,6 +79,17 @@ def start_server(port: int, env: dict[str, str]) -> subprocess.Popen:
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError("bentoml serve was not ready in 300 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop a server from `start_server` and whatever is left of its process group."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def load(send, requests: int, concurrency: int) -> dict[str, float]:
@@ -165,11 +183,7 @@ def run(
                 "/predict (cached embedding)": load(predict, args.requests, args.concurrency),
             }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def big_image(side: tuple[int, int] = (3264, 4896), mirror: bool = False) -> bytes:
@@ -323,11 +337,7 @@ def neighbour(args: argparse.Namespace, images: list[bytes]) -> list[str]:
             )
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     header = ("requests", "req/s", "p50 ms", "p99 ms", "errors", "p99 vs alone")
     title = (
         f"/predict on a cached embedding, {requests} requests at concurrency {concurrency}, classical prior, "

@@ -356,22 +356,10 @@ class GuardMiddleware:
             headers = [(k.lower(), v) for k, v in start.get("headers", [])]
             content_type = dict(headers).get(b"content-type", b"").decode("latin-1")
             body = normalize_body(status, b"".join(chunks), content_type)
-            payload = json.dumps(body).encode()
             kept = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]
             if status == 503 and not any(k == b"retry-after" for k, _ in kept):
                 kept.append((b"retry-after", self.retry_after))
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(payload)).encode()),
-                        *kept,
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": payload})
+            await send_json(send, status, body, kept)
 
         return wrapped
 

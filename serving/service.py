@@ -51,7 +51,7 @@ from bentoml.exceptions import BentoMLException
 from pydantic import Field
 
 from models.deadline import DeadlineExceeded, check_deadline, deadline
-from models.engine import ImageHandle, Prompt, build_engine, read_image, validate_prompts
+from models.engine import EmbeddingCache, ImageHandle, Prompt, build_engine, read_image, validate_prompts
 from models.engine.validation import ImageTooLarge
 from models.io import read_label_png
 from models.refine import (
@@ -157,14 +157,20 @@ def read_pixels(data: bytes, field: str) -> np.ndarray:
     """Decode an upload under the pixel cap: 413 over it, 400 when it is not an image."""
     try:
         return read_image(data, max_pixels=CONFIG.max_image_pixels, name=field)
-    except ImageTooLarge as exc:
-        raise ApiError(413, str(exc), field) from None
     except ValueError as exc:
-        raise ApiError(400, str(exc), field) from None
+        raise value_error(exc, field) from None
 
 
 def value_error(exc: Exception, field: str) -> ApiError:
+    """A ValueError from validation -> 413 for an image over the pixel cap, else 400."""
     return ApiError(413 if isinstance(exc, ImageTooLarge) else 400, str(exc), field)
+
+
+def dependency_error(exc: BentoMLException) -> tuple[int, str, str | None]:
+    """(status, message, field) of an error answered by one of our dependency services."""
+    status = getattr(getattr(exc, "error_code", None), "value", 500)
+    body = normalize_body(status, str(exc).encode())["error"]
+    return status, body["message"], body["field"]
 
 
 def as_reply(work: Callable[[], Any], deadline_at: float) -> bytes:
@@ -173,16 +179,9 @@ def as_reply(work: Callable[[], Any], deadline_at: float) -> bytes:
     ("ok", value) or ("error", status, message, field), pickled (the heavy lane only talks to the
     front process)."""
     left = deadline_at - time.time()
-    if left <= 0:
-        return pickle.dumps(
-            (
-                "error",
-                503,
-                f"busy: the request waited {-left + CONFIG.request_timeout_s:.0f} s for the heavy lane, past its deadline; retry later",
-                None,
-            )
-        )
     try:
+        if left <= 0:
+            raise ApiError(503, "busy: the request waited for the heavy lane past its deadline; retry later")
         with deadline(left):
             reply: tuple = ("ok", work())
     except ApiError as exc:
@@ -272,7 +271,7 @@ class HeavyLane:
                 if message.startswith("coarse_mask")
                 else ("options" if message.startswith(method) else "weak")
             )
-            raise ApiError(413 if isinstance(exc, ImageTooLarge) else 400, message, field) from None
+            raise value_error(exc, field) from None
         return {
             "labels": encode_labels(result, label_format),
             "stats": stats | {"weak_kinds": labels.kinds()},
@@ -334,8 +333,6 @@ class SegmentationService:
         self.ready = False
         with startup.guard("service"):
             self.engine = build_engine(self.config.engine)
-            from models.engine.cache import EmbeddingCache
-
             self.logits = EmbeddingCache(self.config.logits_cache_bytes)
             batched = bool(self.config.student_checkpoint and self.config.batching)
             self.student = (
@@ -374,7 +371,7 @@ class SegmentationService:
                 504, f"deadline exceeded: the heavy lane gave no answer within {budget} s"
             ) from None
         except BentoMLException as exc:
-            status = getattr(getattr(exc, "error_code", None), "value", 500)
+            status, message, field = dependency_error(exc)
             if status == 429:
                 raise ApiError(
                     503,
@@ -383,8 +380,7 @@ class SegmentationService:
                     None,
                     {"Retry-After": str(self.config.retry_after_s)},
                 ) from None
-            body = normalize_body(status, str(exc).encode())["error"]
-            raise ApiError(status, body["message"], body["field"]) from None
+            raise ApiError(status, message, field) from None
         reply = pickle.loads(raw)  # from our own heavy lane process, never from a client
         if reply[0] == "error":
             raise ApiError(reply[1], reply[2], reply[3])
@@ -681,9 +677,8 @@ class SegmentationService:
         except TimeoutError:
             raise ApiError(504, f"deadline exceeded: the student gave no answer within {budget} s") from None
         except BentoMLException as exc:
-            status = getattr(getattr(exc, "error_code", None), "value", 500)
-            body = normalize_body(status, str(exc).encode())["error"]
-            raise ApiError(400 if status < 500 else 503, body["message"], body["field"] or "images") from None
+            status, message, field = dependency_error(exc)
+            raise ApiError(400 if status < 500 else 503, message, field or "images") from None
 
     @bentoml.api(route="/info")
     async def info(self) -> dict:
