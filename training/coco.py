@@ -3,10 +3,10 @@
 - `load_coco` reads an instances JSON (quietly: pycocotools prints progress) and names the file on
   any error.
 - `samples_from_coco` decodes every annotation to a mask: polygons with several parts, uncompressed
-  and compressed RLE; crowd regions go to `InstanceSample.crowd`.
+  and compressed RLE; crowd regions go to `InstanceSample.crowd`, their classes to `crowd_class_ids`.
 - `coco_dataset` builds an instances JSON (as a dict) from samples: every mask is written as
   compressed RLE (so a round trip keeps masks exactly, not polygon vertices), crowd regions with
-  `iscrowd: 1`, contiguous class ids mapped back to the file's category ids.
+  `iscrowd: 1` and their own category, contiguous class ids mapped back to the file's category ids.
 - `coco_results` turns predicted instances into COCO's results format (what `COCOeval` and
   `sesam eval-instances --pred` read).
 """
@@ -63,7 +63,7 @@ def samples_from_coco(coco, image_dir: str | Path) -> list[InstanceSample]:
     out = []
     for image_id in sorted(coco.getImgIds()):
         info = coco.loadImgs(image_id)[0]
-        masks, classes, crowd = [], [], []
+        masks, classes, crowd, crowd_classes = [], [], [], []
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
             if ann["category_id"] not in index:
                 raise ValueError(
@@ -75,6 +75,7 @@ def samples_from_coco(coco, image_dir: str | Path) -> list[InstanceSample]:
                 continue
             if ann.get("iscrowd", 0):
                 crowd.append(mask)
+                crowd_classes.append(index[ann["category_id"]])
             else:
                 masks.append(mask)
                 classes.append(index[ann["category_id"]])
@@ -85,6 +86,7 @@ def samples_from_coco(coco, image_dir: str | Path) -> list[InstanceSample]:
                 masks,
                 classes,
                 crowd=crowd,
+                crowd_class_ids=crowd_classes,
                 image_id=int(image_id),
             )
         )
@@ -97,8 +99,9 @@ def coco_dataset(
     category_ids: Sequence[int] | None = None,
     file_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """A COCO instances dict of `samples` (ground truth). `category_ids[c]` is the id written for
-    class c (default c + 1); `file_names` default to each sample's image file name."""
+    """A COCO instances dict of `samples` (ground truth), crowd regions (`iscrowd: 1`) with their own
+    class. `category_ids[c]` is the id written for class c (default c + 1); `file_names` default to
+    each sample's image file name. A sample whose crowd masks lack classes is a ValueError."""
     category_ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
     if len(category_ids) != len(class_names):
         raise ValueError(f"{len(class_names)} class names but {len(category_ids)} category ids")
@@ -107,17 +110,20 @@ def coco_dataset(
         h, w = s.size
         image_id = s.image_id or n + 1
         name = file_names[n] if file_names is not None else Path(s.image).name
+        if len(s.crowd_class_ids) != len(s.crowd):
+            raise ValueError(
+                f"sample {s.stem}: {len(s.crowd)} crowd regions but {len(s.crowd_class_ids)} crowd class ids"
+            )
         images.append({"id": image_id, "file_name": name, "height": int(h), "width": int(w)})
         for mask, cls, crowd in [(m, c, 0) for m, c in zip(s.masks, s.class_ids)] + [
-            (m, None, 1) for m in s.crowd
+            (m, c, 1) for m, c in zip(s.crowd, s.crowd_class_ids)
         ]:
             rle = encode_mask(mask)
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    # crowd regions carry no class of their own here: the first category stands in
-                    "category_id": category_ids[cls] if cls is not None else category_ids[0],
+                    "category_id": category_ids[cls],
                     "segmentation": rle,
                     "area": float(mask_utils.area(rle)),
                     "bbox": [float(v) for v in mask_utils.toBbox(rle)],

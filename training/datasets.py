@@ -74,9 +74,9 @@ class InstanceSample:
     """One image and its ground-truth instances: N masks (HxW bool) with their class ids
     (contiguous 0..C-1; a dataset maps them to its own ids, e.g. COCO category ids with gaps).
 
-    `crowd`: masks of crowd regions (COCO `iscrowd`; AP ignores detections on them); `crop`:
-    (y0, x0, y1, x1) of the image file this sample is a tile of, None for the whole image; `image_id`:
-    the id COCO files use.
+    `crowd`: masks of crowd regions (COCO `iscrowd`; AP ignores detections of the same class on
+    them) and `crowd_class_ids` their classes (one per crowd mask); `crop`: (y0, x0, y1, x1) of the
+    image file this sample is a tile of, None for the whole image; `image_id`: the id COCO files use.
     """
 
     stem: str
@@ -84,6 +84,7 @@ class InstanceSample:
     masks: list[np.ndarray]
     class_ids: list[int]
     crowd: list[np.ndarray] = field(default_factory=list)
+    crowd_class_ids: list[int] = field(default_factory=list)
     crop: tuple[int, int, int, int] | None = None
     image_id: int = 0
 
