@@ -271,5 +271,10 @@ class SEPLLabeler:
             instances = [Instance(c, m, score) for c, (m, score) in selected.items()]
             labels = merge_instances(pseudo.shape, instances, None, o.overlap)
             if o.background_class is not None:
-                labels[labels == UNLABELED] = o.background_class
+                # step 4: background is where no class claims the pixel; a class overlap that
+                # `overlap: unlabeled` left unlabeled stays unlabeled
+                claimed = np.zeros(pseudo.shape, bool)
+                for mask, _ in selected.values():
+                    claimed |= mask
+                labels[~claimed] = o.background_class
         return apply_weak_labels(labels, weak_map), records  # weak labels win
