@@ -1,4 +1,5 @@
-"""Shared fixtures: a seeded tiny SAM, synthetic and real images, GPU marker handling."""
+"""Shared fixtures: a seeded tiny SAM, synthetic and real images, GPU marker handling, and
+`require_data`, the one way a test reaches the shared data sets (missing data fails, never skips)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,30 @@ import torch
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "data" / "camvid"
+DATA = REPO.parent / "shared" / "data"
+CAMVID = DATA / "camvid"
+
+
+# where each shared data set comes from (its README.md under ../shared/data/<name> has the layout)
+DATA_SOURCES = {
+    "camvid": "CamVid 480x360 as in the SegNet tutorial (train 367 / val 101, images/ labels/ train.txt val.txt)",
+    "pennfudan": "the Penn-Fudan pedestrian database as distributed (PNGImages/ PedMasks/ Annotation/)",
+    "coco_mini": "a COCO 2017 subset (train2017/ val2017/ annotations/instances_{train,val}2017.json)",
+}
+
+
+def require_data(name: str) -> Path:
+    """The shared data set `name` (camvid, pennfudan, coco_mini) at ../shared/data/<name>, or a test
+    failure naming the missing folder and how to get it: tests that read it never skip."""
+    root = DATA / name
+    if not root.is_dir() or not any(root.iterdir()):
+        pytest.fail(
+            f"data set {name!r} missing: {root} is not a folder or is empty. This test needs the project's "
+            f"shared data next to the repository: put the shared folder at {DATA.parent} (it holds "
+            f"data/{name}: {DATA_SOURCES.get(name, 'see its README.md')}); the tests never download it.",
+            pytrace=False,
+        )
+    return root
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -92,12 +116,13 @@ def scene() -> np.ndarray:
 def camvid_image() -> np.ndarray:
     from models.engine import read_image
 
-    if not (CAMVID / "val.txt").is_file():
-        pytest.skip(f"CamVid is not at {CAMVID}")
-    stems = (CAMVID / "val.txt").read_text().split()
+    root = require_data("camvid")
+    stems = (root / "val.txt").read_text().split() if (root / "val.txt").is_file() else []
     if not stems:
-        pytest.skip("CamVid val list is empty")
-    return read_image(CAMVID / "images" / "val" / f"{stems[0]}.jpg")
+        pytest.fail(
+            f"{root / 'val.txt'} is missing or empty: the shared CamVid copy is incomplete", pytrace=False
+        )
+    return read_image(root / "images" / "val" / f"{stems[0]}.jpg")
 
 
 @pytest.fixture(scope="session")

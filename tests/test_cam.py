@@ -19,7 +19,7 @@ from models.cam import (
     save_cam_classifier,
 )
 from models.io import UNLABELED
-from tests.conftest import CAMVID
+from tests.conftest import require_data
 
 
 def test_cam_pseudo_labels_on_hand_made_maps() -> None:
@@ -68,11 +68,9 @@ def test_cam_classifier_shapes_and_checkpoint(tmp_path, stride) -> None:
 def test_cam_mode_trains_three_iterations_and_resumes(tmp_path) -> None:
     from training.trainer import TrainConfig, build_trainer
 
-    if not (CAMVID / "train.txt").is_file():
-        pytest.skip("CamVid is not available")
     values = {
         "mode": "cam",
-        "camvid_root": str(CAMVID),
+        "camvid_root": str(require_data("camvid")),
         "kind": "tags",
         "train_limit": 4,
         "val_limit": 2,

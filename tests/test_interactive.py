@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.engine.classical import ClassicalPrior
-from tests.conftest import REPO
+from tests.conftest import require_data
 from training.datasets import CocoInstances, PennFudan
 from training.interactive import (
     Click,
@@ -16,8 +16,6 @@ from training.interactive import (
     simulate_clicks,
     summarize,
 )
-
-DATA = REPO.parent / "shared" / "data"
 
 
 def _rect(h: int, w: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
@@ -68,10 +66,10 @@ def test_simulation_on_the_classical_prior(scene) -> None:
         simulate_clicks(engine, scene, truth, max_clicks=1, multimask="sometimes")
 
 
-@pytest.mark.skipif(not (DATA / "pennfudan").is_dir(), reason="Penn-Fudan not present")
 def test_pennfudan_split_is_disjoint_and_every_fifth() -> None:
-    val, train = PennFudan(DATA / "pennfudan", "val"), PennFudan(DATA / "pennfudan", "train")
-    everything = PennFudan(DATA / "pennfudan", "all").stems()
+    root = require_data("pennfudan")
+    val, train = PennFudan(root, "val"), PennFudan(root, "train")
+    everything = PennFudan(root, "all").stems()
     assert not set(val.stems()) & set(train.stems())
     assert sorted(val.stems() + train.stems()) == everything and val.stems() == everything[::5]
     sample = val.samples()[0]
@@ -79,11 +77,10 @@ def test_pennfudan_split_is_disjoint_and_every_fifth() -> None:
     assert not any((a & b).any() for i, a in enumerate(sample.masks) for b in sample.masks[i + 1 :])
 
 
-@pytest.mark.skipif(not (DATA / "coco_mini").is_dir(), reason="COCO-mini not present")
 def test_coco_instances_keep_crowd_apart_and_map_category_ids() -> None:
     import json
 
-    coco = CocoInstances(DATA / "coco_mini", "val2017")
+    coco = CocoInstances(require_data("coco_mini"), "val2017")
     samples = coco.samples()
     data = json.loads(coco.annotation_file.read_text())
     solid = [a for a in data["annotations"] if not a["iscrowd"] and a["area"] > 0]
@@ -95,4 +92,4 @@ def test_coco_instances_keep_crowd_apart_and_map_category_ids() -> None:
     assert {coco.category_ids[c] for s in samples for c in s.class_ids} <= set(ids)
     assert sum(len(s.crowd) for s in samples) == sum(a["iscrowd"] for a in data["annotations"])
     with pytest.raises(ValueError, match="no such COCO annotation file"):
-        CocoInstances(DATA / "coco_mini", "test2017")
+        CocoInstances(require_data("coco_mini"), "test2017")

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from sesam.cli import main
-from tests.conftest import CAMVID
+from tests.conftest import require_data
 
 
 def _folder(tmp_path, scene):
@@ -111,10 +111,9 @@ def test_derive_refine_then_eval(tmp_path, capsys) -> None:
     from models.weak import load_weak_labels
     from training.metrics import AddedLabelQuality, ConfusionMatrix
 
-    if not (CAMVID / "val.txt").exists():
-        pytest.skip("CamVid not present")
+    camvid = require_data("camvid")
     weak, refined, gt = tmp_path / "weak", tmp_path / "refined", tmp_path / "gt"
-    derive = ["weak", "derive", "--root", str(CAMVID), "--split", "val", "--kind", "coarse"]
+    derive = ["weak", "derive", "--root", str(camvid), "--split", "val", "--kind", "coarse"]
     assert main([*derive, "--out", str(weak), "--limit", "3", "--quiet"]) == 0
     derived = json.loads(capsys.readouterr().out)
     assert derived["images"] == 3 and 0.4 < derived["coverage"] < 0.8
@@ -122,8 +121,8 @@ def test_derive_refine_then_eval(tmp_path, capsys) -> None:
     images = tmp_path / "images"
     images.mkdir()
     for png in sorted(weak.glob("*.png")):
-        shutil.copy(CAMVID / "labels" / "val" / png.name, gt / png.name)
-        shutil.copy(CAMVID / "images" / "val" / f"{png.stem}.jpg", images / f"{png.stem}.jpg")
+        shutil.copy(camvid / "labels" / "val" / png.name, gt / png.name)
+        shutil.copy(camvid / "images" / "val" / f"{png.stem}.jpg", images / f"{png.stem}.jpg")
     refine = ["refine", "--images", str(images), "--weak", str(weak), "--out", str(refined)]
     assert main([*refine, "--backend", "classical", "--quiet"]) == 0
     capsys.readouterr()

@@ -18,6 +18,7 @@ from models.instance_students import (
 )
 from models.prompt_latents import PromptLatents
 from models.refine.wish_tags import TagPointOptions, merge_peaks, tags_to_points
+from tests.conftest import require_data
 from training.budget import (
     COSTS,
     assign_label_kinds,
@@ -38,8 +39,6 @@ from training.wish import (
     prompt_kld,
     self_loss,
 )
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 # -- matching and losses -----------------------------------------------------------------------
@@ -202,7 +201,7 @@ def test_instance_protocols() -> None:
 # -- data --------------------------------------------------------------------------------------
 def test_coco_round_trip_of_coco_mini_val(tmp_path) -> None:
     """Read (polygons, crowd RLE, category-id gaps), write, read back: same masks, AP = 1."""
-    ds = CocoInstances(DATA / "coco_mini", "val2017")
+    ds = CocoInstances(require_data("coco_mini"), "val2017")
     samples = ds.samples()
     original = json.loads(ds.annotation_file.read_text())
     assert len(ds.category_ids) == 80 and max(ds.category_ids) == 90  # gaps: 80 ids up to 90
@@ -216,6 +215,7 @@ def test_coco_round_trip_of_coco_mini_val(tmp_path) -> None:
         assert a.class_ids == b.class_ids and a.image_id == b.image_id
         assert all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
         assert all(np.array_equal(x, y) for x, y in zip(a.crowd, b.crowd))
+        assert a.crowd_class_ids == b.crowd_class_ids and len(a.crowd_class_ids) == len(a.crowd)
     results = coco_results(
         [s.image_id for s in samples],
         [(s.masks, s.class_ids, np.ones(len(s.masks))) for s in samples],
@@ -267,21 +267,21 @@ def folder(tmp_path_factory) -> Path:
     return root / "data"
 
 
-@pytest.mark.skipif(not (DATA / "camvid").is_dir(), reason="CamVid not present")
 def test_camvid_things_are_components_of_thing_classes() -> None:
     from scipy import ndimage as ndi
 
     from models.io import read_label_png
     from training.datasets import CAMVID_CLASSES, CamVid, CamVidThings
 
-    whole = CamVidThings(DATA / "camvid", "val", min_area=50).samples(limit=2)
-    label = read_label_png(CamVid(DATA / "camvid", "val").samples()[0].label)
+    camvid = require_data("camvid")
+    whole = CamVidThings(camvid, "val", min_area=50).samples(limit=2)
+    label = read_label_png(CamVid(camvid, "val").samples()[0].label)
     car = label == CAMVID_CLASSES.index("car")
     labelled, _ = ndi.label(car, structure=np.ones((3, 3), bool))
     big = int((np.bincount(labelled.ravel())[1:] >= 50).sum())
     assert whole[0].class_ids.count(2) == big  # class 2 = car among the things
     assert all(m.sum() >= 50 for m in whole[0].masks)
-    tiles = CamVidThings(DATA / "camvid", "val", min_area=50, tiles=2).samples(limit=1)
+    tiles = CamVidThings(camvid, "val", min_area=50, tiles=2).samples(limit=1)
     assert (
         len(tiles) == 4 and tiles[0].crop == (0, 0, 180, 240) and tiles[0].load_image().shape == (180, 240, 3)
     )
