@@ -18,6 +18,7 @@ from models.cam import (
     normalise_cam,
     save_cam_classifier,
 )
+from models.engine import CachedSegmenter, Predictions
 from models.io import UNLABELED
 from tests.conftest import require_data
 
@@ -118,39 +119,104 @@ def test_sesam_cam_writes_maps_and_report(tmp_path, capsys) -> None:
     assert json.loads((out / "summary.json").read_text())["skipped_existing"] == 1
 
 
+class ObjectClicks(CachedSegmenter):
+    """A click inside an object answers that object (three identical candidates), elsewhere nothing:
+    SEPL's automatic masks on it are exactly the objects a grid point lands in."""
+
+    name = "object-clicks"
+
+    def __init__(self, objects: list[np.ndarray]) -> None:
+        super().__init__()
+        self.objects = objects
+
+    def _encode(self, images):
+        return [tuple(i.shape[:2]) for i in images]
+
+    def _payload_nbytes(self, payload) -> int:
+        return 8
+
+    def _payload_size(self, payload):
+        return payload
+
+    def _decode(self, handle, prompts, multimask):
+        h, w = handle.original_size
+        out = Predictions.zeros(len(prompts), (h, w), multimask)
+        for i, p in enumerate(prompts):
+            x, y = p.points[0]
+            hit = [o for o in self.objects if o[int(y), int(x)]]
+            out.masks[i] = hit[0] if hit else np.zeros((h, w), bool)
+            out.iou[i], out.stability[i] = 0.9, 0.9
+        return out
+
+
+class HandMadeCams:
+    """A CAM predictor with fixed maps (the `cams` a SEPLLabeler takes): 3 classes, threshold 0.5."""
+
+    num_classes, threshold = 3, 0.5
+
+    def __init__(self, maps: torch.Tensor) -> None:
+        self.maps, self.seen = maps, []
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        self.seen.append(image.shape)
+        return self.maps
+
+
 def test_sepl_reads_tags_through_the_cam_and_weak_labels_win(tmp_path) -> None:
+    """Hand-worked on a 40x60 image with two objects, a (rows 5-19, cols 5-29, 375 px) and
+    b (rows 22-37, cols 30-57, 448 px); tags [1, 2]; the CAMs (threshold 0.5):
+
+    - class 0 (untagged) is 0.9 everywhere: it never competes;
+    - class 1 is 0.8 on a's cols 5-24 (300 px) and on a false region (rows 30-37, cols 0-9, 80 px);
+    - class 2 is 0.8 on b's rows 22-29 (224 px).
+
+    SEPL (rule paper, t1 0.5, t2 0.85): a overlaps P1 by 300 px: o_s = 300/375 = 0.8 > t1, kept;
+    b overlaps P2 by 224 px: o_s = 224/448 = 0.5 (not > t1) but o_p = 224/224 = 1 > t2, kept. Class 1
+    becomes a (the false region, under no kept mask, is dropped), class 2 becomes b, the rest unlabeled.
+    """
     from models.refine import build_labeler
+    from models.refine.sepl import SEPLLabeler, SEPLOptions
     from models.weak import PointLabel, WeakLabels
-    from tests.scripted import ScriptedSegmenter
 
     a = np.zeros((40, 60), bool)
     a[5:20, 5:30] = True
     b = np.zeros((40, 60), bool)
     b[22:38, 30:58] = True
-    engine = ScriptedSegmenter([a, b])
-    torch.manual_seed(0)
-    save_cam_classifier(tmp_path / "c.pt", CamClassifier("fpn-mobilenetv2", 3, 16), {"cam_threshold": 0.05})
-    options = {
-        "cam": str(tmp_path / "c.pt"),
-        "points_per_side": 4,
-        "pred_iou_thresh": 0.0,
-        "stability_thresh": 0.0,
-    }
-    labeler = build_labeler("sepl", engine, **options)
+    maps = torch.zeros(3, 40, 60)
+    maps[0] = 0.9
+    maps[1, 5:20, 5:25] = maps[1, 30:38, 0:10] = 0.8
+    maps[2, 22:30, 30:58] = 0.8
+    cams = HandMadeCams(maps)
+    options = SEPLOptions(points_per_side=4, pred_iou_thresh=0.0, stability_thresh=0.0)
+    labeler = SEPLLabeler(ObjectClicks([a, b]), options, cams=cams)
     image = np.zeros((40, 60, 3), np.uint8)
     tags_only = WeakLabels(40, 60, tags=[1, 2])
+
     pseudo = labeler.pseudo_from_tags(image, tags_only)
-    assert set(np.unique(pseudo)) <= {1, 2, UNLABELED}
+    expected_pseudo = np.full((40, 60), UNLABELED, np.uint8)
+    expected_pseudo[5:20, 5:25] = expected_pseudo[30:38, 0:10] = 1
+    expected_pseudo[22:30, 30:58] = 2
+    assert np.array_equal(pseudo, expected_pseudo)
+
     result = labeler.refine(image, tags_only)
-    assert set(np.unique(result.labels)) <= {1, 2, UNLABELED}
-    expected, _ = labeler.enhance(
-        labeler.automatic_masks(engine.embed([image])[0], type(result)(np.empty(0))),
-        pseudo,
-        np.full((40, 60), 255, np.uint8),
-    )
+    expected = np.full((40, 60), UNLABELED, np.uint8)
+    expected[a], expected[b] = 1, 2
     assert np.array_equal(result.labels, expected)
-    # with a pixel label, SEPL enhances the weak labels' own map, and the labelled pixel keeps its class
+    assert {r["class_id"]: r["score"] for r in result.instances} == {1: 0.8, 2: 0.5}
+    assert cams.seen == [(40, 60, 3)] * 2  # the CAM saw the image, once per call
+
+    # with a pixel label, SEPL enhances the weak labels' own map (not the CAM's): the point's class 0
+    # keeps a (o_p = 1/1), b has no class under it and stays unlabeled
     point = WeakLabels(40, 60, points=[PointLabel(10, 10, 0)], tags=[1, 2])
-    assert labeler.refine(image, point).labels[10, 10] == 0
+    expected = np.full((40, 60), UNLABELED, np.uint8)
+    expected[a] = 0
+    assert np.array_equal(labeler.refine(image, point).labels, expected)
+    assert len(cams.seen) == 2  # no CAM for an image with pixel labels
     with pytest.raises(ValueError, match="out of range for the CAM"):
         labeler.refine(image, WeakLabels(40, 60, tags=[7]))
+
+    # the `cam` option names the checkpoint the CAMs come from
+    torch.manual_seed(0)
+    save_cam_classifier(tmp_path / "c.pt", CamClassifier("fpn-mobilenetv2", 3, 16), {"cam_threshold": 0.05})
+    from_file = build_labeler("sepl", ObjectClicks([a, b]), cam=str(tmp_path / "c.pt")).cams
+    assert isinstance(from_file, CamPredictor) and from_file.num_classes == 3 and from_file.threshold == 0.05

@@ -114,12 +114,30 @@ def test_naive_takes_sam_best_score(setup) -> None:
     assert all(i["candidate"] == 0 for i in result.instances)
 
 
-def test_sepl_runs_on_scripted_masks(setup) -> None:
+@pytest.mark.parametrize("overlap", ["score", "unlabeled"])
+def test_sepl_on_scripted_masks_hand_worked(setup, overlap: str) -> None:
+    """The scripted automatic masks are part, whole and huge (the object dilated 12 px) of a and of
+    b; the pseudo-labels are the coarse maps P1 (a eroded by 3: 34x34 = 1156 px) and P2 (b eroded:
+    44x34 = 1496 px). Rule paper (t1 0.5, t2 0.85), every mask goes to the class it overlaps:
+
+    - part a (400 px, 289 on P1): o_s 0.7225, kept; a (1600 px): o_s 1156/1600 = 0.7225, kept;
+      huge a (3620 px): o_s 1156/3620, but o_p = 1 > t2: kept. Class 1 = huge a, score 0.5881.
+    - part b (500 px, 374 on P2): o_s 0.748; b (2000 px): 0.748; huge b (4240 px): o_p = 1: kept.
+      Class 2 = huge b, score mean(0.748, 0.748, 1496/4240) = 0.6163.
+    - huge a and huge b share 132 px (columns 58-61): `score` gives them to class 2 (0.6163 > 0.5881),
+      `unlabeled` leaves them unlabeled; nothing else is labelled."""
     engine, weak, image, a, b = setup
+    huge_a, huge_b = ndi.binary_dilation(a, iterations=12), ndi.binary_dilation(b, iterations=12)
+    assert (huge_a.sum(), huge_b.sum(), (huge_a & huge_b).sum()) == (3620, 4240, 132)
     result = build_labeler(
-        "sepl", engine, points_per_side=4, pred_iou_thresh=0.0, stability_thresh=0.0
+        "sepl", engine, points_per_side=4, pred_iou_thresh=0.0, stability_thresh=0.0, overlap=overlap
     ).refine(image, weak)
-    assert (result.labels[a] == 1).mean() > 0.9 and (result.labels[b] == 2).mean() > 0.9
+    expected = np.full((H, W), 255, np.uint8)
+    expected[huge_a], expected[huge_b] = 1, 2
+    if overlap == "unlabeled":
+        expected[huge_a & huge_b] = 255
+    assert np.array_equal(result.labels, expected)
+    assert {r["class_id"]: r["score"] for r in result.instances} == {1: 0.5881, 2: 0.6163}
 
 
 def test_bad_options() -> None:
