@@ -1,5 +1,6 @@
 """The grounded-tags labeler (paper 003): class prompts, tiny random Grounding DINO and OWLv2 loaded
-by path, user boxes, painting by order or score, and the refusal to run a detector without weights."""
+by path (once per folder, whatever the thresholds), user boxes, painting by order or score, and the
+refusal to run a detector without weights."""
 
 from __future__ import annotations
 
@@ -65,6 +66,24 @@ def test_grounded_with_a_tiny_random_detector(detectors, source) -> None:
         "grounded", engine, box_source=source, detector=str(detectors[source]), box_threshold=1.01
     )
     assert strict.refine(image, weak).instances == []  # nothing reaches a score above 1
+
+
+@pytest.mark.parametrize("source", ["grounding-dino", "owlv2"])
+def test_labelers_with_other_thresholds_share_one_detector(detectors, source) -> None:
+    """The detector is loaded once per checkpoint folder (not once per threshold pair: up to 8
+    copies of a large model lived at once); each labeler still applies its own thresholds."""
+    engine = ScriptedSegmenter(_objects())
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    weak = WeakLabels(60, 80, tags=[0, 3])
+    folder = str(detectors[source])
+    loose = build_labeler(
+        "grounded", engine, box_source=source, detector=folder, box_threshold=0.0, text_threshold=0.0
+    )
+    strict = build_labeler("grounded", engine, box_source=source, detector=folder, box_threshold=1.01)
+    other = build_labeler("grounded", engine, box_source=source, detector=folder, box_threshold=0.5)
+    assert loose.source is strict.source is other.source
+    assert loose.refine(image, weak).instances and strict.refine(image, weak).instances == []
+    assert loose.refine(image, weak).instances  # the strict call left the shared model as it was
 
 
 def test_grounding_dino_token_spans(detectors) -> None:

@@ -11,7 +11,9 @@ SAM box prompts -> a class map.
      paper's settings;
    - `owlv2`: OWLv2 from HF `transformers` (weights by path), a box kept at score >= `box_threshold`;
    - `user`: the boxes of the weak labels (`boxes`, each with its class): no detector at all.
-   A source that needs weights refuses to run without them, and says so.
+   A source that needs weights refuses to run without them, and says so. A detector is loaded once
+   per process and checkpoint folder (`models.io.load_once`), whatever the thresholds: they are
+   applied per call, so labelers with different thresholds share one model.
 3. Every box prompts SAM; its mask (clipped to the box) paints the box's class. `paint`: `order`
    paints in the detector's order so later boxes overwrite earlier ones (the authors' code), `score`
    lets the higher-scored box win overlaps. Weak labels win over both.
@@ -98,7 +100,8 @@ def _cxcywh_to_xyxy(boxes: torch.Tensor, width: float, height: float) -> np.ndar
 
 
 class GroundingDinoBoxes:
-    """Grounding DINO (HF `transformers`) from a local checkpoint folder."""
+    """Grounding DINO (HF `transformers`) from a local checkpoint folder; the thresholds given to
+    the constructor are the defaults of each call, which may give its own."""
 
     def __init__(self, path: str | None, box_threshold: float = 0.3, text_threshold: float = 0.25) -> None:
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
@@ -118,7 +121,15 @@ class GroundingDinoBoxes:
         return spans
 
     @torch.inference_mode()
-    def __call__(self, image: np.ndarray, phrases: list[str]) -> Boxes:
+    def __call__(
+        self,
+        image: np.ndarray,
+        phrases: list[str],
+        box_threshold: float | None = None,
+        text_threshold: float | None = None,
+    ) -> Boxes:
+        box_threshold = self.box_threshold if box_threshold is None else box_threshold
+        text_threshold = self.text_threshold if text_threshold is None else text_threshold
         h, w = image.shape[:2]
         caption = " . ".join(phrases) + " ."
         inputs = self.processor(images=image, text=caption, return_tensors="pt")
@@ -126,13 +137,14 @@ class GroundingDinoBoxes:
         probs = out.logits[0].sigmoid()  # Q x T
         per_phrase = torch.stack([probs[:, a:b].amax(1) for a, b in self.token_spans(phrases)], 1)  # Q x P
         best, phrase = per_phrase.max(1)
-        keep = (probs.amax(1) >= self.box_threshold) & (best >= self.text_threshold)
+        keep = (probs.amax(1) >= box_threshold) & (best >= text_threshold)
         boxes = _cxcywh_to_xyxy(out.pred_boxes[0][keep], w, h)
         return Boxes(boxes, best[keep].numpy(), phrase[keep].numpy())
 
 
 class Owlv2Boxes:
-    """OWLv2 (HF `transformers`) from a local checkpoint folder; boxes live on the padded square."""
+    """OWLv2 (HF `transformers`) from a local checkpoint folder; boxes live on the padded square.
+    The constructor's threshold is each call's default."""
 
     def __init__(self, path: str | None, box_threshold: float = 0.3) -> None:
         from transformers import Owlv2ForObjectDetection, Owlv2Processor
@@ -143,13 +155,14 @@ class Owlv2Boxes:
         self.box_threshold = box_threshold
 
     @torch.inference_mode()
-    def __call__(self, image: np.ndarray, phrases: list[str]) -> Boxes:
+    def __call__(self, image: np.ndarray, phrases: list[str], box_threshold: float | None = None) -> Boxes:
+        box_threshold = self.box_threshold if box_threshold is None else box_threshold
         h, w = image.shape[:2]
         inputs = self.processor(text=[phrases], images=image, return_tensors="pt")
         out = self.model(**inputs)
         probs = out.logits[0].sigmoid()  # Q x P
         best, phrase = probs.max(1)
-        keep = best >= self.box_threshold
+        keep = best >= box_threshold
         side = max(h, w)  # OWLv2 pads to a square at the bottom/right
         boxes = _cxcywh_to_xyxy(out.pred_boxes[0][keep], side, side)
         return Boxes(boxes, best[keep].numpy(), phrase[keep].numpy())
@@ -207,16 +220,27 @@ class GroundedLabeler:
         self.options = options or GroundedOptions()
         self.options.validate()
         self._source = source
+        self._given = source is not None
 
     @property
     def source(self) -> BoxSource:
+        """The box source: the one given, else the detector loaded once per checkpoint folder (shared
+        by every labeler in the process, whatever its thresholds)."""
         o = self.options
         if self._source is None and o.box_source != "user":
-            if o.box_source == "grounding-dino":
-                self._source = load_once(GroundingDinoBoxes, o.detector, o.box_threshold, o.text_threshold)
-            else:
-                self._source = load_once(Owlv2Boxes, o.detector, o.box_threshold)
+            loader = GroundingDinoBoxes if o.box_source == "grounding-dino" else Owlv2Boxes
+            self._source = load_once(loader, o.detector, what=f"{o.box_source} checkpoint folder")
         return self._source
+
+    def detect(self, image: np.ndarray, phrases: list[str]) -> Boxes:
+        """The source's boxes for the phrases, at this labeler's thresholds (a given source is called
+        as it is)."""
+        o = self.options
+        if self._given:
+            return self.source(image, phrases)
+        if o.box_source == "grounding-dino":
+            return self.source(image, phrases, box_threshold=o.box_threshold, text_threshold=o.text_threshold)
+        return self.source(image, phrases, box_threshold=o.box_threshold)
 
     def boxes(self, image: np.ndarray | None, weak: WeakLabels) -> tuple[np.ndarray, list[int], list[float]]:
         """The boxes to prompt SAM with, their classes and scores."""
@@ -232,7 +256,7 @@ class GroundedLabeler:
         phrases, owners = text_queries(weak.tags, self.options.prompts())
         if not phrases:
             return np.zeros((0, 4)), [], []
-        found = self.source(image, phrases)
+        found = self.detect(image, phrases)
         h, w = image.shape[:2]
         boxes = np.clip(np.asarray(found.boxes, float).reshape(-1, 4), 0, [w, h, w, h])
         real = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)  # e.g. OWLv2's padding
