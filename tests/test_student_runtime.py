@@ -3,6 +3,11 @@ ONNX exports, semantic and instance, give the same answers; the export parity ch
 
 from __future__ import annotations
 
+import sys
+import types
+from pathlib import Path
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +16,10 @@ from export.onnx_export import model_roles
 from export.tensorrt import STUDENT_BATCH, profile_shapes
 from export.verify import verify
 from models.instance_students import InstanceSegmenter, letterbox_pixels
-from models.onnx_runtime import read_metadata
-from models.student_runtime import checkpoint_task, load_segmenter
+from models.onnx_runtime import create_session, model_file, read_metadata
+from models.student_runtime import checkpoint_task, has_tensorrt_engine, load_segmenter
 from models.students import IMAGE_MEAN, StudentSegmenter
+from models.tensorrt_runtime import TensorRTUnavailable, engine_filename, find_engine, require_tensorrt
 from serving.config import SHIPPED_STUDENT
 
 
@@ -100,32 +106,153 @@ def test_export_verify_of_an_instance_student(instance_export) -> None:
     assert {c.prompts for c in cases} == {1, 3}  # batch 1 and 3 through the dynamic batch axis
 
 
-@pytest.mark.gpu
-def test_tensorrt_students_match_onnx(student_export, instance_export, tmp_path, scene) -> None:
-    """Where TensorRT and a GPU exist: engines for a semantic and an instance student answer as
-    ONNX Runtime does (the `auto` runtime picks them)."""
+# -- TensorRT: what runs without a GPU ------------------------------------------------------------
+def _touch_engines(directory: Path, *names: str) -> None:
+    for name in names:
+        (directory / name).write_bytes(b"")
+
+
+def test_find_engine_prefers_fp16_and_names_what_is_missing(tmp_path) -> None:
+    fp16, fp32 = (engine_filename("student", "NVIDIA H200", "10.5.0", half) for half in (True, False))
+    assert fp16 == "student.NVIDIA_H200.trt10.5.0.fp16.plan"
+    _touch_engines(tmp_path, fp32)
+    assert find_engine(tmp_path, "student", "NVIDIA H200", "10.5.0") == tmp_path / fp32  # fp32 when alone
+    _touch_engines(tmp_path, fp16)
+    assert find_engine(tmp_path, "student", "NVIDIA H200", "10.5.0") == tmp_path / fp16  # fp16 preferred
+    assert find_engine(tmp_path, "student", "NVIDIA H200", "10.5.0", fp16=False) == tmp_path / fp32
+    for gpu, version in (("NVIDIA A100", "10.5.0"), ("NVIDIA H200", "10.6.0")):  # other GPU or version
+        with pytest.raises(ValueError, match=rf"no TensorRT engine for student built on '{gpu}'.*{version}"):
+            find_engine(tmp_path, "student", gpu, version)
+
+
+def test_require_tensorrt_names_what_is_missing(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed
+    with pytest.raises(TensorRTUnavailable, match=r"TensorRT is not installed.*sesam\[tensorrt\]"):
+        require_tensorrt()
+    fake = types.ModuleType("tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)  # installed, but no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TensorRTUnavailable, match="needs a CUDA GPU"):
+        require_tensorrt()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert require_tensorrt() is fake
+
+
+def test_runtime_tensorrt_without_tensorrt_is_a_clear_error(monkeypatch, instance_export) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert not has_tensorrt_engine(instance_export)
+    assert load_segmenter(instance_export).runtime == "onnx"  # auto falls back
+    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
+        load_segmenter(instance_export, "tensorrt")
+
+
+class StandInEngine:
+    """Stands in for `TensorRTModel` on the CPU: runs the export's ONNX graph with ONNX Runtime and
+    lists its outputs in reverse order (an engine may list them in any order)."""
+
+    built: ClassVar[list[Path]] = []
+    runs: ClassVar[int] = 0
+
+    def __init__(self, path: Path) -> None:
+        StandInEngine.built.append(Path(path))
+        directory = Path(path).parent
+        self.session = create_session(model_file(directory, read_metadata(directory), "student"), "cpu")
+        self.inputs = ["images"]
+        self.outputs = [o.name for o in self.session.get_outputs()][::-1]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        StandInEngine.runs += 1
+        return dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
+
+
+@pytest.mark.parametrize("task", ["semantic", "instance"])
+def test_tensorrt_runtime_path_on_a_stand_in_engine(
+    task, monkeypatch, tmp_path, student_export, instance_export, scene
+) -> None:
+    """Everything of the TensorRT student runtime but the engine itself: the lookup of this GPU's
+    engine, the `auto` choice, the outputs put in the forward's order, and argument checks before
+    any run; answers equal ONNX Runtime's on the same graph."""
     import shutil
 
-    pytest.importorskip("tensorrt")
+    import models.tensorrt_runtime as trt_runtime
+
+    work = tmp_path / task
+    shutil.copytree(student_export if task == "semantic" else instance_export, work)
+    _touch_engines(work, engine_filename("student", "Stand-in GPU", "10.5.0", False))
+    monkeypatch.setattr(trt_runtime, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.5.0"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Stand-in GPU")
+    monkeypatch.setattr(trt_runtime, "TensorRTModel", StandInEngine)
+    monkeypatch.setattr(StandInEngine, "built", [])
+    monkeypatch.setattr(StandInEngine, "runs", 0)
+    student = load_segmenter(work)
+    assert student.runtime == "tensorrt" and StandInEngine.built == [
+        work / "student.Stand_in_GPU.trt10.5.0.fp32.plan"
+    ]
+    reference = load_segmenter(work, "onnx", providers="cpu")
+    images = [scene, scene[:100, :300]]
+    if task == "semantic":
+        for a, b in zip(student.logits(images), reference.logits(images), strict=True):
+            assert a.shape == b.shape and float((a - b).abs().max()) < 1e-5
+        return
+    for (m0, c0, s0), (m1, c1, s1) in zip(
+        student.segment(images, min_score=0.0), reference.segment(images, min_score=0.0), strict=True
+    ):
+        assert len(s0) == 20 and np.array_equal(c0, c1) and np.mean(m0 == m1) > 0.9999
+        np.testing.assert_allclose(s0, s1, atol=1e-6)
+    runs = StandInEngine.runs
+    for top_k, min_score in ((2.5, 0.0), (-1, 0.0), (True, 0.0), ("3", 0.0), (5, float("nan")), (5, None)):
+        with pytest.raises(ValueError, match=r"top_k must be a whole number|min_score must be a number"):
+            student.segment(images, top_k=top_k, min_score=min_score)
+    assert StandInEngine.runs == runs  # refused before the engine ran
+    for top_k, min_score in ((0, 0.0), (np.int64(20), 1.5)):
+        for image, (masks, classes, scores) in zip(
+            images, student.segment(images, top_k=top_k, min_score=min_score), strict=True
+        ):
+            assert masks.shape == (0, *image.shape[:2]) and classes.shape == scores.shape == (0,)
+
+
+@pytest.mark.gpu
+def test_tensorrt_students_match_onnx(student_export, instance_export, tmp_path, scene) -> None:
+    """Where TensorRT and a GPU exist: fp32 engines for a semantic and an instance student answer as
+    ONNX Runtime does on the same export (the `auto` runtime picks them)."""
+    import shutil
+
+    trt = pytest.importorskip("tensorrt")
     from export.tensorrt import build_engines
 
+    gpu = torch.cuda.get_device_name(0)
+    images = [scene, np.ascontiguousarray(scene[:100, :300])]  # batch 2 through the dynamic batch axis
     for name, source in (("semantic", student_export), ("instance", instance_export)):
         work = tmp_path / name
         shutil.copytree(source, work)
-        build_engines(work, fp16=False)
+        assert build_engines(work, fp16=False) == {
+            "student": engine_filename("student", gpu, trt.__version__, False)
+        }
         trt_student, ort_student = load_segmenter(work), load_segmenter(work, "onnx", providers="cpu")
-        assert trt_student.runtime == "tensorrt"
+        assert trt_student.runtime == "tensorrt" and ort_student.runtime == "onnx"
         if name == "semantic":
-            a, b = trt_student.logits([scene])[0], ort_student.logits([scene])[0]
-            assert float((a - b).abs().max()) < 1e-3
-        else:
-            (m0, c0, s0), (m1, c1, s1) = (
-                trt_student.segment([scene], min_score=0.0)[0],
-                ort_student.segment([scene], min_score=0.0)[0],
-            )
+            for a, b in zip(trt_student.logits(images), ort_student.logits(images), strict=True):
+                assert a.shape == b.shape and float((a - b).abs().max()) < 1e-3
+            continue
+        # the raw forward on the letterboxed canvases, then the instances at each image's size
+        canvases = torch.stack(
+            [letterbox_pixels(i, trt_student.side, trt_student.pad_value)[0] for i in images]
+        )
+        for a, b in zip(trt_student.forward(canvases), ort_student.forward(canvases), strict=True):
+            assert a.shape == b.shape and float((a - b).abs().max()) < 1e-3
+        got = trt_student.segment(images, top_k=50, min_score=0.0)
+        expected = ort_student.segment(images, top_k=50, min_score=0.0)
+        for (m0, c0, s0), (m1, c1, s1) in zip(got, expected, strict=True):
+            assert len(s0) == len(s1) == 20  # 20 queries x 1 class
             np.testing.assert_allclose(s0, s1, atol=1e-3)
             assert np.array_equal(c0, c1)
-            assert np.mean(m0 == m1) > 0.999
-            for top_k, min_score in ((0, 0.0), (0.0, 0.0), (50, 1.0)):  # zero instances: empty arrays
-                masks, classes, scores = trt_student.segment([scene], top_k=top_k, min_score=min_score)[0]
-                assert masks.shape == (0, *scene.shape[:2]) and classes.shape == scores.shape == (0,)
+            for mask, score in zip(m0, s0, strict=True):  # near-equal scores may swap places
+                near = [m for m, s in zip(m1, s1, strict=True) if abs(s - score) <= 1e-3]
+                assert max(float(np.mean(mask == m)) for m in near) > 0.999
+        best = float(got[0][2][0])
+        assert len(trt_student.segment(images[:1], top_k=50, min_score=best)[0][2]) >= 1
+        for top_k, min_score in ((0, 0.0), (np.int64(20), best + 1e-6)):  # zero instances: empty arrays
+            masks, classes, scores = trt_student.segment(images[:1], top_k=top_k, min_score=min_score)[0]
+            assert masks.shape == (0, *scene.shape[:2]) and classes.shape == scores.shape == (0,)
+        with pytest.raises(ValueError, match="top_k must be a whole number"):
+            trt_student.segment(images, top_k=2.5)
