@@ -9,8 +9,10 @@
 
 L = the decoder's layers plus its initial prediction. The heads: `class_head` (H_cls, Eq. 8), the mask
 embedding inside Mask2Former (H_mask), `prompt_head` (H_prompt, an MLP, Eq. 10), `cam_head` (H_cam).
-The forward has no data-dependent Python control flow (export comes next). Students are built by
-name from `instance_student_registry`; `InstanceSegmenter` owns image I/O and post-processing.
+The forward has no data-dependent Python control flow, so it exports to ONNX as one graph
+(`export.onnx_export`). Students are built by name from `instance_student_registry`;
+`InstanceSegmenter` owns the pre- and post-processing around a forward (letterbox onto the training
+canvas, Mask2Former's instance rule, masks back at each image's size).
 """
 
 from __future__ import annotations
@@ -139,11 +141,12 @@ def letterbox_size(size: tuple[int, int], side: int) -> tuple[int, int]:
 
 
 def padded(size: tuple[int, int], multiple: int = STRIDE) -> tuple[int, int]:
+    """`size` (h, w) with each side rounded up to a multiple of `multiple`."""
     return tuple(-(-s // multiple) * multiple for s in size)  # type: ignore[return-value]
 
 
 def letterbox(image: torch.Tensor, side: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """HxWx3 uint8 -> 3xH'xW' normalised, the longer side scaled to `side`, zero-padded (after
+    """HxWx3 uint8 tensor -> 3xH'xW' normalised, the longer side scaled to `side`, zero-padded (after
     normalisation) to multiples of 32 at the bottom and right; also the scaled (h, w) before padding."""
     sh, sw = letterbox_size(tuple(image.shape[:2]), side)
     x = image.permute(2, 0, 1)[None].float()
@@ -168,8 +171,8 @@ def as_top_k(top_k: Any) -> int:
 
 
 def as_min_score(min_score: Any) -> float:
-    """`min_score` as a float (any real number; scores lie in [0, 1]); NaN, bools and non-numbers
-    are a ValueError naming the value."""
+    """`min_score` as a float (any number, infinities included; scores lie in [0, 1]); NaN, bools and
+    non-numbers are a ValueError naming the value."""
     if not _is_real(min_score) or np.isnan(min_score):
         raise ValueError(f"min_score must be a number, got {min_score!r}")
     return float(min_score)
@@ -237,7 +240,9 @@ InstanceForward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def torch_instance_forward(model: InstanceStudent, device: str | torch.device = "cpu") -> InstanceForward:
-    """The PyTorch forward of an instance student as an `InstanceForward` (normalisation included)."""
+    """The PyTorch forward of an instance student as an `InstanceForward` (normalisation included):
+    the model is moved to `device` in eval mode, runs without autograd, and the last layer's logits
+    come back on the CPU."""
     model = model.to(device).eval()
 
     @torch.inference_mode()
@@ -251,9 +256,9 @@ def torch_instance_forward(model: InstanceStudent, device: str | torch.device = 
 class InstanceSegmenter:
     """An instance student behind an image API: HxWx3 uint8 images -> instances at full size.
 
-    Images are letterboxed onto the square training canvas (`input_side`), run through `forward`
-    (PyTorch, ONNX Runtime or TensorRT: `models.student_runtime`) in batches of `batch_size`, and
-    post-processed with Mask2Former's rule (`instances_at_size`)."""
+    Images are letterboxed onto the square training canvas (`input_side` of `meta`, 320 without
+    one), run through `forward` (PyTorch, ONNX Runtime or TensorRT: `models.student_runtime`) in
+    batches of `batch_size`, and post-processed with Mask2Former's rule (`instances_at_size`)."""
 
     task = "instance"
 
@@ -273,6 +278,7 @@ class InstanceSegmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> InstanceSegmenter:
+        """A segmenter running a `.pt` checkpoint (`save_instance_student`) in PyTorch on `device`."""
         model, meta = load_instance_student(path)
         return cls(torch_instance_forward(model, device), meta)
 
@@ -281,7 +287,8 @@ class InstanceSegmenter:
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per HxWx3 uint8 image: (masks KxHxW bool, class ids K int64, scores K float32), best
         first, at most `top_k` (a whole number >= 0), scores >= `min_score`; K may be 0 (then the
-        masks are 0xHxW). Bad top_k or min_score: ValueError before any work."""
+        masks are 0xHxW). Bad top_k or min_score, or an image that is not HxWx3: ValueError before
+        any work."""
         top_k, min_score = as_top_k(top_k), as_min_score(min_score)
         for i, image in enumerate(images):
             if image.ndim != 3 or image.shape[2] != 3:
@@ -306,6 +313,8 @@ class InstanceSegmenter:
         return out
 
     def info(self) -> dict[str, Any]:
+        """What it is (name, task, runtime, classes, canvas side) and, where the metadata has them,
+        its validation AP, training mode, labels and iterations."""
         return {
             "student": self.name,
             "task": self.task,
@@ -321,12 +330,18 @@ class InstanceSegmenter:
 def save_instance_student(
     path: str | Path, model: InstanceStudent, name: str, num_classes: int, extra: dict[str, Any] | None = None
 ) -> None:
+    """Write a checkpoint atomically: the registry name, num_classes, `kind: instance`, the state
+    dict (in the dtype the model holds) and the `extra` metadata (class names, input side, ...)."""
     payload = {"name": name, "num_classes": num_classes, "kind": "instance", "state_dict": model.state_dict()}
     payload |= extra or {}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_instance_student(path: str | Path) -> tuple[InstanceStudent, dict[str, Any]]:
+    """The student of a checkpoint (rebuilt by its registry name, weights loaded, eval mode) and its
+    metadata (everything but the state dict). A missing or unreadable file, one that is not an
+    instance student checkpoint, or weights that do not fit are a ValueError naming the file; an
+    unknown registry name is a ValueError naming the choices."""
     from models.io import load_weights, read_checkpoint
 
     payload = read_checkpoint(path, "instance student checkpoint")

@@ -1,8 +1,10 @@
-"""Files every stage writes and reads: the unlabeled value, atomic writes, class-map PNGs, JSON.
+"""Files every stage writes and reads: the unlabeled value, atomic writes, class-map PNGs, JSON,
+checkpoints and their weights, and a per-process cache of models read from disk.
 
-Written once here and used by refinement, training, export, serving and the benchmarks, so that
-every output in the project is written the same way: to a temp file, then renamed (a reader never
-sees half a file, and a crash loses nothing already written).
+Written once here and used by refinement, training, export, serving and the benchmarks. Every
+writer here goes through `atomic_write`: to a temp file in the target's folder, then renamed onto
+it, so a reader never sees half a file and a crash leaves the earlier file whole. (A few side files
+are written directly elsewhere, e.g. `sesam export verify --json` and some benchmark tables.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ UNLABELED = 255
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
-    """Call write(tmp_path) then rename onto `path`, so readers never see a half-written file."""
+    """Call write(tmp_path) then rename onto `path`, so readers never see a half-written file.
+    Makes the parent folders; the file gets the usual permissions (0666 less the umask); the temp
+    file is removed when `write` fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -62,9 +66,12 @@ def _loaded(loader: Callable[..., Any], path: str, mtime_ns: int, args: tuple) -
 
 
 def load_once(loader: Callable[..., Any], path: str | Path, *args: Any, what: str = "file") -> Any:
-    """`loader(path, *args)`, run once per process while the file or folder is unchanged (its
-    modification time is part of the key). The service builds labelers per request; their models
-    (CAM classifiers, WSOD heads, detectors) are read from disk once."""
+    """`loader(path, *args)`, cached per process: the key is (loader, resolved path, its
+    modification time, args), and the 8 most recently used results are kept. A rewritten file
+    loads afresh; for a folder only the folder's own modification time counts (a file replaced
+    inside it may not). A missing path is a ValueError naming `what` it should be. The service
+    builds labelers per request; their models (CAM classifiers, WSOD heads, detectors) are read
+    from disk once while they stay in the cache."""
     resolved = Path(path).resolve()
     if not resolved.exists():
         raise ValueError(f"{path}: no such {what}")
@@ -77,8 +84,8 @@ def weights_state(model: Any, half: bool = False) -> dict[str, Any]:
 
 
 def load_weights(model: Any, state: dict[str, Any], path: str | Path, what: str) -> Any:
-    """Load a checkpoint's state dict (fp16 tensors back to fp32) into `model`, in eval mode; a
-    mismatch is a ValueError naming the file and `what` it should fit."""
+    """Load a checkpoint's state dict (floating tensors, fp16 ones included, as fp32) into `model`
+    and return it in eval mode; a mismatch is a ValueError naming the file and `what` it should fit."""
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         model.load_state_dict(state)
@@ -93,12 +100,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def save_png(array: np.ndarray, path: str | Path) -> None:
-    """Write an HxW class map or HxWx3 picture (uint8) as PNG, atomically."""
+    """Write an HxW class map or HxWx3 picture as PNG (cast to uint8), atomically."""
     atomic_write(path, lambda tmp: Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG"))
 
 
 def save_json(data: Any, path: str | Path) -> None:
-    """Write JSON atomically."""
+    """Write JSON (indent 1) atomically."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
@@ -110,7 +117,8 @@ def save_json(data: Any, path: str | Path) -> None:
 def read_label_png(
     path: str | Path | BinaryIO, source: str | None = None, expected_size: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """Read an HxW uint8 class map; errors name the file.
+    """Read an HxW uint8 class map from an 8-bit single-channel image (mode L, or P: the palette
+    indices are the classes); errors name the file (`source`, else the path).
 
     With `expected_size` (H, W) the header is checked before any pixel is decoded, so a small file
     declaring a huge map (a decompression bomb) is refused without allocating it.

@@ -2,30 +2,38 @@
 
 Routes (all POST; multipart when an image file is sent):
 
-- `/embed`    image -> image_id (content hash), size, cached flag; the embedding stays server-side.
+- `/embed`    image -> image_id (the engine's content hash of the pixels), width, height, cached
+              flag and backend; the embedding stays server-side.
 - `/predict`  image or image_id + prompts (points/labels, box, mask_input_id) -> per prompt masks
-              (COCO RLE, PNG or polygons), IoU and stability scores, and a logits_id to send back
-              as the next click's mask_input_id.
-- `/refine`   image + weak labels (schema v2 JSON; coarse mask as a PNG file) + method -> refined
-              label map (PNG or per-class RLE) and stats: the same as `sesam refine` in-process.
-- `/segment`  images (one or more) -> the student's answer per image: a label map with class names
-              (semantic student) or instances (instance student: mask as RLE or polygons, class,
-              score, box), from a .pt checkpoint or an export directory (ONNX Runtime / TensorRT).
-- `/info`     backend, limits, lanes, cache and counters.
-- BentoML's `/livez`, `/readyz` (ready once every model is loaded and warmed up) and `/metrics`.
+              (COCO RLE, PNG or polygons), IoU and stability scores, the index of the best one, and
+              a logits_id to send back as the next click's mask_input_id.
+- `/refine`   image + weak labels (JSON fields of the weak-label schema, which the server completes
+              with version 2 and the image's size; a coarse mask as a PNG file) + method and options
+              -> refined label map (PNG or per-class RLE) and stats. An image whose longer side is at
+              most `refine_side` gets the map `sesam refine` computes in-process; a larger one is
+              refined at that side and its map upsampled (nearest) to the image's size.
+- `/segment`  images (one or more) -> the student's answer per image: a label map (semantic
+              student; class names in the answer) or instances (instance student: mask as RLE or
+              polygons, class, score, box), from a .pt checkpoint or an export directory (ONNX
+              Runtime / TensorRT).
+- `/info`     engine info (backend, cache, counters), limits, lanes, logits cache, student, batching.
+- BentoML's `/livez`, `/readyz` (ready once every service has loaded and warmed up its models) and
+  `/metrics`.
 
-Concurrency by resource (docs/serving.md has the picture): the front process (`SegmentationService`)
-answers the cheap routes from bounded lanes (`serving.lanes`): a click on a cached embedding, a
-student forward, /info. Image encodings and /refine run in `HeavyLane`, a second BentoML service
-in its own process(es) at lower CPU priority, one request at a time per process with a bounded
+Concurrency by resource (docs/serving.md has the picture): in the front process
+(`SegmentationService`) the cheap work runs in bounded lanes (`serving.lanes`): clicks on a cached
+embedding (the predict lane) and a student forward (the segment lane); /info answers directly.
+Image encodings and /refine run in `HeavyLane`, a second BentoML service in its own process(es)
+at lower CPU priority (`heavy_nice`, 0 for equal), one request at a time per process with a bounded
 queue (BentoML's `max_concurrency`). So no expensive request can stall a cheap one, a full queue
-is a 503 with Retry-After, and every request has a deadline (503/504 past it, the worker freed at
-its next chunk). Embeddings computed by the heavy lane come back to the front's cache.
+is a 503 with Retry-After, and every lane request has a deadline (503/504 past it; heavy work is
+stopped at its next deadline check). Embeddings computed by the heavy lane come back to the front's
+cache.
 
 Errors follow one contract (`serving.errors`), checked in front of BentoML's parser by the guard
 middleware (`serving.middleware`). Configuration: `serving.config.ServiceConfig` (SESAM_CONFIG
-YAML and SESAM_* environment). With no SAM checkpoint or export the weight-free classical prior
-answers (it is not SAM).
+YAML and SESAM_* environment). With the engine's backend `auto` and no SAM checkpoint or export,
+the weight-free classical prior answers (it is not SAM).
 """
 
 from __future__ import annotations
@@ -174,10 +182,11 @@ def dependency_error(exc: BentoMLException) -> tuple[int, str, str | None]:
 
 
 def as_reply(work: Callable[[], Any], deadline_at: float) -> bytes:
-    """Run heavy work under the request's deadline (`deadline_at`: epoch seconds, set when the
-    request reached the front, so the time it waited in the heavy lane's queue counts); answer
-    ("ok", value) or ("error", status, message, field), pickled (the heavy lane only talks to the
-    front process)."""
+    """Run heavy work under the request's deadline (`deadline_at`: epoch seconds, set by the front
+    when it hands the work over, so the time it waited in the heavy lane's queue counts); answer
+    ("ok", value), or ("error", status, message, field) for an ApiError, a deadline passed while
+    queued (503) or one passed while working (504), pickled (the heavy lane only talks to the front
+    process). Any other exception propagates (BentoML answers it as a server error)."""
     left = deadline_at - time.time()
     try:
         if left <= 0:
@@ -202,7 +211,8 @@ def as_reply(work: Callable[[], Any], deadline_at: float) -> bytes:
     },
 )
 class HeavyLane:
-    """Image encodings and refinement, one at a time per process, at lower CPU priority."""
+    """Image encodings and refinement, one at a time per process, at the CPU niceness `heavy_nice`
+    (lower priority unless it is 0)."""
 
     def __init__(self) -> None:
         with startup.guard("heavy lane"):
@@ -213,7 +223,8 @@ class HeavyLane:
 
     @bentoml.api
     def embed(self, image: bytes, deadline_at: float, field: str = "image") -> bytes:
-        """Pickled ("ok", {key, size, payload, nbytes}) for an image file's bytes."""
+        """Pickled ("ok", {key, size, payload, nbytes}) for an image file's bytes, or an error reply
+        (`as_reply`)."""
 
         def work() -> dict[str, Any]:
             pixels = read_pixels(image, field)
@@ -232,7 +243,8 @@ class HeavyLane:
 
     @bentoml.api
     def refine(self, request: bytes, deadline_at: float) -> bytes:
-        """Pickled ("ok", {labels, stats, options, width, height}) for a pickled /refine request."""
+        """Pickled ("ok", {labels, stats, width, height}) for a pickled /refine request, or an error
+        reply (`as_reply`)."""
         args = pickle.loads(request)
         return as_reply(lambda: self._refine(**args), deadline_at)
 
@@ -472,8 +484,11 @@ class SegmentationService:
         return predictions
 
     def _model_paths(self, method: str, options: dict[str, Any]) -> dict[str, Any]:
-        """Model files come from the server's configuration, never from a request (a client must not
-        make the server open paths of its choosing); they are filled in per method."""
+        """The request's options checked and completed: options that name model files are refused
+        (they come from the server's configuration, never from a request: a client must not make the
+        server open paths of its choosing) and filled in per method from the configuration; a value
+        of the wrong JSON type (`strict_options`; unknown names are left to the labeler) and a
+        points_per_side grid over `max_weak_labels` prompts are a 400."""
         given = sorted(set(options) & set(SERVER_PATH_OPTIONS))
         if given:
             where = ", ".join(f"{k} (SESAM_{SERVER_PATH_OPTIONS[k].upper()})" for k in given)
@@ -524,7 +539,8 @@ class SegmentationService:
         multimask: Annotated[bool, Field(strict=True)] = True,
         mask_format: Literal[MASK_FORMATS] = "rle",  # type: ignore[valid-type]
     ) -> dict:
-        """Masks for each prompt: 3 candidates (1 without multimask) with IoU and stability scores."""
+        """Masks for each prompt: 3 candidates (1 without multimask) with IoU and stability scores,
+        the best candidate's index and a logits_id for the next click."""
         if bool(image) == (image_id is not None):
             raise ApiError(
                 400, "image: send exactly one of image (a file) or image_id (from /embed)", "image"
@@ -564,7 +580,8 @@ class SegmentationService:
         label_format: Literal[LABEL_FORMATS] = "png",  # type: ignore[valid-type]
         num_classes: Annotated[int, Field(ge=1, le=255, strict=True)] | None = None,
     ) -> dict:
-        """Weak labels -> a dense label map (255 = unlabeled), as `sesam refine` computes it."""
+        """Weak labels -> a dense label map (255 = unlabeled), as `sesam refine` computes it for
+        an image within `refine_side` (a larger one is refined at that side, see the module)."""
         opts = backend_defaults(method, self.engine.name, self._model_paths(method, options or {}))
         request = {
             "image": await anyio.Path(image).read_bytes(),
@@ -610,7 +627,7 @@ class SegmentationService:
         min_score: Score = 0.5,
     ) -> dict:
         """The student's answer for each image: a label map (semantic student) or instances with
-        mask, class, score and box (instance student)."""
+        mask, class, score and box, score >= min_score, at most INSTANCE_TOP_K (instance student)."""
         if not self.config.student_checkpoint:
             raise ApiError(404, "no student configured (SESAM_STUDENT_CHECKPOINT)", None)
         meta = await self._student_meta()
@@ -682,7 +699,8 @@ class SegmentationService:
 
     @bentoml.api(route="/info")
     async def info(self) -> dict:
-        """Backend, limits, lanes, cache and counter state."""
+        """The engine's info (backend, embedding cache, counters; an export folder by its name
+        only), limits, lanes, the logits cache, the student, batching, auth and the tags models."""
         c = self.config
         student = None
         if self.student is not None:
