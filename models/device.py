@@ -18,6 +18,10 @@ import torch
 
 DEVICE_HELP = "auto (CUDA when present, else cpu), cpu, cuda or cuda:N"
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+AMP_HELP = (
+    "mixed precision on CUDA: auto (bf16 where the GPU has it, else fp16 with loss scaling), bf16, fp16 "
+    "or off; the CPU always trains in fp32"
+)
 
 
 def resolve_device(
@@ -107,3 +111,40 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if tensor.device.type == "cpu" and not tensor.is_pinned():
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+class Precision:
+    """Mixed precision of one training run: autocast for the forward, loss scaling for fp16.
+
+    On the CPU (or with amp off) `autocast()` does nothing and `step()` is zero_grad, backward,
+    optimizer step: exactly the fp32 update."""
+
+    def __init__(self, device: torch.device, amp: str = "auto") -> None:
+        self.device = device
+        self.dtype = amp_dtype(device, amp)
+        self.scaler = grad_scaler(device, self.dtype)
+
+    @property
+    def name(self) -> str:
+        return "fp32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        return autocast(self.device, self.dtype)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward of `loss` and one optimizer step (scaled, and skipped on inf/nan, under fp16)."""
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)

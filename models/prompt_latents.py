@@ -55,19 +55,29 @@ class PromptLatents:
             return cls(encoder, f"prompt encoder of {getattr(engine, 'name', 'SAM')}")
         return cls.seeded(seed)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder's weights live (a CUDA SAM engine's encoder is on its GPU)."""
+        return self.encoder.point_embeddings[0].weight.device
+
     @torch.no_grad()
     def points(self, points: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        """Nx2 (x, y) positive points in an image of `size` (H, W) -> Nx512, one latent per point."""
+        """Nx2 (x, y) positive points in an image of `size` (H, W) -> Nx512 fp32 on the CPU, one
+        latent per point (computed on the encoder's device; targets are kept in host memory)."""
         points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        coords = torch.as_tensor(self.transform.apply_coords(points, size), dtype=torch.float32)[:, None]
-        labels = torch.ones(len(points), 1, dtype=torch.int64)
+        coords = torch.as_tensor(
+            self.transform.apply_coords(points, size), dtype=torch.float32, device=self.device
+        )[:, None]
+        labels = torch.ones(len(points), 1, dtype=torch.int64, device=self.device)
         sparse, _ = self.encoder(points=(coords, labels), boxes=None, masks=None)
-        return sparse.flatten(1)
+        return sparse.flatten(1).float().cpu()
 
     @torch.no_grad()
     def boxes(self, boxes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        """Nx4 (x0, y0, x1, y1) boxes -> Nx512."""
+        """Nx4 (x0, y0, x1, y1) boxes -> Nx512 fp32 on the CPU (computed on the encoder's device)."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        coords = torch.as_tensor(self.transform.apply_boxes(boxes, size), dtype=torch.float32)
+        coords = torch.as_tensor(
+            self.transform.apply_boxes(boxes, size), dtype=torch.float32, device=self.device
+        )
         sparse, _ = self.encoder(points=None, boxes=coords, masks=None)
-        return sparse.flatten(1)
+        return sparse.flatten(1).float().cpu()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from rich.progress import track
 
+from models.device import to_device
 from models.engine import read_image
 from models.engine.validation import list_images
 from models.io import UNLABELED, read_label_png
@@ -112,6 +113,17 @@ class Batch:
     strong_images: torch.Tensor  # Bx3xhxw uint8
     weak_labels: torch.Tensor  # Bxhxw int64, 255 unlabeled
     gt_labels: torch.Tensor  # Bxhxw int64, 255 unlabeled / ignored
+
+    def to(self, device: torch.device) -> Batch:
+        """The batch's tensors on `device` (pinned, non-blocking copies on CUDA; the CPU's unchanged)."""
+        return Batch(
+            self.indices,
+            self.views,
+            *(
+                to_device(t, device)
+                for t in (self.weak_images, self.strong_images, self.weak_labels, self.gt_labels)
+            ),
+        )
 
 
 def batch_indices(n: int, batch_size: int, iteration: int, seed: int) -> list[int]:

@@ -29,7 +29,17 @@ from models.progress import progress_bar
 
 # settings a resumed run may change: the budget, bookkeeping, where data and outputs live
 RESUME_FREE = frozenset(
-    {"iterations", "eval_every", "checkpoint_every", "log_every", "quiet", "resume", "out_dir"}
+    {
+        "iterations",
+        "eval_every",
+        "checkpoint_every",
+        "log_every",
+        "quiet",
+        "resume",
+        "out_dir",
+        "device",
+        "amp",
+    }
     | {"camvid_root", "train_images", "train_weak", "val_images", "val_gt", "val_limit"}
 )
 
@@ -37,6 +47,11 @@ RESUME_FREE = frozenset(
 def rank_world() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; (0, 1) without it."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process (it sets WORLD_SIZE, also for one process)."""
+    return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
 def weights_digest(model: nn.Module, parameters_only: bool = False) -> str:
@@ -227,7 +242,7 @@ class TrainLoop:
                         score = recipe.evaluate()["score"]
                         row[recipe.score_name] = score
                         self.best_score = float(np.nanmax([self.best_score, score]))
-                    if self.world > 1:
+                    if dist.is_initialized():
                         dist.barrier()
                 if it % c.log_every == 0 or recipe.score_name in row or last:
                     self._log(row)
@@ -245,7 +260,7 @@ class TrainLoop:
                     self.save_checkpoint()
         recipe.after_training()
         summary = self._finish(time.perf_counter() - timer, seconds)
-        if self.world > 1:
+        if dist.is_initialized():
             dist.barrier()
         return summary
 
@@ -260,8 +275,9 @@ class TrainLoop:
             "seconds_per_iter": float(np.mean(seconds)) if seconds else None,
             "weights_sha256": weights_digest(recipe.model),
             "parameters_sha256": weights_digest(recipe.model, parameters_only=True),
+            "ddp_backend": dist.get_backend() if dist.is_initialized() else None,
         } | recipe.summary(final)
-        if self.world > 1:
+        if dist.is_initialized():
             atomic_write(
                 self.out / f"rank{self.rank}.json", lambda tmp: Path(tmp).write_text(json.dumps(summary))
             )

@@ -9,14 +9,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 import torch.distributed as dist
 
 from models.config import from_mapping, load, parse_overrides, read_yaml, setting
+from models.device import AMP_CHOICES, AMP_HELP, DEVICE_HELP, check_device_name, ddp_backend, resolve_device
 from models.progress import progress_bar
 from models.refine import NaiveOptions, SeSAMOptions
 from models.students import student_registry
 from training.data import WeakDataset
-from training.loop import LR_SCHEDULES, TrainLoop, config_changes, rank_world, weights_digest
+from training.loop import (
+    LR_SCHEDULES,
+    TrainLoop,
+    config_changes,
+    launched_by_torchrun,
+    rank_world,
+    weights_digest,
+)
 from training.recipes.instance import INSTANCE_MODES, InstanceRecipe, InstanceTrainConfig
 from training.recipes.semantic import MODES, READ_BY, SemanticRecipe
 
@@ -72,6 +81,10 @@ class TrainConfig:
     crop: tuple[int, int] = setting((160, 224), help="training crop h,w (multiples of 32)")
     base_scale: float = setting(0.5, help="image scale before the random scale jitter (and at evaluation)")
     seed: int = setting(0, help="initial weights, batches and augmentations")
+    device: str = setting(
+        "auto", help=f"where the student, teacher, losses and SAM run: {DEVICE_HELP} (docs/training.md)"
+    )
+    amp: str = setting("auto", help=AMP_HELP)
     # semi-supervision (paper defaults)
     ema: float = setting(0.999, help="teacher EMA decay")
     ema_warmup: bool = setting(
@@ -140,6 +153,9 @@ class TrainConfig:
             )
         if not 0 <= self.ema < 1:
             raise ValueError(f"{source}: ema must lie in [0, 1), got {self.ema}")
+        check_device_name(self.device, f"{source}: device")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"{source}: amp {self.amp!r} unknown; choose one of {AMP_CHOICES}")
         from_mapping(SeSAMOptions, self.sesam, f"{source}: sesam")
         from_mapping(NaiveOptions, self.naive, f"{source}: naive")
 
@@ -155,12 +171,15 @@ class TrainConfig:
 
 
 def _start(cfg: TrainConfig | InstanceTrainConfig) -> tuple[int, int, Any]:
-    """What every trainer does first: validate, join the process group under torchrun, make the
-    output folder; returns (rank, world, the progress-bar factory)."""
+    """What every trainer does first: validate, join the process group under torchrun (nccl between
+    GPUs, gloo on the CPU), make the output folder; returns (rank, world, the progress-bar factory)."""
     cfg.validate()
     rank, world = rank_world()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if launched_by_torchrun() and not dist.is_initialized():  # even alone: the same code path
+        dist.init_process_group(ddp_backend(device))
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     return rank, world, functools.partial(progress_bar, disable=cfg.quiet or rank != 0)
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from models.device import to_device
+
 TOKENS = 2  # sparse tokens per prompt latent
 
 
@@ -47,6 +49,11 @@ class Targets:
 
     def __len__(self) -> int:
         return int(self.classes.numel())
+
+    def to(self, device: torch.device) -> Targets:
+        """These targets on `device` (host tensors are copied without blocking from pinned memory)."""
+        prompts = None if self.prompts is None else to_device(self.prompts, device)
+        return Targets(to_device(self.classes, device), prompts, to_device(self.masks, device))
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,7 @@ def cost_matrix(
     bce, dice = pairwise_mask_distance(pred, tgt)
     per_candidate = (bce + dice).reshape(q, k, n)
     if level is not None:
-        chosen = torch.full((q, k), level, dtype=torch.long)
+        chosen = torch.full((q, k), level, dtype=torch.long, device=per_candidate.device)
         cost_mask = per_candidate[..., level]
     else:
         cost_mask, chosen = per_candidate.min(-1)  # Eq. 13
@@ -146,13 +153,15 @@ def match(
 ) -> Match:
     """Hungarian matching of one image's Q queries to its K targets."""
     if len(targets) == 0:
-        empty = torch.zeros(0, dtype=torch.long)
+        empty = torch.zeros(0, dtype=torch.long, device=class_logits.device)
         return Match(empty, empty, empty)
     cost, chosen = cost_matrix(
         class_logits, mask_logits, prompts, targets, points, weights, temperature, level
     )
     rows, cols = hungarian(cost)
-    rows_t, cols_t = torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
+    dev = cost.device
+    rows_t = torch.as_tensor(rows, dtype=torch.long, device=dev)
+    cols_t = torch.as_tensor(cols, dtype=torch.long, device=dev)
     return Match(rows_t, cols_t, chosen[rows_t, cols_t])
 
 
@@ -164,12 +173,12 @@ def uncertain_points(
     the `importance` share of `count` with the smallest |logit| (most uncertain), the rest uniform.
     Returns MxPx2 in [0, 1]."""
     m = logits.shape[0]
-    candidates = torch.rand(m, int(count * oversample), 2, generator=generator)
+    candidates = torch.rand(m, int(count * oversample), 2, generator=generator, device=logits.device)
     uncertainty = -point_sample(logits.detach(), candidates).abs()
     n_important = int(importance * count)
     idx = uncertainty.topk(n_important, dim=1).indices
     important = torch.gather(candidates, 1, idx[..., None].expand(-1, -1, 2))
-    uniform = torch.rand(m, count - n_important, 2, generator=generator)
+    uniform = torch.rand(m, count - n_important, 2, generator=generator, device=logits.device)
     return torch.cat([important, uniform], 1)
 
 
@@ -200,14 +209,15 @@ def seg_loss(
     prompts. An image whose targets are None (a tag image with no instance found yet) adds nothing.
     Mask and prompt terms are normalised by the number of matched instances (Mask2Former)."""
     num_classes = class_logits.shape[-1] - 1
-    class_weight = torch.ones(num_classes + 1)
+    dev = class_logits.device
+    class_weight = torch.ones(num_classes + 1, device=dev)
     class_weight[-1] = weights.no_object
     ce_terms, masks_pred, masks_tgt, kld = [], [], [], []
     zero = class_logits.sum() * 0
     for b, (tg, mt) in enumerate(zip(targets, matches)):
         if tg is None or mt is None:
             continue
-        labels = torch.full((class_logits.shape[1],), num_classes, dtype=torch.long)
+        labels = torch.full((class_logits.shape[1],), num_classes, dtype=torch.long, device=dev)
         labels[mt.queries] = tg.classes[mt.targets]
         ce_terms.append(F.cross_entropy(class_logits[b], labels, weight=class_weight, reduction="sum"))
         ce_terms[-1] = ce_terms[-1] / class_weight[labels].sum()

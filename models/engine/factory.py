@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import from_mapping, load, read_yaml, setting
+from models.device import check_device_name, resolve_device
 from models.engine.base import CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.regions import DEFAULT_SCALES
@@ -28,7 +29,11 @@ class EngineConfig:
         "vit_b", help="vit_b, vit_l, vit_h (official), or tiny (random seeded weights, tests)"
     )
     sam_checkpoint: str | None = setting(None, help="path to an official SAM checkpoint (torch backend)")
-    device: str = setting("cpu", help="cpu or cuda")
+    device: str = setting(
+        "cpu",
+        help="torch: where SAM runs and its embeddings are cached; auto (CUDA when present), cpu, cuda or "
+        "cuda:N (training sets it to its own `device` unless the engine names one)",
+    )
     cache_bytes: int = setting(DEFAULT_CACHE_BYTES, help="embedding cache budget in bytes (LRU)")
     max_prompts: int | None = setting(None, help="prompts per predict call (none: unbounded)", env=False)
     export_dir: str | None = setting(
@@ -97,6 +102,7 @@ class EngineConfig:
             )
         if self.cache_bytes < 0:
             raise ValueError(f"{source}: cache_bytes must be >= 0, got {self.cache_bytes}")
+        check_device_name(self.device, f"{source}: device")
         if self.classical_scales is not None:
             self.scales(source)
         from models.engine.classical import ClassicalOptions
@@ -163,7 +169,7 @@ def _build_torch(config: EngineConfig) -> CachedSegmenter:
     return SamEngine.from_checkpoint(
         config.sam_type,
         config.sam_checkpoint,
-        device=config.device,
+        device=resolve_device(config.device),
         cache_bytes=config.cache_bytes,
         max_prompts=config.max_prompts,
         working_side=config.resolved_working_side(),

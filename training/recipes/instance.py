@@ -10,8 +10,10 @@
 
 SAM in the loop never re-encodes: every weakly labelled image is embedded once, up front; point and
 box candidates are decoded then, tags -> points only runs the decoder (asserted after training).
-Images are letterboxed to `input_side` (the longer side), zero-padded to a square, and flipped at
-random; targets are kept on that canvas, prompt latents for both orientations.
+Images are letterboxed to `input_side` (the longer side), zero-padded to a square (content top-left,
+as at inference), and flipped at random within their content, so a flipped portrait image stays
+top-left; targets are kept on that canvas, prompt latents for both orientations (a point x becomes
+W - x in the image's own frame). Targets live in host memory and go to the device with their batch.
 """
 
 from __future__ import annotations
@@ -22,11 +24,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from models.config import from_mapping, load, read_yaml, setting
-from models.engine import EngineConfig, Prompt, build_engine
+from models.device import (
+    AMP_CHOICES,
+    AMP_HELP,
+    DEVICE_HELP,
+    Precision,
+    check_device_name,
+    resolve_device,
+    to_device,
+)
+from models.engine import Prompt, build_engine
 from models.instance_students import (
     InstanceSegmenter,
     build_instance_student,
@@ -41,6 +53,7 @@ from models.weak import WeakLabels, load_weak_labels
 from training.budget import INSTANCE_KINDS, assign_label_kinds, derive_instance_labels, homogeneous_counts
 from training.data import batch_indices
 from training.datasets import CamVidThings, CocoInstances, InstanceFolder, InstanceSample, PennFudan
+from training.embedded import EmbeddedImages, check_reencoding, engine_config
 from training.loop import LR_SCHEDULES
 from training.metrics import coco_mask_ap
 from training.wish import Targets, Weights, cam_loss, match, seg_loss, self_loss
@@ -88,9 +101,9 @@ class InstanceTrainConfig:
     dataset: str = setting("pennfudan", help=f"one of {', '.join(DATASETS)}")
     data_root: str | None = setting(None, help="the dataset's folder (coco: the folder with annotations/)")
     train_split: str | None = setting(None, help="train split (default: train; coco: train2017)")
-    val_split: str | None = setting(None, help="val split (default: val; coco: val2017; folder: a 2nd root)")
+    val_split: str | None = setting(None, help="val split (default: val; coco: val2017)")
     val_root: str | None = setting(
-        None, help="folder dataset: the validation folder (instance-id PNG layout)"
+        None, help="folder dataset: the validation folder (instance-id PNG layout); none: no validation"
     )
     tiles: int = setting(1, help="camvid-things: cut each image into tiles x tiles samples")
     min_area: int = setting(50, help="camvid-things: smallest connected component that is an instance (px)")
@@ -116,6 +129,10 @@ class InstanceTrainConfig:
     input_side: int = setting(320, help="the longer image side on the canvas (a multiple of 32)")
     hflip: bool = setting(True, help="random horizontal flips")
     seed: int = setting(0, help="initial weights, batches and flips")
+    device: str = setting(
+        "auto", help=f"where the student, its heads, losses and SAM run: {DEVICE_HELP} (docs/training.md)"
+    )
+    amp: str = setting("auto", help=AMP_HELP)
     deep_supervision: bool = setting(True, help="losses on every decoder layer's prediction (Mask2Former)")
     w_class: float = setting(2.0, help="alpha: class weight in the matching cost and the loss (Eq. 14)")
     w_mask: float = setting(5.0, help="gamma: mask BCE and dice weight (Eq. 14)")
@@ -137,7 +154,9 @@ class InstanceTrainConfig:
     prompt_encoder_seed: int = setting(
         0, help="wish: seed of the random prompt encoder (engines without SAM)"
     )
-    engine: dict[str, Any] = setting({"backend": "classical"}, help="wish: the engine (see the engine table)")
+    engine: dict[str, Any] = setting(
+        {"backend": "classical", "cache_bytes": 4 * 1024**3}, help="wish: the engine (see the engine table)"
+    )
     # evaluation and bookkeeping
     top_k: int = setting(20, help="instances kept per validation image")
     out_dir: str = setting("runs/train-instance", help="checkpoints, metrics.csv, summary.json, student.pt")
@@ -176,6 +195,9 @@ class InstanceTrainConfig:
             raise ValueError(
                 f"{source}: lr_schedule {self.lr_schedule!r} must be one of {LR_SCHEDULES}, lr_warmup >= 0"
             )
+        check_device_name(self.device, f"{source}: device")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"{source}: amp {self.amp!r} unknown; choose one of {AMP_CHOICES}")
         from_mapping(TagPointOptions, self.tag_points, f"{source}: tag_points")
 
     @classmethod
@@ -214,8 +236,9 @@ def load_split(cfg: InstanceTrainConfig, train: bool) -> InstanceData:
         ds = CocoInstances(root, split or ("train2017" if train else "val2017"))
         samples, names, ids = ds.samples(), ds.class_names, ds.category_ids
     else:
-        folder = root if train else Path(cfg.val_root or root)
-        samples = InstanceFolder(folder).samples()
+        if not train and cfg.val_root is None:  # no validation folder: no validation (never train images)
+            return InstanceData([], (), ())
+        samples = InstanceFolder(root if train else Path(cfg.val_root)).samples()
         count = max([c + 1 for s in samples for c in s.class_ids] or [1])
         names, ids = tuple(f"class_{i}" for i in range(count)), tuple(range(1, count + 1))
     return InstanceData(samples[:limit], tuple(names), tuple(ids))
@@ -230,6 +253,7 @@ class Item:
     image: torch.Tensor  # 3xSxS normalised, content top-left
     scale: float  # canvas pixels per original pixel
     size: tuple[int, int]  # original (H, W)
+    content: tuple[int, int]  # (h, w) of the image on the canvas (the rest is padding)
     kind: str  # tags | points | boxes | masks
     tags: list[int]
     weak: WeakLabels | None = None
@@ -245,6 +269,14 @@ def to_canvas(masks: np.ndarray, scale: float, side: int) -> torch.Tensor:
     if flat.shape[0]:
         out[:, :sh, :sw] = F.interpolate(flat.float(), size=(sh, sw), mode="nearest")[:, 0] > 0.5
     return out.reshape(*lead, side, side)
+
+
+def flip_content(t: torch.Tensor, width: int) -> torch.Tensor:
+    """...xSxS canvas(es) flipped left-right within the content's first `width` columns; the padding
+    stays on the right, where inference has it."""
+    out = t.clone()
+    out[..., :width] = t[..., :width].flip(-1)
+    return out
 
 
 def flip_points(xy: np.ndarray, width: int) -> np.ndarray:
@@ -273,18 +305,25 @@ class InstanceRecipe:
         self.train = load_split(cfg, train=True)
         self.val = load_split(cfg, train=False)
         self.num_classes = len(self.train.class_names)
+        self.device = resolve_device(cfg.device)
+        self.precision = Precision(self.device, cfg.amp)
         torch.manual_seed(cfg.seed)
-        self.model = build_instance_student(cfg.student, self.num_classes)
+        self.model = build_instance_student(cfg.student, self.num_classes).to(self.device)
         self._forward_model: nn.Module = self.model
-        if world > 1:
-            self._forward_model = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
+        if dist.is_initialized():
+            self._forward_model = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.weights = Weights(cfg.w_class, cfg.w_prompt, cfg.w_mask, cfg.no_object_weight)
         self.tag_options = from_mapping(TagPointOptions, cfg.tag_points, "tag_points")
         self.level = None if cfg.sam_level == "min" else int(cfg.sam_level) - 1
         self.items: list[Item] = []
         self.engine = None
-        self.handles: dict[int, Any] = {}
+        self.embedded: EmbeddedImages | None = None  # tag images (refreshed from the CAM in the loop)
+        self._samples: list[InstanceSample] = []  # item -> its sample (to re-read an evicted image)
         self.latents: PromptLatents | None = None
         self.tag_instances: dict[int, dict[str, torch.Tensor]] = {}  # item -> points, classes, masks
         self._tag_latents: dict[int, list[torch.Tensor]] = {}  # item -> Z of its tag points, per flip
@@ -329,8 +368,9 @@ class InstanceRecipe:
             return
         c, side = self.cfg, self.cfg.input_side
         if c.mode == "wish":
-            self.engine = build_engine(EngineConfig.from_mapping(c.engine, source="engine settings"))
+            self.engine = build_engine(engine_config(c.engine, self.device))
             self.latents = PromptLatents.for_engine(self.engine, c.prompt_encoder_seed)
+            self.embedded = EmbeddedImages(self.engine, lambda i: self._samples[i].load_image())
         kinds = self.label_kinds()
         with self.progress("prepare training images") as progress:
             task = progress.add_task(
@@ -342,7 +382,7 @@ class InstanceRecipe:
                 if kind is None:
                     continue
                 image = sample.load_image()
-                x, _ = letterbox(torch.from_numpy(image), side)
+                x, content = letterbox(torch.from_numpy(image), side)
                 canvas = torch.zeros(3, side, side)
                 canvas[:, : x.shape[1], : x.shape[2]] = x
                 h, w = image.shape[:2]
@@ -350,7 +390,8 @@ class InstanceRecipe:
                 tags = (
                     sorted(set(sample.class_ids)) if weak is None else sorted(weak.tags or weak.class_ids())
                 )
-                item = Item(sample.stem, canvas, scale, (h, w), kind, tags, weak)
+                item = Item(sample.stem, canvas, scale, (h, w), content, kind, tags, weak)
+                cw = item.content[1]
                 if kind == "masks":
                     masks = to_canvas(
                         np.stack(sample.masks) if sample.masks else np.zeros((0, h, w), bool), scale, side
@@ -358,14 +399,17 @@ class InstanceRecipe:
                     classes = torch.as_tensor(sample.class_ids, dtype=torch.long)
                     item.targets = [
                         Targets(classes, None, masks[:, None]),
-                        Targets(classes, None, masks.flip(-1)[:, None]),
+                        Targets(classes, None, flip_content(masks, cw)[:, None]),
                     ]
-                elif kind in ("points", "boxes"):
-                    self.handles[len(self.items)] = self.engine.embed([image])[0]
-                    item.targets = self._fixed_targets(item, self.handles[len(self.items)])
+                elif kind in ("points", "boxes"):  # decoded once here; the embedding is not kept
+                    item.targets = self._fixed_targets(item, self.engine.embed([image])[0])
                 else:
-                    self.handles[len(self.items)] = self.engine.embed([image])[0]
+                    self.embedded.embed([len(self.items)], [image])
+                self._samples.append(sample)
                 self.items.append(item)
+            note = self.embedded.budget_note() if self.embedded is not None else None
+            if note and self.rank == 0:
+                progress.console.print(f"[yellow]{note}")
         if not self.items:
             raise ValueError("no training image carries a label (check labels, budget and label_counts)")
         if self.engine is not None:
@@ -388,7 +432,7 @@ class InstanceRecipe:
             return [None, None]
         masks = to_canvas(self.engine.predict(handle, prompts, multimask=True).masks, item.scale, side)
         cls = torch.as_tensor(classes, dtype=torch.long)
-        return [Targets(cls, z[0], masks), Targets(cls, z[1], masks.flip(-1))]
+        return [Targets(cls, z[0], masks), Targets(cls, z[1], flip_content(masks, item.content[1]))]
 
     def _tag_targets(self, index: int, flip: bool) -> Targets | None:
         found = self.tag_instances.get(index)
@@ -401,7 +445,7 @@ class InstanceRecipe:
                 self.latents.points(xy, (h, w)),
                 self.latents.points(flip_points(xy, w), (h, w)),
             ]
-        masks = found["masks"].flip(-1) if flip else found["masks"]
+        masks = flip_content(found["masks"], self.items[index].content[1]) if flip else found["masks"]
         return Targets(found["classes"], self._tag_latents[index][int(flip)], masks)
 
     @torch.no_grad()
@@ -413,19 +457,21 @@ class InstanceRecipe:
             if item.kind != "tags":
                 continue
             hc, wc = cam.shape[-2:]
-            (h, w), scale, flip = item.size, item.scale, flips[j]
+            (h, w), scale, flip, cw = item.size, item.scale, flips[j], item.content[1]
 
-            def to_image(cells: np.ndarray, hc=hc, wc=wc, h=h, w=w, scale=scale, flip=flip) -> np.ndarray:
-                xy = (cells + 0.5) * np.array([side / wc, side / hc])  # canvas pixels
-                if flip:
-                    xy[:, 0] = side - xy[:, 0]
+            def to_image(
+                cells: np.ndarray, hc=hc, wc=wc, h=h, w=w, scale=scale, flip=flip, cw=cw
+            ) -> np.ndarray:
+                xy = (cells + 0.5) * np.array([side / wc, side / hc])  # canvas pixels of this view
+                if flip:  # the view's content is mirrored within its width
+                    xy[:, 0] = cw - xy[:, 0]
                 xy = xy / scale
-                outside = (xy[:, 0] >= w) | (xy[:, 1] >= h)
+                outside = (xy[:, 0] < 0) | (xy[:, 0] >= w) | (xy[:, 1] >= h)
                 xy[outside] = np.nan
                 return xy
 
             found = tags_to_points(
-                self.engine, self.handles[idx], cam[j], item.tags, to_image, self.tag_options
+                self.engine, self.embedded.handle(idx), cam[j], item.tags, to_image, self.tag_options
             )
             self._tag_latents.pop(idx, None)
             self.tag_instances[idx] = {
@@ -435,17 +481,22 @@ class InstanceRecipe:
             }
 
     # -- one step --------------------------------------------------------------------------------
+    def view(self, index: int, flip: bool) -> torch.Tensor:
+        """Item `index`'s 3xSxS canvas in one orientation (flipped within its content)."""
+        item = self.items[index]
+        return flip_content(item.image, item.content[1]) if flip else item.image
+
     def step(self, iteration: int) -> dict[str, float]:
         c = self.cfg
         torch.manual_seed(c.seed * 1_000_003 + iteration)
         indices = batch_indices(len(self.items), c.batch_size, iteration, c.seed)[self.rank :: self.world]
         rng = np.random.default_rng([c.seed, iteration, 7])
         flips = [bool(rng.random() < 0.5) and c.hflip for _ in indices]
-        images = torch.stack(
-            [self.items[i].image.flip(-1) if f else self.items[i].image for i, f in zip(indices, flips)]
-        )
+        images = to_device(torch.stack([self.view(i, f) for i, f in zip(indices, flips)]), self.device)
         self.model.train()
-        class_logits, mask_logits, prompts, cam = self._forward_model(images)
+        with self.precision.autocast():
+            outputs = self._forward_model(images)
+        class_logits, mask_logits, prompts, cam = (t.float() for t in outputs)
         wish = c.mode == "wish"
         warm = wish and iteration < c.warmup_iterations
         zero = cam.sum() * 0
@@ -454,7 +505,7 @@ class InstanceRecipe:
             tags = torch.zeros(len(indices), self.num_classes)
             for j, i in enumerate(indices):
                 tags[j, self.items[i].tags] = 1
-            terms["cam"] = cam_loss(cam, tags)
+            terms["cam"] = cam_loss(cam, to_device(tags, self.device))
         if not warm:
             if wish and (iteration - c.warmup_iterations) % c.sam_every == 0:
                 self._refresh_tags(indices, flips, cam.detach())
@@ -462,10 +513,11 @@ class InstanceRecipe:
                 self._tag_targets(i, f) if self.items[i].kind == "tags" else self.items[i].targets[int(f)]
                 for i, f in zip(indices, flips)
             ]
+            targets = [t.to(self.device) if t is not None else None for t in targets]
             layers = range(class_logits.shape[0]) if c.deep_supervision else [class_logits.shape[0] - 1]
             use_prompt = wish and c.use_prompt
             for layer in layers:
-                points = torch.rand(c.match_points, 2)
+                points = torch.rand(c.match_points, 2, device=self.device)
                 matches = [
                     match(
                         class_logits[layer, b],
@@ -498,9 +550,7 @@ class InstanceRecipe:
         w = self.weights
         total = w.cls * terms["cls"] + w.mask * (terms["bce"] + terms["dice"]) + w.prompt * terms["prompt"]
         total = total + c.w_cam * terms["cam"] + c.w_self * terms["self"]
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        self.precision.step(total, self.optimizer)
         return {"total": float(total.detach())} | {k: float(v.detach()) for k, v in terms.items()}
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -523,7 +573,7 @@ class InstanceRecipe:
         self._prepare_val()
         model = model or self.model
         meta = {"num_classes": self.num_classes, "input_side": self.cfg.input_side}
-        segmenter = InstanceSegmenter(torch_instance_forward(model), meta, batch_size=4)
+        segmenter = InstanceSegmenter(torch_instance_forward(model, self.device), meta, batch_size=4)
         predictions = segmenter.segment(self._val_images, top_k=self.cfg.top_k, min_score=0.0)
         return coco_results([s.image_id for s in self.val.samples], predictions, self.val.category_ids)
 
@@ -539,19 +589,20 @@ class InstanceRecipe:
         return {
             "student": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.precision.state_dict(),
             "tag_instances": {int(k): v for k, v in self.tag_instances.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_state_dict(state.get("scaler"))
         self.tag_instances = {int(k): dict(v) for k, v in state.get("tag_instances", {}).items()}
         self._tag_latents = {}
 
     def after_training(self) -> None:
         if self.engine is not None:
-            reencoded = self.engine.stats.encoder_calls - self._encoder_calls_after_prepare
-            assert reencoded == 0, f"SAM in the loop re-encoded {reencoded} times"
+            check_reencoding(self.engine, self.embedded, self._encoder_calls_after_prepare)
 
     def summary(self, final: dict[str, Any]) -> dict[str, Any]:
         c = self.cfg
@@ -564,6 +615,9 @@ class InstanceRecipe:
             "engine": self.engine.name if self.engine is not None else None,
             "prompt_encoder": self.latents.source if self.latents is not None else None,
             "encoder_calls": self.engine.stats.encoder_calls if self.engine is not None else None,
+            "reencoded_images": self.embedded.reencoded if self.embedded is not None else None,
+            "device": str(self.device),
+            "precision": self.precision.name,
             "val": {k: v for k, v in final.items() if k != "score"},
             "val_ap": final.get("AP"),
             "images": len(self.items),

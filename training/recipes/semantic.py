@@ -31,12 +31,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from models.cam import CamClassifier, cam_pseudo_labels, normalise_cam, predict_cams, save_cam_classifier
 from models.config import from_mapping
-from models.engine import EngineConfig, ImageHandle, build_engine
+from models.device import Precision, resolve_device, to_device
+from models.engine import build_engine
 from models.io import UNLABELED, read_label_png, save_png
 from models.refine import NaiveLabeler, NaiveOptions, SeSAMLabeler, SeSAMOptions, confident_labels
 from models.refine.sesam import weak_fingerprint
@@ -44,6 +46,7 @@ from models.students import build_student, normalize, pad_to_multiple, save_stud
 from training.augment import center_view
 from training.data import WeakDataset, batch_indices, make_batch
 from training.datasets import CAMVID_CLASSES
+from training.embedded import EmbeddedImages, check_reencoding, engine_config
 from training.losses import ema_decay, ema_update, partial_ce, sesam_loss, sesam_targets
 from training.metrics import ConfusionMatrix
 from training.protocols import class_ids_present
@@ -91,19 +94,23 @@ class SemanticRecipe:
         self.out = Path(cfg.out_dir)
         self.train_ds = train_ds or self._load_train()
         self.val_ds = val_ds if val_ds is not None else self._load_val()
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.device = resolve_device(cfg.device)
+        self.precision = Precision(self.device, cfg.amp)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank (drawn on the CPU)
         self.student = (
             CamClassifier(cfg.student, cfg.num_classes, cfg.cam_output_stride)
             if cfg.mode == "cam"
             else build_student(cfg.student, cfg.num_classes)
-        )
+        ).to(self.device)
         self.teacher = copy.deepcopy(self.student).eval() if cfg.mode in _WITH_TEACHER else None
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
         self.model: nn.Module = self.student
         self._forward_model: nn.Module = self.student
-        if self.world > 1:
-            self._forward_model = nn.parallel.DistributedDataParallel(self.student)
+        if dist.is_initialized():
+            self._forward_model = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.optimizer = torch.optim.AdamW(
             self.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
@@ -111,7 +118,7 @@ class SemanticRecipe:
         self.sam_labels: dict[int, np.ndarray] = {}
         self.naive_labels: list[np.ndarray] | None = None
         self.engine = None
-        self.handles: list[ImageHandle] = []
+        self.embedded: EmbeddedImages | None = None
         self.labeler: SeSAMLabeler | None = None
         self._encoder_calls_after_prepare = 0
 
@@ -138,14 +145,19 @@ class SemanticRecipe:
         c = self.cfg
         if c.mode not in _WITH_SAM:
             return
-        self.engine = build_engine(EngineConfig.from_mapping(c.engine, source="engine settings"))
+        self.engine = build_engine(engine_config(c.engine, self.device))
         ds = self.train_ds
-        self.handles = []  # one per training image; refreshes use these, never re-hash or re-encode
+        # keys only: the engine's cache holds the embeddings within its budget (training.embedded)
+        self.embedded = EmbeddedImages(self.engine, lambda i: ds.images[i])
         with self.progress("embed train images") as progress:
             task = progress.add_task("embed", total=len(ds), info=self.engine.name)
             for i in range(0, len(ds), 4):
-                self.handles.extend(self.engine.embed(ds.images[i : i + 4]))
-                progress.advance(task, len(ds.images[i : i + 4]))
+                idx = list(range(i, min(i + 4, len(ds))))
+                self.embedded.embed(idx, [ds.images[j] for j in idx])
+                progress.advance(task, len(idx))
+            note = self.embedded.budget_note()
+            if note and self.rank == 0:
+                progress.console.print(f"[yellow]{note}")
         self._encoder_calls_after_prepare = self.engine.stats.encoder_calls
         if c.mode == "sesam":
             self.labeler = SeSAMLabeler(self.engine, self.sesam_options)
@@ -162,7 +174,7 @@ class SemanticRecipe:
                 if path.exists():
                     labels.append(read_label_png(path))
                 else:
-                    labels.append(labeler.refine(self.handles[i], ds.weak[i]).labels)
+                    labels.append(labeler.refine(self.embedded.handle(i), ds.weak[i]).labels)
                     if self.rank == 0:
                         save_png(labels[-1], path)
                 progress.advance(task)
@@ -170,22 +182,27 @@ class SemanticRecipe:
 
     def after_training(self) -> None:
         if self.engine is not None:
-            reencoded = self.engine.stats.encoder_calls - self._encoder_calls_after_prepare
-            assert reencoded == 0, f"SAM in the loop re-encoded {reencoded} times"
+            check_reencoding(self.engine, self.embedded, self._encoder_calls_after_prepare)
 
     # -- one step --------------------------------------------------------------------------------
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Bx3xhxw uint8 -> Bxkxhxw fp32 logits (the forward under autocast on CUDA)."""
         x, (h, w) = pad_to_multiple(normalize(images))
-        return self._forward_model(x)[..., :h, :w]
+        with self.precision.autocast():
+            logits = self._forward_model(x)
+        return logits[..., :h, :w].float()
 
     @torch.no_grad()
     def _teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
         x, (h, w) = pad_to_multiple(normalize(images))
-        return self.teacher(x)[..., :h, :w].softmax(1)
+        with self.precision.autocast():
+            logits = self.teacher(x)
+        return logits[..., :h, :w].float().softmax(1)
 
     def _refresh_sam(self, batch, probs: torch.Tensor) -> None:
         """SeSAM labels for the batch's images in original coordinates, from the cached embeddings."""
         options = self.sesam_options
+        probs = probs.cpu()  # the labeler works on host arrays
         confident = confident_labels(probs, options.theta2, class_axis=1).to(torch.uint8).numpy()  # view
         for j, idx in enumerate(batch.indices):
             view = batch.views[j]
@@ -197,7 +214,7 @@ class SemanticRecipe:
                 else None
             )
             result = self.labeler.refine(
-                self.handles[idx], self.train_ds.weak[idx], extension=extension, confidence=confidence
+                self.embedded.handle(idx), self.train_ds.weak[idx], extension=extension, confidence=confidence
             )
             self.sam_labels[idx] = result.labels
 
@@ -211,7 +228,7 @@ class SemanticRecipe:
                 if source is not None
                 else np.full((h, w), UNLABELED, np.uint8)
             )
-        return torch.from_numpy(np.stack(maps)).long()
+        return to_device(torch.from_numpy(np.stack(maps)).long(), self.device)
 
     def _semi_supervised_loss(
         self, batch, sam, pseudo, w_sam: float, w_pseudo: float
@@ -237,14 +254,16 @@ class SemanticRecipe:
         c = self.cfg
         torch.manual_seed(c.seed * 1_000_003 + iteration)
         indices = batch_indices(len(self.train_ds), c.batch_size, iteration, c.seed)[self.rank :: self.world]
-        batch = make_batch(self.train_ds, indices, iteration, c.seed, c.crop, c.base_scale)
+        batch = make_batch(self.train_ds, indices, iteration, c.seed, c.crop, c.base_scale).to(self.device)
         self.student.train()
         if c.mode == "cam":
             tags = torch.zeros(len(indices), c.num_classes)
             for j, idx in enumerate(batch.indices):
                 tags[j, [t for t in self.train_ds.weak[idx].tags if t < c.num_classes]] = 1
             x, _ = pad_to_multiple(normalize(batch.weak_images))
-            terms = {"total": cam_loss(self._forward_model(x), tags)}
+            with self.precision.autocast():
+                cams = self._forward_model(x)
+            terms = {"total": cam_loss(cams.float(), to_device(tags, self.device))}
         elif c.mode == "supervised":
             terms = {"total": partial_ce(self._forward(batch.weak_images), batch.gt_labels)}
         elif c.mode == "weak":
@@ -269,9 +288,7 @@ class SemanticRecipe:
                     self._refresh_sam(batch, probs)
                 sam, w_sam, w_pseudo = self._sam_targets(batch), c.w_sam, c.w_pseudo
             terms = self._semi_supervised_loss(batch, sam, pseudo, w_sam, w_pseudo)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        self.optimizer.step()
+        self.precision.step(terms["total"], self.optimizer)
         if self.teacher is not None:
             ema_update(self.teacher, self.student, ema_decay(c.ema, iteration, c.ema_warmup))
         return {k: float(v.detach()) for k, v in terms.items()}
@@ -296,13 +313,16 @@ class SemanticRecipe:
                 group = [i for i in idx if ds.images[i].shape[:2] == size]
                 view = center_view(size, self.cfg.base_scale)
                 images = torch.from_numpy(np.stack([view.image_to_view(ds.images[i]) for i in group]))
-                x, (h, w) = pad_to_multiple(normalize(images.permute(0, 3, 1, 2)))
+                images = to_device(images.permute(0, 3, 1, 2), self.device)
+                x, (h, w) = pad_to_multiple(normalize(images))
                 if self.cfg.mode == "cam":
-                    preds = self._cam_labels(model, images.permute(0, 3, 1, 2), group, size)
+                    preds = self._cam_labels(model, images, group, size)
                 else:
-                    logits = model(x)[..., :h, :w]
+                    with self.precision.autocast():
+                        logits = model(x)
+                    logits = logits[..., :h, :w].float()
                     logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-                    preds = logits.argmax(1).numpy().astype(np.uint8)
+                    preds = logits.argmax(1).cpu().numpy().astype(np.uint8)
                 for p, i in zip(preds, group, strict=True):
                     conf.update(p, ds.gt_map(i))
         miou = conf.miou()
@@ -315,7 +335,9 @@ class SemanticRecipe:
 
     def _cam_labels(self, model: nn.Module, images: torch.Tensor, group: list[int], size) -> np.ndarray:
         """CAM pseudo-labels of validation images from the tags their dense labels give."""
-        cams = F.interpolate(predict_cams(model, images), size=size, mode="bilinear", align_corners=False)
+        cams = F.interpolate(
+            predict_cams(model, images).float(), size=size, mode="bilinear", align_corners=False
+        ).cpu()
         ds, c = self.val_ds, self.cfg
         return np.stack(
             [
@@ -330,6 +352,7 @@ class SemanticRecipe:
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.precision.state_dict(),
             "sam_labels": {int(k): torch.from_numpy(v) for k, v in self.sam_labels.items()},
         }
 
@@ -338,6 +361,7 @@ class SemanticRecipe:
         if self.teacher is not None and state["teacher"] is not None:
             self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_state_dict(state.get("scaler"))
         self.sam_labels = {int(k): v.numpy() for k, v in state["sam_labels"].items()}
 
     def summary(self, final: dict[str, Any]) -> dict[str, Any]:
@@ -351,6 +375,9 @@ class SemanticRecipe:
                 [None if np.isnan(v) else float(v) for v in final["per_class_iou"]] if final else None
             ),
             "encoder_calls": self.engine.stats.encoder_calls if self.engine is not None else None,
+            "reencoded_images": self.embedded.reencoded if self.embedded is not None else None,
+            "device": str(self.device),
+            "precision": self.precision.name,
             "images": len(self.train_ds),
         }
 
