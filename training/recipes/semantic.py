@@ -143,7 +143,7 @@ class SemanticRecipe:
     def prepare(self) -> None:
         """Embed every training image once (sesam) or pre-generate naive labels (naive-sam)."""
         c = self.cfg
-        if c.mode not in _WITH_SAM:
+        if c.mode not in _WITH_SAM or self.engine is not None:
             return
         self.engine = build_engine(engine_config(c.engine, self.device))
         ds = self.train_ds
