@@ -51,7 +51,7 @@ lint: install
 
 test: install
 	$(VENV)/bin/ruff check models serving sesam training export tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 serve: install-serve
 	$(SERVE_VENV)/bin/bentoml serve serving.service:SegmentationService --host $(SERVE_HOST) --port $(SERVE_PORT)

@@ -1,10 +1,13 @@
 """The generic training loop every task shares; a task only brings a recipe (`training.recipes`).
 
-The loop owns what does not depend on the task: seeded iterations (a resumed run sees exactly the
-batches an uninterrupted run would), resume from `out_dir/last.pt` with the settings check, DDP
-rank bookkeeping, the evaluation schedule, atomic checkpoints, metrics (CSV, optional
-TensorBoard), progress and the summary. Modelled on detectron2's `train_loop`: the loop calls the
-recipe's hooks and never looks inside a batch.
+The loop owns what does not depend on the task: the iteration count (a resumed run restarts at the
+iteration after its checkpoint; recipes derive batches and random draws from (seed, iteration), so
+it sees exactly the batches an uninterrupted run would), the learning-rate schedule, resume from
+`out_dir/last.pt` with the settings check, DDP bookkeeping (rank 0 evaluates, logs and writes;
+every rank writes `rank<r>.json` under torchrun), the evaluation schedule, atomic checkpoints,
+metrics (CSV; TensorBoard scalars when it is installed), progress and the summary. Devices and
+precision belong to the recipes (`models.device`). Modelled on detectron2's `train_loop`: the loop
+calls the recipe's hooks and never looks inside a batch.
 """
 
 from __future__ import annotations
@@ -220,6 +223,9 @@ class TrainLoop:
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
+        """Resume if a checkpoint exists, prepare, run the remaining iterations (evaluating every
+        `eval_every` and at the end, checkpointing every `checkpoint_every` and at the end), then
+        write the outputs and `summary.json`; returns the summary."""
         c, recipe = self.cfg, self.recipe
         resumed = self.load_checkpoint()
         recipe.prepare()
