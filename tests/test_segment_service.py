@@ -19,10 +19,9 @@ from serving.cli import serve_command
 from serving.client import ServiceError, SesamClient
 from serving.codec import decode_instances, decode_labels
 from serving.config import SHIPPED_STUDENT
-from tests.conftest import REPO, free_port, running_server
+from tests.conftest import REPO, free_port, require_data, running_server
 
 MAX_IMAGES = 3
-PENNFUDAN = REPO.parent / "shared" / "data" / "pennfudan"
 MAX_PIXELS = 1_000_000
 
 # (task, runtime, adaptive batching): the batcher path and the in-process path both get served
@@ -210,8 +209,7 @@ def test_instance_students_answer_blank_and_real_images(served) -> None:
     blank = segment(_png(np.zeros((64, 64, 3), np.uint8)))
     assert blank.status_code == 200 and blank.json()["runtime"] == runtime
     assert blank.json()["results"][0]["instances"] == []
-    assert (PENNFUDAN / "PNGImages").is_dir(), f"Penn-Fudan is missing at {PENNFUDAN} (shared/data)"
-    photo = sorted((PENNFUDAN / "PNGImages").glob("*.png"))[0].read_bytes()
+    photo = sorted((require_data("pennfudan") / "PNGImages").glob("*.png"))[0].read_bytes()
     found = segment(photo).json()["results"][0]["instances"]
     assert found and all(i["class_name"] == "pedestrian" and i["score"] >= 0.5 for i in found)
     none = segment(photo, min_score="1.0")

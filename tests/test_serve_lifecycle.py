@@ -23,8 +23,6 @@ from PIL import Image
 from serving.cli import serve_command
 from tests.conftest import REPO, free_port
 
-PENNFUDAN = REPO.parent / "shared" / "data" / "pennfudan"
-
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", SESAM_BACKEND="classical", SESAM_BATCHING="0")

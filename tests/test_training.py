@@ -18,7 +18,7 @@ from PIL import Image
 
 from models.students import build_student, load_student, predict_logits, save_student, student_registry
 from models.weak import save_weak_labels
-from tests.conftest import REPO
+from tests.conftest import REPO, require_data
 from training.augment import View, random_view
 from training.data import WeakDataset
 from training.losses import ema_update, sesam_loss, sesam_targets
@@ -415,12 +415,11 @@ def test_tensorboard_scalars_when_available(tmp_path, monkeypatch) -> None:
 
 
 def test_shipped_student_loads_and_segments_camvid(camvid_image) -> None:
-    from tests.conftest import CAMVID
-
+    camvid = require_data("camvid")
     model, meta = load_student(REPO / "models" / "weights" / "camvid_student.pt")
     assert meta["num_classes"] == 11 and meta["mode"] == "sesam" and len(meta["class_names"]) == 11
-    stem = (CAMVID / "val.txt").read_text().split()[0]
-    gt = np.asarray(Image.open(CAMVID / "labels" / "val" / f"{stem}.png"))
+    stem = (camvid / "val.txt").read_text().split()[0]
+    gt = np.asarray(Image.open(camvid / "labels" / "val" / f"{stem}.png"))
     small = torch.from_numpy(camvid_image[::2, ::2].copy()).permute(2, 0, 1)[None]
     logits = F.interpolate(predict_logits(model, small), size=gt.shape, mode="bilinear", align_corners=False)
     pred = logits.argmax(1)[0].numpy()

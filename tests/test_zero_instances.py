@@ -17,9 +17,8 @@ from models.engine import read_image
 from models.instance_students import InstanceSegmenter, instances_at_size, instances_from_outputs
 from models.student_runtime import load_segmenter
 from models.students import SHIPPED_INSTANCE_STUDENT
-from tests.conftest import REPO
+from tests.conftest import require_data
 
-PENNFUDAN = REPO.parent / "shared" / "data" / "pennfudan"
 BLANK = np.zeros((64, 64, 3), np.uint8)
 
 
@@ -40,8 +39,7 @@ def shipped_onnx(pennfudan_export) -> InstanceSegmenter:
 
 @pytest.fixture(scope="module")
 def pedestrian_files() -> list:
-    folder = PENNFUDAN / "PNGImages"
-    assert folder.is_dir(), f"Penn-Fudan is missing at {PENNFUDAN} (shared/data): this floor needs it"
+    folder = require_data("pennfudan") / "PNGImages"
     return sorted(folder.glob("*.png"))[:2]
 
 
