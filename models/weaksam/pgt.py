@@ -1,11 +1,13 @@
 """Adaptive pseudo ground truth (WeakSAM, paper 004, Algorithm 2): detections -> PGT boxes.
 
 Per tagged class y (lines 1-11): the class's boxes, scores min-max normalised to [0, 1], boxes with
-normalised score > tau_s kept. Then (lines 12-18) a kept box b_j is dropped when it is mostly
-contained in another kept box of its class: |b_j & b_k| / |b_j| >= tau_o for some k != j (the
-paper writes "all overlaps < tau_o" to keep). Normalising per class lets one threshold serve every
-class, so a class whose boxes all score low still gets its best box (the paper's PGT
-incompleteness).
+normalised score > tau_s kept (when all of a class's scores are equal, e.g. it has one box, the
+normalisation is 0 / 0: every box of the class is kept). Then (lines 12-18) a kept box b_j is
+dropped when it is mostly contained in another kept box of its class: |b_j & b_k| / |b_j| >= tau_o
+for some k != j (the paper writes "all overlaps < tau_o" to keep). Normalising per class lets one
+threshold serve every class, so a class whose boxes all score low still gets its best box (the
+paper's PGT incompleteness). The defaults are the paper's (App. H, following SoS-WSOD):
+tau_s = 0.3, tau_o = 0.85.
 
 `variant="authors"` follows hustvl/WeakSAM `retraining/SoS-WSOD/tools/adaptive_pgt.py` (`pgt`):
 scores are divided by (max - min) without subtracting the minimum; the first (here: the
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 PGT_VARIANTS = ("paper", "authors")
+TAU_S, TAU_O = 0.3, 0.85  # Algorithm 2's thresholds, the paper's App. H
 
 
 def containment(boxes: np.ndarray) -> np.ndarray:
@@ -41,13 +44,14 @@ def adaptive_pgt(
     scores: np.ndarray,
     labels: np.ndarray,
     tags: Sequence[int],
-    tau_s: float = 0.5,
-    tau_o: float = 0.85,
+    tau_s: float = TAU_S,
+    tau_o: float = TAU_O,
     variant: str = "paper",
 ) -> np.ndarray:
     """Indices (ascending) of the detections kept as pseudo ground truth.
 
-    boxes Nx4, scores N, labels N (class ids) of one image's detections; tags: its classes."""
+    boxes Nx4, scores N, labels N (class ids) of one image's detections; tags: its classes
+    (detections of other classes are never kept)."""
     if variant not in PGT_VARIANTS:
         raise ValueError(f"pgt variant {variant!r} unknown; choose one of {PGT_VARIANTS}")
     boxes, scores, labels = np.asarray(boxes, float), np.asarray(scores, float), np.asarray(labels, int)
