@@ -1,12 +1,19 @@
 """WeakSAM's training side (paper 004): proposals for a folder, the WSOD head trained on them from
-image tags, and the pseudo instances (WSIS) written as a COCO dataset a student trains on.
+image tags, the pseudo instances (WSIS) written as a COCO dataset a student trains on, and the
+Faster R-CNN retrained on the pseudo boxes under RoI drop.
 
 `sesam weaksam proposals` -> `sesam weaksam train-wsod` -> `sesam weaksam instances` ->
-`sesam train` (mode supervised-instance or wish, dataset coco, data_root = the instances folder).
+`sesam train` (mode supervised-instance or wish, dataset coco, data_root = the instances folder);
+`sesam weaksam retrain` on the same folder -> `detector.pt`, scored by `sesam weaksam eval`
+(`training.weaksam_eval`) and usable as the pseudo boxes' source (`sesam weaksam instances
+--detector`).
 
 Every step is resumable: proposals are one JSON per image (skipped when present), the WSOD head
-checkpoints `last.pt` atomically and continues from it with the same settings, the instances
-step keeps one JSON per image and assembles the COCO file at the end.
+and the detector checkpoint `last.pt` atomically and continue from it with the same settings
+(`iterations`, `checkpoint_every` and `device` may change), the instances step keeps one JSON per
+image and assembles the COCO file at the end. The WSOD head and the detector train on `device`
+(models are built on the CPU from the seed, then moved, so the random draws are the same
+everywhere); both train in fp32 on every device.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from models.config import setting
+from models.device import DEVICE_HELP, check_device_name, resolve_device
 from models.engine import PromptableSegmenter, read_image
 from models.engine.validation import list_images
 from models.io import atomic_write, save_json
@@ -32,10 +40,11 @@ from models.progress import progress_bar
 from models.refine.weaksam import WeakSAMLabeler
 from models.students import normalize, pad_to_multiple
 from models.weak import load_weak_labels
+from models.weaksam.detector import faster_rcnn, image_tensor, save_detector
 from models.weaksam.proposals import ProposalOptions, weaksam_proposals
 from models.weaksam.wsod import SEED_RULES, WSODHead, save_wsod, wsod_losses
 
-RESUME_FREE = ("iterations", "checkpoint_every")  # settings a resumed run may change
+RESUME_FREE = ("iterations", "checkpoint_every", "device")  # settings a resumed run may change
 
 
 def resume(
@@ -88,7 +97,9 @@ def folder_proposals(
     limit: int | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """`out/<stem>.json` {boxes, scores, sources, tags} for every image with tags (resumable)."""
+    """`out/<stem>.json` {boxes, scores, sources, tags} for every image (the first `limit`), and
+    `out/summary.json`; an image whose proposals file exists is skipped (resume). Every image needs
+    tags: one without stops the run with an error naming its weak-label file."""
     stems = list(list_images(images).items())[:limit]
     if not stems:
         raise ValueError(f"--images {images}: no images found")
@@ -127,7 +138,8 @@ def folder_proposals(
 
 @dataclass
 class WSODConfig:
-    """The WSOD head's training (OICR / MIST on WeakSAM-proposals); sizes are budget choices for a CPU."""
+    """The WSOD head's training (OICR / MIST on WeakSAM-proposals); sizes are budget choices for a CPU,
+    not the paper's (VGG-16 OICR / MIST)."""
 
     student: str = setting("fpn-mobilenetv2", help="the backbone: a registered semantic student's encoder")
     refinements: int = setting(3, help="OICR refinement branches K (OICR's 3)")
@@ -141,8 +153,10 @@ class WSODConfig:
     max_proposals: int = setting(300, help="proposals per image and step: a random subset beyond this")
     seed: int = setting(0, help="initial weights and image / proposal sampling")
     checkpoint_every: int = setting(50, help="write last.pt every N steps (and at the end)")
+    device: str = setting("auto", help=DEVICE_HELP)
 
     def validate(self, source: str = "wsod settings") -> None:
+        check_device_name(self.device, f"{source}: device")
         if self.seed_rule not in SEED_RULES:
             raise ValueError(f"{source}: seed_rule {self.seed_rule!r} unknown; choose one of {SEED_RULES}")
         if min(self.iterations, self.batch_size, self.max_proposals, self.checkpoint_every) < 1:
@@ -162,10 +176,12 @@ def _scaled(image: np.ndarray, scale: float) -> torch.Tensor:
 def train_wsod(
     cfg: WSODConfig, images: Path, proposals: Path, out: Path, num_classes: int, quiet: bool = False
 ) -> dict[str, Any]:
-    """Train the WSOD head on every image with a proposals file; writes `out/wsod.pt`.
+    """Train the WSOD head on every image with a non-empty proposals file, on `cfg.device`; writes
+    `out/wsod.pt` and `out/summary.json`.
 
     Resumes from `out/last.pt` when its settings equal `cfg` (else refuses, naming the change)."""
     cfg.validate()
+    device = resolve_device(cfg.device)
     paths = list_images(images)
     records = {p.stem: json.loads(p.read_text()) for p in sorted(proposals.glob("*.json")) if p.stem in paths}
     records = {k: v for k, v in records.items() if v["boxes"]}
@@ -179,7 +195,7 @@ def train_wsod(
     stems = sorted(records)
     pixels = {s: _scaled(read_image(paths[s]), cfg.base_scale) for s in stems}
     torch.manual_seed(cfg.seed)
-    head = WSODHead(cfg.student, num_classes, cfg.refinements, cfg.hidden)
+    head = WSODHead(cfg.student, num_classes, cfg.refinements, cfg.hidden).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     last = out / "last.pt"
     settings = asdict(cfg) | {"num_classes": num_classes}
@@ -191,13 +207,14 @@ def train_wsod(
             rng = np.random.default_rng([cfg.seed, it])
             batch = [stems[i] for i in rng.choice(len(stems), min(cfg.batch_size, len(stems)), replace=False)]
             head.train()
-            total = torch.zeros(())
+            total = torch.zeros((), device=device)
             for stem in batch:
                 rec = records[stem]
                 boxes = torch.tensor(rec["boxes"], dtype=torch.float32)
                 if len(boxes) > cfg.max_proposals:
                     boxes = boxes[torch.from_numpy(rng.choice(len(boxes), cfg.max_proposals, replace=False))]
-                x, _ = pad_to_multiple(normalize(pixels[stem]))
+                boxes = boxes.to(device)
+                x, _ = pad_to_multiple(normalize(pixels[stem].to(device)))
                 outputs = head(x, [boxes * cfg.base_scale])[0]
                 terms = wsod_losses(outputs, boxes, rec["tags"], num_classes, cfg.seed_rule)
                 total = total + terms["total"] / len(batch)
@@ -215,6 +232,7 @@ def train_wsod(
         "resumed_at": start,
         "final_loss": history[-1] if history else None,
         "seconds": round(time.perf_counter() - started, 1),
+        "device": str(device),
         "settings": settings,
     }
     save_json(summary, out / "summary.json")
@@ -310,7 +328,9 @@ def pseudo_instances(
 
 @dataclass
 class DetectorConfig:
-    """Retraining a torchvision Faster R-CNN on PGT boxes with RoI drop (WeakSAM's Sec. 3.3)."""
+    """Retraining a torchvision Faster R-CNN on PGT boxes with RoI drop (WeakSAM's Sec. 3.2, Eq. 1-2);
+    sizes and schedule are budget choices for a CPU (the paper trains a ResNet-50 Faster R-CNN
+    with the fully supervised schedule, App. H)."""
 
     iterations: int = setting(500, help="optimisation steps (may grow on resume)")
     batch_size: int = setting(2, help="images per step")
@@ -323,8 +343,10 @@ class DetectorConfig:
     tau_reg: float = setting(1.0, help="RoI drop: regression-loss threshold (the paper's best)")
     seed: int = setting(0, help="initial weights and image sampling")
     checkpoint_every: int = setting(50, help="write last.pt every N steps (and at the end)")
+    device: str = setting("auto", help=DEVICE_HELP)
 
     def validate(self, source: str = "detector settings") -> None:
+        check_device_name(self.device, f"{source}: device")
         if self.roi_drop not in ("paper", "code", "none"):
             raise ValueError(f"{source}: roi_drop {self.roi_drop!r} unknown; choose paper, code or none")
         if min(self.iterations, self.batch_size, self.checkpoint_every) < 1:
@@ -332,18 +354,11 @@ class DetectorConfig:
 
 
 def build_detector(num_classes: int, cfg: DetectorConfig) -> torch.nn.Module:
-    """Faster R-CNN (MobileNetV3-Large FPN, random weights: nothing is downloaded) with RoI drop."""
-    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
-
+    """Faster R-CNN (MobileNetV3-Large FPN, random weights: nothing is downloaded) with RoI drop,
+    on the CPU (`models.weaksam.detector.faster_rcnn`)."""
     from models.weaksam.roi_drop import with_roi_drop
 
-    model = fasterrcnn_mobilenet_v3_large_fpn(
-        weights=None,
-        weights_backbone=None,
-        num_classes=num_classes + 1,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-    )
+    model = faster_rcnn(num_classes, cfg.min_size, cfg.max_size)
     if cfg.roi_drop != "none":
         model = with_roi_drop(model, cfg.tau_cls, cfg.tau_reg, cfg.roi_drop)
     return model
@@ -353,8 +368,11 @@ def retrain_detector(
     cfg: DetectorConfig, coco_root: Path, split: str, out: Path, quiet: bool = False
 ) -> dict[str, Any]:
     """Train the detector on the boxes of `coco_root/annotations/instances_<split>.json` (category
-    id c + 1 = class c, as `pseudo_instances` writes); `out/detector.pt`, resumable from last.pt."""
+    id c + 1 = class c, as `pseudo_instances` writes; boxes under 1 pixel wide or high are left
+    out, `iscrowd` ones are not), on `cfg.device`; `out/detector.pt` (with the file's categories,
+    so `sesam weaksam eval` matches classes by name) and `out/summary.json`, resumable from last.pt."""
     cfg.validate()
+    device = resolve_device(cfg.device)
     path = coco_root / "annotations" / f"instances_{split}.json"
     if not path.is_file():
         raise ValueError(f"{path}: no such COCO file (run sesam weaksam instances)")
@@ -375,7 +393,7 @@ def retrain_detector(
     if not items:
         raise ValueError(f"{path}: no boxes to train on")
     torch.manual_seed(cfg.seed)
-    model = build_detector(num_classes, cfg)
+    model = build_detector(num_classes, cfg).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     settings = asdict(cfg) | {"num_classes": num_classes, "coco": str(path)}
     last = out / "last.pt"
@@ -389,8 +407,8 @@ def retrain_detector(
             chosen = [
                 items[i] for i in rng.choice(len(items), min(cfg.batch_size, len(items)), replace=False)
             ]
-            images = [torch.from_numpy(read_image(p)).permute(2, 0, 1).float() / 255 for p, _, _ in chosen]
-            targets = [{"boxes": b, "labels": lab} for _, b, lab in chosen]
+            images = [image_tensor(read_image(p)).to(device) for p, _, _ in chosen]
+            targets = [{"boxes": b.to(device), "labels": lab.to(device)} for _, b, lab in chosen]
             losses = model(images, targets)
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
@@ -401,13 +419,8 @@ def retrain_detector(
             progress.update(task, advance=1, info=f"loss {history[-1]:.3f} RoIs kept {kept[-1]:.0%}")
             if (it + 1) % cfg.checkpoint_every == 0 or it == cfg.iterations - 1:
                 save_state(last, settings, model, optimizer, it)
-    payload = {
-        "kind": "detector",
-        "num_classes": num_classes,
-        "settings": settings,
-        "state_dict": model.state_dict(),
-    }
-    atomic_write(out / "detector.pt", lambda tmp: torch.save(payload, tmp))
+    categories = [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in coco["categories"]]
+    save_detector(out / "detector.pt", model, num_classes, settings, categories)
     summary = {
         "images": len(items),
         "iterations": cfg.iterations,
@@ -415,6 +428,7 @@ def retrain_detector(
         "final_loss": history[-1] if history else None,
         "mean_rois_kept": float(np.mean(kept)) if kept else None,
         "seconds": round(time.perf_counter() - started, 1),
+        "device": str(device),
         "settings": settings,
     }
     save_json(summary, out / "summary.json")

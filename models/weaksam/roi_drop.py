@@ -2,12 +2,14 @@
 
 Noisy pseudo boxes show up as RoIs with large losses. Eq. 1: the drop signal of RoI i is
 d_i = 1 when l_i^cls <= tau_cls AND l_i^reg <= tau_reg, else 0; Eq. 2: the loss sums d_i-weighted
-per-RoI losses. So a RoI counts only while both of its losses stay under their thresholds. The
+per-RoI losses (here divided by the number of sampled RoIs, dropped ones included, as torchvision's
+mean is). So a RoI counts only while both of its losses stay under their thresholds. The
 authors' code (`rule="code"`) drops a RoI only when BOTH losses exceed their thresholds. The
 paper's best thresholds are tau_cls 4.0 and tau_reg 1.0.
 
-`RoIDropRoIHeads` is torchvision's `RoIHeads` with this loss in training; `with_roi_drop` puts it
-into any torchvision Faster R-CNN.
+`RoIDropRoIHeads` is torchvision's `RoIHeads` with this loss in training (box losses only: a
+Mask or Keypoint R-CNN's extra branches are not run); `with_roi_drop` puts it into any torchvision
+Faster R-CNN. At inference the heads are torchvision's, unchanged.
 """
 
 from __future__ import annotations
@@ -47,13 +49,14 @@ def per_roi_losses(
     background RoIs). Their means over N are torchvision's `fastrcnn_loss`."""
     cls = F.cross_entropy(class_logits, labels, reduction="none")
     n = class_logits.shape[0]
-    deltas = box_regression.reshape(n, -1, 4)[torch.arange(n), labels]
+    deltas = box_regression.reshape(n, -1, 4)[torch.arange(n, device=labels.device), labels]
     reg = F.smooth_l1_loss(deltas, regression_targets, beta=1 / 9, reduction="none").sum(1)
     return cls, reg * (labels > 0).float()
 
 
 class RoIDropRoIHeads(RoIHeads):
-    """torchvision's RoIHeads whose box losses drop RoIs by Eq. 1-2 while training."""
+    """torchvision's RoIHeads whose box losses drop RoIs by Eq. 1-2 while training (Faster R-CNN:
+    no mask or keypoint branch); unchanged in eval mode."""
 
     tau_cls: float = 4.0
     tau_reg: float = 1.0

@@ -48,7 +48,7 @@ def select_seeds(
     for i in top.tolist():
         if not kept or bool((box_iou(boxes[i : i + 1], boxes[kept]) < seed_iou).all()):
             kept.append(i)
-    return torch.as_tensor(kept, dtype=torch.long)
+    return torch.as_tensor(kept, dtype=torch.long, device=scores.device)
 
 
 def refinement_targets(
@@ -73,10 +73,12 @@ def refinement_targets(
         seed_classes += [t] * len(idx)
         seed_scores.append(scores[idx, t])
     if not seed_classes:
-        return torch.full((r,), c, dtype=torch.long), torch.zeros(r)
+        return torch.full((r,), c, dtype=torch.long, device=scores.device), torch.zeros(
+            r, device=scores.device
+        )
     overlap = box_iou(boxes, torch.cat(seed_boxes))  # RxS
     best_iou, best = overlap.max(1)
-    classes = torch.as_tensor(seed_classes)[best]
+    classes = torch.as_tensor(seed_classes, device=best.device)[best]
     labels = torch.where(best_iou >= fg_iou, classes, torch.full_like(classes, c))
     return labels, torch.cat(seed_scores)[best].detach()
 
@@ -84,8 +86,9 @@ def refinement_targets(
 class WSODHead(nn.Module):
     """Backbone + RoI features + WSDDN + K OICR branches.
 
-    forward(images Bx3xHxW normalised, proposals: B lists of Rx4 boxes in input pixels) ->
-    per image (wsddn RxC proposal scores, [K x Rx(C+1) branch logits])."""
+    forward(images Bx3xHxW normalised, proposals: a list of B tensors, image b's R_b x 4 boxes
+    (x0, y0, x1, y1) in input pixels, on the images' device) -> per image (WSDDN's R_b x C
+    proposal scores, [K branch logits R_b x (C+1)])."""
 
     def __init__(
         self, student: str, num_classes: int, refinements: int = 3, hidden: int = 512, roi_size: int = 7
@@ -135,12 +138,12 @@ def wsod_losses(
 ) -> dict[str, torch.Tensor]:
     """One image's losses: WSDDN's multi-label BCE + each OICR branch's weighted cross-entropy."""
     wsddn, branches = outputs
-    target = torch.zeros(num_classes)
+    target = torch.zeros(num_classes, device=wsddn.device)
     target[[int(t) for t in tags]] = 1.0
     image_scores = wsddn.sum(0).clamp(1e-6, 1 - 1e-6)
     terms = {"wsddn": F.binary_cross_entropy(image_scores, target)}
     previous = wsddn.detach()
-    refine = torch.zeros(())
+    refine = torch.zeros((), device=wsddn.device)
     for logits in branches:
         labels, weights = refinement_targets(boxes, previous, tags, fg_iou, rule)
         refine = refine + (weights * F.cross_entropy(logits, labels, reduction="none")).mean()
