@@ -1,6 +1,8 @@
-"""WeakSAM's pieces on hand-made inputs: Algorithm 2 (both variants), the RoI-drop rule (both
-variants) inside a torchvision Faster R-CNN, OICR / MIST refinement targets, the WSOD head, and
-proposal generation on a scripted segmenter."""
+"""WeakSAM's pieces on hand-made inputs: the paper's settings (Algorithm 1's pixel kernel and tau,
+Algorithm 2's thresholds), Algorithm 2 (both variants), the RoI-drop rule (both variants) inside a
+torchvision Faster R-CNN, OICR / MIST refinement targets, the WSOD head, proposal generation on a
+scripted segmenter, the retrained detector's evaluation (AP50, CorLoc) and use as the pseudo
+boxes' source, and the device the WSOD head and the detector train on."""
 
 from __future__ import annotations
 
@@ -11,10 +13,68 @@ import pytest
 import torch
 
 from models.weaksam.pgt import adaptive_pgt, containment
-from models.weaksam.proposals import ProposalOptions, cam_peak_points, grid_points, weaksam_proposals
+from models.weaksam.proposals import (
+    ProposalOptions,
+    cam_peak_points,
+    grid_points,
+    kernel_cells,
+    weaksam_proposals,
+)
 from models.weaksam.roi_drop import per_roi_losses, roi_keep, with_roi_drop
 from models.weaksam.wsod import WSODHead, detection_scores, refinement_targets, select_seeds, wsod_losses
 from tests.scripted import ScriptedSegmenter
+
+
+# -- the paper's settings (App. H) ---------------------------------------------------------------
+def test_defaults_are_the_papers_values() -> None:
+    """Algorithm 1: k = 128 image pixels and tau = 0.9 (WeakTr's); Algorithm 2: tau_s = 0.3 and
+    tau_o = 0.85 (SoS-WSOD's), in the options and in `adaptive_pgt` itself."""
+    import inspect
+
+    from models.config import from_mapping
+    from models.refine.weaksam import WeakSAMOptions
+
+    options = WeakSAMOptions()
+    assert (options.peak_kernel_px, options.peak_threshold) == (128, 0.9)
+    assert (options.tau_s, options.tau_o) == (0.3, 0.85)
+    assert (ProposalOptions().peak_kernel_px, ProposalOptions().peak_threshold) == (128, 0.9)
+    defaults = inspect.signature(adaptive_pgt).parameters
+    assert (defaults["tau_s"].default, defaults["tau_o"].default) == (0.3, 0.85)
+    with pytest.raises(
+        ValueError, match="peak_kernel_px now"
+    ):  # the old cell-unit setting says where it went
+        from_mapping(ProposalOptions, {"peak_kernel": 3})
+
+
+def test_the_pixel_kernel_becomes_odd_cam_cells() -> None:
+    """k / stride rounded to the nearest odd number of cells (ties up), at least 1."""
+    assert [kernel_cells(128, s) for s in (1, 8, 16, 32)] == [129, 17, 9, 5]
+    assert kernel_cells(100, 16) == 7 and kernel_cells(90, 16) == 5 and kernel_cells(8, 16) == 1
+    assert ProposalOptions().peak_kernel_cells == 9  # 128 px at the default stride 16
+    assert ProposalOptions(peak_stride=8).peak_kernel_cells == 17
+    with pytest.raises(ValueError, match="peak_kernel_px"):
+        ProposalOptions(peak_kernel_px=0).validate()
+
+
+def test_default_peaks_follow_algorithm_1_in_pixels() -> None:
+    """Two peaks of one class 56 px apart (within k/2 = 64 px) are one peak; a peak at 0.8 (under
+    tau = 0.9) is none. The old defaults (3 cells, tau 0.5) kept all three."""
+    cams = torch.zeros(1, 64, 320)
+    cams[0, 24:32, 16:24] = 1.0
+    cams[0, 24:32, 72:80] = 0.95
+    cams[0, 24:32, 240:248] = 0.8
+    o = ProposalOptions(peak_stride=8)
+    points, _ = cam_peak_points(cams, [0], o.peak_kernel_cells, o.peak_threshold, o.peak_stride)
+    assert points.tolist() == [[20.0, 28.0]]
+    old, _ = cam_peak_points(cams, [0], 3, 0.5, 8)
+    assert len(old) == 3
+
+
+def test_adaptive_pgt_keeps_a_box_over_the_papers_tau_s() -> None:
+    """Normalised scores [1, 0.4, 0]: tau_s = 0.3 keeps the box at 0.4 (0.5 would not)."""
+    boxes = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]], float)
+    assert adaptive_pgt(boxes, np.array([0.9, 0.5, 0.1]), np.zeros(3, int), tags=[0]).tolist() == [0, 1]
+
 
 # -- Algorithm 2 ---------------------------------------------------------------------------------
 BOXES = np.array(
@@ -183,7 +243,7 @@ def test_proposals_from_cam_peaks() -> None:
     engine = ScriptedSegmenter(objects)
     handle = engine.embed([np.zeros((64, 96, 3), np.uint8)])[0]
     cams = torch.zeros(3, 64, 96)
-    cams[2, 44:52, 60:80] = 1.0  # class 2 fires on object b
+    cams[2, 40:56, 56:80] = 1.0  # class 2 fires on object b (whole 8 x 8 cells: 1.0 after pooling)
     cams[0, 10:12, 12:14] = 0.3  # class 0 fires weakly (below tau): no peak
     points, owners = cam_peak_points(cams, tags=[0, 2], kernel=3, threshold=0.5, stride=8)
     assert owners and set(owners) == {2} and all(objects[1][int(y), int(x)] for x, y in points)
@@ -318,3 +378,241 @@ def test_weaksam_labeler_turns_tags_into_instances() -> None:
     assert (result.labels[~(a | b)] == 255).all()
     only_b = labeler.refine(image, WeakLabels(64, 96, tags=[2]))
     assert set(np.unique(only_b.labels)) == {2, 255} and (only_b.labels[b] == 2).all()
+
+
+# -- the retrained detector: evaluation and use ---------------------------------------------------
+def _truth_by_hand():
+    """Two images: image 1 has a class-1 box A and a class-2 box B, image 2 a class-1 box C."""
+    from training.weaksam_eval import BoxTruth
+
+    def ann(n, image_id, cat, box):
+        x0, y0, x1, y1 = box
+        return {
+            "id": n,
+            "image_id": image_id,
+            "category_id": cat,
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "area": (x1 - x0) * (y1 - y0),
+            "iscrowd": 0,
+        }
+
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.png", "height": 100, "width": 100} for i in (1, 2)],
+        "annotations": [
+            ann(1, 1, 1, (0, 0, 40, 40)),
+            ann(2, 1, 2, (50, 50, 90, 90)),
+            ann(3, 2, 1, (10, 10, 60, 60)),
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    }
+    return BoxTruth("hand", "val", coco, {1: None, 2: None})
+
+
+def test_ap50_and_corloc_by_hand() -> None:
+    """Class 1: image 1's top box hits A (0.9), image 2's top box misses C (0.7) and its second hits
+    (0.6): CorLoc 1/2; AP50 from TP, FP, TP over 2 boxes = (51 x 1 + 50 x 2/3) / 101 (COCO's 101
+    recall points). Class 2: the top box misses B (0.8), a weaker one hits (0.3): CorLoc 0, AP50 1/2."""
+    from training.weaksam_eval import evaluate_detections
+
+    far = [95, 95, 99, 99]
+    detections = {
+        1: (
+            np.array([[0, 0, 40, 40], far, [50, 50, 90, 90]], float),
+            np.array([0.9, 0.8, 0.3]),
+            np.array([1, 2, 2]),
+        ),
+        2: (np.array([far, [10, 10, 60, 60]], float), np.array([0.7, 0.6]), np.array([1, 1])),
+    }
+    report = evaluate_detections(_truth_by_hand(), detections)
+    cat = (51 + 50 * 2 / 3) / 101
+    assert report["per_class"]["cat"]["CorLoc"] == 0.5 and report["per_class"]["dog"]["CorLoc"] == 0.0
+    assert report["CorLoc"] == 0.25 and report["per_class"]["cat"]["images"] == 2
+    assert report["per_class"]["cat"]["AP50"] == pytest.approx(cat, abs=1e-6)
+    assert report["per_class"]["dog"]["AP50"] == pytest.approx(0.5, abs=1e-6)
+    assert report["AP50"] == pytest.approx((cat + 0.5) / 2, abs=1e-6)
+    assert report["detections"] == 5 and report["ground_truth_boxes"] == 3
+    nothing = evaluate_detections(_truth_by_hand(), {})
+    assert nothing["AP50"] == 0.0 and nothing["CorLoc"] == 0.0
+
+
+def test_pennfudan_annotation_boxes_and_class_map(tmp_path) -> None:
+    from training.weaksam_eval import class_map, pennfudan_annotation
+
+    text = (
+        "Image size (X x Y x C) : 559 x 536 x 3\n"
+        'Bounding box for object 1 "PASpersonWalking" (Xmin, Ymin) - (Xmax, Ymax) : (160, 182) - (302, 431)\n'
+        'Bounding box for object 2 "PASpersonWalking" (Xmin, Ymin) - (Xmax, Ymax) : (420, 171) - (535, 486)\n'
+    )
+    (tmp_path / "a.txt").write_text(text)
+    size, boxes = pennfudan_annotation(tmp_path / "a.txt")
+    assert size == (536, 559) and boxes == [[159, 181, 302, 431], [419, 170, 535, 486]]
+    # by name: a CamVid-named detector's pedestrian (category 10 = class 9) is Penn-Fudan's category 1
+    camvid = [{"id": 9, "name": "car"}, {"id": 10, "name": "pedestrian"}]
+    assert class_map(camvid, 11, {1: "pedestrian"}) == {9: 1}
+    assert class_map([], 2, {1: "a", 2: "b", 5: "c"}) == {0: 1, 1: 2}  # no names: by id
+
+
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory):
+    """A random 2-class detector checkpoint (categories a, b) and a 2-image COCO split with boxes."""
+    from models.io import save_png
+    from models.weaksam.detector import faster_rcnn, save_detector
+
+    root = tmp_path_factory.mktemp("tiny_detector")
+    torch.manual_seed(0)
+    model = faster_rcnn(2, min_size=64, max_size=96)
+    settings = {"min_size": 64, "max_size": 96, "iterations": 0}
+    save_detector(root / "detector.pt", model, 2, settings, [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in (1, 2):
+        save_png(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8), root / "coco" / "val" / f"im{i}.png")
+        images.append({"id": i, "file_name": f"im{i}.png", "height": 64, "width": 96})
+        anns.append(
+            {"id": i, "image_id": i, "category_id": 2, "bbox": [10, 10, 40, 30], "area": 1200, "iscrowd": 0}
+        )
+    coco = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
+    (root / "coco" / "annotations").mkdir(parents=True)
+    (root / "coco" / "annotations" / "instances_val.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_weaksam_eval_cli_writes_the_table_and_json(tiny_detector, capsys) -> None:
+    from sesam.cli import main
+
+    out = tiny_detector / "eval.json"
+    args = [
+        "weaksam",
+        "eval",
+        "--detector",
+        str(tiny_detector / "detector.pt"),
+        "--data",
+        str(tiny_detector / "coco"),
+    ]
+    assert main([*args, "--split", "val", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| AP50 | CorLoc |" in printed and str(out) in printed
+    report = json.loads(out.read_text())
+    assert report["images"] == 2 and report["ground_truth_boxes"] == 2 and report["device"] == "cpu"
+    assert 0 <= report["AP50"] <= 1 and 0 <= report["CorLoc"] <= 1
+    assert report["class_map"] == {"a": "a", "b": "b"} and report["detections"] > 0
+    assert main([*args, "--split", "val", "--device", "tpu"]) == 2
+
+
+def test_weaksam_labeler_takes_the_retrained_detectors_boxes(tiny_detector) -> None:
+    """scorer detector: the detector's boxes of the tagged classes -> Algorithm 2 -> SAM box prompts;
+    no CAM is read (the labeler has none); tags beyond the detector's classes are refused."""
+    from models.refine.weaksam import WeakSAMLabeler, WeakSAMOptions
+    from models.weak import WeakLabels
+    from models.weaksam.detector import detect, load_detector
+
+    a, b = _objects()
+    engine = ScriptedSegmenter([a, b])
+    image = np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    options = WeakSAMOptions(scorer="detector", detector=str(tiny_detector / "detector.pt"))
+    labeler = WeakSAMLabeler(engine, options, cams=None)
+    result = labeler.refine(image, WeakLabels(64, 96, tags=[1]))
+    model = load_detector(tiny_detector / "detector.pt")[0]
+    boxes, scores, labels = detect(model, image, [1])
+    assert set(labels.tolist()) == {1} and set(detect(model, image)[2].tolist()) == {0, 1}
+    expected = adaptive_pgt(boxes, scores, labels, tags=[1])
+    assert result.extra["proposals"] == result.extra["detections"] == len(boxes)
+    assert len(result.instances) == len(expected) > 0
+    assert {i["class_id"] for i in result.instances} == {1}
+    assert [i["box"] for i in result.instances] == [[round(float(v), 1) for v in boxes[k]] for k in expected]
+    assert labeler._cams is None  # the CAM was never loaded
+    with pytest.raises(ValueError, match="detector's 2 classes"):
+        labeler.refine(image, WeakLabels(64, 96, tags=[2]))
+    with pytest.raises(ValueError, match="scorer detector needs"):
+        WeakSAMOptions(scorer="detector").validate()
+
+
+# -- the device the WSOD head and the detector train on ------------------------------------------
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+
+
+def _train_on(device: str, root, monkeypatch) -> dict[str, set]:
+    """Two steps of the WSOD head and of the detector, then an evaluation, on `device`; returns the
+    devices seen on every parameter and every forward output."""
+    import models.weaksam.detector as detector_module
+    import training.weaksam as weaksam
+    from models.config import from_mapping
+    from models.io import save_png
+    from training.weaksam_eval import coco_truth, evaluate_detector
+
+    seen: dict[str, set] = {"params": set(), "outputs": set()}
+
+    def record(module, args, output) -> None:
+        seen["params"] |= {p.device.type for p in module.parameters()}
+        seen["outputs"] |= {t.device.type for t in _tensors(output)}
+
+    def hooked(build):
+        def wrapper(*args, **kwargs):
+            model = build(*args, **kwargs)
+            model.register_forward_hook(record)
+            return model
+
+        return wrapper
+
+    monkeypatch.setattr(weaksam, "WSODHead", hooked(weaksam.WSODHead))
+    monkeypatch.setattr(weaksam, "build_detector", hooked(weaksam.build_detector))
+    monkeypatch.setattr(detector_module, "faster_rcnn", hooked(detector_module.faster_rcnn))
+    rng = np.random.default_rng(0)
+    images, props, coco = root / "images", root / "props", root / "coco"
+    props.mkdir(parents=True)
+    entries, anns = [], []
+    for i in range(2):
+        img = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+        save_png(img, images / f"im{i}.png")
+        save_png(img, coco / "pseudo" / f"im{i}.png")
+        boxes = [[5, 5, 40, 30], [30, 20, 90, 60], [0, 0, 96, 64]]
+        record_ = {"tags": [1], "boxes": boxes, "scores": [1.0] * 3, "sources": ["grid"] * 3}
+        (props / f"im{i}.json").write_text(json.dumps(record_))
+        entries.append({"id": i + 1, "file_name": f"im{i}.png", "height": 64, "width": 96})
+        anns.append(
+            {"id": i + 1, "image_id": i + 1, "category_id": 2, "bbox": [10, 10, 30, 40], "area": 1200}
+        )
+    (coco / "annotations").mkdir(parents=True)
+    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    data = {"images": entries, "annotations": anns, "categories": categories}
+    (coco / "annotations" / "instances_pseudo.json").write_text(json.dumps(data))
+    small = {"hidden": 32, "refinements": 1, "iterations": 2, "device": device}
+    summary = weaksam.train_wsod(
+        from_mapping(weaksam.WSODConfig, small), images, props, root / "wsod", 2, True
+    )
+    assert summary["device"].startswith(device)
+    sizes = {"min_size": 64, "max_size": 96, "iterations": 2, "device": device}
+    cfg = from_mapping(weaksam.DetectorConfig, sizes)
+    assert weaksam.retrain_detector(cfg, coco, "pseudo", root / "det", True)["device"].startswith(device)
+    report = evaluate_detector(root / "det" / "detector.pt", coco_truth(coco, "pseudo"), device)
+    assert report["device"].startswith(device) and report["images"] == 2
+    return seen
+
+
+def test_wsod_head_and_detector_stay_on_the_cpu(tmp_path, monkeypatch) -> None:
+    seen = _train_on("cpu", tmp_path, monkeypatch)
+    assert seen == {"params": {"cpu"}, "outputs": {"cpu"}}
+    from training.weaksam import DetectorConfig, WSODConfig
+
+    for cls in (WSODConfig, DetectorConfig):
+        assert cls().device == "auto"
+        with pytest.raises(ValueError, match="device 'tpu' unknown"):
+            cls(device="tpu").validate()
+
+
+@pytest.mark.gpu
+def test_wsod_head_and_detector_train_on_cuda(tmp_path, monkeypatch) -> None:
+    seen = _train_on("cuda", tmp_path, monkeypatch)
+    assert seen == {"params": {"cuda"}, "outputs": {"cuda"}}

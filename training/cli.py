@@ -158,10 +158,19 @@ def run_weaksam_instances(args: argparse.Namespace) -> int:
 
     engine = _weaksam_engine(args)
     options = _options(args.set) | {"cam": args.cam}
+    if args.wsod and args.detector:
+        raise ValueError("--wsod and --detector: give one source of pseudo boxes")
     if args.wsod:
         options |= {"wsod": args.wsod, "scorer": "wsod"}
+    if args.detector:
+        options |= {"detector": args.detector, "scorer": "detector"}
     labeler = build_labeler("weaksam", engine, **backend_defaults("weaksam", engine.name, options))
-    names = args.class_names.split(",") if args.class_names else labeler.cams.class_names
+    if args.class_names:
+        names = args.class_names.split(",")
+    elif args.detector:
+        names = _detector_class_names(labeler.detector[1])
+    else:
+        names = labeler.cams.class_names
     if not names:
         raise ValueError("--class-names: the CAM checkpoint names no classes; give them comma-separated")
     summary = pseudo_instances(
@@ -176,6 +185,32 @@ def run_weaksam_instances(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=1))
     return 1 if summary["failed"] else 0
+
+
+def _detector_class_names(meta: dict) -> list[str]:
+    """Class c's name is the training file's category c + 1 (category ids there are class + 1)."""
+    names = {int(c["id"]): str(c["name"]) for c in meta.get("categories") or []}
+    return [names.get(c + 1, str(c + 1)) for c in range(int(meta["num_classes"]))]
+
+
+def run_weaksam_eval(args: argparse.Namespace) -> int:
+    from training.weaksam_eval import evaluate_detector, load_truth, report_table, write_report
+
+    truth = load_truth(Path(args.data), args.dataset, args.split, args.limit)
+    report = evaluate_detector(Path(args.detector), truth, args.device, args.quiet)
+    out = Path(args.out) if args.out else Path(args.detector).parent / f"eval_{truth.name}_{truth.split}.json"
+    write_report(report, out)
+    print(report_table([(Path(args.detector).name, report)]))
+    if len(report["per_class"]) > 1:
+        print("\n| class | images | AP50 | CorLoc |\n|---|---|---|---|")
+        for name, row in report["per_class"].items():
+            ap, loc = row.get("AP50"), row.get("CorLoc")
+            print(
+                f"| {name} | {row.get('images', 0)} | {'-' if ap is None else f'{100 * ap:.1f}'} | "
+                f"{'-' if loc is None else f'{100 * loc:.1f}'} |"
+            )
+    print(f"\nresults: {out}")
+    return 0
 
 
 def run_weaksam_retrain(args: argparse.Namespace) -> int:
@@ -217,9 +252,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     from models.cam import SHIPPED_CAM
     from models.cli import add_engine_args
+    from models.device import DEVICE_HELP
 
     ws = subparsers.add_parser(
-        "weaksam", help="WeakSAM from image tags: proposals, WSOD head, pseudo instances"
+        "weaksam", help="WeakSAM from image tags: proposals, WSOD head, pseudo instances, retraining, eval"
     )
     ws_sub = ws.add_subparsers(dest="weaksam_command", metavar="SUBCOMMAND")
     common = argparse.ArgumentParser(add_help=False)
@@ -251,7 +287,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--weak", required=True, help="weak labels with tags (<stem>.json)")
     i.add_argument("--cam", default=str(SHIPPED_CAM), help="CAM checkpoint")
     i.add_argument("--wsod", default=None, help="a trained WSOD head (else proposals are scored by the CAM)")
-    i.add_argument("--class-names", default=None, help="comma-separated (default: the CAM checkpoint's)")
+    i.add_argument(
+        "--detector",
+        default=None,
+        help="a retrained detector (`sesam weaksam retrain`): its detections become the pseudo boxes",
+    )
+    i.add_argument(
+        "--class-names",
+        default=None,
+        help="comma-separated (default: the CAM checkpoint's; with --detector the detector's categories)",
+    )
     i.add_argument(
         "--split", default="pseudo", help="the COCO split name: annotations/instances_<split>.json"
     )
@@ -268,6 +313,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting (docs/settings.md)"
     )
     rt.set_defaults(func=run_weaksam_retrain)
+    ev = ws_sub.add_parser(
+        "eval", help="box AP50 and CorLoc of a retrained detector on Penn-Fudan or a COCO file"
+    )
+    ev.add_argument("--detector", required=True, help="the detector.pt `sesam weaksam retrain` wrote")
+    ev.add_argument(
+        "--data", required=True, help="Penn-Fudan folder, or a COCO root (annotations/instances_<split>.json)"
+    )
+    ev.add_argument("--dataset", default="auto", choices=("auto", "pennfudan", "coco"))
+    ev.add_argument("--split", default=None, help="pennfudan: train, val (default) or all; coco: val2017 ...")
+    ev.add_argument(
+        "--out", default=None, help="results JSON (default: eval_<dataset>_<split>.json beside the detector)"
+    )
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
+    ev.add_argument("--limit", type=int, default=None, help="only the first N images")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=run_weaksam_eval)
     ws.set_defaults(func=lambda a: (ws.print_help(), 2)[1])
 
     ei = subparsers.add_parser("eval-instances", help="COCO mask AP of instance predictions (prints JSON)")
