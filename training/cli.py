@@ -1,4 +1,6 @@
-"""`sesam weak derive` (protocols) and `sesam eval-labels` (metrics)."""
+"""The training-side commands: `sesam train`, `sesam weak derive` (protocols), `sesam weaksam
+proposals / train-wsod / instances / retrain / eval` (paper 004), `sesam eval-instances` (mask AP)
+and `sesam eval-labels` (label metrics)."""
 
 from __future__ import annotations
 

@@ -253,7 +253,8 @@ def pseudo_instances(
     instances_<split>.json` with the images linked (or copied) into `out/<split>/`.
 
     Category ids are class id + 1, named by `class_names`. Per-image results live in `out/.images/`
-    (the resume state); the COCO file is assembled from them at the end."""
+    (the resume state); the COCO file is assembled from them at the end. An image the labeler
+    refuses (no tags, a tag out of range) is left out and named in the summary's `failures`."""
     stems = list(list_images(images).items())[:limit]
     if not stems:
         raise ValueError(f"--images {images}: no images found")
