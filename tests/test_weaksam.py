@@ -449,6 +449,7 @@ def test_pennfudan_annotation_boxes_and_class_map(tmp_path) -> None:
     # by name: a CamVid-named detector's pedestrian (category 10 = class 9) is Penn-Fudan's category 1
     camvid = [{"id": 9, "name": "car"}, {"id": 10, "name": "pedestrian"}]
     assert class_map(camvid, 11, {1: "pedestrian"}) == {9: 1}
+    assert class_map(camvid, 11, {1: "person", 3: "Car"}) == {8: 3}  # names only, case-insensitive
     assert class_map([], 2, {1: "a", 2: "b", 5: "c"}) == {0: 1, 1: 2}  # no names: by id
 
 

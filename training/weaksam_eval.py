@@ -14,8 +14,9 @@ both for WSOD, Table 1), on Penn-Fudan or a COCO instances file.
   ground-truth box of c (no detection of c is a miss); CorLoc is the mean over those classes.
   With one class (Penn-Fudan) it is the share of images whose best box hits a pedestrian.
 - Detector classes map to ground-truth categories by name (the checkpoint keeps its training
-  file's categories), else by id (label L = category id L); detections of classes the ground
-  truth does not have are left out and named in the report.
+  file's categories), by id (label L = category id L) only for a checkpoint without them;
+  detections of classes the ground truth does not have are left out (the report counts them in
+  `unmatched_classes`).
 """
 
 from __future__ import annotations
@@ -130,16 +131,16 @@ def load_truth(
 def class_map(
     detector_categories: Sequence[dict[str, Any]], num_classes: int, truth: dict[int, str]
 ) -> dict[int, int]:
-    """Detector class id c (label c + 1) -> ground-truth category id: by name where the detector's
-    training categories name any ground-truth category, else by id (category c + 1)."""
-    names = {str(v).lower(): k for k, v in truth.items()}
-    by_name = {
-        int(c["id"]) - 1: names[str(c["name"]).lower()]
-        for c in detector_categories
-        if str(c.get("name", "")).lower() in names
-    }
-    if by_name:
-        return by_name
+    """Detector class id c (label c + 1) -> ground-truth category id: by name (case-insensitive)
+    when the detector knows its training categories, else by id (category c + 1). Classes
+    without a counterpart are left out (an empty map when nothing matches)."""
+    if detector_categories:
+        names = {str(v).lower(): k for k, v in truth.items()}
+        return {
+            int(c["id"]) - 1: names[str(c["name"]).lower()]
+            for c in detector_categories
+            if str(c.get("name", "")).lower() in names
+        }
     return {c: c + 1 for c in range(num_classes) if c + 1 in truth}
 
 
