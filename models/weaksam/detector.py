@@ -34,9 +34,9 @@ def faster_rcnn(
 ) -> torch.nn.Module:
     """Faster R-CNN, MobileNetV3-Large FPN, random weights, `num_classes` + 1 outputs (0 =
     background). Images are resized so the shorter side is `min_size` (the longer at most
-    `max_size`). At inference detections below `score_floor` are dropped and up to
-    `MAX_DETECTIONS` x `num_classes` kept per image (torchvision's 100 per image would let the
-    classes that score highest crowd out the one asked for; `detect` keeps 100 per class)."""
+    `max_size`). At inference detections below `score_floor` are dropped and none for the cap:
+    torchvision's 100 per image (over all classes) lets the classes that score highest crowd out
+    the one asked for; `detect` keeps 100 per class instead."""
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 
     model = fasterrcnn_mobilenet_v3_large_fpn(
@@ -47,7 +47,7 @@ def faster_rcnn(
         max_size=max_size,
     )
     model.roi_heads.score_thresh = score_floor
-    model.roi_heads.detections_per_img = MAX_DETECTIONS * num_classes
+    model.roi_heads.detections_per_img = model.rpn._post_nms_top_n["testing"] * num_classes  # all of them
     return model
 
 
