@@ -605,7 +605,13 @@ def _train_on(device: str, root, monkeypatch) -> dict[str, set]:
 def test_wsod_head_and_detector_stay_on_the_cpu(tmp_path, monkeypatch) -> None:
     seen = _train_on("cpu", tmp_path, monkeypatch)
     assert seen == {"params": {"cpu"}, "outputs": {"cpu"}}
-    from training.weaksam import DetectorConfig, WSODConfig
+    from training.weaksam import DetectorConfig, WSODConfig, retrain_detector
+
+    # a rerun with no step left keeps the measured summary (it wrote nulls over it before)
+    first = json.loads((tmp_path / "det" / "summary.json").read_text())
+    cfg = DetectorConfig(min_size=64, max_size=96, iterations=2, device="cpu")
+    again = retrain_detector(cfg, tmp_path / "coco", "pseudo", tmp_path / "det", True)
+    assert again["resumed_at"] == 2 and again["final_loss"] == first["final_loss"] is not None
 
     for cls in (WSODConfig, DetectorConfig):
         assert cls().device == "auto"

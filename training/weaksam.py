@@ -80,6 +80,19 @@ def save_state(
     atomic_write(last, lambda tmp: torch.save(payload, tmp))
 
 
+def keep_measured(path: Path, summary: dict[str, Any], ran: bool) -> dict[str, Any]:
+    """A rerun that had no step left keeps the measured fields (final loss, RoIs kept, seconds) of
+    the summary it finds instead of writing nulls over them."""
+    if ran or not path.exists():
+        return summary
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return summary
+    measured = ("final_loss", "mean_rois_kept", "seconds")
+    return summary | {k: old[k] for k in measured if k in summary and old.get(k) is not None}
+
+
 def _tags_of(weak_dir: Path, stem: str, size: tuple[int, int]) -> list[int]:
     weak = load_weak_labels(weak_dir, stem, size)
     if not weak.tags:
@@ -235,6 +248,7 @@ def train_wsod(
         "device": str(device),
         "settings": settings,
     }
+    summary = keep_measured(out / "summary.json", summary, bool(history))
     save_json(summary, out / "summary.json")
     return summary
 
@@ -432,5 +446,6 @@ def retrain_detector(
         "device": str(device),
         "settings": settings,
     }
+    summary = keep_measured(out / "summary.json", summary, bool(history))
     save_json(summary, out / "summary.json")
     return summary
