@@ -431,6 +431,9 @@ def test_ap50_and_corloc_by_hand() -> None:
     assert report["per_class"]["dog"]["AP50"] == pytest.approx(0.5, abs=1e-6)
     assert report["AP50"] == pytest.approx((cat + 0.5) / 2, abs=1e-6)
     assert report["detections"] == 5 and report["ground_truth_boxes"] == 3
+    cats_only = evaluate_detections(_truth_by_hand(), detections, categories=[1])  # a detector of cats
+    assert set(cats_only["per_class"]) == {"cat"} and cats_only["ground_truth_boxes"] == 2
+    assert cats_only["AP50"] == pytest.approx(cat, abs=1e-6) and cats_only["CorLoc"] == 0.5
     nothing = evaluate_detections(_truth_by_hand(), {})
     assert nothing["AP50"] == 0.0 and nothing["CorLoc"] == 0.0
 

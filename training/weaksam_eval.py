@@ -8,7 +8,9 @@ both for WSOD, Table 1), on Penn-Fudan or a COCO instances file.
   fields as they are. People Penn-Fudan left unannotated (severely occluded or tiny, its README
   says) are background here: AP counts a detection on them as a false positive.
 - AP50: pycocotools' COCOeval, iouType `bbox`, AP at IoU 0.5 over all areas with at most 100
-  detections per image; per class where the class has ground truth in the evaluated images.
+  detections per image and class; per class where the class has ground truth in the evaluated
+  images. A detector is scored on the ground-truth categories its classes map to (a Penn-Fudan
+  detector on COCO: `person` or whatever its names match), not on classes it cannot know.
 - CorLoc (the WSOD definition): per class c, over the images with at least one (non-crowd)
   ground-truth box of c, the share whose top-scored detection of c has IoU >= 0.5 with a
   ground-truth box of c (no detection of c is a miss); CorLoc is the mean over those classes.
@@ -158,12 +160,17 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(_area(box) + _area(boxes) - inter, 1e-9)
 
 
-def corloc(truth: BoxTruth, detections: dict[int, Detections], iou: float = 0.5) -> dict[str, Any]:
-    """CorLoc over the classes present (see the module docstring): {CorLoc, per_class {name:
-    {CorLoc, images}}}; CorLoc is None when no image has a ground-truth box."""
+def corloc(
+    truth: BoxTruth,
+    detections: dict[int, Detections],
+    iou: float = 0.5,
+    categories: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """CorLoc over the classes present (see the module docstring), only `categories` when given:
+    {CorLoc, per_class {name: {CorLoc, images}}}; CorLoc is None when no image has a box."""
     gt: dict[tuple[int, int], list[list[float]]] = {}
     for a in truth.coco["annotations"]:
-        if not a.get("iscrowd", 0):
+        if not a.get("iscrowd", 0) and (categories is None or a["category_id"] in categories):
             x, y, w, h = a["bbox"]
             gt.setdefault((int(a["image_id"]), int(a["category_id"])), []).append([x, y, x + w, y + h])
     hits: dict[int, list[bool]] = {}
@@ -181,9 +188,12 @@ def corloc(truth: BoxTruth, detections: dict[int, Detections], iou: float = 0.5)
     return {"CorLoc": value, "per_class": per_class}
 
 
-def box_ap50(truth: BoxTruth, detections: dict[int, Detections]) -> dict[str, Any]:
-    """pycocotools' bbox AP at IoU 0.5 (all areas, 100 detections): {AP50, per_class {name: AP50}};
-    a class without ground truth in these images has no entry; no detections score 0."""
+def box_ap50(
+    truth: BoxTruth, detections: dict[int, Detections], categories: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """pycocotools' bbox AP at IoU 0.5 (all areas, 100 detections), over `categories` when given:
+    {AP50, per_class {name: AP50}}; a class without ground truth in these images has no entry; no
+    detections score 0."""
     from pycocotools.cocoeval import COCOeval
 
     from training.coco import load_coco
@@ -198,7 +208,13 @@ def box_ap50(truth: BoxTruth, detections: dict[int, Detections]) -> dict[str, An
         for image_id, (boxes, scores, cats) in detections.items()
         for b, s, c in zip(boxes, scores, cats)
     ]
-    present = sorted({int(a["category_id"]) for a in truth.coco["annotations"] if not a.get("iscrowd", 0)})
+    present = sorted(
+        {
+            int(a["category_id"])
+            for a in truth.coco["annotations"]
+            if not a.get("iscrowd", 0) and (categories is None or a["category_id"] in categories)
+        }
+    )
     names = truth.categories
     if not results:
         return {"AP50": 0.0, "per_class": {names[c]: 0.0 for c in present}}
@@ -207,6 +223,8 @@ def box_ap50(truth: BoxTruth, detections: dict[int, Detections]) -> dict[str, An
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, iouType="bbox")
         ev.params.imgIds = sorted(truth.paths)
+        if categories is not None:
+            ev.params.catIds = sorted(int(c) for c in categories)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -219,9 +237,13 @@ def box_ap50(truth: BoxTruth, detections: dict[int, Detections]) -> dict[str, An
     return {"AP50": max(float(ev.stats[1]), 0.0), "per_class": per_class}
 
 
-def evaluate_detections(truth: BoxTruth, detections: dict[int, Detections]) -> dict[str, Any]:
-    """AP50 and CorLoc of detections (image id -> (boxes xyxy, scores, ground-truth category ids))."""
-    ap, loc = box_ap50(truth, detections), corloc(truth, detections)
+def evaluate_detections(
+    truth: BoxTruth, detections: dict[int, Detections], categories: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """AP50 and CorLoc of detections (image id -> (boxes xyxy, scores, ground-truth category ids)),
+    over `categories` when given (a detector is scored only on the classes it knows), else over
+    every category of the ground truth."""
+    ap, loc = box_ap50(truth, detections, categories), corloc(truth, detections, categories=categories)
     per_class = {
         name: {"AP50": ap["per_class"].get(name), **loc["per_class"].get(name, {})}
         for name in sorted(set(ap["per_class"]) | set(loc["per_class"]))
@@ -230,7 +252,11 @@ def evaluate_detections(truth: BoxTruth, detections: dict[int, Detections]) -> d
         "dataset": truth.name,
         "split": truth.split,
         "images": len(truth.paths),
-        "ground_truth_boxes": sum(1 for a in truth.coco["annotations"] if not a.get("iscrowd", 0)),
+        "ground_truth_boxes": sum(
+            1
+            for a in truth.coco["annotations"]
+            if not a.get("iscrowd", 0) and (categories is None or a["category_id"] in categories)
+        ),
         "detections": int(sum(len(d[1]) for d in detections.values())),
         "AP50": ap["AP50"],
         "CorLoc": loc["CorLoc"],
@@ -276,7 +302,7 @@ def evaluate_detector(
             f"category ({', '.join(truth.categories.values())}) by name or id"
         )
     detections = detector_detections(model, classes, truth, quiet)
-    report = evaluate_detections(truth, detections)
+    report = evaluate_detections(truth, detections, sorted(set(classes.values())))
     names = {int(c["id"]) - 1: c["name"] for c in meta.get("categories") or []}
     report |= {
         "checkpoint": str(checkpoint),
