@@ -70,3 +70,37 @@ class ScriptedSegmenter(CachedSegmenter):
         c = masks.shape[1]
         stab = np.full((n, c), 0.9, np.float32)
         return Predictions(masks, iou, stab, np.zeros((n, c, 256, 256), np.float32))
+
+
+class ObjectClicks(CachedSegmenter):
+    """A click inside an object answers that object (its mask as every candidate), elsewhere
+    nothing; `scores(x, width)` gives each answer's (IoU, stability), 0.9 and 0.9 by default."""
+
+    name = "object-clicks"
+
+    def __init__(self, objects: list[np.ndarray]) -> None:
+        super().__init__()
+        self.objects = objects
+
+    def scores(self, x: float, width: int) -> tuple[object, object]:
+        return 0.9, 0.9
+
+    def _encode(self, images):
+        self.stats.encoder_calls += 1
+        return [tuple(i.shape[:2]) for i in images]
+
+    def _payload_nbytes(self, payload) -> int:
+        return 8
+
+    def _payload_size(self, payload):
+        return payload
+
+    def _decode(self, handle, prompts, multimask):
+        h, w = handle.original_size
+        out = Predictions.zeros(len(prompts), (h, w), multimask)
+        for i, p in enumerate(prompts):
+            x, y = p.points[0]
+            hit = [o for o in self.objects if o[int(y), int(x)]]
+            out.masks[i] = hit[0] if hit else np.zeros((h, w), bool)
+            out.iou[i], out.stability[i] = self.scores(x, w)
+        return out

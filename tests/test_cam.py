@@ -18,9 +18,9 @@ from models.cam import (
     normalise_cam,
     save_cam_classifier,
 )
-from models.engine import CachedSegmenter, Predictions
 from models.io import UNLABELED
 from tests.conftest import require_data
+from tests.scripted import ObjectClicks
 
 
 def test_cam_pseudo_labels_on_hand_made_maps() -> None:
@@ -117,36 +117,6 @@ def test_sesam_cam_writes_maps_and_report(tmp_path, capsys) -> None:
     assert summary["per_image"]["i0"]["tags"] == [1, 2] and summary["per_image"]["i0"]["threshold"] == 0.3
     assert main([*args, "--quiet"]) == 0  # without --weak: predicted classes; i0 resumes
     assert json.loads((out / "summary.json").read_text())["skipped_existing"] == 1
-
-
-class ObjectClicks(CachedSegmenter):
-    """A click inside an object answers that object (three identical candidates), elsewhere nothing:
-    SEPL's automatic masks on it are exactly the objects a grid point lands in."""
-
-    name = "object-clicks"
-
-    def __init__(self, objects: list[np.ndarray]) -> None:
-        super().__init__()
-        self.objects = objects
-
-    def _encode(self, images):
-        return [tuple(i.shape[:2]) for i in images]
-
-    def _payload_nbytes(self, payload) -> int:
-        return 8
-
-    def _payload_size(self, payload):
-        return payload
-
-    def _decode(self, handle, prompts, multimask):
-        h, w = handle.original_size
-        out = Predictions.zeros(len(prompts), (h, w), multimask)
-        for i, p in enumerate(prompts):
-            x, y = p.points[0]
-            hit = [o for o in self.objects if o[int(y), int(x)]]
-            out.masks[i] = hit[0] if hit else np.zeros((h, w), bool)
-            out.iou[i], out.stability[i] = 0.9, 0.9
-        return out
 
 
 class HandMadeCams:

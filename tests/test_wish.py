@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from models.engine import CachedSegmenter, Predictions
 from models.instance_students import (
     InstanceSegmenter,
     build_instance_student,
@@ -19,6 +18,7 @@ from models.instance_students import (
 from models.prompt_latents import PromptLatents
 from models.refine.wish_tags import TagPointOptions, merge_peaks, tags_to_points
 from tests.conftest import require_data
+from tests.scripted import ObjectClicks
 from training.budget import (
     COSTS,
     assign_label_kinds,
@@ -106,37 +106,14 @@ def test_self_loss_on_a_hand_made_case() -> None:
 
 
 # -- tags -> points ----------------------------------------------------------------------------
-class PeakSegmenter(CachedSegmenter):
+class PeakSegmenter(ObjectClicks):
     """Two objects; a click inside one answers that object (3 candidates); the stability of an
     answer is the clicked x divided by the width, so the right-most click of an object wins."""
 
     name = "peaks"
 
-    def __init__(self, objects: list[np.ndarray]) -> None:
-        super().__init__()
-        self.objects = objects
-
-    def _encode(self, images):
-        self.stats.encoder_calls += 1
-        return [tuple(i.shape[:2]) for i in images]
-
-    def _payload_nbytes(self, payload) -> int:
-        return 8
-
-    def _payload_size(self, payload):
-        return payload
-
-    def _decode(self, handle, prompts, multimask):
-        h, w = handle.original_size
-        out = Predictions.zeros(len(prompts), (h, w), multimask)
-        for i, p in enumerate(prompts):
-            x, y = p.points[0]
-            hit = [o for o in self.objects if o[int(y), int(x)]]
-            mask = hit[0] if hit else np.zeros((h, w), bool)
-            out.masks[i] = mask
-            out.iou[i] = [0.9, 0.5, 0.1]
-            out.stability[i] = x / w
-        return out
+    def scores(self, x: float, width: int) -> tuple[object, object]:
+        return [0.9, 0.5, 0.1], x / width
 
 
 def test_tags_to_points_merges_peaks_on_one_object_and_keeps_the_most_stable() -> None:
