@@ -16,13 +16,11 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from models.device import Precision, amp_dtype, ddp_backend, resolve_device
 from models.engine.base import backend_payload
-from models.weak import save_weak_labels
 from tests.conftest import REPO
-from tests.test_training import tiny_config, tiny_dataset
+from tests.test_training import tiny_config, tiny_dataset, write_tiny_folders
 from tests.test_wish import _config as wish_config
 from tests.test_wish import folder  # noqa: F401  (the module-scoped toy instance scene)
 from training.trainer import InstanceTrainConfig, InstanceTrainer, TrainConfig, Trainer
@@ -197,12 +195,7 @@ def test_ddp_over_nccl(tmp_path) -> None:
     """torchrun on the GPUs present (2 when there are, else 1): SeSAM with a torch SAM on each rank's
     GPU, the process group on nccl, the replicas identical at the end."""
     ranks = min(2, torch.cuda.device_count())
-    ds = tiny_dataset(8)
-    images, weak = tmp_path / "images", tmp_path / "weak"
-    images.mkdir()
-    for stem, image, labels in zip(ds.stems, ds.images, ds.weak, strict=True):
-        Image.fromarray(image).save(images / f"{stem}.png")
-        save_weak_labels(labels, weak, stem)
+    images, weak = write_tiny_folders(tmp_path, 8)
     values = {
         "mode": "sesam",
         "train_images": str(images),

@@ -169,6 +169,17 @@ def tiny_dataset(n: int = 6, seed: int = 0) -> WeakDataset:
     return WeakDataset(stems, images, weak, gts, ignore_index=None)
 
 
+def write_tiny_folders(root: Path, n: int) -> tuple[Path, Path]:
+    """`tiny_dataset(n)` written as training folders: root/images/<stem>.png, root/weak/<stem>.json."""
+    ds = tiny_dataset(n)
+    images, weak = root / "images", root / "weak"
+    images.mkdir()
+    for stem, image, labels in zip(ds.stems, ds.images, ds.weak, strict=True):
+        Image.fromarray(image).save(images / f"{stem}.png")
+        save_weak_labels(labels, weak, stem)
+    return images, weak
+
+
 def tiny_config(tmp_path: Path, mode: str, **kw) -> TrainConfig:
     values = dict(
         mode=mode,
@@ -346,12 +357,7 @@ def test_config_errors(tmp_path) -> None:
 
 
 def test_two_process_ddp(tmp_path) -> None:
-    ds = tiny_dataset(8)
-    images, weak = tmp_path / "images", tmp_path / "weak"
-    images.mkdir()
-    for stem, image, labels in zip(ds.stems, ds.images, ds.weak, strict=True):
-        Image.fromarray(image).save(images / f"{stem}.png")
-        save_weak_labels(labels, weak, stem)
+    images, weak = write_tiny_folders(tmp_path, 8)
     config = tmp_path / "ddp.yaml"
     config.write_text(
         yaml.safe_dump(
