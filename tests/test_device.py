@@ -86,7 +86,7 @@ def test_cpu_precision_step_is_the_plain_fp32_update() -> None:
 
 
 @pytest.mark.parametrize("config", [TrainConfig, InstanceTrainConfig])
-def test_configs_name_a_bad_device(config, tmp_path) -> None:
+def test_configs_name_a_bad_device(config) -> None:
     base = {"train_images": "x", "train_weak": "x"} if config is TrainConfig else {"data_root": "x"}
     with pytest.raises(ValueError, match=r"device 'gpu' unknown"):
         config.from_mapping(base | {"device": "gpu"}).validate()

@@ -70,17 +70,9 @@ class EmbeddedImages:
         """Image `index`'s handle from the cache, re-encoding it when it was evicted."""
         key = self.keys[index]
         if self.engine.cache.get(key) is not None:  # touches its recency in the LRU
-            found = self.engine.lookup(key)
-            if found is not None:
-                return found
+            return self.engine.lookup(key)
         self.reencoded += 1
         return self.engine.embed([self.load(index)])[0]
-
-    def __contains__(self, index: int) -> bool:
-        return index in self.keys
-
-    def __len__(self) -> int:
-        return len(self.keys)
 
 
 def check_reencoding(engine, embedded: EmbeddedImages, calls_after_prepare: int) -> None:
