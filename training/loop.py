@@ -57,6 +57,24 @@ def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
+def ddp_wrap(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """`model` wrapped for DistributedDataParallel when a process group is up, else `model` itself.
+
+    Buffers are not broadcast from rank 0 at each forward (as detectron2 does): the recipes run the
+    student more than once before one backward (FixMatch's two views), and a broadcast between the two
+    overwrites, in place, BatchNorm statistics that cuDNN's backward saved (seen on CUDA: "modified by
+    an inplace operation"). Each rank keeps its own running statistics; rank 0's are saved.
+    """
+    if not dist.is_initialized():
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,
+        find_unused_parameters=find_unused_parameters,
+    )
+
+
 def weights_digest(model: nn.Module, parameters_only: bool = False) -> str:
     """sha256 of the state dict (or of the parameters alone: DDP keeps those identical across ranks,
     while BatchNorm running statistics stay per rank)."""

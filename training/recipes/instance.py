@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -54,7 +53,7 @@ from training.budget import INSTANCE_KINDS, assign_label_kinds, derive_instance_
 from training.data import batch_indices
 from training.datasets import CamVidThings, CocoInstances, InstanceFolder, InstanceSample, PennFudan
 from training.embedded import EmbeddedImages, check_reencoding, engine_config
-from training.loop import LR_SCHEDULES
+from training.loop import LR_SCHEDULES, ddp_wrap
 from training.metrics import coco_mask_ap
 from training.wish import Targets, Weights, cam_loss, match, seg_loss, self_loss
 
@@ -309,13 +308,7 @@ class InstanceRecipe:
         self.precision = Precision(self.device, cfg.amp)
         torch.manual_seed(cfg.seed)
         self.model = build_instance_student(cfg.student, self.num_classes).to(self.device)
-        self._forward_model: nn.Module = self.model
-        if dist.is_initialized():
-            self._forward_model = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True,
-            )
+        self._forward_model: nn.Module = ddp_wrap(self.model, self.device, find_unused_parameters=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.weights = Weights(cfg.w_class, cfg.w_prompt, cfg.w_mask, cfg.no_object_weight)
         self.tag_options = from_mapping(TagPointOptions, cfg.tag_points, "tag_points")

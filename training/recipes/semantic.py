@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -47,6 +46,7 @@ from training.augment import center_view
 from training.data import WeakDataset, batch_indices, make_batch
 from training.datasets import CAMVID_CLASSES
 from training.embedded import EmbeddedImages, check_reencoding, engine_config
+from training.loop import ddp_wrap
 from training.losses import ema_decay, ema_update, partial_ce, sesam_loss, sesam_targets
 from training.metrics import ConfusionMatrix
 from training.protocols import class_ids_present
@@ -106,11 +106,7 @@ class SemanticRecipe:
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
         self.model: nn.Module = self.student
-        self._forward_model: nn.Module = self.student
-        if dist.is_initialized():
-            self._forward_model = nn.parallel.DistributedDataParallel(
-                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        self._forward_model: nn.Module = ddp_wrap(self.student, self.device)
         self.optimizer = torch.optim.AdamW(
             self.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
