@@ -22,8 +22,8 @@ from rich.table import Table
 from segment_anything import SamPredictor
 
 from models.engine import Prompt, read_image
+from models.engine.modeling import build_sam
 from models.engine.sam_torch import SamEngine
-from models.sam import build_sam
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 

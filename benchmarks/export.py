@@ -34,7 +34,7 @@ from export.quantize import fidelity, quantize_encoder  # noqa: E402
 from export.verify import random_prompts, sample_images  # noqa: E402
 from models.engine.sam_onnx import OnnxSamEngine  # noqa: E402
 from models.engine.sam_torch import SamEngine  # noqa: E402
-from models.onnx_runtime import read_metadata  # noqa: E402
+from models.runtime.onnx_runtime import read_metadata  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from models.engine import EngineConfig, Prompt, build_engine, read_image
 from models.io import atomic_write
-from models.visualize import overlay_masks, side_by_side
+from models.jobs.visualize import overlay_masks, side_by_side
 from training.interactive import ClickRun, mask_iou, simulate_clicks
 
 ROOT = Path(__file__).resolve().parents[1]

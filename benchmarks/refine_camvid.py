@@ -25,7 +25,7 @@ from tables import markdown_table
 
 from models.engine import EngineConfig, PromptableSegmenter, build_engine, read_image
 from models.io import atomic_write_text, read_label_png
-from models.refine import build_labeler
+from models.labels import build_labeler
 from training.datasets import CamVid, Sample
 from training.metrics import AddedLabelQuality, ConfusionMatrix
 from training.protocols import derive

@@ -401,7 +401,7 @@ def main() -> None:
             return
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     from export.onnx_export import export_student_checkpoint
-    from models.students import SHIPPED_SEMANTIC_STUDENT
+    from models.students.semantic import SHIPPED_SEMANTIC_STUDENT
 
     onnx_dir = ROOT / "runs" / "serve_load_student_onnx"
     export_student_checkpoint(SHIPPED_SEMANTIC_STUDENT, onnx_dir)

@@ -23,13 +23,13 @@ from export.onnx_export import export_student_checkpoint  # noqa: E402
 from export.quantize import quantize_student  # noqa: E402
 from models.engine import read_image  # noqa: E402
 from models.io import atomic_write_text  # noqa: E402
-from models.student_runtime import load_segmenter  # noqa: E402
+from models.students.runtime import load_segmenter  # noqa: E402
 from training.datasets import PennFudan  # noqa: E402
 from training.evaluate import camvid_pairs, instance_scores, semantic_scores  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-WEIGHTS = ROOT / "models" / "weights"
+WEIGHTS = ROOT / "models" / "students" / "weights"
 
 
 def rows_for(checkpoint: Path, work: Path, calibration: list, score) -> list[tuple[str, float, float]]:

@@ -3,7 +3,7 @@ proposal recall against a low-level proposal baseline.
 
 Part 1 (CamVid, semantic, tags derived from the dense labels): for each CAM checkpoint of `--cams`
 (each a "CAM method"; a semantic student checkpoint stands in for a good CAM, its softmax
-scores as the maps), the CAM pseudo-labels (`models.cam.cam_pseudo_labels`) alone -- the
+scores as the maps), the CAM pseudo-labels (`models.students.cam.cam_pseudo_labels`) alone -- the
 baseline -- and after SEPL with each of its rules (paper, authors, keep_pseudo) on the same
 automatic masks of the engine (default: the weight-free classical prior). mIoU over the 11
 classes with unlabeled pixels counted wrong, the share of labelled pixels, and the pixel accuracy
@@ -35,12 +35,12 @@ from rich.console import Console
 from rich.progress import track
 from tables import markdown_table
 
-from models.cam import CamPredictor, cam_pseudo_labels
 from models.engine import EngineConfig, build_engine, read_image
 from models.io import atomic_write_text, read_label_png, save_json
-from models.refine import backend_defaults, build_labeler
-from models.refine.common import RefineResult
-from models.weaksam.proposals import ProposalOptions, weaksam_proposals
+from models.labels import backend_defaults, build_labeler
+from models.labels.common import RefineResult
+from models.labels.weaksam.proposals import ProposalOptions, weaksam_proposals
+from models.students.cam import CamPredictor, cam_pseudo_labels
 from training.datasets import CamVid, PennFudan
 from training.metrics import ConfusionMatrix
 from training.protocols import class_ids_present
@@ -82,14 +82,14 @@ class StudentScores:
     signal, not what tags alone give)."""
 
     def __init__(self, path: str, threshold: float = 0.5) -> None:
-        from models.students import load_student
+        from models.students.semantic import load_student
 
         self.model, meta = load_student(path)
         self.base_scale = float(meta.get("base_scale", 1.0))
         self.threshold = threshold
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        from models.students import predict_logits
+        from models.students.semantic import predict_logits
 
         h, w = image.shape[:2]
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
@@ -265,7 +265,9 @@ def main() -> None:
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--part", default="both", choices=["1", "2", "both"])
-    p.add_argument("--cams", nargs="+", default=[str(ROOT / "models" / "weights" / "camvid_cam.pt")])
+    p.add_argument(
+        "--cams", nargs="+", default=[str(ROOT / "models" / "students" / "weights" / "camvid_cam.pt")]
+    )
     p.add_argument(
         "--threshold",
         action="append",

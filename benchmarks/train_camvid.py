@@ -11,7 +11,7 @@ the same budget and settings is reported again, not re-trained; one with other s
 with the fields named: pass --fresh). With several seeds a row gives the mean, the standard
 deviation and each seed's score. `sesam-pixel` is SeSAM with the paper's plain pixel-mean L_SAM
 (`sam_class_balanced: false`; the default averages it per class). With --ship, the seed-0 SeSAM
-scribbles student is also written (fp16) to models/weights/ for the service.
+scribbles student is also written (fp16) to models/students/weights/ for the service.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from rich.console import Console
 from rich.table import Table
 
 from models.io import atomic_write
-from models.students import load_student, save_student
+from models.students.semantic import load_student, save_student
 from training.datasets import CAMVID_CLASSES
 from training.trainer import READ_BY, TrainConfig, Trainer, config_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
-SHIPPED = ROOT / "models" / "weights" / "camvid_student.pt"
+SHIPPED = ROOT / "models" / "students" / "weights" / "camvid_student.pt"
 
 
 # benchmark rows that are a trainer mode with settings changed: name -> (mode, settings)

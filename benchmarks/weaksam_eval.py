@@ -45,9 +45,9 @@ from rich.console import Console
 from models.config import from_mapping
 from models.engine import EngineConfig, build_engine, read_image
 from models.io import atomic_write_text, save_json
-from models.refine.weaksam import WeakSAMLabeler, WeakSAMOptions
-from models.weak import WeakLabels, save_weak_labels
-from models.weaksam.detector import save_detector
+from models.labels.schema import WeakLabels, save_weak_labels
+from models.labels.weaksam.labeler import WeakSAMLabeler, WeakSAMOptions
+from models.students.detector import save_detector
 from training.datasets import PennFudan
 from training.weaksam import DetectorConfig, build_detector, pseudo_instances, retrain_detector
 from training.weaksam_eval import (
@@ -167,8 +167,8 @@ def first_step_drop(cfg: DetectorConfig, root: Path, split: str, n_images: int =
     """RoI drop at the detector's first step (its initial weights, the first `n_images` images of
     the COCO file): the share of positive and of background RoIs the paper rule keeps, and the
     positive RoIs' median losses."""
-    from models.weaksam.detector import image_tensor
-    from models.weaksam.roi_drop import per_roi_losses, roi_keep
+    from models.students.detector import image_tensor
+    from models.students.roi_drop import per_roi_losses, roi_keep
 
     coco = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
     torch.manual_seed(cfg.seed)

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from models.engine import EngineConfig, Prompt, build_engine
-from models.instance_students import InstanceSegmenter
 from models.io import atomic_write
-from models.visualize import overlay_masks, side_by_side
+from models.jobs.visualize import overlay_masks, side_by_side
+from models.students.instance import InstanceSegmenter
 from training.datasets import PennFudan
 from training.protocols import tight_box
 

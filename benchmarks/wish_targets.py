@@ -55,7 +55,7 @@ def matched_levels(student: str, limit: int | None, labels: str = "boxes") -> li
     """How often the matching picks candidate 1, 2, 3 for a trained WISH student on train images."""
     import torch
 
-    from models.instance_students import load_instance_student
+    from models.students.instance import load_instance_student
     from training.trainer import InstanceTrainConfig, InstanceTrainer
     from training.wish import match
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from models.progress import progress_bar
-from models.sam.build import sam_model_registry
+from models.engine.modeling.build import sam_model_registry
+from models.runtime.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -66,7 +66,7 @@ def _half(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from export.verify import as_rows, sample_images, verify
-    from models.onnx_runtime import read_metadata
+    from models.runtime.onnx_runtime import read_metadata
 
     kind = read_metadata(args.directory)["kind"]
     counts = tuple(args.prompts)
@@ -124,7 +124,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _quantize(args: argparse.Namespace) -> int:
     from export.quantize import fidelity, quantize_encoder, quantize_student
-    from models.onnx_runtime import read_metadata
+    from models.runtime.onnx_runtime import read_metadata
 
     if read_metadata(args.directory)["kind"] != "sam":
         images = None
@@ -147,7 +147,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def _tensorrt(args: argparse.Namespace) -> int:
     from export.tensorrt import build_engines
-    from models.tensorrt_runtime import TensorRTUnavailable
+    from models.runtime.tensorrt_runtime import TensorRTUnavailable
 
     try:
         built = build_engines(args.directory, fp16=args.fp16, workspace=args.workspace_gb << 30)

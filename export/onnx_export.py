@@ -3,7 +3,7 @@
 An export directory holds the ONNX files and `metadata.json`: what was exported (SAM type or
 student name), the preprocessing a runtime must apply (input size, normalisation, padding value),
 the files' sha256, the source checkpoint's sha256 and the versions of the tools. Runtimes
-(`models.engine.sam_onnx`, `models.students_onnx`, TensorRT, Triton) read only this directory.
+(`models.engine.sam_onnx`, `models.students.onnx_student`, TensorRT, Triton) read only this directory.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from export.sam_modules import (
     SamManyPromptDecoderOnnx,
     StudentOnnx,
 )
-from models.deps import require
+from models.engine.modeling.build import build_sam, sha256_of
 from models.io import atomic_write
-from models.onnx_runtime import EXPORT_FORMAT
-from models.sam.build import build_sam, sha256_of
-from models.students import IMAGE_MEAN, IMAGE_STD, STRIDE, load_student
+from models.runtime.deps import require
+from models.runtime.onnx_runtime import EXPORT_FORMAT
+from models.students.semantic import IMAGE_MEAN, IMAGE_STD, STRIDE, load_student
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 1 << 31  # protobuf's 2 GB limit: larger models keep weights in a .data file
@@ -413,8 +413,8 @@ def export_instance_student_module(
 
 def export_student_checkpoint(checkpoint: str | Path, out: str | Path, quiet: bool = True) -> dict[str, Any]:
     """A semantic or instance student checkpoint to ONNX (the checkpoint says which)."""
-    from models.instance_students import load_instance_student
-    from models.student_runtime import checkpoint_task
+    from models.students.instance import load_instance_student
+    from models.students.runtime import checkpoint_task
 
     if checkpoint_task(checkpoint) == "instance":
         model, info = load_instance_student(checkpoint)

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from export.onnx_export import _file_entry, write_metadata
-from models.deps import require
-from models.onnx_runtime import model_file, read_metadata
-from models.student_runtime import EXPORT_KINDS
+from models.runtime.deps import require
+from models.runtime.onnx_runtime import model_file, read_metadata
+from models.students.runtime import EXPORT_KINDS
 
 
 def _require_quantization() -> None:
@@ -93,7 +93,7 @@ class _CalibrationImages:
     does (`StudentSegmenter` / `InstanceSegmenter`), one image per batch."""
 
     def __init__(self, directory: Path, images: list[np.ndarray]) -> None:
-        from models.student_runtime import load_segmenter
+        from models.students.runtime import load_segmenter
 
         student = load_segmenter(directory, "onnx")
         captured: list[np.ndarray] = []
@@ -109,7 +109,7 @@ class _CalibrationImages:
                 student.segment([image])
             x = captured.pop()
             if student.task == "semantic":  # the graph takes multiples of the stride
-                from models.students_onnx import pad_images
+                from models.students.onnx_student import pad_images
 
                 md = student.meta
                 x = pad_images(x, int(md["stride"]), md["pad_value"])

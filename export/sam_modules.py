@@ -126,12 +126,12 @@ class SamManyPromptDecoderOnnx(SamDecoderOnnx):
     """The decoder for B prompts WITHOUT mask inputs, in `ManyPromptDecoder`'s formulation: the image
     side of the first block is projected once for all prompts and the per-prompt projections of the
     4096 image tokens are folded into the few prompt tokens (same function, fewer FLOPs; see
-    models/sam/fast_decoder.py). Inputs: image_embeddings, point_coords, point_labels, orig_im_size;
+    models/engine/modeling/fast_decoder.py). Inputs: image_embeddings, point_coords, point_labels, orig_im_size;
     outputs as `SamDecoderOnnx`. Runtimes use it when no prompt of a call carries a mask input."""
 
     def __init__(self, sam: Sam, multimask: bool = True) -> None:
         super().__init__(sam, multimask)
-        from models.sam.fast_decoder import ManyPromptDecoder
+        from models.engine.modeling.fast_decoder import ManyPromptDecoder
 
         fast = ManyPromptDecoder(sam.mask_decoder, self.image_pe)
         # its constants were made under inference_mode; export needs ordinary tensors

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.onnx_export import model_roles, write_metadata
-from models.onnx_runtime import model_file, read_metadata
-from models.tensorrt_runtime import engine_filename, require_tensorrt
+from models.runtime.onnx_runtime import model_file, read_metadata
+from models.runtime.tensorrt_runtime import engine_filename, require_tensorrt
 
 ENCODER_BATCH = (1, 4, 8)
 DECODER_PROMPTS = (1, 64, 256)

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from export.onnx_export import model_roles
-from models.onnx_runtime import model_file, read_metadata
+from models.runtime.onnx_runtime import model_file, read_metadata
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 ENCODER_MAX_BATCH = 8

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from models.engine.types import Prompt
-from models.onnx_runtime import read_metadata
+from models.runtime.onnx_runtime import read_metadata
 
 PROMPT_COUNTS = (1, 5, 64)
 
@@ -96,9 +96,9 @@ def verify_sam(
 ) -> list[Case]:
     from export.onnx_export import build_seeded_sam
     from models.engine.base import backend_payload
+    from models.engine.modeling.build import build_sam
     from models.engine.sam_onnx import OnnxSamEngine
     from models.engine.sam_torch import SamEngine
-    from models.sam.build import build_sam
 
     md = read_metadata(directory, kind="sam")
     source = md["source"]
@@ -158,8 +158,8 @@ def verify_student(
     images: Sequence[str | Path] = (),
     progress: Any = None,
 ) -> list[Case]:
-    from models.students import load_student, predict_logits
-    from models.students_onnx import OnnxStudent
+    from models.students.onnx_student import OnnxStudent
+    from models.students.semantic import load_student, predict_logits
 
     md = read_metadata(directory, kind="student")
     model, _ = load_student(_source_checkpoint(directory, md, checkpoint))
@@ -203,8 +203,8 @@ def verify_instance_student(
     """PyTorch vs ONNX Runtime for an instance student: the network's logits on the letterboxed
     canvases (batch 1 and 3), and the instances `InstanceSegmenter` makes from either: mask pixel
     agreement, and the largest score difference as `iou_diff`."""
-    from models.instance_students import letterbox_pixels, load_instance_student, torch_instance_forward
-    from models.student_runtime import load_segmenter
+    from models.students.instance import letterbox_pixels, load_instance_student, torch_instance_forward
+    from models.students.runtime import load_segmenter
 
     md = read_metadata(directory, kind="instance_student")
     model, meta = load_instance_student(_source_checkpoint(directory, md, checkpoint))

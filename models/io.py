@@ -1,5 +1,6 @@
 """Files every stage writes and reads: the unlabeled value, atomic writes, class-map PNGs, JSON,
-checkpoints and their weights, and a per-process cache of models read from disk.
+checkpoints and their weights, a per-process cache of models read from disk, and masks as data
+(COCO RLE via pycocotools, tight boxes, an instance answer as records).
 
 Written once here and used by refinement, training, export, serving and the benchmarks. Every
 writer here goes through `atomic_write`: to a temp file in the target's folder, then renamed onto
@@ -14,10 +15,12 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import pycocotools.mask as mask_utils
 from PIL import Image
 
 # the class id of "no label" in every HxW uint8 class map (weak maps, refined maps, pseudo-labels)
@@ -41,6 +44,94 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+CHECKPOINT_FORMAT = "sesam-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What every checkpoint the project writes holds (students, CAM classifiers, WSOD heads,
+    detectors, and the training loop's resume state `last.pt`).
+
+    `kind` names what it is ("semantic_student", "train_state", ...); `config` what rebuilds it (the
+    architecture's name and sizes); `weights` its state dict(s) (tensors only); `metadata` anything
+    else (class names, the run's summary, the iteration). `version` is the layout's version.
+    """
+
+    kind: str
+    config: dict[str, Any]
+    weights: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    version: int = CHECKPOINT_VERSION
+
+
+# kind -> a function from an unversioned (pre-version-1) payload to (config, weights, metadata);
+# the modules that wrote those layouts register their readers here
+LEGACY_LAYOUTS: dict[str, Callable[[dict[str, Any]], tuple[dict, dict, dict]]] = {}
+
+
+def save_checkpoint(
+    path: str | Path,
+    kind: str,
+    config: dict[str, Any],
+    weights: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Write a `Checkpoint` atomically (torch.save of plain containers, readable with weights_only)."""
+    import torch
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": kind,
+        "config": dict(config),
+        "weights": weights,
+        "metadata": dict(metadata or {}),
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(
+    path: str | Path, kinds: str | tuple[str, ...], what: str = "checkpoint", mmap: bool = False
+) -> Checkpoint:
+    """Read a checkpoint of one of `kinds` (weights only, on the CPU; `mmap` maps the tensors instead
+    of reading them). Errors name the file and `what` it should be: a missing or unreadable file, a
+    payload that is no checkpoint, another kind, or a version newer than this code reads.
+    Unversioned files of the layouts written before version 1 are read through `LEGACY_LAYOUTS`."""
+    import torch
+
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such {what}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the {what} ({exc})") from exc
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a {what}")
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        for kind in kinds:
+            reader = LEGACY_LAYOUTS.get(kind)
+            layout = reader(payload) if reader is not None else None
+            if layout is not None:
+                config, weights, metadata = layout
+                return Checkpoint(kind, config, weights, metadata, version=0)
+        raise ValueError(f"{path}: not a {what} (no sesam checkpoint of kind {' or '.join(kinds)})")
+    version = payload.get("version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint layout version {version!r}; this sesam reads up to {CHECKPOINT_VERSION}"
+        )
+    if payload.get("kind") not in kinds:
+        raise ValueError(
+            f"{path}: a {payload.get('kind')!r} checkpoint, expected {what} ({' or '.join(kinds)})"
+        )
+    return Checkpoint(
+        payload["kind"], payload["config"], payload["weights"], payload.get("metadata", {}), version
+    )
 
 
 def read_checkpoint(path: str | Path, what: str) -> dict[str, Any]:
@@ -138,3 +229,46 @@ def read_label_png(
         raise ValueError(f"{label}: no such file") from exc
     except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{label}: not a readable PNG ({exc})") from exc
+
+
+# -- masks as data ----------------------------------------------------------------------------------
+def encode_rle(mask: np.ndarray) -> dict:
+    """HxW bool -> COCO RLE {"size": [H, W], "counts": str} (column-major, as COCO stores it)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+
+
+def mask_box(mask: np.ndarray) -> list[int]:
+    """HxW bool -> [x0, y0, x1, y1], the tight box in pixels (x1, y1 exclusive); zeros when empty."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return [0, 0, 0, 0]
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
+def instance_records(
+    masks: np.ndarray,
+    classes: np.ndarray,
+    scores: np.ndarray,
+    class_names: list[str] | None = None,
+    encode: Callable[[np.ndarray], Any] = encode_rle,
+) -> list[dict]:
+    """One image's instances (masks KxHxW bool, classes K, scores K) ->
+    [{"class_id", "class_name", "score", "box": [x0, y0, x1, y1], "mask": encode(mask)}], in order."""
+    out = []
+    for mask, c, score in zip(masks, classes, scores, strict=True):
+        c = int(c)
+        out.append(
+            {
+                "class_id": c,
+                "class_name": class_names[c] if class_names and c < len(class_names) else None,
+                "score": round(float(score), 6),
+                "box": mask_box(mask),
+                "mask": encode(mask),
+            }
+        )
+    return out

@@ -1,7 +1,7 @@
 """`sesam serve` (the BentoML service, as `make serve`), `sesam refine --endpoint URL` and
 `sesam segment --endpoint URL`.
 
-`register` runs after `models.cli` registered `sesam refine`; it adds the remote options to that
+`register` runs after `models.jobs.cli` registered `sesam refine`; it adds the remote options to that
 parser and routes runs with `--endpoint` to `serving.remote`, so the models package never imports
 serving.
 """
@@ -110,7 +110,7 @@ def add_remote_options(parser: argparse.ArgumentParser, remote) -> None:
 
 
 def run_remote_refine(args: argparse.Namespace) -> int:
-    from models.cli import labeler_options, refine_run_from_args, report_refine_summary
+    from models.jobs.cli import labeler_options, refine_run_from_args, report_refine_summary
     from serving.client import SesamClient
     from serving.remote import refine_folder_remote
 
@@ -123,7 +123,7 @@ def run_remote_refine(args: argparse.Namespace) -> int:
 
 
 def run_remote_segment(args: argparse.Namespace) -> int:
-    from models.cli import report_summary, segment_run_from_args
+    from models.jobs.cli import report_summary, segment_run_from_args
     from serving.client import SesamClient
     from serving.remote import segment_folder_remote
 

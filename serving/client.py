@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from models.weak import WeakLabels
+from models.labels.schema import WeakLabels
 from serving.codec import decode_instances, decode_labels, decode_png, decode_polygons, decode_rle
 
 RETRY_STATUS = frozenset({500, 502, 503, 504})

@@ -13,7 +13,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
-from models.masks import decode_rle, encode_rle, instance_records
+from models.io import decode_rle, encode_rle, instance_records
 
 MASK_FORMATS = ("rle", "png", "polygons")
 LABEL_FORMATS = ("png", "rle")
@@ -139,7 +139,7 @@ def encode_instances(
     class_names: list[str] | None = None,
     fmt: str = "rle",
 ) -> list[dict]:
-    """An instance student's answer for one image -> `models.masks.instance_records` with each mask
+    """An instance student's answer for one image -> `models.io.instance_records` with each mask
     in `fmt` (rle or polygons)."""
     if fmt not in INSTANCE_MASK_FORMATS:
         raise ValueError(f"mask_format {fmt!r} unknown; choose one of {INSTANCE_MASK_FORMATS}")

@@ -6,7 +6,7 @@ YAML layout (every key optional)::
       backend: onnx
       export_dir: exports/vit_b
     service:           # ServiceConfig below
-      student_checkpoint: models/weights/camvid_student.pt
+      student_checkpoint: models/students/weights/camvid_student.pt
       max_image_pixels: 16777216
       api_key: change-me
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from models.config import load, read_yaml, setting
 from models.engine import EngineConfig
 from models.engine.validation import DEFAULT_MAX_PIXELS
-from models.students import SHIPPED_SEMANTIC_STUDENT
+from models.students.semantic import SHIPPED_SEMANTIC_STUDENT
 
 ENV_PREFIX = "SESAM_"
 SHIPPED_STUDENT = SHIPPED_SEMANTIC_STUDENT
@@ -182,7 +182,7 @@ class ServiceConfig:
                 setattr(self, name, None)
             elif value is not None and not Path(value).exists():
                 raise ValueError(f"{source}: {name} {value!r} does not exist")
-        from models.student_runtime import RUNTIMES
+        from models.students.runtime import RUNTIMES
 
         if self.student_runtime not in RUNTIMES:
             raise ValueError(f"{source}: student_runtime {self.student_runtime!r} must be one of {RUNTIMES}")

@@ -65,7 +65,7 @@ def prompt_model(config: ServiceConfig) -> type[BaseModel]:
 
 
 def weak_model(config: ServiceConfig) -> type[BaseModel]:
-    """The /refine weak-label model (the schema of `models.weak`, strict, with the caps)."""
+    """The /refine weak-label model (the schema of `models.labels.schema`, strict, with the caps)."""
 
     class PointIn(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -90,7 +90,7 @@ def weak_model(config: ServiceConfig) -> type[BaseModel]:
             return self
 
     class WeakIn(BaseModel):
-        """Weak labels of one image (schema of `models.weak`; width/height default to the image's)."""
+        """Weak labels of one image (schema of `models.labels.schema`; width/height default to the image's)."""
 
         model_config = ConfigDict(extra="forbid")
         version: Literal[1, 2] | None = None

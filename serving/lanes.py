@@ -3,7 +3,7 @@
 A lane runs blocking work (a decode, a student forward) off the event loop. At most `slots`
 requests compute at once and at most `queue` more wait; one more is refused at once with 503 and
 `Retry-After` (nothing queues without bound). Every request carries a deadline from its arrival:
-waiting counts against it, and the work itself runs under `models.deadline.deadline`, so labelers
+waiting counts against it, and the work itself runs under `models.runtime.deadline.deadline`, so labelers
 and decoders stop at their next chunk once it passes (504). The expensive work (image encodings,
 /refine) does not run in a lane of this process at all but in the `HeavyLane` service, a second
 process at lower CPU priority (docs/serving.md).
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from models.deadline import DeadlineExceeded, deadline
+from models.runtime.deadline import DeadlineExceeded, deadline
 from serving.errors import ApiError
 
 T = TypeVar("T")

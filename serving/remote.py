@@ -1,7 +1,7 @@
 """Batch jobs through a running service: `sesam refine --endpoint URL ...` and
 `sesam segment --endpoint URL ...`.
 
-The folder loop is `models.refine.run.process_folder`, the one in-process `sesam refine` uses, so
+The folder loop is `models.jobs.refine.process_folder`, the one in-process `sesam refine` uses, so
 the output folder is laid out the same way (`<stem>.png`, `.meta/<stem>.json`, `summary.json`,
 optional overlays and report), runs resume the same way, and the label maps are identical: the
 server runs the same labeler and returns a lossless PNG. Requests run with bounded concurrency; the
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from models.refine.run import RefineRun, process_folder
-from models.segment_run import SegmentRun, segment_folder
-from models.weak import WeakLabels
+from models.jobs.refine import RefineRun, process_folder
+from models.jobs.segment import SegmentRun, segment_folder
+from models.labels.schema import WeakLabels
 from serving.client import ServiceError, SesamClient
 from serving.codec import decode_labels
 

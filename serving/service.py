@@ -58,11 +58,10 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from pydantic import Field
 
-from models.deadline import DeadlineExceeded, check_deadline, deadline
 from models.engine import EmbeddingCache, ImageHandle, Prompt, build_engine, read_image, validate_prompts
 from models.engine.validation import ImageTooLarge
 from models.io import read_label_png
-from models.refine import (
+from models.labels import (
     LABELERS,
     GroundedOptions,
     NaiveOptions,
@@ -73,9 +72,10 @@ from models.refine import (
     build_labeler,
     check_weak_kinds,
 )
-from models.refine.common import chunk_size
-from models.student_runtime import Segmenter, load_segmenter
-from models.weak import SCHEMA_VERSION, WeakLabels
+from models.labels.common import chunk_size
+from models.labels.schema import SCHEMA_VERSION, WeakLabels
+from models.runtime.deadline import DeadlineExceeded, check_deadline, deadline
+from models.students.runtime import Segmenter, load_segmenter
 from serving import startup
 from serving.codec import (
     INSTANCE_MASK_FORMATS,
@@ -258,7 +258,7 @@ class HeavyLane:
         label_format: str,
         num_classes: int | None,
     ) -> dict[str, Any]:
-        from models.refine.run import refine_at
+        from models.jobs.refine import refine_at
 
         pixels = read_pixels(image, "image")
         h, w = pixels.shape[:2]

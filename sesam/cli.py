@@ -8,11 +8,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from models.deps import MissingDependency
+from models.runtime.deps import MissingDependency
 from sesam import __version__
 
 # Packages that contribute subcommands, each exposing register(subparsers).
-COMMAND_MODULES = ("models.cli", "training.cli", "export.cli", "serving.cli", "sesam.settings")
+COMMAND_MODULES = ("models.jobs.cli", "training.cli", "export.cli", "serving.cli", "sesam.settings")
 
 
 def build_parser() -> argparse.ArgumentParser:

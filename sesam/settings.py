@@ -10,8 +10,8 @@ from models.config import settings_markdown
 from models.engine import EngineConfig
 from models.engine.classical import ClassicalOptions
 from models.io import atomic_write_text
-from models.refine import GroundedOptions, NaiveOptions, SEPLOptions, SeSAMOptions, WeakSAMOptions
-from models.refine.wish_tags import TagPointOptions
+from models.labels import GroundedOptions, NaiveOptions, SEPLOptions, SeSAMOptions, WeakSAMOptions
+from models.labels.wish_tags import TagPointOptions
 from serving.config import ServiceConfig
 from training.trainer import ENV_PREFIX as TRAIN_PREFIX
 from training.trainer import InstanceTrainConfig, TrainConfig

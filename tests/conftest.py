@@ -95,7 +95,7 @@ def running_server(command: list[str], url: str, env: dict, log_path: Path, cwd:
 
 @pytest.fixture(scope="session")
 def tiny_sam():
-    from models.sam import build_sam
+    from models.engine.modeling import build_sam
 
     return build_sam("tiny")
 
@@ -140,7 +140,7 @@ def student_export(tmp_path_factory) -> Path:
     """The shipped CamVid student exported to ONNX once per session."""
     from sesam.cli import main
 
-    shipped = Path(__file__).resolve().parents[1] / "models" / "weights" / "camvid_student.pt"
+    shipped = Path(__file__).resolve().parents[1] / "models" / "students" / "weights" / "camvid_student.pt"
     out = tmp_path_factory.mktemp("student_export")
     assert main(["export", "student", "--checkpoint", str(shipped), "--out", str(out)]) == 0
     return out
@@ -149,7 +149,7 @@ def student_export(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def instance_checkpoint(tmp_path_factory) -> Path:
     """A seeded m2f-r18 instance student (random weights, canvas 128, one class) as a checkpoint."""
-    from models.instance_students import build_instance_student, save_instance_student
+    from models.students.instance import build_instance_student, save_instance_student
 
     torch.manual_seed(0)
     model = build_instance_student("m2f-r18", 1)
@@ -173,7 +173,7 @@ def instance_export(tmp_path_factory, instance_checkpoint) -> Path:
 def pennfudan_export(tmp_path_factory) -> Path:
     """The shipped Penn-Fudan instance student exported to ONNX once per session."""
     from export.onnx_export import export_student_checkpoint
-    from models.students import SHIPPED_INSTANCE_STUDENT
+    from models.students.semantic import SHIPPED_INSTANCE_STUDENT
 
     out = tmp_path_factory.mktemp("pennfudan_export")
     export_student_checkpoint(SHIPPED_INSTANCE_STUDENT, out)

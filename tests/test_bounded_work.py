@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from models.deadline import DeadlineExceeded, check_deadline, deadline, remaining
 from models.engine import Prompt
 from models.engine.base import Reduced, reduce_image, upsample_nearest, working_size
 from models.engine.classical import ClassicalPrior
+from models.runtime.deadline import DeadlineExceeded, check_deadline, deadline, remaining
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +99,7 @@ def test_the_prior_stops_between_prompts_past_the_deadline(scene) -> None:
 
 
 def _weak(h: int = 360, w: int = 480):
-    from models.weak import WeakLabels
-    from models.weak.schema import BoxLabel, PointLabel, Scribble
+    from models.labels.schema import BoxLabel, PointLabel, Scribble, WeakLabels
 
     coarse = np.full((h, w), 255, np.uint8)
     coarse[: h // 4, : w // 4] = 4
@@ -132,8 +131,8 @@ def test_weak_labels_rescale_with_the_image() -> None:
 
 
 def test_refine_at_a_working_size(scene, big_scene) -> None:
-    from models.refine import build_labeler
-    from models.refine.run import refine_at
+    from models.jobs.refine import refine_at
+    from models.labels import build_labeler
 
     engine = ClassicalPrior(working_side=None)
     labeler = build_labeler("sesam", engine)
@@ -163,7 +162,7 @@ class Recording(ClassicalPrior):
 def test_labelers_decode_in_chunks_with_equal_answers(scene, monkeypatch, method) -> None:
     """With a chunk budget of 40 full-size masks, no decode call sees more than 13 prompts (3
     candidates each) and the labels equal those of one big call."""
-    from models.refine import backend_defaults, build_labeler, common
+    from models.labels import backend_defaults, build_labeler, common
 
     weak = _weak()
     weak.points.extend(type(weak.points[0])(10.0 + 20 * i, 300.0, 1) for i in range(20))
@@ -179,7 +178,7 @@ def test_labelers_decode_in_chunks_with_equal_answers(scene, monkeypatch, method
 
 
 def test_a_deadline_stops_sepl_between_chunks(scene, monkeypatch) -> None:
-    from models.refine import backend_defaults, build_labeler, common
+    from models.labels import backend_defaults, build_labeler, common
 
     monkeypatch.setattr(common, "MAX_MASK_BYTES", 3 * (360 * 480 + common.LOGIT_BYTES))  # one prompt a chunk
     engine = Recording()
@@ -243,7 +242,7 @@ def _two_objects(h: int = 64, w: int = 96) -> list[np.ndarray]:
 
 
 def test_chunk_size_counts_masks_and_logits() -> None:
-    from models.refine.common import LOGIT_BYTES, chunk_size
+    from models.labels.common import LOGIT_BYTES, chunk_size
 
     per = 3 * (100 * 200 + LOGIT_BYTES)
     assert chunk_size((100, 200), True, 10 * per) == 10
@@ -254,7 +253,7 @@ def test_chunk_size_counts_masks_and_logits() -> None:
 
 
 def test_predict_chunks_yields_every_prompt_once_and_books_calls() -> None:
-    from models.refine.common import RefineResult, predict_chunks
+    from models.labels.common import RefineResult, predict_chunks
     from tests.scripted import ScriptedSegmenter
 
     engine = ScriptedSegmenter(_two_objects())
@@ -273,7 +272,7 @@ def test_predict_chunks_yields_every_prompt_once_and_books_calls() -> None:
 
 
 def test_packed_masks_round_trip_at_one_bit_per_pixel() -> None:
-    from models.refine.common import PackedMasks
+    from models.labels.common import PackedMasks
 
     rng = np.random.default_rng(0)
     masks = rng.random((5, 37, 41)) > 0.5
@@ -302,9 +301,9 @@ def test_weaksam_proposals_and_tag_points_decode_in_chunks(monkeypatch) -> None:
     two prompts, and no decode call sees more."""
     import torch
 
-    from models.refine import common
-    from models.refine.wish_tags import TagPointOptions, tags_to_points
-    from models.weaksam.proposals import ProposalOptions, weaksam_proposals
+    from models.labels import common
+    from models.labels.weaksam.proposals import ProposalOptions, weaksam_proposals
+    from models.labels.wish_tags import TagPointOptions, tags_to_points
     from tests.scripted import ScriptedSegmenter
 
     def run():
@@ -333,8 +332,8 @@ def test_weaksam_proposals_and_tag_points_decode_in_chunks(monkeypatch) -> None:
 
 
 def test_box_instances_decode_in_chunks(monkeypatch) -> None:
-    from models.refine import common
-    from models.refine.common import RefineResult, box_instances
+    from models.labels import common
+    from models.labels.common import RefineResult, box_instances
     from tests.scripted import ScriptedSegmenter
 
     boxes = np.array([[10, 8, 40, 30], [50, 36, 90, 60], [12, 10, 38, 28]], float)
@@ -361,9 +360,8 @@ def test_sepl_peak_memory_is_bounded_by_the_chunk(monkeypatch) -> None:
     candidates are bit-packed) and the labels are the same."""
     import tracemalloc
 
-    from models.refine import backend_defaults, build_labeler, common
-    from models.weak import WeakLabels
-    from models.weak.schema import PointLabel
+    from models.labels import backend_defaults, build_labeler, common
+    from models.labels.schema import PointLabel, WeakLabels
     from tests.scripted import ScriptedSegmenter
 
     h, w = 400, 600
@@ -394,8 +392,8 @@ def test_sepl_peak_memory_is_bounded_by_the_chunk(monkeypatch) -> None:
 
 
 def test_a_deadline_stops_weaksam_proposals_between_chunks(monkeypatch) -> None:
-    from models.refine import common
-    from models.weaksam.proposals import ProposalOptions, weaksam_proposals
+    from models.labels import common
+    from models.labels.weaksam.proposals import ProposalOptions, weaksam_proposals
     from tests.scripted import ScriptedSegmenter
 
     class Slow(ScriptedSegmenter):
@@ -456,8 +454,7 @@ def test_prompts_map_into_the_working_frame_and_are_checked_at_the_image_size(bi
 
 
 def test_rescaled_labels_at_the_far_edge_stay_inside() -> None:
-    from models.weak import WeakLabels
-    from models.weak.schema import BoxLabel, PointLabel, Scribble
+    from models.labels.schema import BoxLabel, PointLabel, Scribble, WeakLabels
 
     big = WeakLabels(
         1440,

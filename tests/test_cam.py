@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.cam import (
+from models.io import UNLABELED
+from models.students.cam import (
     CamClassifier,
     CamPredictor,
     cam_pseudo_labels,
@@ -18,7 +19,6 @@ from models.cam import (
     normalise_cam,
     save_cam_classifier,
 )
-from models.io import UNLABELED
 from tests.conftest import require_data
 from tests.scripted import ObjectClicks
 
@@ -98,7 +98,7 @@ def test_cam_mode_trains_three_iterations_and_resumes(tmp_path) -> None:
 
 def test_sesam_cam_writes_maps_and_report(tmp_path, capsys) -> None:
     from models.io import save_png
-    from models.weak import WeakLabels, save_weak_labels
+    from models.labels.schema import WeakLabels, save_weak_labels
     from sesam.cli import main
 
     torch.manual_seed(0)
@@ -144,9 +144,9 @@ def test_sepl_reads_tags_through_the_cam_and_weak_labels_win(tmp_path) -> None:
     b overlaps P2 by 224 px: o_s = 224/448 = 0.5 (not > t1) but o_p = 224/224 = 1 > t2, kept. Class 1
     becomes a (the false region, under no kept mask, is dropped), class 2 becomes b, the rest unlabeled.
     """
-    from models.refine import build_labeler
-    from models.refine.sepl import SEPLLabeler, SEPLOptions
-    from models.weak import PointLabel, WeakLabels
+    from models.labels import build_labeler
+    from models.labels.schema import PointLabel, WeakLabels
+    from models.labels.sepl import SEPLLabeler, SEPLOptions
 
     a = np.zeros((40, 60), bool)
     a[5:20, 5:30] = True

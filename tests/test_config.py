@@ -7,7 +7,7 @@ import pytest
 from models.config import coerce, load, parse_overrides
 from models.engine import EngineConfig
 from models.engine.classical import ClassicalPrior
-from models.refine import SeSAMOptions, build_labeler
+from models.labels import SeSAMOptions, build_labeler
 from serving.config import ServiceConfig
 from sesam.settings import DOC, markdown
 from training.trainer import TrainConfig

@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from models.device import Precision, amp_dtype, ddp_backend, resolve_device
 from models.engine.base import backend_payload
+from models.runtime.device import Precision, amp_dtype, ddp_backend, resolve_device
 from tests.conftest import REPO
 from tests.test_training import tiny_config, tiny_dataset, write_tiny_folders
 from tests.test_wish import _config as wish_config

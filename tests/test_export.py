@@ -14,13 +14,13 @@ from export.onnx_export import export_student_module
 from export.sam_modules import SamDecoderOnnx
 from export.triton import model_config, write_repository
 from export.verify import verify
-from models.onnx_runtime import read_metadata
-from models.sam.build import sha256_of
-from models.students import build_student, predict_logits, save_student, student_registry
-from models.students_onnx import OnnxStudent
+from models.engine.modeling.build import sha256_of
+from models.runtime.onnx_runtime import read_metadata
+from models.students.onnx_student import OnnxStudent
+from models.students.semantic import build_student, predict_logits, save_student, student_registry
 from sesam.cli import main
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "weights" / "camvid_student.pt"
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "students" / "weights" / "camvid_student.pt"
 
 
 def test_metadata_describes_the_export(tiny_export: Path) -> None:
@@ -119,7 +119,7 @@ def test_clear_errors(tmp_path: Path) -> None:
 # -- TensorRT: what runs without it ---------------------------------------------------------------
 def test_tensorrt_names_profiles_and_precision() -> None:
     from export.tensorrt import keep_fp32, profile_shapes, shape_input_values
-    from models.tensorrt_runtime import engine_filename
+    from models.runtime.tensorrt_runtime import engine_filename
 
     name = engine_filename("encoder", "NVIDIA H100 80GB HBM3", "10.5.0", True)
     assert name == "encoder.NVIDIA_H100_80GB_HBM3.trt10.5.0.fp16.plan"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from models.engine import Prompt
+from models.engine.modeling import build_sam
 from models.engine.sam_torch import SamEngine
-from models.sam import build_sam
 
 
 @pytest.mark.gpu

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from models.io import UNLABELED
-from models.refine import build_labeler
-from models.refine.grounded import GroundedLabeler, GroundedOptions, class_prompts, text_queries
-from models.weak import BoxLabel, WeakLabels
+from models.labels import build_labeler
+from models.labels.grounded import GroundedLabeler, GroundedOptions, class_prompts, text_queries
+from models.labels.schema import BoxLabel, WeakLabels
 from tests.scripted import ScriptedSegmenter
 from tests.tiny_detectors import tiny_grounding_dino, tiny_owlv2
 

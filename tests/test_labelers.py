@@ -8,8 +8,8 @@ from scipy import ndimage as ndi
 
 from models.engine import Prompt
 from models.engine.classical import ClassicalPrior
-from models.refine import SeSAMLabeler, SeSAMOptions, build_labeler, confident_labels
-from models.weak import PointLabel, Scribble, WeakLabels
+from models.labels import SeSAMLabeler, SeSAMOptions, build_labeler, confident_labels
+from models.labels.schema import PointLabel, Scribble, WeakLabels
 from tests.scripted import ScriptedSegmenter
 
 H, W = 80, 120

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.peaks import peak_points
+from models.labels.peaks import peak_points
 
 
 def bump(h: int, w: int, x: float, y: float, height: float, width: float = 3.0) -> torch.Tensor:

@@ -77,8 +77,8 @@ def test_refine_folder_resume_report_and_failures(tmp_path, scene, capsys) -> No
 def test_sepl_through_the_cli_equals_in_process(tmp_path, scene, capsys) -> None:
     """`sesam refine --method sepl` writes what SEPLLabeler computes, with the classical defaults."""
     from models.engine.classical import ClassicalPrior
-    from models.refine import backend_defaults, build_labeler
-    from models.weak import load_weak_labels
+    from models.labels import backend_defaults, build_labeler
+    from models.labels.schema import load_weak_labels
 
     images, weak = _folder(tmp_path, scene)
     out = tmp_path / "out"
@@ -108,7 +108,7 @@ def test_derive_refine_then_eval(tmp_path, capsys) -> None:
     import pytest
 
     from models.io import read_label_png
-    from models.weak import load_weak_labels
+    from models.labels.schema import load_weak_labels
     from training.metrics import AddedLabelQuality, ConfusionMatrix
 
     camvid = require_data("camvid")

@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.refine.merge import Instance, merge_instances
-from models.refine.sampling import (
+from models.labels.merge import Instance, merge_instances
+from models.labels.sampling import (
     SAMPLERS,
     connected_components,
     grid_cells,
     grid_shape,
     sample_skeleton_grid,
 )
-from models.refine.selection import (
+from models.labels.selection import (
     coverage_compatibility,
     select_best_score,
     select_coverage,
     select_smallest,
 )
-from models.refine.sepl import assign_and_select, authors_merge
+from models.labels.sepl import assign_and_select, authors_merge
 
 
 def _rect(h: int, w: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
@@ -214,7 +214,7 @@ def _span(n: int, a: int, b: int) -> np.ndarray:
 
 
 def _paper(masks, pseudo, **kw) -> np.ndarray:
-    from models.refine.merge import Instance, merge_instances
+    from models.labels.merge import Instance, merge_instances
 
     sel = assign_and_select(masks, pseudo, **kw)
     return merge_instances(pseudo.shape, [Instance(c, m, s) for c, (m, s) in sel.items()], None, "score")

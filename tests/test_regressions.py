@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.deps import MissingDependency
 from models.engine import EngineConfig, build_engine
 from models.io import UNLABELED
-from models.refine import SeSAMLabeler, SeSAMOptions, check_weak_kinds
-from models.weak import WeakLabels
+from models.labels import SeSAMLabeler, SeSAMOptions, check_weak_kinds
+from models.labels.schema import WeakLabels
+from models.runtime.deps import MissingDependency
 from serving.codec import MIN_RING_AREA, decode_polygons, encode_polygons, ring_area
 from sesam.cli import main
 from tests.test_training import tiny_config, tiny_dataset
@@ -139,7 +139,7 @@ def test_missing_tensorrt_is_one_clear_line(tiny_export, tmp_path, monkeypatch, 
 def test_missing_triton_client_raises_the_same_type(monkeypatch) -> None:
     import sys
 
-    from models.deps import require
+    from models.runtime.deps import require
 
     monkeypatch.setitem(sys.modules, "tritonclient", None)  # None in sys.modules: import fails
     monkeypatch.setitem(sys.modules, "tritonclient.http", None)

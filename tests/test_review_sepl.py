@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from models.io import UNLABELED
-from models.refine.sepl import SEPLLabeler, SEPLOptions
+from models.labels.sepl import SEPLLabeler, SEPLOptions
 
 U = UNLABELED
 PSEUDO = np.array([[1, 1, 1, 0, 0, 2, 2, 2, 0, 0]], np.uint8)

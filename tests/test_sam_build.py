@@ -7,8 +7,8 @@ import hashlib
 import pytest
 import torch
 
-from models.sam import CheckpointError, build_sam, load_state_dict, sam_model_registry
-from models.sam.build import guess_type
+from models.engine.modeling import CheckpointError, build_sam, load_state_dict, sam_model_registry
+from models.engine.modeling.build import guess_type
 
 EXPECTED_PARAMS_M = {"vit_b": 93.7, "vit_l": 312.3, "vit_h": 641.1}
 

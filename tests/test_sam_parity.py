@@ -8,8 +8,8 @@ import torch
 from segment_anything import SamPredictor
 
 from models.engine import Prompt
+from models.engine.modeling import ManyPromptDecoder
 from models.engine.sam_torch import SamEngine
-from models.sam import ManyPromptDecoder
 
 ATOL = 1e-5
 POINTS = np.array([[100.0, 120.0], [300.0, 200.0], [420.0, 60.0]])

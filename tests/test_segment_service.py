@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.student_runtime import load_segmenter
-from models.students import SHIPPED_INSTANCE_STUDENT
+from models.students.runtime import load_segmenter
+from models.students.semantic import SHIPPED_INSTANCE_STUDENT
 from serving.cli import serve_command
 from serving.client import ServiceError, SesamClient
 from serving.codec import decode_instances, decode_labels
@@ -86,7 +86,7 @@ def test_answers_equal_the_in_process_torch_student(served, client, scene, camvi
         "instance": served[3] if runtime == "torch" else None,
     }[task]
     if reference_source is None:  # the ONNX server is compared with the checkpoint it came from
-        from models.onnx_runtime import read_metadata
+        from models.runtime.onnx_runtime import read_metadata
 
         reference_source = read_metadata(served[3])["source"]["checkpoint"]
     reference = load_segmenter(reference_source, "torch")

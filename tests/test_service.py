@@ -21,9 +21,9 @@ from PIL import Image
 
 from models.engine import EngineConfig, Prompt, build_engine
 from models.engine.sam_torch import SamEngine
-from models.refine import backend_defaults, build_labeler
-from models.students import StudentSegmenter
-from models.weak import WeakLabels
+from models.labels import backend_defaults, build_labeler
+from models.labels.schema import WeakLabels
+from models.students.semantic import StudentSegmenter
 from serving.cli import serve_command
 from serving.client import ServiceError, SesamClient
 from serving.codec import decode_labels, decode_png, decode_polygons, decode_rle, encode_polygons
@@ -43,7 +43,7 @@ def tags_models(tmp_path_factory) -> dict[str, Path]:
     """A seeded random CAM classifier (11 classes) and a tiny random Grounding DINO, by path."""
     import torch
 
-    from models.cam import CamClassifier, save_cam_classifier
+    from models.students.cam import CamClassifier, save_cam_classifier
     from tests.tiny_detectors import tiny_grounding_dino
 
     root = tmp_path_factory.mktemp("tags_models")

@@ -3,8 +3,8 @@ val figures, and the commands that trained them, are in the README and docs/trai
 
 from __future__ import annotations
 
-from models.student_runtime import load_segmenter
-from models.students import SHIPPED_INSTANCE_STUDENT, SHIPPED_SEMANTIC_STUDENT
+from models.students.runtime import load_segmenter
+from models.students.semantic import SHIPPED_INSTANCE_STUDENT, SHIPPED_SEMANTIC_STUDENT
 from tests.conftest import require_data
 from training.evaluate import camvid_pairs, instance_scores, semantic_scores
 

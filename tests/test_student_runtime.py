@@ -1,4 +1,4 @@
-"""Students behind one API whatever runs them (`models.student_runtime`): PyTorch checkpoints and
+"""Students behind one API whatever runs them (`models.students.runtime`): PyTorch checkpoints and
 ONNX exports, semantic and instance, give the same answers; the export parity check passes."""
 
 from __future__ import annotations
@@ -15,11 +15,16 @@ import torch
 from export.onnx_export import model_roles
 from export.tensorrt import STUDENT_BATCH, profile_shapes
 from export.verify import verify
-from models.instance_students import InstanceSegmenter, letterbox_pixels
-from models.onnx_runtime import create_session, model_file, read_metadata
-from models.student_runtime import checkpoint_task, has_tensorrt_engine, load_segmenter
-from models.students import IMAGE_MEAN, StudentSegmenter
-from models.tensorrt_runtime import TensorRTUnavailable, engine_filename, find_engine, require_tensorrt
+from models.runtime.onnx_runtime import create_session, model_file, read_metadata
+from models.runtime.tensorrt_runtime import (
+    TensorRTUnavailable,
+    engine_filename,
+    find_engine,
+    require_tensorrt,
+)
+from models.students.instance import InstanceSegmenter, letterbox_pixels
+from models.students.runtime import checkpoint_task, has_tensorrt_engine, load_segmenter
+from models.students.semantic import IMAGE_MEAN, StudentSegmenter
 from serving.config import SHIPPED_STUDENT
 
 
@@ -174,7 +179,7 @@ def test_tensorrt_runtime_path_on_a_stand_in_engine(
     any run; answers equal ONNX Runtime's on the same graph."""
     import shutil
 
-    import models.tensorrt_runtime as trt_runtime
+    import models.runtime.tensorrt_runtime as trt_runtime
 
     work = tmp_path / task
     shutil.copytree(student_export if task == "semantic" else instance_export, work)

@@ -16,8 +16,14 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from models.students import build_student, load_student, predict_logits, save_student, student_registry
-from models.weak import save_weak_labels
+from models.labels.schema import save_weak_labels
+from models.students.semantic import (
+    build_student,
+    load_student,
+    predict_logits,
+    save_student,
+    student_registry,
+)
 from tests.conftest import REPO, require_data
 from training.augment import View, random_view
 from training.data import WeakDataset
@@ -213,7 +219,7 @@ def test_three_iterations_of_every_mode(tmp_path, mode: str) -> None:
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("iteration") and len(rows) == 4
     if mode == "cam":  # a CAM classifier, not a student (tests/test_cam.py covers it from tags)
-        from models.cam import load_cam_classifier
+        from models.students.cam import load_cam_classifier
 
         _model, meta = load_cam_classifier(out / "cam.pt")
         assert meta["iterations"] == 3
@@ -422,7 +428,7 @@ def test_tensorboard_scalars_when_available(tmp_path, monkeypatch) -> None:
 
 def test_shipped_student_loads_and_segments_camvid(camvid_image) -> None:
     camvid = require_data("camvid")
-    model, meta = load_student(REPO / "models" / "weights" / "camvid_student.pt")
+    model, meta = load_student(REPO / "models" / "students" / "weights" / "camvid_student.pt")
     assert meta["num_classes"] == 11 and meta["mode"] == "sesam" and len(meta["class_names"]) == 11
     stem = (camvid / "val.txt").read_text().split()[0]
     gt = np.asarray(Image.open(camvid / "labels" / "val" / f"{stem}.png"))

@@ -25,7 +25,7 @@ from export.triton import write_repository
 from models.engine import EngineConfig, build_engine
 from models.engine.sam_onnx import OnnxSamEngine
 from models.engine.types import Prompt
-from models.students_onnx import OnnxStudent
+from models.students.onnx_student import OnnxStudent
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.weak import BoxLabel, PointLabel, Scribble, WeakLabels, load_weak_labels, save_weak_labels
+from models.labels.schema import (
+    BoxLabel,
+    PointLabel,
+    Scribble,
+    WeakLabels,
+    load_weak_labels,
+    save_weak_labels,
+)
 
 
 def _weak() -> WeakLabels:

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from models.weaksam.pgt import adaptive_pgt, containment
-from models.weaksam.proposals import (
+from models.labels.weaksam.pgt import adaptive_pgt, containment
+from models.labels.weaksam.proposals import (
     ProposalOptions,
     cam_peak_points,
     grid_points,
     kernel_cells,
     weaksam_proposals,
 )
-from models.weaksam.roi_drop import per_roi_losses, roi_keep, with_roi_drop
-from models.weaksam.wsod import WSODHead, detection_scores, refinement_targets, select_seeds, wsod_losses
+from models.students.roi_drop import per_roi_losses, roi_keep, with_roi_drop
+from models.students.wsod import WSODHead, detection_scores, refinement_targets, select_seeds, wsod_losses
 from tests.scripted import ScriptedSegmenter
 
 
@@ -32,7 +32,7 @@ def test_defaults_are_the_papers_values() -> None:
     import inspect
 
     from models.config import from_mapping
-    from models.refine.weaksam import WeakSAMOptions
+    from models.labels.weaksam.labeler import WeakSAMOptions
 
     options = WeakSAMOptions()
     assert (options.peak_kernel_px, options.peak_threshold) == (128, 0.9)
@@ -258,9 +258,9 @@ def test_proposals_from_cam_peaks() -> None:
 def test_weaksam_pipeline_end_to_end(tmp_path, capsys) -> None:
     """Two tagged images through `sesam weaksam proposals / train-wsod / instances` on the classical
     prior; the COCO file loads as a training dataset; train-wsod resumes."""
-    from models.cam import CamClassifier, save_cam_classifier
     from models.io import save_png
-    from models.weak import WeakLabels, save_weak_labels
+    from models.labels.schema import WeakLabels, save_weak_labels
+    from models.students.cam import CamClassifier, save_cam_classifier
     from sesam.cli import main
     from training.datasets import CocoInstances
 
@@ -363,9 +363,9 @@ class _ScriptedCam(torch.nn.Module):
 def test_weaksam_labeler_turns_tags_into_instances() -> None:
     """Class 1 fires on object a, class 2 on object b: the PGT boxes prompt SAM and every object
     comes out as its class's instance; an untagged class is never painted."""
-    from models.cam import CamPredictor
-    from models.refine.weaksam import WeakSAMLabeler, WeakSAMOptions
-    from models.weak import WeakLabels
+    from models.labels.schema import WeakLabels
+    from models.labels.weaksam.labeler import WeakSAMLabeler, WeakSAMOptions
+    from models.students.cam import CamPredictor
 
     a, b = _objects()
     engine = ScriptedSegmenter([a, b])
@@ -460,7 +460,7 @@ def test_pennfudan_annotation_boxes_and_class_map(tmp_path) -> None:
 def tiny_detector(tmp_path_factory):
     """A random 2-class detector checkpoint (categories a, b) and a 2-image COCO split with boxes."""
     from models.io import save_png
-    from models.weaksam.detector import faster_rcnn, save_detector
+    from models.students.detector import faster_rcnn, save_detector
 
     root = tmp_path_factory.mktemp("tiny_detector")
     torch.manual_seed(0)
@@ -510,9 +510,9 @@ def test_weaksam_eval_cli_writes_the_table_and_json(tiny_detector, capsys) -> No
 def test_weaksam_labeler_takes_the_retrained_detectors_boxes(tiny_detector) -> None:
     """scorer detector: the detector's boxes of the tagged classes -> Algorithm 2 -> SAM box prompts;
     no CAM is read (the labeler has none); tags beyond the detector's classes are refused."""
-    from models.refine.weaksam import WeakSAMLabeler, WeakSAMOptions
-    from models.weak import WeakLabels
-    from models.weaksam.detector import detect, load_detector
+    from models.labels.schema import WeakLabels
+    from models.labels.weaksam.labeler import WeakSAMLabeler, WeakSAMOptions
+    from models.students.detector import detect, load_detector
 
     a, b = _objects()
     engine = ScriptedSegmenter([a, b])
@@ -550,7 +550,7 @@ def _tensors(value):
 def _train_on(device: str, root, monkeypatch) -> dict[str, set]:
     """Two steps of the WSOD head and of the detector, then an evaluation, on `device`; returns the
     devices seen on every parameter and every forward output."""
-    import models.weaksam.detector as detector_module
+    import models.students.detector as detector_module
     import training.weaksam as weaksam
     from models.config import from_mapping
     from models.io import save_png

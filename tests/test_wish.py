@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.instance_students import (
+from models.engine.prompt_latents import PromptLatents
+from models.labels.wish_tags import TagPointOptions, merge_peaks, tags_to_points
+from models.students.instance import (
     InstanceSegmenter,
     build_instance_student,
     instance_student_registry,
     instances_from_outputs,
 )
-from models.prompt_latents import PromptLatents
-from models.refine.wish_tags import TagPointOptions, merge_peaks, tags_to_points
 from tests.conftest import require_data
 from tests.scripted import ObjectClicks
 from training.budget import (
@@ -422,7 +422,7 @@ def test_instance_config_errors(folder: Path, tmp_path) -> None:
 
 def test_weak_label_files_feed_wish(folder: Path, tmp_path) -> None:
     """A user's own v2 instance labels (one folder of <stem>.json) replace the protocols; v1 is refused."""
-    from models.weak import save_weak_labels
+    from models.labels.schema import save_weak_labels
 
     weak_dir = tmp_path / "weak"
     for s in InstanceFolder(folder).samples():

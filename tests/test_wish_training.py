@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.weak import BoxLabel, PointLabel, WeakLabels, save_weak_labels
+from models.labels.schema import BoxLabel, PointLabel, WeakLabels, save_weak_labels
 from tests.test_wish import _config, folder  # noqa: F401  (the module-scoped toy scene fixture)
 from training.datasets import InstanceSample, write_instance_folder
 from training.recipes.instance import flip_content, flip_points

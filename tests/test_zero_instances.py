@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import models.instance_students as instance_students
+import models.students.instance as instance_students
 from models.engine import read_image
-from models.instance_students import InstanceSegmenter, instances_at_size, instances_from_outputs
-from models.student_runtime import load_segmenter
-from models.students import SHIPPED_INSTANCE_STUDENT
+from models.students.instance import InstanceSegmenter, instances_at_size, instances_from_outputs
+from models.students.runtime import load_segmenter
+from models.students.semantic import SHIPPED_INSTANCE_STUDENT
 from tests.conftest import require_data
 
 BLANK = np.zeros((64, 64, 3), np.uint8)

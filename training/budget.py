@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from models.weak import BoxLabel, PointLabel, WeakLabels
+from models.labels.schema import BoxLabel, PointLabel, WeakLabels
 from training.protocols import stem_rng, tight_box
 
 INSTANCE_KINDS = ("tags", "points", "boxes")

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.progress import track
 
 from models.io import read_label_png
-from models.weak import load_weak_labels, save_weak_labels
+from models.labels.schema import load_weak_labels, save_weak_labels
 from training.datasets import CamVid
 from training.metrics import AddedLabelQuality, ConfusionMatrix, label_report
 from training.protocols import PROTOCOLS, derive
@@ -114,16 +114,16 @@ def run_eval_instances(args: argparse.Namespace) -> int:
 
 
 def _weaksam_engine(args: argparse.Namespace):
-    from models.cli import engine_config_from_args
     from models.engine import build_engine
+    from models.jobs.cli import engine_config_from_args
 
     return build_engine(engine_config_from_args(args))
 
 
 def run_weaksam_proposals(args: argparse.Namespace) -> int:
-    from models.cam import CamPredictor
     from models.config import from_mapping
-    from models.weaksam.proposals import ProposalOptions
+    from models.labels.weaksam.proposals import ProposalOptions
+    from models.students.cam import CamPredictor
     from training.weaksam import folder_proposals
 
     options = from_mapping(ProposalOptions, _options(args.set), "--set")
@@ -155,7 +155,7 @@ def run_weaksam_train(args: argparse.Namespace) -> int:
 
 
 def run_weaksam_instances(args: argparse.Namespace) -> int:
-    from models.refine import backend_defaults, build_labeler
+    from models.labels import backend_defaults, build_labeler
     from training.weaksam import pseudo_instances
 
     engine = _weaksam_engine(args)
@@ -252,9 +252,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_derive)
     weak.set_defaults(func=lambda a: (weak.print_help(), 2)[1])
 
-    from models.cam import SHIPPED_CAM
-    from models.cli import add_engine_args
-    from models.device import DEVICE_HELP
+    from models.jobs.cli import add_engine_args
+    from models.runtime.device import DEVICE_HELP
+    from models.students.cam import SHIPPED_CAM
 
     ws = subparsers.add_parser(
         "weaksam", help="WeakSAM from image tags: proposals, WSOD head, pseudo instances, retraining, eval"

@@ -24,7 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from models.io import save_json
-from training.datasets import InstanceSample
+from training.samples import InstanceSample
 
 
 def load_coco(source: str | Path | dict[str, Any]):

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from rich.progress import track
 
-from models.device import to_device
 from models.engine import read_image
 from models.engine.validation import list_images
 from models.io import UNLABELED, read_label_png
-from models.weak import WeakLabels, load_weak_labels
+from models.labels.schema import WeakLabels, load_weak_labels
+from models.runtime.device import to_device
 from training.augment import View, random_view, strong_augment
 from training.datasets import CamVid
 from training.protocols import derive

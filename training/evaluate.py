@@ -1,4 +1,4 @@
-"""Scores of a deployed student (any runtime: `models.student_runtime`) on a labelled split: CamVid
+"""Scores of a deployed student (any runtime: `models.students.runtime`) on a labelled split: CamVid
 mIoU for semantic students, COCO mask AP for instance students. Used by the shipped-student tests,
 the int8 accuracy report and `benchmarks/`."""
 

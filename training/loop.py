@@ -6,7 +6,7 @@ it sees exactly the batches an uninterrupted run would), the learning-rate sched
 `out_dir/last.pt` with the settings check, DDP bookkeeping (rank 0 evaluates, logs and writes;
 every rank writes `rank<r>.json` under torchrun), the evaluation schedule, atomic checkpoints,
 metrics (CSV; TensorBoard scalars when it is installed), progress and the summary. Devices and
-precision belong to the recipes (`models.device`). Modelled on detectron2's `train_loop`: the loop
+precision belong to the recipes (`models.runtime.device`). Modelled on detectron2's `train_loop`: the loop
 calls the recipe's hooks and never looks inside a batch.
 """
 
@@ -28,7 +28,7 @@ from rich.progress import Progress
 from torch import nn
 
 from models.io import atomic_write
-from models.progress import progress_bar
+from models.runtime.progress import progress_bar
 
 # settings a resumed run may change: the budget, bookkeeping, where data and outputs live
 RESUME_FREE = frozenset(

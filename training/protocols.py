@@ -26,7 +26,7 @@ from skimage import measure, morphology
 from skimage.draw import polygon2mask
 
 from models.io import UNLABELED
-from models.weak import BoxLabel, PointLabel, Scribble, WeakLabels
+from models.labels.schema import BoxLabel, PointLabel, Scribble, WeakLabels
 
 WEAK_KINDS = ("points", "scribbles", "coarse", "boxes", "tags")
 EIGHT = np.ones((3, 3), dtype=bool)

@@ -13,10 +13,17 @@ import torch
 import torch.distributed as dist
 
 from models.config import from_mapping, load, parse_overrides, read_yaml, setting
-from models.device import AMP_CHOICES, AMP_HELP, DEVICE_HELP, check_device_name, ddp_backend, resolve_device
-from models.progress import progress_bar
-from models.refine import NaiveOptions, SeSAMOptions
-from models.students import student_registry
+from models.labels import NaiveOptions, SeSAMOptions
+from models.runtime.device import (
+    AMP_CHOICES,
+    AMP_HELP,
+    DEVICE_HELP,
+    check_device_name,
+    ddp_backend,
+    resolve_device,
+)
+from models.runtime.progress import progress_bar
+from models.students.semantic import student_registry
 from training.data import WeakDataset
 from training.loop import (
     LR_SCHEDULES,

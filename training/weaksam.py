@@ -31,18 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from models.config import setting
-from models.device import DEVICE_HELP, check_device_name, resolve_device
 from models.engine import PromptableSegmenter, read_image
 from models.engine.validation import list_images
-from models.io import atomic_write, save_json
-from models.masks import encode_rle
-from models.progress import progress_bar
-from models.refine.weaksam import WeakSAMLabeler
-from models.students import normalize, pad_to_multiple
-from models.weak import load_weak_labels
-from models.weaksam.detector import faster_rcnn, image_tensor, save_detector
-from models.weaksam.proposals import ProposalOptions, weaksam_proposals
-from models.weaksam.wsod import SEED_RULES, WSODHead, save_wsod, wsod_losses
+from models.io import atomic_write, encode_rle, save_json
+from models.labels.schema import load_weak_labels
+from models.labels.weaksam.labeler import WeakSAMLabeler
+from models.labels.weaksam.proposals import ProposalOptions, weaksam_proposals
+from models.runtime.device import DEVICE_HELP, check_device_name, resolve_device
+from models.runtime.progress import progress_bar
+from models.students.detector import faster_rcnn, image_tensor, save_detector
+from models.students.semantic import normalize, pad_to_multiple
+from models.students.wsod import SEED_RULES, WSODHead, save_wsod, wsod_losses
 
 RESUME_FREE = ("iterations", "checkpoint_every", "device")  # settings a resumed run may change
 
@@ -370,8 +369,8 @@ class DetectorConfig:
 
 def build_detector(num_classes: int, cfg: DetectorConfig) -> torch.nn.Module:
     """Faster R-CNN (MobileNetV3-Large FPN, random weights: nothing is downloaded) with RoI drop,
-    on the CPU (`models.weaksam.detector.faster_rcnn`)."""
-    from models.weaksam.roi_drop import with_roi_drop
+    on the CPU (`models.students.detector.faster_rcnn`)."""
+    from models.students.roi_drop import with_roi_drop
 
     model = faster_rcnn(num_classes, cfg.min_size, cfg.max_size)
     if cfg.roi_drop != "none":

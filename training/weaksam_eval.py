@@ -270,8 +270,8 @@ def detector_detections(
     """Run the detector over every image of `truth`: the detections of the classes in `classes`
     (at most 100 per image and class), mapped to ground-truth categories."""
     from models.engine import read_image
-    from models.progress import progress_bar
-    from models.weaksam.detector import detect
+    from models.runtime.progress import progress_bar
+    from models.students.detector import detect
 
     out = {}
     with progress_bar("weaksam eval", disable=quiet) as progress:
@@ -288,8 +288,8 @@ def evaluate_detector(
 ) -> dict[str, Any]:
     """A `detector.pt` over a split: `evaluate_detections`' report plus the checkpoint, the class
     map, the device and the time taken."""
-    from models.device import check_device_name, resolve_device
-    from models.weaksam.detector import load_detector
+    from models.runtime.device import check_device_name, resolve_device
+    from models.students.detector import load_detector
 
     check_device_name(device, "--device")
     started = time.perf_counter()

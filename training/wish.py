@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from models.device import to_device
+from models.runtime.device import to_device
 
 TOKENS = 2  # sparse tokens per prompt latent
 

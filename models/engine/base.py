@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.deadline import check_deadline
 from models.engine.cache import DEFAULT_CACHE_BYTES, EmbeddingCache, content_key
 from models.engine.types import EngineStats, ImageHandle, Predictions, Prompt
 from models.engine.validation import as_rgb_uint8, validate_prompts
+from models.runtime.deadline import check_deadline
 
 # every backend's default working long side. The classical priors: every image they were tuned on
 # (CamVid 480x360, Penn-Fudan up to 1017 wide, COCO up to 640) is encoded at its own size, a larger

@@ -43,7 +43,6 @@ import numpy as np
 from scipy import sparse
 
 from models.config import from_mapping, setting
-from models.deadline import check_deadline
 from models.engine.base import PRIOR_WORKING_SIDE, CachedSegmenter, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.lowres import MASK_LOGIT, low_res_pixels, low_res_to_probability
@@ -64,6 +63,7 @@ from models.engine.walker import (
     region_graph,
     smooth_lab,
 )
+from models.runtime.deadline import check_deadline
 
 STABILITY_OFFSET = 1.0 / (2 * MASK_LOGIT)  # SAM's offset of 1.0 logit, in potential units
 SINGLE = 0.5  # multimask=False answers the walk's most likely mask: potentials above one half

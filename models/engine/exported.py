@@ -24,7 +24,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from models.engine.base import DEFAULT_WORKING_SIDE, BatchedDecoder, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.types import LOW_RES, Predictions, Prompt
-from models.onnx_runtime import read_metadata
+from models.runtime.onnx_runtime import read_metadata
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from models.config import from_mapping, load, read_yaml, setting
-from models.device import check_device_name, resolve_device
 from models.engine.base import CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.regions import DEFAULT_SCALES
+from models.runtime.device import check_device_name, resolve_device
 
 ENV_PREFIX = "SESAM_"
 

@@ -26,11 +26,11 @@ from scipy import sparse
 from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb
 
-from models.deadline import check_deadline
 from models.engine.base import PRIOR_WORKING_SIDE, CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.lowres import MASK_LOGIT, low_res_pixels, low_res_shape, low_res_to_mask
 from models.engine.types import LOW_RES, ImageHandle, Predictions, Prompt
+from models.runtime.deadline import check_deadline
 
 RING_HOPS = 3
 DEFAULT_SCALES = (60, 200, 600)  # Felzenszwalb scale per level: larger -> larger regions

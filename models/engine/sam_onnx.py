@@ -17,7 +17,7 @@ import numpy as np
 from models.engine.base import DEFAULT_WORKING_SIDE
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.exported import ExportedSamEngine
-from models.onnx_runtime import create_session, model_file
+from models.runtime.onnx_runtime import create_session, model_file
 
 
 class OnnxSamEngine(ExportedSamEngine):

@@ -13,7 +13,7 @@ import numpy as np
 from models.engine.base import DEFAULT_WORKING_SIDE
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.exported import ExportedSamEngine
-from models.tensorrt_runtime import TensorRTModel, find_engine, require_tensorrt
+from models.runtime.tensorrt_runtime import TensorRTModel, find_engine, require_tensorrt
 
 
 class TensorRTSamEngine(ExportedSamEngine):

@@ -20,9 +20,9 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from models.engine.base import DEFAULT_WORKING_SIDE, BatchedDecoder, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
+from models.engine.modeling.build import build_sam
+from models.engine.modeling.fast_decoder import DEFAULT_CHUNK, ManyPromptDecoder
 from models.engine.types import Predictions, Prompt
-from models.sam.build import build_sam
-from models.sam.fast_decoder import DEFAULT_CHUNK, ManyPromptDecoder
 
 MAX_DECODE_BATCH = 64  # prompts per decoder call; bounds the memory of full-size outputs
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.deps import require
 from models.engine.base import DEFAULT_WORKING_SIDE
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.exported import ExportedSamEngine
+from models.runtime.deps import require
 
 
 class TritonSamEngine(ExportedSamEngine):

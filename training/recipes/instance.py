@@ -28,7 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import from_mapping, load, read_yaml, setting
-from models.device import (
+from models.engine import Prompt, build_engine
+from models.engine.prompt_latents import PromptLatents
+from models.labels.schema import WeakLabels, load_weak_labels
+from models.labels.wish_tags import TagPointOptions, tags_to_points
+from models.runtime.device import (
     AMP_CHOICES,
     AMP_HELP,
     DEVICE_HELP,
@@ -37,8 +41,7 @@ from models.device import (
     resolve_device,
     to_device,
 )
-from models.engine import Prompt, build_engine
-from models.instance_students import (
+from models.students.instance import (
     InstanceSegmenter,
     build_instance_student,
     instance_student_registry,
@@ -46,9 +49,6 @@ from models.instance_students import (
     save_instance_student,
     torch_instance_forward,
 )
-from models.prompt_latents import PromptLatents
-from models.refine.wish_tags import TagPointOptions, tags_to_points
-from models.weak import WeakLabels, load_weak_labels
 from training.budget import INSTANCE_KINDS, assign_label_kinds, derive_instance_labels, homogeneous_counts
 from training.data import batch_indices
 from training.datasets import CamVidThings, CocoInstances, InstanceFolder, InstanceSample, PennFudan

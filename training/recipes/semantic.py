@@ -10,7 +10,7 @@ CAM classifier from image tags (cam).
 - sesam (paper 000): EMA teacher (0.999); every `sam_every` (M) iterations the weak labels of the
   batch's images, extended with teacher pixels of confidence >= `sesam.theta2`, are refined by the
   SeSAM labeler; loss = L_weak + w_sam L_SAM + w_pseudo L_pseudo with precedence weak > SAM > pseudo.
-- cam: a CAM classifier (`models.cam`: the student's backbone + a 1x1 conv CAM head) trained on
+- cam: a CAM classifier (`models.students.cam`: the student's backbone + a 1x1 conv CAM head) trained on
   the images' tags with the multi-label loss on the GAP logits (`training.wish.cam_loss`, WISH's
   Eq. 17). Validation scores the CAM pseudo-labels (tags from the dense labels,
   `cam_pseudo_labels` at `cam_threshold`) by mIoU; the output is `cam.pt`.
@@ -34,14 +34,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cam import CamClassifier, cam_pseudo_labels, normalise_cam, predict_cams, save_cam_classifier
 from models.config import from_mapping
-from models.device import Precision, resolve_device, to_device
 from models.engine import build_engine
 from models.io import UNLABELED, read_label_png, save_png
-from models.refine import NaiveLabeler, NaiveOptions, SeSAMLabeler, SeSAMOptions, confident_labels
-from models.refine.sesam import weak_fingerprint
-from models.students import build_student, normalize, pad_to_multiple, save_student
+from models.labels import NaiveLabeler, NaiveOptions, SeSAMLabeler, SeSAMOptions, confident_labels
+from models.labels.sesam import weak_fingerprint
+from models.runtime.device import Precision, resolve_device, to_device
+from models.students.cam import (
+    CamClassifier,
+    cam_pseudo_labels,
+    normalise_cam,
+    predict_cams,
+    save_cam_classifier,
+)
+from models.students.semantic import build_student, normalize, pad_to_multiple, save_student
 from training.augment import center_view
 from training.data import WeakDataset, batch_indices, make_batch
 from training.datasets import CAMVID_CLASSES

@@ -1,0 +1,397 @@
+"""`sesam predict` (prompt the engine on one image; masks + overlay) and `sesam refine` (weak labels
+to dense labels for a folder), with the engine flags every prompting command shares."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, build_engine, read_image
+from models.engine.modeling.build import sam_model_registry
+from models.io import save_png
+from models.jobs.refine import RefineRun, refine_folder
+from models.jobs.visualize import overlay_masks
+from models.labels import LABELERS, backend_defaults, build_labeler
+from models.labels.merge import OVERLAP_RULES
+from models.labels.sampling import SAMPLERS, TRAINING_ONLY_SAMPLERS
+from models.labels.selection import SELECTORS
+from models.labels.sesam import PROMPT_TYPES
+from models.students.cam import SHIPPED_CAM
+from models.students.semantic import SHIPPED_SEMANTIC_STUDENT
+
+
+def _pairs(text: str) -> list[list[float]]:
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected numbers 'x,y[,x,y...]', got {text!r}") from exc
+    if len(values) % 2:
+        raise argparse.ArgumentTypeError(f"expected an even count of numbers (x,y pairs), got {text!r}")
+    return [values[i : i + 2] for i in range(0, len(values), 2)]
+
+
+def _box(text: str) -> list[float]:
+    values = [v for pair in _pairs(text) for v in pair]
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"a box is x0,y0,x1,y1; got {text!r}")
+    return values
+
+
+def _sampler(name: str) -> str:
+    """--sampling: a registered sampler that runs without a teacher."""
+    if name in TRAINING_ONLY_SAMPLERS:
+        raise argparse.ArgumentTypeError(
+            f"{name!r} samples where a teacher is confident, so it runs in training only "
+            f"(sesam train with sesam: {{sampling: {name}}})"
+        )
+    if name not in SAMPLERS:
+        raise argparse.ArgumentTypeError(f"{name!r} unknown; choose one of {sorted(SAMPLERS)}")
+    return name
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Engine options shared by every command that prompts a segmenter."""
+    parser.add_argument(
+        "--backend",
+        choices=["auto", *ENGINE_BACKENDS],
+        default=None,
+        help="auto (default: torch with a checkpoint, onnx with an export dir, else classical)",
+    )
+    parser.add_argument(
+        "--sam-type", choices=sorted(sam_model_registry), default=None, help="tiny: random weights, tests"
+    )
+    parser.add_argument("--sam-checkpoint", default=None, help="path to an official SAM checkpoint")
+    parser.add_argument("--device", default=None, help="cpu or cuda")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """Environment first (SESAM_*), then explicit flags."""
+    config = EngineConfig.from_env()
+    for field in ("backend", "sam_type", "sam_checkpoint", "device"):
+        value = getattr(args, field, None)
+        if value is not None:
+            setattr(config, field, value)
+    config.validate("command line")
+    return config
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    image = read_image(args.image)
+    points = list(args.point or []) + list(args.negative or [])
+    labels = [1] * len(args.point or []) + [0] * len(args.negative or [])
+    prompt = Prompt(
+        points=np.asarray(points, dtype=np.float64) if points else None,
+        labels=np.asarray(labels) if points else None,
+        box=np.asarray(args.box, dtype=np.float64) if args.box else None,
+    )
+    engine = build_engine(engine_config_from_args(args))
+    out = engine.predict(image, [prompt], multimask=not args.single)
+    out_dir = Path(args.out)
+    stem = Path(args.image).stem
+    for j, mask in enumerate(out.masks[0]):
+        save_png(mask.astype(np.uint8) * 255, out_dir / f"{stem}_mask{j}.png")
+    save_png(
+        overlay_masks(
+            image,
+            out.masks[0],
+            points=np.asarray(points) if points else None,
+            labels=np.asarray(labels) if points else None,
+            box=args.box,
+        ),
+        out_dir / f"{stem}_overlay.png",
+    )
+    summary = {
+        "backend": engine.name,
+        "image": str(args.image),
+        "iou": out.iou[0].round(4).tolist(),
+        "stability": out.stability[0].round(4).tolist(),
+        "areas": out.masks[0].sum((1, 2)).tolist(),
+        "out": str(out_dir),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def labeler_options(args: argparse.Namespace) -> dict:
+    """The chosen method's options from the command line (only those the user set)."""
+    if args.method == "sesam":
+        names = ("k", "sampling", "selection", "prompt", "tau1", "tau2", "overlap", "seed", "scribble_points")
+        opts = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+        if args.no_instance_separation:
+            opts["instance_separation"] = False
+        return opts
+    from models.config import parse_overrides
+
+    names = {
+        "naive": ("overlap", "scribble_points"),
+        "sepl": ("points_per_side", "pred_iou_thresh", "stability_thresh", "overlap", "rule", "cam"),
+        "weaksam": ("points_per_side", "overlap", "cam", "wsod"),
+        "grounded": ("box_source", "detector", "vocabulary"),
+    }[args.method]
+    opts = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if args.method == "weaksam" and "wsod" in opts:
+        opts["scorer"] = "wsod"
+    opts |= parse_overrides(args.set)
+    return backend_defaults(args.method, args.backend_name, opts)
+
+
+def refine_run_from_args(args: argparse.Namespace, options: dict) -> RefineRun:
+    """The `sesam refine` folders and switches (shared with `--endpoint` runs in serving.cli)."""
+    return RefineRun(
+        images=Path(args.images),
+        weak=Path(args.weak),
+        out=Path(args.out),
+        method=args.method,
+        num_classes=args.num_classes,
+        overlays=Path(args.overlays) if args.overlays else None,
+        report=args.report,
+        overwrite=args.overwrite,
+        limit=args.limit,
+        options=options,
+    )
+
+
+def report_refine_summary(summary: dict) -> int:
+    return report_summary(summary, "refine")
+
+
+def add_folder_args(parser: argparse.ArgumentParser, overlay: str) -> None:
+    """Switches every folder job has (`sesam refine`, `sesam segment`): overlays and report, resume,
+    limit, progress, and Ray."""
+    parser.add_argument("--overlays", default=None, help=f"also write {overlay} overlay PNGs here")
+    parser.add_argument(
+        "--report", action="store_true", help="write report.html with pictures (implies overlays)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo images already done (default: resume)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_args(parser)
+
+
+def add_ray_args(parser: argparse.ArgumentParser) -> None:
+    """`--ray [ADDRESS]` and the worker count, shared by `sesam refine` and `sesam segment`."""
+    g = parser.add_argument_group("scale-out on Ray (pip install 'sesam[ray]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray Data: no ADDRESS starts a local cluster; `auto` or ray://HOST:10001 joins one",
+    )
+    g.add_argument("--ray-workers", type=int, default=2, help="actors, each holding one model (2)")
+    g.add_argument(
+        "--ray-gpus", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has GPUs)"
+    )
+
+
+def ray_options_from_args(args: argparse.Namespace):
+    from models.jobs.folders import RayOptions
+
+    if args.ray is None:
+        return None
+    address = None if args.ray == "local" else args.ray
+    return RayOptions(address=address, workers=args.ray_workers, gpus_per_worker=args.ray_gpus)
+
+
+def segment_run_from_args(args: argparse.Namespace):
+    """The `sesam segment` folders and switches (shared with `--endpoint` runs in serving.cli)."""
+    from models.jobs.segment import SegmentRun
+
+    if not 0.0 <= args.min_score <= 1.0:
+        raise ValueError(f"--min-score must lie in [0, 1], got {args.min_score}")
+    return SegmentRun(
+        images=Path(args.images),
+        out=Path(args.out),
+        min_score=args.min_score,
+        overlays=Path(args.overlays) if args.overlays else None,
+        report=args.report,
+        overwrite=args.overwrite,
+        limit=args.limit,
+    )
+
+
+def report_summary(summary: dict, command: str) -> int:
+    """Print a folder job's summary (without the per-image part); exit status 1 when any image failed."""
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=1))
+    if summary["failed"]:
+        print(
+            f"sesam {command}: {summary['failed']} image(s) failed: " + ", ".join(summary["failures"]),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from models.jobs.segment import LoadStudent, segment_folder
+
+    run = segment_run_from_args(args)
+    ray = ray_options_from_args(args)
+    threads = args.threads or (max(1, int(ray.cpus_per_worker)) if ray is not None else None)
+    factory = LoadStudent(args.student, args.runtime, args.device, args.providers, args.min_score, threads)
+    name = Path(args.student).name
+    summary = segment_folder(run, factory, name, quiet=args.quiet, ray=ray)
+    return report_summary(summary, "segment")
+
+
+def run_cam(args: argparse.Namespace) -> int:
+    from models.jobs.cam import CamRun, cam_folder
+
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise ValueError(f"--threshold must lie in (0, 1), got {args.threshold}")
+    run = CamRun(
+        images=Path(args.images),
+        out=Path(args.out),
+        checkpoint=Path(args.cam),
+        weak=Path(args.weak) if args.weak else None,
+        threshold=args.threshold,
+        background_class=args.background_class,
+        report=args.report,
+        overwrite=args.overwrite,
+        limit=args.limit,
+    )
+    summary = cam_folder(run, quiet=args.quiet, ray=ray_options_from_args(args))
+    return report_summary(summary, "cam")
+
+
+def run_refine(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from models.jobs.refine import BuildRefineOne, process_folder
+
+    config = engine_config_from_args(args)
+    engine = build_engine(config)
+    args.backend_name = engine.name
+    options = labeler_options(args)
+    run = refine_run_from_args(args, options)
+    ray = ray_options_from_args(args)
+    if ray is not None:  # every actor builds its own engine and labeler from the same settings
+        factory = BuildRefineOne(run, asdict(config), args.method, options)
+        return report_refine_summary(process_folder(run, factory, engine.name, quiet=args.quiet, ray=ray))
+    labeler = build_labeler(args.method, engine, **options)
+    return report_refine_summary(refine_folder(run, engine, labeler, quiet=args.quiet))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict", help="segment one image from point/box prompts; write masks and overlay"
+    )
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--point", type=_pairs, action="extend", help="positive point(s) x,y[,x,y...]")
+    p.add_argument("--negative", type=_pairs, action="extend", help="negative point(s) x,y[,x,y...]")
+    p.add_argument("--box", type=_box, help="box x0,y0,x1,y1")
+    p.add_argument("--single", action="store_true", help="one mask instead of three candidates")
+    p.add_argument("--out", default="out/predict", help="output folder")
+    add_engine_args(p)
+    p.set_defaults(func=run_predict)
+
+    r = subparsers.add_parser("refine", help="weak labels -> dense labels for a folder of images")
+    r.add_argument("--images", required=True, help="folder of images (<stem>.jpg/.png/...)")
+    r.add_argument("--weak", required=True, help="folder of weak labels (<stem>.json and/or <stem>.png)")
+    r.add_argument("--out", required=True, help="output folder for <stem>.png class maps (255 = unlabeled)")
+    r.add_argument("--method", choices=sorted(LABELERS), default="sesam")
+    r.add_argument("--num-classes", type=int, default=None, help="reject class ids >= this")
+    add_folder_args(r, "weak|refined")
+    g = r.add_argument_group("sesam options (paper defaults)")
+    g.add_argument("--k", type=int, default=None, help="points per component (5)")
+    g.add_argument(
+        "--sampling",
+        type=_sampler,
+        default=None,
+        help=f"one of {sorted(set(SAMPLERS) - TRAINING_ONLY_SAMPLERS)} (skeleton-grid)",
+    )
+    g.add_argument("--selection", choices=sorted(SELECTORS), default=None, help="coverage")
+    g.add_argument("--prompt", choices=PROMPT_TYPES, default=None, help="points")
+    g.add_argument("--no-instance-separation", action="store_true")
+    g.add_argument("--tau1", type=float, default=None, help="0.3")
+    g.add_argument("--tau2", type=float, default=None, help="0.7")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--scribble-points", type=int, default=None, help="points spread along a scribble (10)")
+    g.add_argument("--overlap", choices=OVERLAP_RULES, default=None, help="class overlaps (score)")
+    s = r.add_argument_group("sepl / weaksam / grounded options (image tags; docs/tags.md)")
+    s.add_argument(
+        "--points-per-side", type=int, default=None, help="sepl / weaksam: grid prompts per side (16)"
+    )
+    s.add_argument(
+        "--pred-iou-thresh", type=float, default=None, help="sepl: 0.86 (0 with the classical prior)"
+    )
+    s.add_argument(
+        "--stability-thresh", type=float, default=None, help="sepl: 0.92 (0 with the classical prior)"
+    )
+    s.add_argument("--rule", default=None, help="sepl: paper (default), authors or keep_pseudo")
+    s.add_argument(
+        "--cam", default=None, help="sepl / weaksam: CAM checkpoint (default: the shipped CamVid one)"
+    )
+    s.add_argument(
+        "--wsod", default=None, help="weaksam: a trained WSOD head (else the CAM scores proposals)"
+    )
+    s.add_argument("--box-source", default=None, help="grounded: grounding-dino, owlv2 or user")
+    s.add_argument("--detector", default=None, help="grounded: the HF checkpoint folder of the box source")
+    s.add_argument("--vocabulary", default=None, help="grounded: class prompts (camvid, voc, pennfudan)")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any option of the method (docs/settings.md)",
+    )
+    add_engine_args(r)
+    r.set_defaults(func=run_refine)
+
+    g = subparsers.add_parser(
+        "segment", help="a folder of images through a student (label maps or instances)"
+    )
+    g.add_argument("--images", required=True, help="folder of images (<stem>.jpg/.png/...)")
+    g.add_argument(
+        "--out", required=True, help="output folder: <stem>.png label maps or <stem>.json instances"
+    )
+    g.add_argument(
+        "--student",
+        default=str(SHIPPED_SEMANTIC_STUDENT),
+        help="a .pt checkpoint or an export directory, semantic or instance (default: the shipped CamVid student)",
+    )
+    g.add_argument("--runtime", choices=["auto", "torch", "onnx", "tensorrt"], default="auto")
+    g.add_argument("--providers", default=None, help="onnx: execution providers, comma-separated")
+    g.add_argument("--device", default="cpu", help="torch: cpu or cuda")
+    g.add_argument("--min-score", type=float, default=0.5, help="instance students: lowest score kept (0.5)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads per student (default: all cores; on Ray the actor's CPUs). Answers are "
+        "byte-identical between runs with equal thread counts",
+    )
+    add_folder_args(g, "image|answer")
+    g.set_defaults(func=run_segment)
+
+    c = subparsers.add_parser("cam", help="class activation maps of a folder of images (a CAM classifier)")
+    c.add_argument("--images", required=True, help="folder of images (<stem>.jpg/.png/...)")
+    c.add_argument("--out", required=True, help="output folder: <stem>.npz CAMs and <stem>.png pseudo-labels")
+    c.add_argument(
+        "--cam",
+        default=str(SHIPPED_CAM),
+        help="CAM checkpoint (`sesam train` mode cam; default: the shipped CamVid one)",
+    )
+    c.add_argument(
+        "--weak", default=None, help="weak labels whose tags pick the classes (else: predicted >= 0.5)"
+    )
+    c.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="background threshold on normalised CAMs (the checkpoint's)",
+    )
+    c.add_argument(
+        "--background-class", type=int, default=None, help="the dataset's background id (else 255)"
+    )
+    c.add_argument("--report", action="store_true", help="write overlays and report.html")
+    c.add_argument("--overwrite", action="store_true", help="redo images already done (default: resume)")
+    c.add_argument("--limit", type=int, default=None, help="only the first N images")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_args(c)
+    c.set_defaults(func=run_cam)

@@ -1,0 +1,197 @@
+"""Running a per-image job over a folder: in this process (threads) or scaled out on Ray Data.
+
+A job is an `ImageWorker`: a picklable object that builds its model in `setup()` (once per thread
+pool, or once per Ray actor: one engine or student per worker, one GPU each where there are GPUs)
+and then handles one image per call, writing its outputs atomically itself. Both executors feed the
+same workers the same images, so outputs are byte-identical, and both report a failing image
+instead of stopping. Resume is the caller's: it passes only the images not done yet.
+
+Ray is optional (`pip install "sesam[ray]"`). `address=None` starts a local cluster on this
+machine; `"auto"` or `"ray://host:10001"` joins a running one (`ray start --head` on the head
+node, `ray start --address HEAD:6379` on the others; every node must see the same input and output
+folders, e.g. a shared filesystem).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from models.engine.validation import list_images
+from models.runtime.deps import require
+from models.runtime.progress import progress_bar
+
+
+class ImageWorker(Protocol):
+    errors: tuple[type[Exception], ...]  # what counts as a failing image (reported, not fatal)
+
+    def setup(self) -> None:
+        """Build the model(s); called once per thread pool or Ray actor before any image."""
+
+    def __call__(self, stem: str, path: Path) -> None:
+        """Handle one image and write its outputs atomically; raise one of `errors` when it fails."""
+
+
+class FolderOutputs(Protocol):
+    out: Path
+    overlays: Path | None
+    report: bool
+
+
+def overlay_dir(run: FolderOutputs) -> Path | None:
+    """Where a folder job draws its overlays: the folder asked for, else `out/overlays` when a
+    report is wanted, else nowhere."""
+    return run.overlays or (run.out / "overlays" if run.report else None)
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide a Ray run goes."""
+
+    address: str | None = None  # None: a local cluster; "auto" / "ray://...": an existing one
+    workers: int = 2  # actors, each holding one model
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_worker: float = 1.0
+
+
+def run_local(
+    items: list[tuple[str, Path]], worker: ImageWorker, concurrency: int = 1
+) -> Iterator[tuple[str, str | None]]:
+    """(stem, error or None) per image as they finish; `concurrency` threads share one worker."""
+    if concurrency < 1:
+        raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
+    if not items:
+        return
+    worker.setup()
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = {pool.submit(worker, stem, path): stem for stem, path in items}
+        for future in as_completed(futures):
+            try:
+                future.result()
+                yield futures[future], None
+            except worker.errors as exc:
+                yield futures[future], str(exc)
+
+
+class _RayActor:
+    """One Ray Data actor: sets its worker up once, then handles batches of one image each."""
+
+    def __init__(self, worker: ImageWorker) -> None:
+        self.worker = worker
+        worker.setup()
+
+    def __call__(self, batch: dict) -> dict:
+        errors = []
+        for stem, path in zip(batch["stem"], batch["path"], strict=True):
+            try:
+                self.worker(str(stem), Path(str(path)))
+                errors.append("")
+            except self.worker.errors as exc:
+                errors.append(str(exc) or type(exc).__name__)
+        return {"stem": list(batch["stem"]), "error": errors}
+
+
+def ray_init(options: RayOptions):
+    """Connect to (or start) the cluster once per process; returns the ray module."""
+    ray = require("ray", "ray", "scale-out on Ray (--ray)")
+    require("ray.data", "ray", "scale-out on Ray (--ray)")
+    if not ray.is_initialized():
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    return ray
+
+
+def run_ray(
+    items: list[tuple[str, Path]], worker: ImageWorker, options: RayOptions
+) -> Iterator[tuple[str, str | None]]:
+    """(stem, error or None) per image, computed by `options.workers` Ray Data actors."""
+    if options.workers < 1:
+        raise ValueError(f"--ray-workers must be >= 1, got {options.workers}")
+    if not items:
+        return
+    ray = ray_init(options)
+    gpus = options.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    rows = [{"stem": stem, "path": str(path)} for stem, path in items]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        _RayActor,
+        fn_constructor_kwargs={"worker": worker},
+        batch_size=1,
+        # one image queued behind the one in work: little is redone after an interruption
+        compute=ray.data.ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=2),
+        num_gpus=gpus,
+        num_cpus=options.cpus_per_worker,
+    )
+    for row in dataset.iter_rows():
+        yield str(row["stem"]), (str(row["error"]) or None)
+
+
+def run_images(
+    items: list[tuple[str, Path]],
+    worker: ImageWorker,
+    concurrency: int = 1,
+    ray: RayOptions | None = None,
+    on_done: Callable[[str, str | None], None] | None = None,
+) -> dict[str, str]:
+    """Run `worker` over `items` locally or on Ray; returns {stem: error} of the failed images."""
+    failures: dict[str, str] = {}
+    results = run_ray(items, worker, ray) if ray is not None else run_local(items, worker, concurrency)
+    for stem, error in results:
+        if error is not None:
+            failures[stem] = error
+        if on_done is not None:
+            on_done(stem, error)
+    return failures
+
+
+@dataclass
+class FolderResult:
+    """What a folder job did: the images considered, how many were already done, the failures."""
+
+    items: list[tuple[str, Path]]
+    todo: int
+    skipped: int
+    failures: dict[str, str]
+    seconds: float
+
+
+def run_folder(
+    images: Path,
+    limit: int | None,
+    done: Callable[[str], bool],
+    worker: ImageWorker,
+    label: str,
+    quiet: bool = False,
+    concurrency: int = 1,
+    ray: RayOptions | None = None,
+) -> FolderResult:
+    """The folder loop of `sesam refine` / `sesam segment`: list the images (the first `limit`),
+    skip those `done` (resume), run the rest locally or on Ray with a progress bar that prints
+    each failure as it happens."""
+    import time
+
+    stems = list_images(images)
+    if not stems:
+        raise ValueError(f"--images {images}: no images found")
+    items = list(stems.items())[:limit] if limit else list(stems.items())
+    todo = [(stem, path) for stem, path in items if not done(stem)]
+    started = time.perf_counter()
+    with progress_bar(label, disable=quiet) as progress:
+        task = progress.add_task(label, total=len(items), info="" if ray is None else "on ray")
+        progress.advance(task, len(items) - len(todo))
+
+        def on_done(stem: str, error: str | None) -> None:
+            if error is not None:
+                progress.console.print(f"[red]{stem}: {error}")
+            progress.update(task, advance=1, info=stem)
+
+        failures = run_images(todo, worker, concurrency, ray, on_done)
+    return FolderResult(
+        items, len(todo), len(items) - len(todo), failures, round(time.perf_counter() - started, 2)
+    )

@@ -1,0 +1,249 @@
+"""SeSAM labels (paper 000, DIGEST steps 1-4), with every ablation switch of the paper.
+
+1. Points and scribbles are sparse: each prompts SAM (a scribble as points spread along it) and the
+   SMALLEST non-empty of the 3 candidates becomes its initial coarse mask (precision first). A box
+   gives the best-scoring candidate clipped to the box. Coarse masks are used as given. Optionally
+   (training) the coarse masks are extended with a teacher's confident pixels (>= theta2).
+2. Instance separation: each class mask is split into 8-connected components; one prompt per
+   component (switch off to prompt per class).
+3. Prompts per component: K points sampled by `sampling` (default skeleton-grid), or the
+   component's box, or the component as a mask prompt.
+4. Selection among the 3 candidates by `selection` (default coverage/compatibility, tau1 0.3,
+   tau2 0.7, fallback: highest compatibility).
+Then the instance masks are merged (models.labels.merge): overlaps by score (the selected mask's
+compatibility) or left unlabeled, and weak labels always win. All prompts of one stage go to the
+engine in one `predict` (one decoder call per prompt layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.config import setting
+from models.engine import ImageHandle, Prompt, PromptableSegmenter
+from models.engine.lowres import mask_to_low_res
+from models.io import UNLABELED
+from models.labels.common import (
+    RefineResult,
+    box_clip,
+    confident_labels,
+    ensure_handle,
+    predict_chunks,
+    sparse_prompts,
+)
+from models.labels.merge import OVERLAP_RULES, Instance, merge_instances
+from models.labels.sampling import SAMPLERS, connected_components
+from models.labels.schema import WeakLabels
+from models.labels.selection import SELECTORS, choose_by_coverage, coverage_compatibility, select_smallest
+
+PROMPT_TYPES = ("points", "box", "mask")
+
+
+@dataclass
+class SeSAMOptions:
+    """Every choice of the SeSAM labeler; defaults are the paper's where it gives one."""
+
+    k: int = setting(5, help="points sampled per component (step 3)")
+    sampling: str = setting("skeleton-grid", help=f"point sampler, one of {', '.join(SAMPLERS)}")
+    selection: str = setting("coverage", help=f"candidate selection, one of {', '.join(SELECTORS)}")
+    prompt: str = setting("points", help=f"prompt per component, one of {', '.join(PROMPT_TYPES)}")
+    instance_separation: bool = setting(True, help="one prompt per 8-connected component (step 2)")
+    tau1: float = setting(0.3, help="coverage threshold of the selection rule (step 4)")
+    tau2: float = setting(0.7, help="compatibility threshold of the selection rule (step 4)")
+    theta2: float = setting(0.98, help="training: teacher confidence that extends the weak masks")
+    min_component_area: int = setting(16, help="components smaller than this (pixels) are not prompted")
+    scribble_points: int = setting(10, help="points spread along a scribble for step 1")
+    overlap: str = setting("score", help=f"class overlaps, one of {', '.join(OVERLAP_RULES)}")
+    seed: int = setting(0, help="sampling seed")
+
+    def validate(self, source: str = "sesam options") -> None:
+        checks = [
+            (
+                self.sampling in SAMPLERS,
+                f"sampling {self.sampling!r} unknown; choose one of {sorted(SAMPLERS)}",
+            ),
+            (
+                self.selection in SELECTORS,
+                f"selection {self.selection!r} unknown; choose one of {sorted(SELECTORS)}",
+            ),
+            (self.prompt in PROMPT_TYPES, f"prompt {self.prompt!r} unknown; choose one of {PROMPT_TYPES}"),
+            (
+                self.overlap in OVERLAP_RULES,
+                f"overlap {self.overlap!r} unknown; choose one of {OVERLAP_RULES}",
+            ),
+            (self.k >= 1, f"k must be >= 1, got {self.k}"),
+            (
+                0 <= self.tau1 <= 1 and 0 <= self.tau2 <= 1,
+                f"tau1, tau2 must lie in [0, 1], got {self.tau1}, {self.tau2}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{source}: {message}")
+
+
+def weak_fingerprint(weak: WeakLabels) -> str:
+    """A content hash of weak labels (JSON kinds and the coarse mask)."""
+    digest = hashlib.sha256(json.dumps(weak.to_json(), sort_keys=True).encode())
+    if weak.coarse is not None:
+        digest.update(weak.coarse.tobytes())
+    return digest.hexdigest()
+
+
+class SeSAMLabeler:
+    """Weak labels of one image -> SeSAM labels, driven by any PromptableSegmenter."""
+
+    name = "sesam"
+    reads = frozenset({"points", "scribbles", "boxes", "coarse"})  # weak-label kinds it uses
+
+    def __init__(
+        self, engine: PromptableSegmenter, options: SeSAMOptions | None = None, initial_cache_size: int = 1024
+    ) -> None:
+        self.engine = engine
+        self.options = options or SeSAMOptions()
+        self.options.validate()
+        # Step 1 depends only on the image and its weak labels, not on a teacher: during training
+        # it is computed once per image and reused at every SAM refresh (bit-packed masks).
+        self._initial_cache: OrderedDict[tuple[str, str], dict[int, np.ndarray]] = OrderedDict()
+        self._initial_cache_size = initial_cache_size
+
+    def _cached_initial_masks(
+        self, handle: ImageHandle, weak: WeakLabels, result: RefineResult
+    ) -> tuple[dict[int, np.ndarray], np.ndarray]:
+        """Step 1's class masks and the weak labels' own map (HxW, 255 = none), computed once per
+        (image, weak labels) and reused: during training they never change between refreshes."""
+        key = (handle.key, weak_fingerprint(weak))
+        cached = self._initial_cache.get(key)
+        if cached is not None:
+            self._initial_cache.move_to_end(key)
+            packed, weak_map = cached
+            n = weak.height * weak.width
+            masks = {
+                c: np.unpackbits(bits, count=n).view(bool).reshape(weak.size) for c, bits in packed.items()
+            }
+            return masks, weak_map
+        masks = self.initial_masks(handle, weak, result)
+        weak_map = weak.sparse_map()
+        weak_map.setflags(write=False)  # shared between refreshes
+        if self._initial_cache_size > 0:
+            self._initial_cache[key] = ({c: np.packbits(m) for c, m in masks.items()}, weak_map)
+            while len(self._initial_cache) > self._initial_cache_size:
+                self._initial_cache.popitem(last=False)
+        return masks, weak_map
+
+    def initial_masks(
+        self, handle: ImageHandle, weak: WeakLabels, result: RefineResult
+    ) -> dict[int, np.ndarray]:
+        """Step 1: class id -> coarse HxW mask, from coarse labels and SAM on points/scribbles/boxes."""
+        masks: dict[int, np.ndarray] = {}
+
+        def add(c: int, m: np.ndarray) -> None:
+            masks[c] = masks[c] | m if c in masks else m.copy()
+
+        if weak.coarse is not None:
+            for c in np.unique(weak.coarse):
+                if c != UNLABELED:
+                    add(int(c), weak.coarse == c)
+        prompts, origin = sparse_prompts(weak, self.options.scribble_points)
+        for start, out in predict_chunks(self.engine, handle, prompts, result):
+            for i in range(len(out)):
+                kind, j, c = origin[start + i]
+                if kind == "box":
+                    mask = box_clip(out.masks[i, int(np.argmax(out.iou[i]))], weak.boxes[j].box)
+                else:
+                    mask = out.masks[i, select_smallest(out.masks[i])].copy()
+                    if kind == "scribble":
+                        mask |= weak.scribble_mask(weak.scribbles[j])
+                    else:
+                        mask[int(weak.points[j].y), int(weak.points[j].x)] = True
+                add(c, mask)
+        return masks
+
+    @staticmethod
+    def extend(
+        masks: dict[int, np.ndarray], extension: np.ndarray, weak_map: np.ndarray
+    ) -> dict[int, np.ndarray]:
+        """Refined mask sampling: add the unlabeled pixels a teacher labels confidently (HxW map,
+        255 = not confident) to the class masks."""
+        free = (weak_map == UNLABELED) & (extension != UNLABELED)
+        out = {c: m.copy() for c, m in masks.items()}
+        for c in np.unique(extension[free]):
+            extra = free & (extension == c)
+            out[int(c)] = out[int(c)] | extra if int(c) in out else extra
+        return out
+
+    def _prompt_for(
+        self, component: np.ndarray, rng: np.random.Generator, confidence: np.ndarray | None
+    ) -> Prompt:
+        o = self.options
+        if o.prompt == "box":
+            rows, cols = np.flatnonzero(component.any(1)), np.flatnonzero(component.any(0))
+            return Prompt(box=[cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+        if o.prompt == "mask":
+            return Prompt(mask_logits=mask_to_low_res(component))
+        pts = SAMPLERS[o.sampling](component, o.k, rng, confidence)
+        return Prompt(points=pts, labels=np.ones(len(pts), dtype=int))
+
+    def refine(
+        self,
+        image: ImageHandle | np.ndarray,
+        weak: WeakLabels,
+        teacher_probs: np.ndarray | None = None,
+        confidence: np.ndarray | None = None,
+        extension: np.ndarray | None = None,
+    ) -> RefineResult:
+        """SeSAM labels for one image. Optional training inputs: teacher_probs (CxHxW) or directly
+        `extension`, the teacher's confident labels (HxW, 255 = none; see `confident_labels`), which
+        extend the weak masks before sampling; confidence: HxW map for the 'confidence' sampler
+        (defaults to the teacher's max probability)."""
+        o = self.options
+        handle = ensure_handle(self.engine, image)
+        if handle.original_size != weak.size:
+            raise ValueError(
+                f"weak labels are for {weak.width}x{weak.height}, the image is "
+                f"{handle.original_size[1]}x{handle.original_size[0]}"
+            )
+        rng = np.random.default_rng(o.seed)
+        result = RefineResult(labels=np.empty(0))
+        masks, weak_map = self._cached_initial_masks(handle, weak, result)
+        if teacher_probs is not None:
+            extension = confident_labels(teacher_probs, o.theta2) if extension is None else extension
+            if confidence is None:
+                confidence = teacher_probs.max(0)
+        if extension is not None:
+            masks = self.extend(masks, extension, weak_map)
+
+        components: list[tuple[int, np.ndarray]] = []
+        for c, mask in sorted(masks.items()):
+            parts = connected_components(mask, o.min_component_area) if o.instance_separation else [mask]
+            components.extend((c, part) for part in parts if part.any())
+        instances: list[Instance] = []
+        prompts = [self._prompt_for(part, rng, confidence) for _, part in components]
+        for start, out in predict_chunks(self.engine, handle, prompts, result):
+            for i in range(len(out)):
+                c, part = components[start + i]
+                cov, comp = coverage_compatibility(out.masks[i], part)
+                if o.selection == "coverage":
+                    choice = choose_by_coverage(cov, comp, o.tau1, o.tau2)
+                else:
+                    choice = SELECTORS[o.selection](out.masks[i], part, out.iou[i], rng)
+                cov, comp = cov[choice : choice + 1], comp[choice : choice + 1]
+                instances.append(Instance(c, out.masks[i, choice].copy(), float(comp[0])))
+                result.instances.append(
+                    {
+                        "class_id": c,
+                        "component_area": int(part.sum()),
+                        "candidate": choice,
+                        "coverage": round(float(cov[0]), 4),
+                        "compatibility": round(float(comp[0]), 4),
+                        "iou": round(float(out.iou[i, choice]), 4),
+                        "area": int(out.masks[i, choice].sum()),
+                    }
+                )
+        result.labels = merge_instances(weak.size, instances, weak_map, o.overlap)
+        return result

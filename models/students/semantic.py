@@ -1,0 +1,199 @@
+"""Student segmentation networks: a registry by name over segmentation-models-pytorch.
+
+Every student maps Bx3xHxW normalised images to BxCxHxW class logits (C = num_classes), for any H, W
+divisible by 32 (`pad_to_multiple` handles the rest). Weights start random (nothing is downloaded);
+user checkpoints load through `load_student`. Training and export ask this registry by name and
+never import a concrete class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ImageNet statistics: the convention of every encoder in segmentation-models-pytorch.
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+STRIDE = 32
+SHIPPED_SEMANTIC_STUDENT = Path(__file__).resolve().parent / "weights" / "camvid_student.pt"
+SHIPPED_INSTANCE_STUDENT = Path(__file__).resolve().parent / "weights" / "pennfudan_student.pt"
+
+
+def _smp():
+    import segmentation_models_pytorch as smp
+
+    return smp
+
+
+def build_segformer_b0(num_classes: int) -> nn.Module:
+    """SegFormer with a MiT-B0 encoder (the paper's Cityscapes student), 3.7M parameters."""
+    return _smp().Segformer("mit_b0", encoder_weights=None, classes=num_classes)
+
+
+def build_deeplabv3plus_r50(num_classes: int) -> nn.Module:
+    return _smp().DeepLabV3Plus("resnet50", encoder_weights=None, classes=num_classes)
+
+
+def build_deeplabv3plus_r101(num_classes: int) -> nn.Module:
+    """DeepLabV3+ with a ResNet-101 encoder (the paper's PASCAL student)."""
+    return _smp().DeepLabV3Plus("resnet101", encoder_weights=None, classes=num_classes)
+
+
+def build_fpn_mobilenetv2(num_classes: int) -> nn.Module:
+    """The edge student: FPN over MobileNetV2, 4.2M parameters, the fastest on a CPU."""
+    return _smp().FPN("mobilenet_v2", encoder_weights=None, classes=num_classes)
+
+
+student_registry: dict[str, Callable[[int], nn.Module]] = {
+    "segformer-b0": build_segformer_b0,
+    "deeplabv3plus-r50": build_deeplabv3plus_r50,
+    "deeplabv3plus-r101": build_deeplabv3plus_r101,
+    "fpn-mobilenetv2": build_fpn_mobilenetv2,
+}
+
+
+def build_student(name: str, num_classes: int) -> nn.Module:
+    if name not in student_registry:
+        raise ValueError(f"unknown student {name!r}; choose one of {sorted(student_registry)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return student_registry[name](num_classes)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Bx3xHxW uint8 or [0, 255] float -> normalised float input."""
+    mean = torch.tensor(IMAGE_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGE_STD, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = STRIDE) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad bottom/right to a multiple of the network stride; returns the original (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return (F.pad(x, (0, pw, 0, ph)) if ph or pw else x), (h, w)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Bx3xHxW uint8 images -> BxCxHxW logits at the input size (any H, W)."""
+    x, (h, w) = pad_to_multiple(normalize(images))
+    return model(x)[..., :h, :w]
+
+
+def save_student(
+    path: str | Path,
+    model: nn.Module,
+    name: str,
+    num_classes: int,
+    extra: dict[str, Any] | None = None,
+    half: bool = False,
+) -> None:
+    """A self-describing checkpoint {name, num_classes, state_dict, ...}, written atomically."""
+    from models.io import atomic_write, weights_state
+
+    payload = {"name": name, "num_classes": num_classes, "state_dict": weights_state(model, half)} | (
+        extra or {}
+    )
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_student(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the registered student a checkpoint names and load its weights; errors name the file."""
+    from models.io import load_weights, read_checkpoint
+
+    payload = read_checkpoint(path, "student checkpoint")
+    if not {"name", "num_classes", "state_dict"} <= set(payload):
+        raise ValueError(f"{path}: not a student checkpoint (needs name, num_classes, state_dict)")
+    model = build_student(payload["name"], int(payload["num_classes"]))
+    model = load_weights(model, payload["state_dict"], path, f"student {payload['name']!r}")
+    return model, {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+# Bx3xHxW float RGB in [0, 255] (any H, W) -> BxCxHxW logits at the input size
+SemanticForward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def torch_semantic_forward(model: nn.Module, device: str | torch.device = "cpu") -> SemanticForward:
+    """The PyTorch forward of a semantic student as a `SemanticForward`."""
+    model = model.eval().to(device)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return predict_logits(model, images.to(device)).cpu()
+
+    return forward
+
+
+class StudentSegmenter:
+    """A trained student as images -> label maps, at the scale it was trained at.
+
+    Each image is resized by the checkpoint's `base_scale` (bilinear, antialiased when shrinking, as
+    the trainer's evaluation does), run through `forward` (PyTorch, ONNX Runtime or TensorRT:
+    `models.students.runtime`), and its logits resized back to the image size before the argmax.
+    Images of equal size share one forward pass (at most `batch_size` at a time).
+    """
+
+    task = "semantic"
+
+    def __init__(
+        self, forward: SemanticForward, meta: dict[str, Any], runtime: str = "torch", batch_size: int = 8
+    ) -> None:
+        self.forward = forward
+        self.meta = meta
+        self.runtime = runtime
+        self.batch_size = max(1, batch_size)
+        self.name = str(meta.get("name", "student"))
+        self.num_classes = int(meta["num_classes"])
+        self.base_scale = float(meta.get("base_scale", 1.0))
+        names = meta.get("class_names")
+        self.class_names = list(names) if names else [f"class_{i}" for i in range(self.num_classes)]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> StudentSegmenter:
+        model, meta = load_student(path)
+        return cls(torch_semantic_forward(model, device), meta)
+
+    @torch.inference_mode()
+    def logits(self, images: list) -> list[torch.Tensor]:
+        """HxWx3 uint8 images -> CxHxW float logits at each image's own size."""
+        out: list[torch.Tensor | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"images[{i}]: expected HxWx3, got shape {tuple(image.shape)}")
+            groups.setdefault(tuple(image.shape[:2]), []).append(i)
+        for (h, w), same_size in groups.items():
+            for start in range(0, len(same_size), self.batch_size):
+                members = same_size[start : start + self.batch_size]
+                x = torch.stack([torch.from_numpy(images[i]).permute(2, 0, 1) for i in members]).float()
+                size = (max(1, round(h * self.base_scale)), max(1, round(w * self.base_scale)))
+                if size != (h, w):
+                    x = F.interpolate(
+                        x, size=size, mode="bilinear", align_corners=False, antialias=size[0] < h
+                    )
+                    x = x.round().clamp(0, 255)
+                logits = self.forward(x)
+                if size != (h, w):
+                    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                for j, i in enumerate(members):
+                    out[i] = logits[j]
+        return out  # type: ignore[return-value]
+
+    def segment(self, images: list) -> list:
+        """HxWx3 uint8 images -> HxW uint8 label maps (class ids)."""
+        return [t.argmax(0).to(torch.uint8).cpu().numpy() for t in self.logits(images)]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "student": self.name,
+            "task": self.task,
+            "runtime": self.runtime,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "base_scale": self.base_scale,
+        } | {k: self.meta[k] for k in ("val_miou", "mode", "kind", "iterations") if k in self.meta}
