@@ -257,3 +257,29 @@ def settings_markdown(sections: Sequence[tuple[str, str, type, str | None]], roo
         ]
         parts += ["| " + " | ".join(row) + " |" for row in settings_rows(cls, prefix, root)]
     return "\n".join(parts) + "\n"
+
+
+# -- registries -------------------------------------------------------------------------------------
+# One shape for every "by name" choice (engines, labelers, students, recipes, samplers, ...): a plain
+# dict from name to builder, filled where the builders are defined (literally, or with `register`),
+# and read through `lookup`, so every unknown name gets the same error.
+
+
+def register(registry: dict[str, T], name: str) -> typing.Callable[[T], T]:
+    """Decorator: put the decorated builder into `registry` under `name` (each name once)."""
+
+    def add(builder: T) -> T:
+        if name in registry:
+            raise ValueError(f"{name!r} is registered twice")
+        registry[name] = builder
+        return builder
+
+    return add
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
+    """`registry[name]`, or a ValueError: "unknown <what> '<name>'; choose one of [...]"."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(registry)}") from None
