@@ -8,7 +8,6 @@ from `--weak` when given, else the classes scored >= 0.5; `models.students.cam.c
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from models.engine import read_image
 from models.io import atomic_write, save_json, save_png
-from models.jobs.folders import RayOptions, overlay_dir, run_folder
+from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
 from models.jobs.visualize import label_overlay, side_by_side
 from models.labels.schema import load_weak_labels
@@ -109,23 +108,8 @@ def cam_folder(run: CamRun, quiet: bool = False, ray: RayOptions | None = None) 
         raise ValueError(f"--weak {run.weak}: not a folder")
     CamPredictor.cached(run.checkpoint)  # a bad checkpoint fails here, once, naming the file
     result = run_folder(run.images, run.limit, done, CamWorker(run), "cam", quiet, 1, ray)
-    per_image = {
-        stem: json.loads((meta_dir / f"{stem}.json").read_text())
-        for stem, _ in result.items
-        if (meta_dir / f"{stem}.json").exists() and stem not in result.failures
-    }
-    summary = {
-        "checkpoint": str(run.checkpoint),
-        "threshold": run.threshold,
-        "images": len(result.items),
-        "done": result.todo - len(result.failures),
-        "skipped_existing": result.skipped,
-        "failed": len(result.failures),
-        "failures": result.failures,
-        "seconds": result.seconds,
-        "per_image": per_image,
-    }
-    save_json(summary, run.out / "summary.json")
+    header = {"checkpoint": str(run.checkpoint), "threshold": run.threshold}
+    summary = write_summary(run.out, result, header, "done", ray)
     overlays = overlay_dir(run)
     if run.report and overlays is not None:
         rows = [
@@ -134,7 +118,7 @@ def cam_folder(run: CamRun, quiet: bool = False, ray: RayOptions | None = None) 
                 [f"tags {meta['tags']} ({meta['tags_from']})", f"labelled {meta['labelled_fraction']:.1%}"],
                 overlays / f"{stem}.png",
             )
-            for stem, meta in per_image.items()
+            for stem, meta in summary["per_image"].items()
         ]
         intro = "Left: the CAM of the image's classes (max over them); right: the CAM pseudo-labels."
         write_html_report(

@@ -14,13 +14,15 @@ folders, e.g. a shared filesystem).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from models.engine.validation import list_images
+from models.io import save_json
 from models.runtime.deps import require
 from models.runtime.progress import progress_bar
 
@@ -195,3 +197,36 @@ def run_folder(
     return FolderResult(
         items, len(todo), len(items) - len(todo), failures, round(time.perf_counter() - started, 2)
     )
+
+
+def per_image_stats(out: Path, result: FolderResult) -> dict[str, dict[str, Any]]:
+    """The `.meta/<stem>.json` stats of every image the job holds an answer for (failed ones left out)."""
+    metas = {stem: out / ".meta" / f"{stem}.json" for stem, _ in result.items if stem not in result.failures}
+    return {stem: json.loads(meta.read_text()) for stem, meta in metas.items() if meta.exists()}
+
+
+def write_summary(
+    out: Path,
+    result: FolderResult,
+    header: dict[str, Any],
+    counted: str,
+    ray: RayOptions | None = None,
+    extra: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The summary every folder job writes (atomically) to `out/summary.json` and returns: `header`
+    (what ran), the counts (`counted`: images answered this time), failures, seconds, the per-image
+    stats, `extra(per_image)` fields, and the Ray cluster when it ran there."""
+    per_image = per_image_stats(out, result)
+    summary = header | {
+        "images": len(result.items),
+        counted: result.todo - len(result.failures),
+        "skipped_existing": result.skipped,
+        "failed": len(result.failures),
+        "failures": result.failures,
+        "seconds": result.seconds,
+    }
+    summary |= (extra(per_image) if extra is not None else {}) | {"per_image": per_image}
+    if ray is not None:
+        summary["ray"] = {"address": ray.address, "workers": ray.workers}
+    save_json(summary, out / "summary.json")
+    return summary

@@ -7,7 +7,6 @@ stats (what makes a run resumable), `summary.json`, and with overlays `overlays/
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import numpy as np
 
 from models.engine import PromptableSegmenter, read_image
 from models.io import save_json, save_png
-from models.jobs.folders import RayOptions, overlay_dir, run_folder
+from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
 from models.jobs.visualize import label_overlay, side_by_side
 from models.labels.common import check_weak_kinds
@@ -152,30 +151,13 @@ def process_folder(
 
     worker = RefineWorker(run, make_refine_one, errors)
     result = run_folder(run.images, run.limit, done, worker, f"refine {run.method}", quiet, concurrency, ray)
-    items, failures = result.items, result.failures
-    per_image = {}
-    for stem, _ in items:
-        meta = meta_dir / f"{stem}.json"
-        if meta.exists() and stem not in failures:
-            per_image[stem] = json.loads(meta.read_text())
-    summary = {
-        "method": run.method,
-        "options": run.options,
-        "engine": engine_name,
-        "images": len(items),
-        "refined": result.todo - len(failures),
-        "skipped_existing": result.skipped,
-        "failed": len(failures),
-        "failures": failures,
-        "seconds": result.seconds,
-        "mean_labelled_fraction": float(np.mean([m["labelled_fraction"] for m in per_image.values()]))
-        if per_image
-        else None,
-        "per_image": per_image,
-    }
-    if ray is not None:
-        summary["ray"] = {"address": ray.address, "workers": ray.workers}
-    save_json(summary, run.out / "summary.json")
+
+    def mean_labelled(per_image: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        fractions = [m["labelled_fraction"] for m in per_image.values()]
+        return {"mean_labelled_fraction": float(np.mean(fractions)) if fractions else None}
+
+    header = {"method": run.method, "options": run.options, "engine": engine_name}
+    summary = write_summary(run.out, result, header, "refined", ray, mean_labelled)
     overlays = overlay_dir(run)
     if run.report and overlays is not None:
         write_report(run.out / "report.html", summary, overlays)

@@ -9,7 +9,6 @@ A failing image is reported and skipped; nothing half-written is left behind.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 
 from models.engine import read_image
 from models.io import decode_rle, instance_records, save_json, save_png
-from models.jobs.folders import RayOptions, overlay_dir, run_folder
+from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
 from models.jobs.visualize import label_overlay, overlay_masks, side_by_side
 
@@ -129,25 +128,7 @@ def segment_folder(
 
     worker = SegmentWorker(run, make_segment_one, errors)
     result = run_folder(run.images, run.limit, done, worker, "segment", quiet, concurrency, ray)
-    items, failures = result.items, result.failures
-    per_image = {
-        stem: json.loads((meta_dir / f"{stem}.json").read_text())
-        for stem, _ in items
-        if (meta_dir / f"{stem}.json").exists() and stem not in failures
-    }
-    summary = {
-        "student": student_name,
-        "images": len(items),
-        "segmented": result.todo - len(failures),
-        "skipped_existing": result.skipped,
-        "failed": len(failures),
-        "failures": failures,
-        "seconds": result.seconds,
-        "per_image": per_image,
-    }
-    if ray is not None:
-        summary["ray"] = {"address": ray.address, "workers": ray.workers}
-    save_json(summary, run.out / "summary.json")
+    summary = write_summary(run.out, result, {"student": student_name}, "segmented", ray)
     overlays = overlay_dir(run)
     if run.report and overlays is not None:
         write_segment_report(run.out / "report.html", summary, overlays)
