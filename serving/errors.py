@@ -78,10 +78,6 @@ class ApiError(BentoMLException):
         return error_body(status, self.message, self.field)
 
 
-def bad_request(message: str, field: str | None = None) -> ApiError:
-    return ApiError(400, message, field if field is not None else field_of(message))
-
-
 def error_body(status: int, message: str, field: str | None) -> dict[str, Any]:
     return {"error": {"code": code_for(status), "message": scrub(message), "field": field}}
 
