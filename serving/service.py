@@ -58,16 +58,12 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from pydantic import Field
 
+from models.config import lookup
 from models.engine import EmbeddingCache, ImageHandle, Prompt, build_engine, read_image, validate_prompts
 from models.engine.validation import ImageTooLarge
 from models.io import read_label_png
 from models.labels import (
     LABELERS,
-    GroundedOptions,
-    NaiveOptions,
-    SEPLOptions,
-    SeSAMOptions,
-    WeakSAMOptions,
     backend_defaults,
     build_labeler,
     check_weak_kinds,
@@ -109,13 +105,6 @@ install_log_filter()
 PromptIn = prompt_model(CONFIG)
 WeakIn = weak_model(CONFIG)
 METHODS = tuple(LABELERS)  # the refinement methods /refine offers: every registered labeler
-OPTIONS = {
-    "sesam": SeSAMOptions,
-    "naive": NaiveOptions,
-    "sepl": SEPLOptions,
-    "weaksam": WeakSAMOptions,
-    "grounded": GroundedOptions,
-}
 # labeler options that name model files -> the service setting that provides them
 SERVER_PATH_OPTIONS = {"cam": "cam_checkpoint", "wsod": "wsod_checkpoint", "detector": "detector"}
 SEGMENT_OUTPUTS = ("auto", "labels", "instances")
@@ -497,9 +486,10 @@ class SegmentationService:
                 f"options.{given[0]}: {where} is set on the server, not per request",
                 f"options.{given[0]}",
             )
-        strict_options(OPTIONS[method], options)
+        options_cls = lookup(LABELERS, method, "refinement method").options
+        strict_options(options_cls, options)
         c, options = self.config, dict(options)
-        side = options.get("points_per_side", getattr(OPTIONS[method](), "points_per_side", None))
+        side = options.get("points_per_side", getattr(options_cls(), "points_per_side", None))
         if side is not None and side * side > c.max_weak_labels:
             raise ApiError(
                 400,

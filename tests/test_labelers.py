@@ -141,7 +141,9 @@ def test_sepl_on_scripted_masks_hand_worked(setup, overlap: str) -> None:
 
 
 def test_bad_options() -> None:
-    with pytest.raises(ValueError, match="sampling 'grid' unknown"):
+    with pytest.raises(
+        ValueError, match=r"sesam options: unknown sampling 'grid'; choose one of \['boundary',"
+    ):
         build_labeler("sesam", ClassicalPrior(), sampling="grid")
     with pytest.raises(ValueError, match="unknown refinement method 'fancy'"):
         build_labeler("fancy", ClassicalPrior())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.progress import track
 
+from models.config import lookup
 from models.io import read_label_png
 from models.labels.schema import load_weak_labels, save_weak_labels
 from training.datasets import CamVid
@@ -22,8 +23,7 @@ KIND_ALIASES = {"point": "points", "scribble": "scribbles", "box": "boxes", "tag
 
 def run_derive(args: argparse.Namespace) -> int:
     kind = KIND_ALIASES.get(args.kind, args.kind)
-    if kind not in PROTOCOLS:
-        raise ValueError(f"--kind {args.kind!r} unknown; choose one of {sorted(PROTOCOLS)}")
+    lookup(PROTOCOLS, kind, "weak-label kind")  # before reading the dataset
     dataset = CamVid(Path(args.root), args.split)
     samples = [s for s in dataset.samples() if s.label is not None][: args.limit]
     out = Path(args.out)

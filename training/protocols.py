@@ -18,6 +18,8 @@ Regions are 8-connected components of one class. Parameters and their defaults:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
@@ -25,6 +27,7 @@ from scipy.sparse.csgraph import shortest_path
 from skimage import measure, morphology
 from skimage.draw import polygon2mask
 
+from models.config import lookup
 from models.io import UNLABELED
 from models.labels.schema import BoxLabel, PointLabel, Scribble, WeakLabels
 
@@ -172,7 +175,8 @@ def derive_tags(
     return WeakLabels(h, w, tags=class_ids_present(gt, ignore_index))
 
 
-PROTOCOLS = {
+# weak-label kind -> its protocol (gt, ignore_index, rng) -> WeakLabels, read through `lookup`
+PROTOCOLS: dict[str, Callable[..., WeakLabels]] = {
     "points": derive_points,
     "scribbles": derive_scribbles,
     "coarse": derive_coarse,
@@ -183,9 +187,7 @@ PROTOCOLS = {
 
 def derive(kind: str, gt: np.ndarray, ignore_index: int | None, seed: int = 0, stem: str = "") -> WeakLabels:
     """Weak labels of one kind for one image; the rng is seeded by (seed, stem) so runs are reproducible."""
-    if kind not in PROTOCOLS:
-        raise ValueError(f"unknown weak-label kind {kind!r}; choose one of {list(PROTOCOLS)}")
-    return PROTOCOLS[kind](gt, ignore_index, stem_rng(seed, stem))
+    return lookup(PROTOCOLS, kind, "weak-label kind")(gt, ignore_index, stem_rng(seed, stem))
 
 
 def stem_rng(seed: int, stem: str) -> np.random.Generator:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.config import from_mapping, load, read_yaml, setting
+from models.config import from_mapping, load, lookup, read_yaml, setting
 from models.engine.base import CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.regions import DEFAULT_SCALES
@@ -86,10 +86,11 @@ class EngineConfig:
         return from_mapping(cls, data.get("engine", data), source=str(path))
 
     def validate(self, source: str = "config") -> None:
-        if self.backend != "auto" and self.backend not in ENGINE_BACKENDS:
-            raise ValueError(
-                f"{source}: backend {self.backend!r} unknown; choose auto or one of {sorted(ENGINE_BACKENDS)}"
-            )
+        if self.backend != "auto":
+            try:
+                lookup(ENGINE_BACKENDS, self.backend, "backend")
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}, or auto") from None
         if self.sam_checkpoint and not Path(self.sam_checkpoint).is_file():
             raise ValueError(f"{source}: sam_checkpoint {self.sam_checkpoint!r} is not a file")
         if self.export_dir and not (Path(self.export_dir) / "metadata.json").is_file():
@@ -222,6 +223,7 @@ def _build_triton(config: EngineConfig) -> CachedSegmenter:
     )
 
 
+# backend name -> builder (config) -> engine, read through `lookup`
 ENGINE_BACKENDS: dict[str, Callable[[EngineConfig], CachedSegmenter]] = {
     "classical": _build_classical,
     "classical-regions": _build_regions,
@@ -236,4 +238,4 @@ def build_engine(config: EngineConfig | None = None) -> CachedSegmenter:
     """The engine a config asks for (defaults: classical prior, no weights needed)."""
     config = config or EngineConfig()
     config.validate()
-    return ENGINE_BACKENDS[config.resolved_backend()](config)
+    return lookup(ENGINE_BACKENDS, config.resolved_backend(), "backend")(config)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from models.config import from_mapping
+from models.config import from_mapping, lookup
 from models.engine import PromptableSegmenter
 from models.labels.common import RefineResult, check_weak_kinds, confident_labels
 from models.labels.grounded import GroundedLabeler, GroundedOptions
@@ -13,16 +14,27 @@ from models.labels.sepl import SEPLLabeler, SEPLOptions
 from models.labels.sesam import SeSAMLabeler, SeSAMOptions
 from models.labels.weaksam.labeler import WeakSAMLabeler, WeakSAMOptions
 
-LABELERS: dict[str, Callable[..., object]] = {
-    "sesam": lambda engine, **kw: SeSAMLabeler(engine, from_mapping(SeSAMOptions, kw, "sesam options")),
-    "naive": lambda engine, **kw: NaiveLabeler(engine, from_mapping(NaiveOptions, kw, "naive options")),
-    "sepl": lambda engine, **kw: SEPLLabeler(engine, from_mapping(SEPLOptions, kw, "sepl options")),
-    "weaksam": lambda engine, **kw: WeakSAMLabeler(
-        engine, from_mapping(WeakSAMOptions, kw, "weaksam options")
-    ),
-    "grounded": lambda engine, **kw: GroundedLabeler(
-        engine, from_mapping(GroundedOptions, kw, "grounded options")
-    ),
+
+@dataclass(frozen=True)
+class LabelerBuilder:
+    """The builder of one refinement method: `(engine, **options)` -> the labeler, its options read
+    and checked as `<name> options`; `options` is the dataclass the service checks requests against."""
+
+    name: str
+    labeler: type
+    options: type
+
+    def __call__(self, engine: PromptableSegmenter, **values: Any) -> Any:
+        return self.labeler(engine, from_mapping(self.options, values, f"{self.name} options"))
+
+
+# refinement method -> its builder (the registry shape of models.config)
+LABELERS: dict[str, LabelerBuilder] = {
+    "sesam": LabelerBuilder("sesam", SeSAMLabeler, SeSAMOptions),
+    "naive": LabelerBuilder("naive", NaiveLabeler, NaiveOptions),
+    "sepl": LabelerBuilder("sepl", SEPLLabeler, SEPLOptions),
+    "weaksam": LabelerBuilder("weaksam", WeakSAMLabeler, WeakSAMOptions),
+    "grounded": LabelerBuilder("grounded", GroundedLabeler, GroundedOptions),
 }
 
 
@@ -41,10 +53,9 @@ def backend_defaults(method: str, backend: str, options: dict) -> dict:
 
 def build_labeler(method: str, engine: PromptableSegmenter, **options: object):
     """A labeler by name ('sesam', 'naive', 'sepl', 'weaksam', 'grounded') with its options."""
-    if method not in LABELERS:
-        raise ValueError(f"unknown refinement method {method!r}; choose one of {sorted(LABELERS)}")
+    builder = lookup(LABELERS, method, "refinement method")
     try:
-        return LABELERS[method](engine, **options)
+        return builder(engine, **options)
     except TypeError as exc:
         raise ValueError(f"{method}: {exc}") from exc
 
@@ -53,6 +64,7 @@ __all__ = [
     "LABELERS",
     "GroundedLabeler",
     "GroundedOptions",
+    "LabelerBuilder",
     "NaiveLabeler",
     "NaiveOptions",
     "RefineResult",

@@ -150,6 +150,7 @@ def sample_confidence(
     return _top_k(confidence, component, k, rng)
 
 
+# sampling rule -> sampler (component, k, rng, confidence=None) -> Kx2 points, read through `lookup`
 SAMPLERS: dict[str, Callable[..., np.ndarray]] = {
     "skeleton-grid": sample_skeleton_grid,
     "random": sample_random,

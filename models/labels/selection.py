@@ -84,6 +84,7 @@ def select_smallest(
     return int(nonempty[np.argmin(areas[nonempty])])
 
 
+# selection rule -> selector (candidates, weak, scores, rng) -> index, read through `lookup`
 SELECTORS: dict[str, Callable[..., int]] = {
     "coverage": select_coverage,
     "best-score": select_best_score,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.config import setting
+from models.config import lookup, setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
 from models.engine.lowres import mask_to_low_res
 from models.io import UNLABELED
@@ -62,15 +62,12 @@ class SeSAMOptions:
     seed: int = setting(0, help="sampling seed")
 
     def validate(self, source: str = "sesam options") -> None:
+        try:
+            lookup(SAMPLERS, self.sampling, "sampling")
+            lookup(SELECTORS, self.selection, "selection")
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
         checks = [
-            (
-                self.sampling in SAMPLERS,
-                f"sampling {self.sampling!r} unknown; choose one of {sorted(SAMPLERS)}",
-            ),
-            (
-                self.selection in SELECTORS,
-                f"selection {self.selection!r} unknown; choose one of {sorted(SELECTORS)}",
-            ),
             (self.prompt in PROMPT_TYPES, f"prompt {self.prompt!r} unknown; choose one of {PROMPT_TYPES}"),
             (
                 self.overlap in OVERLAP_RULES,
@@ -186,7 +183,7 @@ class SeSAMLabeler:
             return Prompt(box=[cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
         if o.prompt == "mask":
             return Prompt(mask_logits=mask_to_low_res(component))
-        pts = SAMPLERS[o.sampling](component, o.k, rng, confidence)
+        pts = lookup(SAMPLERS, o.sampling, "sampling")(component, o.k, rng, confidence)
         return Prompt(points=pts, labels=np.ones(len(pts), dtype=int))
 
     def refine(
@@ -231,7 +228,7 @@ class SeSAMLabeler:
                 if o.selection == "coverage":
                     choice = choose_by_coverage(cov, comp, o.tau1, o.tau2)
                 else:
-                    choice = SELECTORS[o.selection](out.masks[i], part, out.iou[i], rng)
+                    choice = lookup(SELECTORS, o.selection, "selection")(out.masks[i], part, out.iou[i], rng)
                 cov, comp = cov[choice : choice + 1], comp[choice : choice + 1]
                 instances.append(Instance(c, out.masks[i, choice].copy(), float(comp[0])))
                 result.instances.append(

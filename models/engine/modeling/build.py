@@ -27,6 +27,8 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 
+from models.config import lookup
+
 PROMPT_EMBED_DIM = 256
 IMAGE_SIZE = 1024
 PATCH_SIZE = 16
@@ -114,6 +116,8 @@ def build_sam_tiny(checkpoint: str | Path | None = None, verify_hash: bool = Tru
         return _build_sam(64, 2, 2, [1], checkpoint, arch="tiny", verify_hash=verify_hash)
 
 
+# SAM type -> builder (checkpoint=None, verify_hash=True) -> Sam: named and called as segment_anything's
+# own registry (which also maps "default" to vit_h; this one does not); `build_sam` reads it via `lookup`
 sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_h": build_sam_vit_h,
     "vit_l": build_sam_vit_l,
@@ -124,9 +128,7 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
 
 def build_sam(sam_type: str, checkpoint: str | Path | None = None, verify_hash: bool = True) -> Sam:
     """Build SAM of an official type (vit_b, vit_l, vit_h) or `tiny`, optionally from a checkpoint."""
-    if sam_type not in sam_model_registry:
-        raise ValueError(f"unknown SAM type {sam_type!r}; choose one of {sorted(sam_model_registry)}")
-    return sam_model_registry[sam_type](checkpoint, verify_hash=verify_hash)
+    return lookup(sam_model_registry, sam_type, "SAM type")(checkpoint, verify_hash=verify_hash)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
