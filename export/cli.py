@@ -39,27 +39,22 @@ def _student(args: argparse.Namespace) -> int:
 
 
 def _half(args: argparse.Namespace) -> int:
-    import torch
+    from models.io import load_checkpoint, save_checkpoint
+    from models.students import cam, instance, semantic  # their kinds and pre-version-1 layouts
 
-    from models.io import atomic_write
-
-    try:
-        payload = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{args.checkpoint}: cannot read the checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise ValueError(f"{args.checkpoint}: not a student checkpoint (no state_dict)")
-    payload["state_dict"] = {
-        k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()
-    }
+    kinds = (semantic.CHECKPOINT_KIND, instance.CHECKPOINT_KIND, cam.CHECKPOINT_KIND)
+    checkpoint = load_checkpoint(args.checkpoint, kinds, "student or CAM checkpoint")
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in checkpoint.weights.items()}
+    metadata = dict(checkpoint.metadata)
     if args.note:
-        payload["trained_with"] = args.note
+        metadata["trained_with"] = args.note
     if args.class_names:
         names = [n.strip() for n in args.class_names.split(",")]
-        if len(names) != int(payload.get("num_classes", len(names))):
-            raise ValueError(f"--class-names: {len(names)} names for {payload.get('num_classes')} classes")
-        payload["class_names"] = names
-    atomic_write(args.out, lambda tmp: torch.save(payload, tmp))
+        num_classes = int(checkpoint.config["num_classes"])
+        if len(names) != num_classes:
+            raise ValueError(f"--class-names: {len(names)} names for {num_classes} classes")
+        metadata["class_names"] = names
+    save_checkpoint(args.out, checkpoint.kind, checkpoint.config, weights, metadata)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB, fp16 weights)")
     return 0
 
@@ -191,7 +186,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_student)
 
-    p = sub.add_parser("half", help="a student checkpoint with fp16 weights (loads as fp32; for shipping)")
+    p = sub.add_parser(
+        "half", help="a student or CAM checkpoint with fp16 weights (loads as fp32; for shipping)"
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--note", default=None, help="how it was trained (stored in the checkpoint)")

@@ -129,26 +129,10 @@ def load_checkpoint(
         raise ValueError(
             f"{path}: a {payload.get('kind')!r} checkpoint, expected {what} ({' or '.join(kinds)})"
         )
-    return Checkpoint(
-        payload["kind"], payload["config"], payload["weights"], payload.get("metadata", {}), version
-    )
-
-
-def read_checkpoint(path: str | Path, what: str) -> dict[str, Any]:
-    """A torch checkpoint dict (weights only, on the CPU); errors name the file and `what` it
-    should be (a missing file, an unreadable one, or one that is not a dict)."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such {what}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the {what} ({exc})") from exc
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: not a {what}")
-    return payload
+    parts = [payload.get(key, {}) for key in ("config", "weights", "metadata")]
+    if "config" not in payload or "weights" not in payload or not all(isinstance(p, dict) for p in parts):
+        raise ValueError(f"{path}: a damaged {what} (config, weights and metadata must be dicts)")
+    return Checkpoint(payload["kind"], *parts, version=version)
 
 
 @functools.lru_cache(maxsize=8)

@@ -25,7 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.io import UNLABELED, atomic_write, load_once, load_weights, read_checkpoint, weights_state
+from models.io import (
+    LEGACY_LAYOUTS,
+    UNLABELED,
+    load_checkpoint,
+    load_once,
+    load_weights,
+    save_checkpoint,
+    weights_state,
+)
 from models.students.semantic import build_student, normalize, pad_to_multiple
 
 CAM_OUTPUT_STRIDES = (8, 16, 32)
@@ -91,28 +99,37 @@ def cam_pseudo_labels(
     return np.where(best.numpy() >= threshold, labels, fill).astype(np.uint8)
 
 
+CONFIG_KEYS = ("student", "num_classes", "output_stride")
+
+
 def save_cam_classifier(
     path: str | Path, model: CamClassifier, extra: dict[str, Any] | None = None, half: bool = False
 ) -> None:
-    """A self-describing checkpoint {kind: cam, student, num_classes, output_stride, state_dict, ...}."""
-    payload = {
-        "kind": CHECKPOINT_KIND,
-        "student": model.student,
-        "num_classes": model.num_classes,
-        "output_stride": model.output_stride,
-        "state_dict": weights_state(model, half),
-    } | (extra or {})
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    """A `cam` checkpoint: config {student, num_classes, output_stride}, the weights (fp16 with
+    `half`), `extra` as metadata (base scale, threshold, class names), written atomically."""
+    config = {key: getattr(model, key) for key in CONFIG_KEYS}
+    save_checkpoint(path, CHECKPOINT_KIND, config, weights_state(model, half), extra)
 
 
 def load_cam_classifier(path: str | Path) -> tuple[CamClassifier, dict[str, Any]]:
-    """The CAM classifier a checkpoint describes; errors name the file."""
-    payload = read_checkpoint(path, "CAM checkpoint")
-    if payload.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"{path}: not a CAM classifier checkpoint (train one with `sesam train` mode cam)")
-    model = CamClassifier(payload["student"], int(payload["num_classes"]), int(payload["output_stride"]))
-    model = load_weights(model, payload["state_dict"], path, "the CAM classifier")
-    return model, {k: v for k, v in payload.items() if k != "state_dict"}
+    """The CAM classifier a checkpoint describes (eval mode) and its metadata with the config's
+    fields; errors name the file."""
+    checkpoint = load_checkpoint(path, CHECKPOINT_KIND, "CAM classifier checkpoint")
+    config = checkpoint.config
+    model = CamClassifier(config["student"], int(config["num_classes"]), int(config["output_stride"]))
+    model = load_weights(model, checkpoint.weights, path, "the CAM classifier")
+    return model, checkpoint.metadata | config
+
+
+def _legacy_cam(payload: dict[str, Any]) -> tuple[dict, dict, dict] | None:
+    """The unversioned layout {kind: cam, student, num_classes, output_stride, state_dict, **extra}."""
+    if payload.get("kind") != CHECKPOINT_KIND or not {*CONFIG_KEYS, "state_dict"} <= payload.keys():
+        return None
+    metadata = {k: v for k, v in payload.items() if k not in (*CONFIG_KEYS, "kind", "state_dict")}
+    return {k: payload[k] for k in CONFIG_KEYS}, payload["state_dict"], metadata
+
+
+LEGACY_LAYOUTS[CHECKPOINT_KIND] = _legacy_cam
 
 
 @torch.inference_mode()

@@ -7,9 +7,9 @@ paper's backbone):
 
 - `faster_rcnn`: the network; label 0 is background, label c + 1 is class c (the COCO category id
   `sesam weaksam instances` writes for class c);
-- `save_detector` / `load_detector`: the self-describing checkpoint `sesam weaksam retrain`
-  writes (`detector.pt`: kind, num_classes, the training settings, the training file's
-  categories, weights);
+- `save_detector` / `load_detector`: the `detector` checkpoint `sesam weaksam retrain` writes
+  (`detector.pt`: config num_classes and the input sizes; metadata the training settings and the
+  training file's categories; weights);
 - `detect`: one image's detections as (boxes, scores, class ids), on the model's device.
 
 `training.weaksam_eval` scores a checkpoint (box AP50, CorLoc); `models.labels.weaksam.labeler` takes its
@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.io import LEGACY_LAYOUTS, load_checkpoint, load_weights, save_checkpoint
+
+CHECKPOINT_KIND = "detector"
 SCORE_FLOOR = 0.001  # inference: torchvision's default floor is 0.05; AP and Algorithm 2 want low scores too
 MAX_DETECTIONS = 100  # per image and class (COCO's AP counts at most 100 per image and category)
 
@@ -58,35 +61,40 @@ def save_detector(
     settings: dict[str, Any],
     categories: list[dict[str, Any]] | None = None,
 ) -> None:
-    """`detector.pt` {kind: detector, num_classes, settings, categories, state_dict}, atomically;
-    the weights are stored on the CPU whatever device trained them."""
-    from models.io import atomic_write
-
-    payload = {
-        "kind": "detector",
-        "num_classes": int(num_classes),
-        "settings": settings,
-        "categories": list(categories or []),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    """`detector.pt`, a `detector` checkpoint written atomically: config {num_classes, min_size,
+    max_size} (the sizes from `settings`, 320 and 512 without them), metadata {settings,
+    categories}; the weights are stored on the CPU whatever device trained them."""
+    config = {"num_classes": int(num_classes)} | _input_sizes(settings)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    metadata = {"settings": settings, "categories": list(categories or [])}
+    save_checkpoint(path, CHECKPOINT_KIND, config, weights, metadata)
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The detector a `detector.pt` describes, in eval mode on `device`, and its metadata (all but
-    the weights); errors name the file."""
-    from models.io import load_weights, read_checkpoint
+    """The detector a `detector.pt` describes, in eval mode on `device`, and its metadata with the
+    config's fields; errors name the file."""
+    checkpoint = load_checkpoint(path, CHECKPOINT_KIND, "detector checkpoint")
+    config = checkpoint.config
+    model = faster_rcnn(int(config["num_classes"]), int(config["min_size"]), int(config["max_size"]))
+    model = load_weights(model, checkpoint.weights, path, "the WeakSAM detector (Faster R-CNN)")
+    return model.to(device), checkpoint.metadata | config
 
-    payload = read_checkpoint(path, "detector checkpoint")
-    if payload.get("kind") != "detector":
-        raise ValueError(f"{path}: not a detector checkpoint (train one with `sesam weaksam retrain`)")
-    settings = payload.get("settings") or {}
-    model = faster_rcnn(
-        int(payload["num_classes"]), int(settings.get("min_size", 320)), int(settings.get("max_size", 512))
-    )
-    model = load_weights(model, payload["state_dict"], path, "the WeakSAM detector (Faster R-CNN)")
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model.to(device), meta
+
+def _input_sizes(settings: dict[str, Any] | None) -> dict[str, int]:
+    settings = settings or {}
+    return {"min_size": int(settings.get("min_size", 320)), "max_size": int(settings.get("max_size", 512))}
+
+
+def _legacy_detector(payload: dict[str, Any]) -> tuple[dict, dict, dict] | None:
+    """The unversioned layout {kind: detector, num_classes, settings, categories, state_dict}."""
+    if payload.get("kind") != CHECKPOINT_KIND or not {"num_classes", "state_dict"} <= payload.keys():
+        return None
+    config = {"num_classes": payload["num_classes"]} | _input_sizes(payload.get("settings"))
+    metadata = {k: v for k, v in payload.items() if k not in ("kind", "num_classes", "state_dict")}
+    return config, payload["state_dict"], metadata
+
+
+LEGACY_LAYOUTS[CHECKPOINT_KIND] = _legacy_detector
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:

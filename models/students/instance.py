@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.io import atomic_write
+from models.config import lookup
+from models.io import LEGACY_LAYOUTS, load_checkpoint, load_weights, save_checkpoint
 from models.students.semantic import IMAGE_MEAN, normalize
 
 STRIDE = 32
 PROMPT_DIM = 512  # SAM's prompt encoder: 2 tokens x 256 for one point (+ pad token) or one box
+CHECKPOINT_KIND = "instance_student"
 
 
 class MLP(nn.Module):
@@ -125,11 +127,7 @@ instance_student_registry: dict[str, Callable[[int], InstanceStudent]] = {
 
 
 def build_instance_student(name: str, num_classes: int) -> InstanceStudent:
-    if name not in instance_student_registry:
-        raise ValueError(
-            f"unknown instance student {name!r}; choose one of {sorted(instance_student_registry)}"
-        )
-    return instance_student_registry[name](num_classes)
+    return lookup(instance_student_registry, name, "instance student")(num_classes)
 
 
 # -- pre- and post-processing (pure) -------------------------------------------------------------
@@ -330,23 +328,31 @@ class InstanceSegmenter:
 def save_instance_student(
     path: str | Path, model: InstanceStudent, name: str, num_classes: int, extra: dict[str, Any] | None = None
 ) -> None:
-    """Write a checkpoint atomically: the registry name, num_classes, `kind: instance`, the state
-    dict (in the dtype the model holds) and the `extra` metadata (class names, input side, ...)."""
-    payload = {"name": name, "num_classes": num_classes, "kind": "instance", "state_dict": model.state_dict()}
-    payload |= extra or {}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    """An `instance_student` checkpoint, written atomically: config {name, num_classes} (the
+    registry name), the state dict (in the dtype the model holds) and `extra` as metadata (class
+    names, input side, ...)."""
+    config = {"name": name, "num_classes": num_classes}
+    save_checkpoint(path, CHECKPOINT_KIND, config, model.state_dict(), extra)
 
 
 def load_instance_student(path: str | Path) -> tuple[InstanceStudent, dict[str, Any]]:
     """The student of a checkpoint (rebuilt by its registry name, weights loaded, eval mode) and its
-    metadata (everything but the state dict). A missing or unreadable file, one that is not an
-    instance student checkpoint, or weights that do not fit are a ValueError naming the file; an
+    metadata with the config's name and num_classes. A missing or unreadable file, one that is not
+    an instance student checkpoint, or weights that do not fit are a ValueError naming the file; an
     unknown registry name is a ValueError naming the choices."""
-    from models.io import load_weights, read_checkpoint
+    checkpoint = load_checkpoint(path, CHECKPOINT_KIND, "instance student checkpoint")
+    name, num_classes = checkpoint.config["name"], int(checkpoint.config["num_classes"])
+    model = load_weights(build_instance_student(name, num_classes), checkpoint.weights, path, name)
+    return model, checkpoint.metadata | checkpoint.config
 
-    payload = read_checkpoint(path, "instance student checkpoint")
-    if payload.get("kind") != "instance":
-        raise ValueError(f"{path}: not an instance student checkpoint (no kind: instance)")
-    model = build_instance_student(payload["name"], int(payload["num_classes"]))
-    model = load_weights(model, payload["state_dict"], path, payload["name"])
-    return model, {k: v for k, v in payload.items() if k != "state_dict"}
+
+def _legacy_instance_student(payload: dict[str, Any]) -> tuple[dict, dict, dict] | None:
+    """The unversioned layout {name, num_classes, kind: instance, state_dict, **extra}."""
+    config_keys = ("name", "num_classes")
+    if payload.get("kind") != "instance" or not {*config_keys, "state_dict"} <= payload.keys():
+        return None
+    metadata = {k: v for k, v in payload.items() if k not in (*config_keys, "kind", "state_dict")}
+    return {k: payload[k] for k in config_keys}, payload["state_dict"], metadata
+
+
+LEGACY_LAYOUTS[CHECKPOINT_KIND] = _legacy_instance_student

@@ -22,9 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.io import load_checkpoint
 from models.runtime.onnx_runtime import create_session, model_file, read_metadata
+from models.students.instance import CHECKPOINT_KIND as INSTANCE_KIND
 from models.students.instance import InstanceSegmenter, load_instance_student, torch_instance_forward
 from models.students.onnx_student import pad_images
+from models.students.semantic import CHECKPOINT_KIND as SEMANTIC_KIND
 from models.students.semantic import StudentSegmenter, load_student, torch_semantic_forward
 
 RUNTIMES = ("auto", "torch", "onnx", "tensorrt")
@@ -35,15 +38,11 @@ Segmenter = StudentSegmenter | InstanceSegmenter
 
 
 def checkpoint_task(path: str | Path) -> str:
-    """'instance' or 'semantic': what a student checkpoint holds (errors name the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such student checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the student checkpoint ({exc})") from exc
-    return "instance" if isinstance(payload, dict) and payload.get("kind") == "instance" else "semantic"
+    """'instance' or 'semantic': what a student checkpoint holds (its tensors are mapped, not read).
+    A missing or unreadable file, or one that is no student checkpoint, is a ValueError naming it."""
+    kinds = (INSTANCE_KIND, SEMANTIC_KIND)
+    checkpoint = load_checkpoint(path, kinds, "student checkpoint", mmap=True)
+    return "instance" if checkpoint.kind == INSTANCE_KIND else "semantic"
 
 
 def _array_forward(run, num_outputs: int):

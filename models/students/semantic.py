@@ -16,10 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.config import lookup, register
+from models.io import LEGACY_LAYOUTS, load_checkpoint, load_weights, save_checkpoint, weights_state
+
 # ImageNet statistics: the convention of every encoder in segmentation-models-pytorch.
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 STRIDE = 32
+CHECKPOINT_KIND = "semantic_student"
 SHIPPED_SEMANTIC_STUDENT = Path(__file__).resolve().parent / "weights" / "camvid_student.pt"
 SHIPPED_INSTANCE_STUDENT = Path(__file__).resolve().parent / "weights" / "pennfudan_student.pt"
 
@@ -30,39 +34,38 @@ def _smp():
     return smp
 
 
+# name -> builder(num_classes)
+student_registry: dict[str, Callable[[int], nn.Module]] = {}
+
+
+@register(student_registry, "segformer-b0")
 def build_segformer_b0(num_classes: int) -> nn.Module:
     """SegFormer with a MiT-B0 encoder (the paper's Cityscapes student), 3.7M parameters."""
     return _smp().Segformer("mit_b0", encoder_weights=None, classes=num_classes)
 
 
+@register(student_registry, "deeplabv3plus-r50")
 def build_deeplabv3plus_r50(num_classes: int) -> nn.Module:
     return _smp().DeepLabV3Plus("resnet50", encoder_weights=None, classes=num_classes)
 
 
+@register(student_registry, "deeplabv3plus-r101")
 def build_deeplabv3plus_r101(num_classes: int) -> nn.Module:
     """DeepLabV3+ with a ResNet-101 encoder (the paper's PASCAL student)."""
     return _smp().DeepLabV3Plus("resnet101", encoder_weights=None, classes=num_classes)
 
 
+@register(student_registry, "fpn-mobilenetv2")
 def build_fpn_mobilenetv2(num_classes: int) -> nn.Module:
     """The edge student: FPN over MobileNetV2, 4.2M parameters, the fastest on a CPU."""
     return _smp().FPN("mobilenet_v2", encoder_weights=None, classes=num_classes)
 
 
-student_registry: dict[str, Callable[[int], nn.Module]] = {
-    "segformer-b0": build_segformer_b0,
-    "deeplabv3plus-r50": build_deeplabv3plus_r50,
-    "deeplabv3plus-r101": build_deeplabv3plus_r101,
-    "fpn-mobilenetv2": build_fpn_mobilenetv2,
-}
-
-
 def build_student(name: str, num_classes: int) -> nn.Module:
-    if name not in student_registry:
-        raise ValueError(f"unknown student {name!r}; choose one of {sorted(student_registry)}")
+    builder = lookup(student_registry, name, "student")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return student_registry[name](num_classes)
+    return builder(num_classes)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -94,25 +97,32 @@ def save_student(
     extra: dict[str, Any] | None = None,
     half: bool = False,
 ) -> None:
-    """A self-describing checkpoint {name, num_classes, state_dict, ...}, written atomically."""
-    from models.io import atomic_write, weights_state
-
-    payload = {"name": name, "num_classes": num_classes, "state_dict": weights_state(model, half)} | (
-        extra or {}
-    )
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    """A `semantic_student` checkpoint: config {name, num_classes}, the weights (fp16 with `half`),
+    `extra` as metadata (class names, base scale, the run's figures), written atomically."""
+    config = {"name": name, "num_classes": num_classes}
+    save_checkpoint(path, CHECKPOINT_KIND, config, weights_state(model, half), extra)
 
 
 def load_student(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the registered student a checkpoint names and load its weights; errors name the file."""
-    from models.io import load_weights, read_checkpoint
+    """The registered student a checkpoint names, its weights loaded (eval mode), and its metadata
+    with the config's name and num_classes; errors name the file."""
+    checkpoint = load_checkpoint(path, CHECKPOINT_KIND, "student checkpoint")
+    name, num_classes = checkpoint.config["name"], int(checkpoint.config["num_classes"])
+    model = load_weights(build_student(name, num_classes), checkpoint.weights, path, f"student {name!r}")
+    return model, checkpoint.metadata | checkpoint.config
 
-    payload = read_checkpoint(path, "student checkpoint")
-    if not {"name", "num_classes", "state_dict"} <= set(payload):
-        raise ValueError(f"{path}: not a student checkpoint (needs name, num_classes, state_dict)")
-    model = build_student(payload["name"], int(payload["num_classes"]))
-    model = load_weights(model, payload["state_dict"], path, f"student {payload['name']!r}")
-    return model, {k: v for k, v in payload.items() if k != "state_dict"}
+
+def _legacy_student(payload: dict[str, Any]) -> tuple[dict, dict, dict] | None:
+    """The unversioned layout {name, num_classes, state_dict, **extra}; its `kind`, when there, is
+    the label kind (an instance student's `kind: instance` is not this layout)."""
+    config_keys = ("name", "num_classes")
+    if payload.get("kind") == "instance" or not {*config_keys, "state_dict"} <= payload.keys():
+        return None
+    metadata = {k: v for k, v in payload.items() if k not in (*config_keys, "state_dict")}
+    return {k: payload[k] for k in config_keys}, payload["state_dict"], metadata
+
+
+LEGACY_LAYOUTS[CHECKPOINT_KIND] = _legacy_student
 
 
 # Bx3xHxW float RGB in [0, 255] (any H, W) -> BxCxHxW logits at the input size

@@ -23,9 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou, roi_align
 
+from models.io import LEGACY_LAYOUTS, load_checkpoint, load_weights, save_checkpoint
 from models.students.semantic import build_student
 
 SEED_RULES = ("oicr", "mist")
+CHECKPOINT_KIND = "wsod"
+CONFIG_KEYS = ("student", "num_classes", "refinements", "hidden", "roi_size")
 
 
 def select_seeds(
@@ -164,34 +167,41 @@ def detection_scores(outputs: tuple[torch.Tensor, list[torch.Tensor]]) -> torch.
 
 
 def save_wsod(path, head: WSODHead, extra: dict | None = None) -> None:
-    """A self-describing WSOD checkpoint {kind: wsod, student, num_classes, refinements, ...}."""
-    from models.io import atomic_write
-
-    payload = {
-        "kind": "wsod",
+    """A `wsod` checkpoint: config {student, num_classes, refinements, hidden, roi_size}, the state
+    dict, `extra` as metadata (base scale, seed rule), written atomically."""
+    config = {
         "student": head.student,
         "num_classes": head.num_classes,
         "refinements": head.refinements,
         "hidden": head.fc[1].out_features,
         "roi_size": head.roi_size,
-        "state_dict": head.state_dict(),
-    } | (extra or {})
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    }
+    save_checkpoint(path, CHECKPOINT_KIND, config, head.state_dict(), extra)
 
 
 def load_wsod(path) -> tuple[WSODHead, dict]:
-    """The WSOD head a checkpoint describes; errors name the file."""
-    from models.io import load_weights, read_checkpoint
-
-    payload = read_checkpoint(path, "WSOD checkpoint")
-    if payload.get("kind") != "wsod":
-        raise ValueError(f"{path}: not a WSOD checkpoint (train one with `sesam weaksam train-wsod`)")
+    """The WSOD head a checkpoint describes (eval mode) and its metadata with the config's fields;
+    errors name the file."""
+    checkpoint = load_checkpoint(path, CHECKPOINT_KIND, "WSOD checkpoint")
+    config = checkpoint.config
     head = WSODHead(
-        payload["student"],
-        int(payload["num_classes"]),
-        int(payload["refinements"]),
-        int(payload["hidden"]),
-        int(payload["roi_size"]),
+        config["student"],
+        int(config["num_classes"]),
+        int(config["refinements"]),
+        int(config["hidden"]),
+        int(config["roi_size"]),
     )
-    head = load_weights(head, payload["state_dict"], path, "the WSOD head")
-    return head, {k: v for k, v in payload.items() if k != "state_dict"}
+    head = load_weights(head, checkpoint.weights, path, "the WSOD head")
+    return head, checkpoint.metadata | config
+
+
+def _legacy_wsod(payload: dict) -> tuple[dict, dict, dict] | None:
+    """The unversioned layout {kind: wsod, student, num_classes, refinements, hidden, roi_size,
+    state_dict, **extra}."""
+    if payload.get("kind") != CHECKPOINT_KIND or not {*CONFIG_KEYS, "state_dict"} <= payload.keys():
+        return None
+    metadata = {k: v for k, v in payload.items() if k not in (*CONFIG_KEYS, "kind", "state_dict")}
+    return {k: payload[k] for k in CONFIG_KEYS}, payload["state_dict"], metadata
+
+
+LEGACY_LAYOUTS[CHECKPOINT_KIND] = _legacy_wsod
