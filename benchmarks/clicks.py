@@ -5,47 +5,168 @@ positive at its interior-most pixel, each next click at the interior-most pixel 
 error region (positive on a miss, negative on a false alarm); the answer is the engine's
 best-scored of 3 candidates at the first click and its single-mask answer after (SAM's own practice;
 `--multimask always` keeps picking among 3), and its low-res logits are fed back as the next mask
-input. Datasets: Penn-Fudan (`--split val`, every fifth image; settings are chosen on `train`) and
-COCO-mini val2017 (crowd regions left out), a second domain.
+input. Data: without `--root`, Penn-Fudan (`--split val`, every fifth image; settings are chosen on
+`train`) and COCO-mini val2017 (crowd regions left out), a second domain; with `--root DIR --format
+{coco,folder,pennfudan}`, a user's dataset (`training.datasets.instance_dataset`). `--limit N` keeps
+the first N images, or N drawn with `--seed`.
 
-Rows: every engine named by `--engines` (registered backends with their defaults; `classical` is
-the weight-free prior) and, with `--random-walker`, a plain pixel random walker seeded by the
-clicks at half resolution (scikit-image), the classical reference. Also reported: how often the
-best-scored candidate is truly the best of the three (where the engine chose), how often a click
-lowered the IoU, predict ms per click and embed s per image.
+Rows: every engine named by `--engines` (registered backends of `models.engine.ENGINE_BACKENDS`;
+`classical` is the weight-free prior, `torch` SAM needs `--sam-checkpoint`) and the baselines of
+`--baselines`: `walker`, a plain pixel random walker (scikit-image) at half resolution seeded by the
+clicks (`--random-walker` is the same), the classical reference. No filled-disc floor: a click gives
+no scale, so its radius would be a tuned setting, not a floor. Each row is broken down by COCO's
+object sizes (small < 32^2, medium < 96^2, large >= 96^2 mask pixels) beside "all". Also reported:
+how often the best-scored candidate is truly the best of the three (where the engine chose), how
+often a click lowered the IoU, predict ms per click and embed s per image.
 
-Run: `python benchmarks/clicks.py [--datasets pennfudan coco_mini] [--limit-images N]`; writes
-benchmarks/results/clicks.md.
+Run: `python benchmarks/clicks.py [--datasets pennfudan coco_mini | --root DIR --format F] [--split
+S] [--limit N] [--engines ...] [--baselines walker]`; writes benchmarks/results/clicks.md (with
+`--root`: clicks_<folder name>.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.progress import track
+from rich.table import Table
 from tables import markdown_table, write_table
 
-from models.engine import EngineConfig, build_engine, read_image
-from training.datasets import CocoInstances, InstanceSample, PennFudan
+from models.engine import ENGINE_BACKENDS, CachedSegmenter, EngineConfig, build_engine
+from training.datasets import COCO_SIZES, INSTANCE_FORMATS, InstanceSample, coco_size, instance_dataset
 from training.interactive import Click, ClickRun, click_session, simulate_clicks, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
 AT = (1, 3, 5, 10, 20)
+SIZES = ("all", *COCO_SIZES)
+# the project's own datasets (without --root): name -> (folder, format)
+NAMED = {"pennfudan": (DATA / "pennfudan", "pennfudan"), "coco_mini": (DATA / "coco_mini", "coco")}
 
 
-def load(dataset: str, split: str, limit: int | None) -> list[InstanceSample]:
-    if dataset == "pennfudan":
-        samples = PennFudan(DATA / "pennfudan", split).samples()
-    elif dataset == "coco_mini":
-        samples = CocoInstances(DATA / "coco_mini", "val2017" if split == "val" else "train2017").samples()
-    else:
-        raise ValueError(f"dataset {dataset!r} unknown; choose pennfudan or coco_mini")
-    return samples[:limit]
+def pick(samples: list[InstanceSample], limit: int | None, seed: int | None) -> list[InstanceSample]:
+    """The first `limit` samples, or (with `seed`) `limit` drawn at random, kept in dataset order."""
+    if limit is None or limit >= len(samples):
+        return samples
+    if seed is None:
+        return samples[:limit]
+    chosen = np.random.default_rng(seed).choice(len(samples), size=limit, replace=False)
+    return [samples[i] for i in sorted(chosen)]
+
+
+def load(dataset: str, split: str, limit: int | None, seed: int | None = None) -> list[InstanceSample]:
+    """One of the project's datasets (`NAMED`) by name."""
+    if dataset not in NAMED:
+        raise ValueError(f"dataset {dataset!r} unknown; choose one of {sorted(NAMED)} or give --root")
+    folder, format = NAMED[dataset]
+    return pick(instance_dataset(folder, format, split), limit, seed)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, engine and output flags both quality benchmarks take."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--root", type=Path, help="a dataset folder of your own (then --format)")
+    data.add_argument("--format", choices=sorted(INSTANCE_FORMATS), help="the layout of --root")
+    data.add_argument(
+        "--datasets", nargs="+", default=list(NAMED), choices=list(NAMED), help="without --root"
+    )
+    data.add_argument(
+        "--split",
+        default="val",
+        help="pennfudan: train, val (every fifth image) or all; coco: instances_<split>.json, or the one "
+        "file the split begins (val -> val2017); folder: <root>/<split>/, or all for a folder without splits",
+    )
+    data.add_argument("--limit", "--limit-images", dest="limit", type=int, default=None, help="images")
+    data.add_argument("--seed", type=int, default=None, help="draw the --limit images at random")
+    engines = parser.add_argument_group("engines")
+    engines.add_argument(
+        "--engines",
+        nargs="*",
+        default=["classical", "classical-regions"],
+        choices=sorted(ENGINE_BACKENDS),
+        help="registered backends (none: baselines only)",
+    )
+    engines.add_argument("--sam-checkpoint", help="an official SAM checkpoint (the torch backend)")
+    engines.add_argument("--sam-type", default="vit_b", help="vit_b, vit_l, vit_h, or tiny (tests)")
+    engines.add_argument("--export-dir", help="an export directory (onnx, tensorrt, triton backends)")
+    engines.add_argument("--triton-url", help="triton: the server's host:port")
+    engines.add_argument("--device", default="cpu", help="torch: cpu, cuda, cuda:N or auto")
+    parser.add_argument("--out", type=Path, help="the markdown table (default: benchmarks/results/)")
+
+
+def datasets(args: argparse.Namespace) -> list[tuple[str, list[InstanceSample]]]:
+    """(the table's dataset label, its samples) for --root or each of --datasets."""
+    if args.root is None:
+        if args.format is not None:
+            raise SystemExit("--format describes --root; give --root too")
+        return [
+            (f"{name} {args.split}", load(name, args.split, args.limit, args.seed)) for name in args.datasets
+        ]
+    if args.format is None:
+        raise SystemExit(f"--root needs --format, one of {sorted(INSTANCE_FORMATS)}")
+    try:
+        samples = instance_dataset(args.root, args.format, args.split)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    return [(f"{args.root.name} {args.split}", pick(samples, args.limit, args.seed))]
+
+
+def out_path(args: argparse.Namespace, name: str) -> Path:
+    """--out, else benchmarks/results/<name>.md (the project's data) or <name>_<folder name>.md."""
+    if args.out is not None:
+        return args.out
+    return RESULTS / (f"{name}.md" if args.root is None else f"{name}_{args.root.name}.md")
+
+
+def build_engines(args: argparse.Namespace) -> dict[str, CachedSegmenter]:
+    """The engines of --engines (each a registered backend, with the SAM flags), by backend name."""
+    out = {}
+    for backend in args.engines:
+        config = EngineConfig(
+            backend=backend,
+            sam_type=args.sam_type,
+            sam_checkpoint=args.sam_checkpoint,
+            export_dir=args.export_dir,
+            triton_url=args.triton_url,
+            device=args.device,
+        )
+        try:
+            out[backend] = build_engine(config)
+        except ValueError as exc:
+            raise SystemExit(f"engine {backend}: {exc}") from None
+    return out
+
+
+def engine_label(backend: str, engine: CachedSegmenter) -> str:
+    """The row's method: the backend, and the model it runs where that says more (torch (sam-vit_b))."""
+    return backend if engine.name == backend else f"{backend} ({engine.name})"
+
+
+def by_size(masks: Sequence[np.ndarray]) -> dict[str, list[int]]:
+    """Indices of `masks` per size of SIZES ("all" holds every index)."""
+    groups: dict[str, list[int]] = {size: [] for size in SIZES}
+    for i, mask in enumerate(masks):
+        groups["all"].append(i)
+        groups[coco_size(mask)].append(i)
+    return groups
+
+
+def publish(path: Path, note: str, head: Sequence[str], rows: list[list[str]]) -> None:
+    """Print the rows as a table and write them as markdown under `note` to `path` (atomically)."""
+    table = Table(*head, title=str(path))
+    for cells in rows:
+        table.add_row(*cells)
+    console = Console()
+    if not console.is_terminal:  # a log file: no 80-column squeeze
+        console = Console(width=200)
+    console.print(table)
+    write_table(path, note, markdown_table(head, rows), Console(quiet=True))
 
 
 def random_walker_session(
@@ -73,28 +194,69 @@ def random_walker_session(
     return click_session(truth, answer, max_clicks)
 
 
+def click_cells(runs: list[ClickRun], cap: int, chose: bool) -> list[str]:
+    """The metric cells of one row: mIoU@k, NoC@85/90, best pick %, IoU drops %, ms per click."""
+    at = [k for k in AT if k <= cap]
+    if not runs:
+        return ["-"] * (len(at) + 5)
+    scores = summarize([r.ious for r in runs], AT, cap)
+    picks = [p for r in runs for p in r.picked_best if p is not None]
+    seconds = [t for r in runs for t in r.seconds]
+    drops = [b < a - 1e-9 for r in runs for a, b in zip(r.ious, r.ious[1:])]
+    return [
+        *(f"{scores[f'miou@{k}']:.3f}" for k in at),
+        f"{scores['noc@85']:.1f}",
+        f"{scores['noc@90']:.1f}",
+        f"{100 * np.mean(picks):.0f}" if chose and picks else "-",
+        f"{100 * np.mean(drops):.1f}" if drops else "0.0",
+        f"{1000 * np.median(seconds):.0f}" if seconds else "-",
+    ]
+
+
+BASELINES = {"walker": "random-walker"}  # flag -> the row's method
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["pennfudan", "coco_mini"])
-    parser.add_argument("--split", default="val", help="pennfudan: val (reports) or train (chooses settings)")
-    parser.add_argument("--engines", nargs="+", default=["classical", "classical-regions"])
-    parser.add_argument("--random-walker", action="store_true", help="add the pixel random walker (slow)")
-    parser.add_argument("--limit-images", type=int, default=None)
+    add_data_arguments(parser)
+    parser.add_argument(
+        "--baselines", nargs="*", default=[], choices=list(BASELINES), help="walker: the pixel random walker"
+    )
+    parser.add_argument("--random-walker", action="store_true", help="the same as --baselines walker")
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--multimask", default="first", choices=["first", "always"])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "clicks.md"))
     args = parser.parse_args()
+    baselines = list(dict.fromkeys([*args.baselines, *(["walker"] if args.random_walker else [])]))
+    if not args.engines and not baselines:
+        raise SystemExit("nothing to run: name --engines or --baselines")
 
-    rows = []
-    for dataset in args.datasets:
-        samples = load(dataset, args.split, args.limit_images)
-        images = {s.stem: read_image(s.image) for s in samples}
-        methods = [*args.engines, *(["random-walker"] if args.random_walker else [])]
-        for method in methods:
-            engine = None if method == "random-walker" else build_engine(EngineConfig(backend=method))
+    at = [k for k in AT if k <= args.max_clicks]
+    head = [
+        "dataset",
+        "method",
+        "size",
+        "objects",
+        *(f"mIoU@{k}" for k in at),
+        "NoC@85",
+        "NoC@90",
+        "best pick %",
+        "IoU drops %",
+        "ms / click",
+        "embed s",
+    ]
+    engines = build_engines(args)
+    data = datasets(args)
+    table = []
+    for label, samples in data:
+        images = {s.stem: s.load_image() for s in samples}
+        sizes = by_size([truth for s in samples for truth in s.masks])
+        block: dict[str, list[list[str]]] = {size: [] for size in SIZES}
+        for method in [*engines, *baselines]:
+            engine = engines.get(method)
+            name = engine_label(method, engine) if engine is not None else BASELINES[method]
             runs: list[ClickRun] = []
             embed_seconds = []
-            for s in track(samples, description=f"{dataset} {method}", transient=True):
+            for s in track(samples, description=f"{label}: {name}", transient=True):
                 if engine is not None:
                     start = time.perf_counter()
                     handle = engine.embed([images[s.stem]])[0]
@@ -106,56 +268,28 @@ def main() -> None:
                         runs.append(
                             simulate_clicks(engine, handle, truth, args.max_clicks, multimask=args.multimask)
                         )
-            scores = summarize([r.ious for r in runs], AT, args.max_clicks)
-            picks = [p for r in runs for p in r.picked_best if p is not None]
-            seconds = [t for r in runs for t in r.seconds]
-            drops = [b < a - 1e-9 for r in runs for a, b in zip(r.ious, r.ious[1:])]
-            rows.append(
-                {
-                    "dataset": f"{dataset} {args.split}",
-                    "method": engine.name if engine is not None else method,
-                    **scores,
-                    "picked_best": float(np.mean(picks)) if picks else float("nan"),
-                    "drops": float(np.mean(drops)) if drops else 0.0,
-                    "ms_per_click": 1000 * float(np.median(seconds)) if seconds else float("nan"),
-                    "embed_s": float(np.median(embed_seconds)) if embed_seconds else float("nan"),
-                }
+            for size, indices in sizes.items():
+                group = [runs[i] for i in indices]
+                embed = f"{np.median(embed_seconds):.2f}" if embed_seconds and size == "all" else "-"
+                cells = click_cells(group, args.max_clicks, chose=engine is not None)
+                block[size].append([label, name, size, str(len(group)), *cells, embed])
+            row = block["all"][-1]
+            Console().print(
+                ", ".join(
+                    [f"{label} {name}: {row[3]} objects"] + [f"{h} {c}" for h, c in zip(head[4:], row[4:])]
+                )
             )
-            Console().print(rows[-1])
+        table += [row for size in SIZES for row in block[size]]
 
-    at = [k for k in AT if k <= args.max_clicks]
-    head = [
-        "dataset",
-        "method",
-        "objects",
-        *(f"mIoU@{k}" for k in at),
-        "NoC@85",
-        "NoC@90",
-        "best pick %",
-        "IoU drops %",
-        "ms / click",
-        "embed s",
-    ]
-    table = []
-    for r in rows:
-        cells = [r["dataset"], r["method"], str(r["objects"])]
-        cells += [f"{r[f'miou@{k}']:.3f}" for k in AT if f"miou@{k}" in r]
-        cells += [
-            f"{r['noc@85']:.1f}",
-            f"{r['noc@90']:.1f}",
-            "-" if r["method"] == "random-walker" else f"{100 * r['picked_best']:.0f}",
-            f"{100 * r['drops']:.1f}",
-            f"{r['ms_per_click']:.0f}",
-            "-" if r["embed_s"] != r["embed_s"] else f"{r['embed_s']:.2f}",
-        ]
-        table.append(cells)
     note = (
         f"Simulated clicks (cap {args.max_clicks}, {args.split} split), previous logits fed back, multimask "
-        f"{args.multimask}, each ground-truth instance one object; `classical` is the weight-free prior (a "
-        "seeded random walk) and `classical-regions` the previous one, neither is SAM. 'IoU drops': clicks "
-        "after which IoU fell. Medians for times, this machine."
+        f"{args.multimask}, each ground-truth instance one object (COCO crowd regions left out); `classical` is "
+        "the weight-free prior (a seeded random walk) and `classical-regions` the previous one, neither is SAM; "
+        "`random-walker`: scikit-image's pixel random walker seeded by the clicks at half resolution. Sizes as "
+        "COCO's (mask pixels: small < 32^2, medium < 96^2, large); 'all' is every object. 'IoU drops': clicks "
+        "after which IoU fell. Medians for times (embed: per image, on the 'all' row), this machine."
     )
-    write_table(args.out, note, markdown_table(head, table))
+    publish(out_path(args, "clicks"), note, head, table)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from models.config import lookup, register
 from models.engine.validation import IMAGE_EXTENSIONS, list_images
 from models.io import read_label_png
 from training.coco import load_coco, samples_from_coco
@@ -278,3 +280,86 @@ class CamVidThings:
                         )
                     )
         return out
+
+
+# -- a user's instance dataset by format, and COCO's object sizes (the quality benchmarks read both) --
+
+INSTANCE_FORMATS: dict[str, Callable[[Path, str], list[InstanceSample]]] = {}
+
+
+@register(INSTANCE_FORMATS, "coco")
+def _coco_split(root: Path, split: str) -> list[InstanceSample]:
+    """COCO instances (`CocoInstances`): `annotations/instances_<split>.json`, images in `<split>/`.
+    A split with no file of its exact name names the one file it begins (`val` -> `val2017`)."""
+    annotations = root / "annotations"
+    names = sorted(p.name[len("instances_") : -len(".json")] for p in annotations.glob("instances_*.json"))
+    if not names:
+        raise ValueError(
+            f"{root}: no annotations/instances_<split>.json (the COCO layout: annotations/instances_<split>.json "
+            "and the images in <split>/)"
+        )
+    if split not in names:
+        matches = [n for n in names if n.startswith(split)]
+        if len(matches) != 1:
+            which = f"{split!r} could be any of {matches}" if matches else f"splits here: {names}"
+            raise ValueError(f"{annotations}: no instances_{split}.json; {which}")
+        split = matches[0]
+    if not (root / split).is_dir():
+        raise ValueError(f"{root}: no {split}/ folder with the images of instances_{split}.json")
+    return CocoInstances(root, split).samples()
+
+
+@register(INSTANCE_FORMATS, "folder")
+def _folder_split(root: Path, split: str) -> list[InstanceSample]:
+    """Instance-id PNG folders (`InstanceFolder`, as `write_instance_folder` writes them), one per
+    split: `<root>/<split>/images/` and `<root>/<split>/instances/`. A root that is itself one such
+    folder has no splits: split `all` reads it."""
+    if (root / split / "images").is_dir():
+        return InstanceFolder(root / split).samples()
+    if (root / "images").is_dir() and (root / "instances").is_dir():
+        if split == "all":
+            return InstanceFolder(root).samples()
+        raise ValueError(
+            f"{root}: one instance folder without splits (images/ and instances/ at its top); read it with "
+            f"split 'all', or put split {split!r} in {root / split}/images and {root / split}/instances"
+        )
+    splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+    raise ValueError(
+        f"{root}: no {split}/images/ (the instance folder layout: <split>/images/<stem>.<ext> and "
+        f"<split>/instances/<stem>.png)" + (f"; splits here: {splits}" if splits else "")
+    )
+
+
+@register(INSTANCE_FORMATS, "pennfudan")
+def _pennfudan_split(root: Path, split: str) -> list[InstanceSample]:
+    """Penn-Fudan as distributed (`PennFudan`): splits train, val (every fifth image) and all."""
+    return PennFudan(root, split).samples()
+
+
+def instance_dataset(root: str | Path, format: str, split: str = "val") -> list[InstanceSample]:
+    """The instance samples of one split of the dataset folder `root` in `format` (a name of
+    `INSTANCE_FORMATS`: coco, folder or pennfudan); ValueError for an unknown format, a missing
+    folder, a split the folder lacks, or a split without images."""
+    reader = lookup(INSTANCE_FORMATS, format, "dataset format")
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder")
+    samples = reader(root, split)
+    if not samples:
+        raise ValueError(f"{root} ({format}, split {split!r}): no images with instance labels")
+    return samples
+
+
+# COCO's object sizes by area in pixels: small below 32^2, medium below 96^2, large from 96^2
+COCO_SIZES: dict[str, tuple[float, float]] = {
+    "small": (0, 32**2),
+    "medium": (32**2, 96**2),
+    "large": (96**2, float("inf")),
+}
+
+
+def coco_size(mask: np.ndarray) -> str:
+    """small, medium or large: COCO's size of an object, by its mask's pixel count at the image's
+    resolution (COCO itself uses the annotation's polygon area; the two differ by a boundary)."""
+    area = int(np.count_nonzero(mask))
+    return next(name for name, (low, high) in COCO_SIZES.items() if low <= area < high)
