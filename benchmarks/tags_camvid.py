@@ -36,7 +36,7 @@ from rich.progress import track
 from tables import markdown_table
 
 from models.engine import EngineConfig, build_engine, read_image
-from models.io import atomic_write_text, read_label_png, save_json
+from models.io import atomic_write_text, load_checkpoint, read_label_png, save_json
 from models.labels import backend_defaults, build_labeler
 from models.labels.common import RefineResult
 from models.labels.weaksam.proposals import ProposalOptions, weaksam_proposals
@@ -103,8 +103,8 @@ class StudentScores:
 
 def load_maps(path: str):
     """A CAM checkpoint (mode cam) or, as a stand-in for a good CAM, a semantic student checkpoint."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    return CamPredictor.from_checkpoint(path) if payload.get("kind") == "cam" else StudentScores(path)
+    kind = load_checkpoint(path, ("cam", "semantic_student"), "CAM or student checkpoint").kind
+    return CamPredictor.from_checkpoint(path) if kind == "cam" else StudentScores(path)
 
 
 def part1(args, console: Console) -> list[str]:
