@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -308,6 +310,82 @@ def test_resume_equals_uninterrupted(tmp_path, mode: str) -> None:
     assert resumed.iteration == 3
     assert resumed.best_miou >= first.best_miou
     assert summary["weights_sha256"] == straight["weights_sha256"]
+
+
+class _GlobalDrawsRecipe:
+    """A recipe whose steps draw from torch's, numpy's and Python's global generators, seeded at
+    construction: a resumed run matches a straight one only if last.pt gives their states back."""
+
+    loss_terms = ("total",)
+    score_name = ""
+
+    def __init__(self) -> None:
+        self.read_by: dict[str, frozenset[str]] = {}
+        torch.manual_seed(0)
+        np.random.seed(0)
+        random.seed(0)
+        self.model = torch.nn.Linear(3, 1)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+
+    def prepare(self) -> None:
+        pass
+
+    def step(self, iteration: int) -> dict[str, float]:
+        x = torch.randn(4, 3) + float(np.random.rand()) + random.random()
+        loss = self.model(x).pow(2).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"total": float(loss.detach())}
+
+    def has_validation(self) -> bool:
+        return False
+
+    def evaluate(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def after_training(self) -> None:
+        pass
+
+    def summary(self, final: dict) -> dict:
+        return {}
+
+    def save_outputs(self, out: Path, final: dict) -> None:
+        pass
+
+
+def test_resume_checkpoint_is_a_train_state_with_the_generators(tmp_path) -> None:
+    """last.pt is the project's checkpoint (kind train_state, weights_only): the settings, the
+    recipe's state, the iteration and the global generators' states, which a resume restores; a
+    last.pt in the layout from before version 1 is refused, naming the file."""
+    from models.io import load_checkpoint
+    from training.loop import LoopSettings, TrainLoop
+
+    def run(out: Path, iterations: int) -> dict:
+        settings = LoopSettings("toy", str(out), iterations, 0.1, 0, checkpoint_every=2, quiet=True)
+        return TrainLoop(settings, _GlobalDrawsRecipe()).train()
+
+    straight = run(tmp_path / "a", 4)
+    first = run(tmp_path / "b", 2)
+    state = load_checkpoint(tmp_path / "b" / "last.pt", "train_state")
+    assert state.config["iterations"] == 2 and state.config["mode"] == "toy"
+    assert set(state.weights) == {"model", "optimizer"} and state.metadata["iteration"] == 1
+    assert set(state.metadata["rng"]) == {"torch", "cuda", "numpy", "python"}
+    resumed = run(tmp_path / "b", 4)
+    assert resumed["resumed_at"] == 2 and first["weights_sha256"] != straight["weights_sha256"]
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+    old = tmp_path / "old" / "last.pt"
+    old.parent.mkdir()
+    torch.save({"student": {}, "optimizer": {}, "iteration": 1, "config": {}}, old)  # before version 1
+    with pytest.raises(ValueError, match=rf"{re.escape(str(old))}: not a training resume state .*start over"):
+        run(old.parent, 4)
 
 
 def test_resume_refuses_other_settings(tmp_path) -> None:

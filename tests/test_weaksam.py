@@ -297,7 +297,7 @@ def test_weaksam_pipeline_end_to_end(tmp_path, capsys) -> None:
     assert main([*train, *small, "--set", "iterations=3"]) == 0  # continues from last.pt
     assert json.loads((wsod / "summary.json").read_text())["resumed_at"] == 2
     assert main([*train, "--set", "hidden=64", "--set", "iterations=4"]) == 2
-    assert "other settings (refinements, hidden)" in capsys.readouterr().err
+    assert "other settings (hidden: 32 -> 64; refinements: 2 -> 3)" in capsys.readouterr().err
     pseudo = tmp_path / "pseudo"
     inst = ["weaksam", "instances", *common, "--weak", str(weak), "--out", str(pseudo), "--cam", str(cam)]
     assert main([*inst, "--wsod", str(wsod / "wsod.pt"), "--set", "points_per_side=3"]) == 0
@@ -547,13 +547,41 @@ def _tensors(value):
             yield from _tensors(v)
 
 
+def _weaksam_folders(root, n: int = 2) -> tuple:
+    """`n` random 64x96 images with three proposals each (tag 1) and one COCO box each (category
+    2 of a, b): (images, proposals, coco root with split `pseudo`)."""
+    from models.io import save_png
+
+    rng = np.random.default_rng(0)
+    images, props, coco = root / "images", root / "props", root / "coco"
+    props.mkdir(parents=True)
+    entries, anns = [], []
+    for i in range(n):
+        img = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+        save_png(img, images / f"im{i}.png")
+        save_png(img, coco / "pseudo" / f"im{i}.png")
+        boxes = [[5, 5, 40, 30], [30, 20, 90, 60], [0, 0, 96, 64]]
+        record_ = {"tags": [1], "boxes": boxes, "scores": [1.0] * 3, "sources": ["grid"] * 3}
+        (props / f"im{i}.json").write_text(json.dumps(record_))
+        entries.append({"id": i + 1, "file_name": f"im{i}.png", "height": 64, "width": 96})
+        anns.append(
+            {"id": i + 1, "image_id": i + 1, "category_id": 2, "bbox": [10, 10, 30, 40], "area": 1200}
+        )
+    (coco / "annotations").mkdir(parents=True)
+    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    data = {"images": entries, "annotations": anns, "categories": categories}
+    (coco / "annotations" / "instances_pseudo.json").write_text(json.dumps(data))
+    return images, props, coco
+
+
 def _train_on(device: str, root, monkeypatch) -> dict[str, set]:
     """Two steps of the WSOD head and of the detector, then an evaluation, on `device`; returns the
     devices seen on every parameter and every forward output."""
     import models.students.detector as detector_module
+    import training.recipes.detector as detector_recipe
+    import training.recipes.wsod as wsod_recipe
     import training.weaksam as weaksam
     from models.config import from_mapping
-    from models.io import save_png
     from training.weaksam_eval import coco_truth, evaluate_detector
 
     seen: dict[str, set] = {"params": set(), "outputs": set()}
@@ -570,28 +598,10 @@ def _train_on(device: str, root, monkeypatch) -> dict[str, set]:
 
         return wrapper
 
-    monkeypatch.setattr(weaksam, "WSODHead", hooked(weaksam.WSODHead))
-    monkeypatch.setattr(weaksam, "build_detector", hooked(weaksam.build_detector))
+    monkeypatch.setattr(wsod_recipe, "WSODHead", hooked(wsod_recipe.WSODHead))
+    monkeypatch.setattr(detector_recipe, "build_detector", hooked(detector_recipe.build_detector))
     monkeypatch.setattr(detector_module, "faster_rcnn", hooked(detector_module.faster_rcnn))
-    rng = np.random.default_rng(0)
-    images, props, coco = root / "images", root / "props", root / "coco"
-    props.mkdir(parents=True)
-    entries, anns = [], []
-    for i in range(2):
-        img = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
-        save_png(img, images / f"im{i}.png")
-        save_png(img, coco / "pseudo" / f"im{i}.png")
-        boxes = [[5, 5, 40, 30], [30, 20, 90, 60], [0, 0, 96, 64]]
-        record_ = {"tags": [1], "boxes": boxes, "scores": [1.0] * 3, "sources": ["grid"] * 3}
-        (props / f"im{i}.json").write_text(json.dumps(record_))
-        entries.append({"id": i + 1, "file_name": f"im{i}.png", "height": 64, "width": 96})
-        anns.append(
-            {"id": i + 1, "image_id": i + 1, "category_id": 2, "bbox": [10, 10, 30, 40], "area": 1200}
-        )
-    (coco / "annotations").mkdir(parents=True)
-    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
-    data = {"images": entries, "annotations": anns, "categories": categories}
-    (coco / "annotations" / "instances_pseudo.json").write_text(json.dumps(data))
+    images, props, coco = _weaksam_folders(root)
     small = {"hidden": 32, "refinements": 1, "iterations": 2, "device": device}
     summary = weaksam.train_wsod(
         from_mapping(weaksam.WSODConfig, small), images, props, root / "wsod", 2, True
@@ -620,6 +630,32 @@ def test_wsod_head_and_detector_stay_on_the_cpu(tmp_path, monkeypatch) -> None:
         assert cls().device == "auto"
         with pytest.raises(ValueError, match="device 'tpu' unknown"):
             cls(device="tpu").validate()
+
+
+def test_wsod_head_and_detector_resume_equals_uninterrupted(tmp_path) -> None:
+    """Stopped after 2 of 4 steps and resumed from last.pt (a "train_state" checkpoint of the shared
+    loop), the WSOD head and the detector end with the weights of a straight run."""
+    from models.io import load_checkpoint
+    from training.weaksam import DetectorConfig, WSODConfig, retrain_detector, train_wsod
+
+    images, props, coco = _weaksam_folders(tmp_path, 3)  # batches of 2 of 3 images, 2 of 3 proposals
+    wsod = {"hidden": 32, "refinements": 1, "max_proposals": 2, "checkpoint_every": 2, "device": "cpu"}
+    det = {"min_size": 64, "max_size": 96, "checkpoint_every": 2, "device": "cpu"}
+    runs = {
+        "wsod": lambda out, n: train_wsod(WSODConfig(**wsod, iterations=n), images, props, out, 2, True),
+        "detector": lambda out, n: retrain_detector(
+            DetectorConfig(**det, iterations=n), coco, "pseudo", out, True
+        ),
+    }
+    for name, run in runs.items():
+        straight = run(tmp_path / name / "straight", 4)
+        first = run(tmp_path / name / "stopped", 2)
+        state = load_checkpoint(tmp_path / name / "stopped" / "last.pt", "train_state")
+        assert state.metadata["iteration"] == 1 and set(state.weights) == {"model", "optimizer"}
+        assert state.config == first["settings"]
+        resumed = run(tmp_path / name / "stopped", 4)
+        assert resumed["resumed_at"] == 2 and first["weights_sha256"] != straight["weights_sha256"]
+        assert resumed["weights_sha256"] == straight["weights_sha256"], name
 
 
 @pytest.mark.gpu

@@ -2,12 +2,13 @@
 
 The loop owns what does not depend on the task: the iteration count (a resumed run restarts at the
 iteration after its checkpoint; recipes derive batches and random draws from (seed, iteration), so
-it sees exactly the batches an uninterrupted run would), the learning-rate schedule, resume from
-`out_dir/last.pt` with the settings check, DDP bookkeeping (rank 0 evaluates, logs and writes;
-every rank writes `rank<r>.json` under torchrun), the evaluation schedule, atomic checkpoints,
-metrics (CSV; TensorBoard scalars when it is installed), progress and the summary. Devices and
-precision belong to the recipes (`models.runtime.device`). Modelled on detectron2's `train_loop`: the loop
-calls the recipe's hooks and never looks inside a batch.
+it sees exactly the batches an uninterrupted run would, and a single-process run gets the global
+generators' states back as well), the learning-rate schedule, resume from `out_dir/last.pt` (a
+`models.io` checkpoint of kind "train_state") with the settings check, DDP bookkeeping (rank 0
+evaluates, logs and writes; every rank writes `rank<r>.json` under torchrun), the evaluation
+schedule, atomic checkpoints, metrics (CSV; TensorBoard scalars when it is installed), progress and
+the summary. Devices and precision belong to the recipes (`models.runtime.device`). Modelled on
+detectron2's `train_loop`: the loop calls the recipe's hooks and never looks inside a batch.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import csv
 import hashlib
 import json
 import os
+import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +29,7 @@ import torch.distributed as dist
 from rich.progress import Progress
 from torch import nn
 
-from models.io import atomic_write
+from models.io import atomic_write, load_checkpoint, save_checkpoint
 from models.runtime.progress import progress_bar
 
 # settings a resumed run may change: the budget, bookkeeping, where data and outputs live
@@ -127,14 +129,87 @@ def scheduled_lr(
     return base * max(0.0, 1.0 - iteration / max(total, 1)) ** 0.9
 
 
+@dataclass
+class LoopSettings:
+    """The loop's own settings for a task whose configuration does not carry them (the WSOD head,
+    the retrained detector): a constant learning rate, no validation, resume whenever last.pt
+    exists. The task's settings travel separately (`TrainLoop`'s `settings`)."""
+
+    mode: str  # the task's name in the progress bar and the summary
+    out_dir: str
+    iterations: int
+    lr: float
+    seed: int
+    checkpoint_every: int
+    quiet: bool = False
+    resume: bool = True
+    lr_schedule: str = "constant"
+    lr_warmup: int = 0
+    eval_every: int = 1
+    log_every: int = 10
+
+
+def rng_state() -> dict[str, Any]:
+    """The global generators' states (torch on the CPU and, once CUDA is in use, on every GPU; numpy;
+    Python's `random`) as tensors, lists, ints and floats, so a weights_only load reads them."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "state": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved; the GPUs' states only when CUDA is in use with as many GPUs."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_initialized() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
+
+
+def keep_measured(path: Path, summary: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`summary` with the `keys` it has taken from the summary already at `path` where that one
+    measured them (not null): a rerun with no step left keeps what the run before it measured."""
+    if not keys or not path.exists():
+        return summary
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return summary
+    return summary | {k: old[k] for k in keys if k in summary and old.get(k) is not None}
+
+
 class Recipe(Protocol):
-    """What a task implements; the loop calls these in order (see `TrainLoop.train`)."""
+    """What a task implements; the loop calls these in order (see `TrainLoop.train`).
+
+    A recipe may also name `rerun_keeps`: summary keys a rerun with no step left takes from the
+    summary.json it finds (`keep_measured`) instead of writing what it did not measure (none when
+    absent)."""
 
     read_by: dict[str, frozenset[str]]  # setting -> modes that read it (the resume check)
     model: nn.Module  # the network whose weights the summary digests
     optimizer: torch.optim.Optimizer  # the loop sets its learning rate every step (`scheduled_lr`)
     loss_terms: tuple[str, ...]  # the loss terms `step` returns, as metrics.csv columns
-    score_name: str  # the validation score's column, e.g. "val_miou"
+    score_name: str  # the validation score's column, e.g. "val_miou"; "" for a task without one
 
     def prepare(self) -> None:
         """Work before the first iteration that is not checkpointed (e.g. embedding every image)."""
@@ -147,7 +222,9 @@ class Recipe(Protocol):
     def evaluate(self) -> dict[str, Any]:
         """Validation metrics; 'score' is the number the loop tracks as best."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """What last.pt keeps as its weights: state dicts, tensors and plain containers (a
+        weights_only load reads them back)."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -162,14 +239,32 @@ class Recipe(Protocol):
 
 
 class TrainLoop:
-    """Runs one configuration of one recipe; `train()` is resumable from `out_dir/last.pt`."""
+    """Runs one configuration of one recipe; `train()` is resumable from `out_dir/last.pt`.
 
-    def __init__(self, cfg: Any, recipe: Recipe, rank: int = 0, world: int = 1) -> None:
+    `cfg` holds the loop's settings (out_dir, iterations, lr, lr_schedule, lr_warmup, seed, eval_every,
+    checkpoint_every, log_every, resume, quiet, mode: the training configs, or `LoopSettings`);
+    `settings` is the run's settings dict that last.pt keeps and a resume compares (`asdict(cfg)`
+    when not given); `restart` is the advice a refused resume ends with."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        recipe: Recipe,
+        rank: int = 0,
+        world: int = 1,
+        settings: dict[str, Any] | None = None,
+        restart: str = "Give another out_dir, or resume: false to start over.",
+    ) -> None:
         self.cfg = cfg
         self.recipe = recipe
         self.rank, self.world = rank, world
+        self.settings = asdict(cfg) if settings is None else dict(settings)
+        self.restart = restart
         self.out = Path(cfg.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.iteration = 0
+        self.resumed_at = 0  # the first iteration this call runs
+        self._rng: dict[str, Any] | None = None  # the generators' states last.pt kept (resume)
         self.history: list[dict[str, Any]] = []
         self.best_score = float("nan")
         self._tensorboard = None
@@ -189,37 +284,45 @@ class TrainLoop:
         return self.out / "last.pt"
 
     def save_checkpoint(self) -> None:
+        """last.pt as a "train_state" checkpoint (`models.io.save_checkpoint`): config = the run's
+        settings, weights = the recipe's state, metadata = the iteration, the best score and the
+        global generators' states (`rng_state`), written atomically by rank 0."""
         if self.rank != 0:
             return
-        payload = self.recipe.state_dict() | {
+        metadata = {
             "iteration": self.iteration,
-            "config": asdict(self.cfg),
-            "best_miou": float(self.best_score),  # a plain float: weights_only loads refuse numpy scalars
+            "best_score": float(self.best_score),  # a plain float: weights_only loads refuse numpy scalars
+            "rng": rng_state(),
         }
-        atomic_write(self.checkpoint_path(), lambda tmp: torch.save(payload, tmp))
+        save_checkpoint(
+            self.checkpoint_path(), "train_state", self.settings, self.recipe.state_dict(), metadata
+        )
 
     def load_checkpoint(self) -> bool:
         """Resume from last.pt when it exists: the settings are compared first (every changed one is
-        named), then the recipe's state is restored."""
+        named), then the recipe's state is restored (the generators' states after `prepare`, see
+        `train`). A last.pt in the layout from before checkpoint version 1 is refused: the error
+        names the file (`models.io.load_checkpoint`); such a run starts over."""
         path = self.checkpoint_path()
         if not (self.cfg.resume and path.exists()):
             return False
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot resume from this checkpoint ({exc})") from exc
-        changed = config_changes(payload.get("config") or {}, asdict(self.cfg), self.recipe.read_by)
+            checkpoint = load_checkpoint(path, "train_state", "training resume state")
+        except ValueError as exc:
+            raise ValueError(f"{exc}; it cannot be resumed. {self.restart}") from exc
+        changed = config_changes(checkpoint.config, self.settings, self.recipe.read_by)
         if changed:
             raise ValueError(
                 f"{path}: this run was started with other settings ({'; '.join(changed)}); resuming would mix "
-                "two runs. Give another out_dir, or resume: false to start over."
+                f"two runs. {self.restart}"
             )
         try:
-            self.recipe.load_state_dict(payload)
+            self.recipe.load_state_dict(checkpoint.weights)
+            self.iteration = int(checkpoint.metadata["iteration"])
+            self.best_score = float(checkpoint.metadata.get("best_score", float("nan")))
+            self._rng = checkpoint.metadata.get("rng")
         except Exception as exc:
             raise ValueError(f"{path}: cannot resume from this checkpoint ({exc})") from exc
-        self.iteration = int(payload["iteration"])
-        self.best_score = float(payload.get("best_miou", float("nan")))
         return True
 
     def _log(self, row: dict[str, Any]) -> None:
@@ -227,7 +330,8 @@ class TrainLoop:
             return
         self.history.append(row)
         path = self.out / "metrics.csv"
-        columns = ["iteration", "seconds_per_iter", *self.recipe.loss_terms, self.recipe.score_name, "lr"]
+        score = [self.recipe.score_name] if self.recipe.score_name else []
+        columns = ["iteration", "seconds_per_iter", *self.recipe.loss_terms, *score, "lr"]
         new = not path.exists()
         with path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -243,11 +347,15 @@ class TrainLoop:
     def train(self) -> dict[str, Any]:
         """Resume if a checkpoint exists, prepare, run the remaining iterations (evaluating every
         `eval_every` and at the end, checkpointing every `checkpoint_every` and at the end), then
-        write the outputs and `summary.json`; returns the summary."""
+        write the outputs and `summary.json`; returns the summary. A resumed single-process run
+        gets the global generators' states of its checkpoint back after `prepare` (under DDP the
+        recipes draw from (seed, iteration) alone)."""
         c, recipe = self.cfg, self.recipe
         resumed = self.load_checkpoint()
         recipe.prepare()
-        start = self.iteration + 1 if resumed else 0
+        if resumed and self._rng is not None and self.world == 1:
+            set_rng_state(self._rng)
+        start = self.resumed_at = self.iteration + 1 if resumed else 0
         timer, seconds = time.perf_counter(), []
         with self.progress(f"train {c.mode}") as progress:
             task = progress.add_task("train", total=c.iterations, completed=start, info="")
@@ -297,10 +405,13 @@ class TrainLoop:
             "seed": c.seed,
             "seconds": round(elapsed, 1),
             "seconds_per_iter": float(np.mean(seconds)) if seconds else None,
+            "resumed_at": self.resumed_at,
             "weights_sha256": weights_digest(recipe.model),
             "parameters_sha256": weights_digest(recipe.model, parameters_only=True),
             "ddp_backend": dist.get_backend() if dist.is_initialized() else None,
         } | recipe.summary(final)
+        if not seconds and self.rank == 0:
+            summary = keep_measured(self.out / "summary.json", summary, getattr(recipe, "rerun_keeps", ()))
         if dist.is_initialized():
             atomic_write(
                 self.out / f"rank{self.rank}.json", lambda tmp: Path(tmp).write_text(json.dumps(summary))

@@ -1,5 +1,7 @@
-"""Training configuration and the `Trainer`: the generic loop (`training.loop`) running a task's
-recipe (`training.recipes`; today the semantic one: supervised | weak | fixmatch | naive-sam | sesam).
+"""Training configuration and the trainers of `sesam train`: the generic loop (`training.loop`)
+running the semantic recipe (supervised | weak | fixmatch | naive-sam | sesam | cam) or the instance
+one (wish | supervised-instance). WeakSAM's WSOD head and detector run on the same loop
+(`training.weaksam`, `training.recipes.wsod`, `training.recipes.detector`).
 """
 
 from __future__ import annotations
