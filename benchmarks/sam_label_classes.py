@@ -16,11 +16,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from models.io import atomic_write
+from models.io import atomic_write, load_checkpoint
 from training.data import WeakDataset
 from training.datasets import CAMVID_CLASSES
 from training.metrics import ConfusionMatrix
@@ -35,8 +34,8 @@ def label_classes(run: Path, camvid: Path) -> tuple[str, int, np.ndarray]:
     summary = json.loads((run / "summary.json").read_text())
     if summary.get("mode") != "sesam":
         raise ValueError(f"{run}: mode {summary.get('mode')!r} has no in-loop SAM labels; give a sesam run")
-    payload = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
-    sam_labels = {int(k): v.numpy() for k, v in payload["sam_labels"].items()}
+    state = load_checkpoint(run / "last.pt", "train_state", "training run's last.pt").weights
+    sam_labels = {int(k): v.numpy() for k, v in state["sam_labels"].items()}
     ds = WeakDataset.from_camvid(camvid, "train", summary["kind"], 0)
     n = len(CAMVID_CLASSES)
     sam, weak = ConfusionMatrix(n), ConfusionMatrix(n)

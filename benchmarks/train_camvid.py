@@ -23,11 +23,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from models.io import atomic_write
+from models.io import atomic_write, load_checkpoint
 from models.students.semantic import load_student, save_student
 from training.datasets import CAMVID_CLASSES
 from training.trainer import READ_BY, TrainConfig, Trainer, config_changes
@@ -79,7 +78,7 @@ def run(row: str, kind: str, seed: int, args: argparse.Namespace) -> dict:
 def finished_with(out: Path, cfg: TrainConfig) -> bool:
     """Whether the run in `out` trained this budget with these settings (the trainer's own resume
     check: any setting the mode reads, bar bookkeeping and data paths)."""
-    saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["config"]
+    saved = load_checkpoint(out / "last.pt", "train_state", "training run's last.pt").config
     return saved["iterations"] == cfg.iterations and not config_changes(saved, asdict(cfg), READ_BY)
 
 
