@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,11 @@ from export.sam_modules import (
     SamManyPromptDecoderOnnx,
     StudentOnnx,
 )
+from models.config import lookup
 from models.engine.modeling.build import build_sam, sha256_of
 from models.io import atomic_write
 from models.runtime.deps import require
-from models.runtime.onnx_runtime import EXPORT_FORMAT
+from models.runtime.onnx_runtime import EXPORT_FORMAT, EXPORT_KINDS
 from models.students.semantic import IMAGE_MEAN, IMAGE_STD, STRIDE, load_student
 
 OPSET = 18
@@ -137,11 +139,11 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return entry
 
 
-def model_roles(metadata: dict[str, Any]) -> list[str]:
-    """The ONNX graphs an export directory holds, by role (the keys of its `files`)."""
-    if metadata["kind"] in ("student", "instance_student"):
-        return ["student"]
-    return [r for r in ("encoder", "decoder", "decoder_single") if r in metadata["files"]]
+def model_roles(metadata: Mapping[str, Any]) -> list[str]:
+    """The ONNX graphs of an export that TensorRT engines and Triton models are built from, by role
+    (keys of its `files`): its kind's roles in `EXPORT_KINDS`."""
+    roles = lookup(EXPORT_KINDS, metadata["kind"], "export kind").roles
+    return [r for r in roles if r in metadata["files"]]
 
 
 def write_metadata(out: Path, metadata: dict[str, Any]) -> Path:

@@ -14,7 +14,7 @@ A case fails when a logits diff exceeds `atol` or mask agreement falls below `mi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.config import lookup
 from models.engine.types import Prompt
-from models.runtime.onnx_runtime import read_metadata
+from models.runtime.onnx_runtime import ExportMetadata, load_export_metadata
 
 PROMPT_COUNTS = (1, 5, 64)
 
@@ -40,6 +41,31 @@ class Case:
     mask_agreement: float  # binarized masks (SAM) or argmax (student)
     iou_diff: float | None
     passed: bool = True
+
+
+@dataclass(frozen=True)
+class Checks:
+    """How one verification runs: tolerances, the sample images and a callback after each image."""
+
+    atol: float = 1e-4
+    min_agreement: float = 0.999
+    seed: int = 0
+    images: Sequence[str | Path] = ()  # the user's image files, besides the samples
+    progress: Callable[[], Any] | None = None
+    prompt_counts: tuple[int, ...] = PROMPT_COUNTS  # prompts per batch (SAM only)
+
+    def each_image(self) -> Iterator[tuple[str, np.ndarray]]:
+        """The sample images (`sample_images`) by name; `progress` is called as each one is done."""
+        for name, image in sample_images(self.seed, self.images).items():
+            yield name, image
+            if self.progress is not None:
+                self.progress()
+
+    def judged(self, case: Case) -> Case:
+        """`case`, failed when its logits differ by more than `atol` or its masks agree less than
+        `min_agreement`."""
+        case.passed = case.max_abs_diff <= self.atol and case.mask_agreement >= self.min_agreement
+        return case
 
 
 def sample_images(seed: int = 0, extra: Sequence[str | Path] = ()) -> dict[str, np.ndarray]:
@@ -84,23 +110,15 @@ def random_prompts(count: int, size: tuple[int, int], rng: np.random.Generator) 
     return out
 
 
-def verify_sam(
-    directory: str | Path,
-    checkpoint: str | Path | None = None,
-    prompt_counts: tuple[int, ...] = PROMPT_COUNTS,
-    atol: float = 1e-4,
-    min_agreement: float = 0.999,
-    seed: int = 0,
-    images: Sequence[str | Path] = (),
-    progress: Any = None,
-) -> list[Case]:
+def verify_sam(md: ExportMetadata, checkpoint: str | Path | None, checks: Checks) -> list[Case]:
+    """The torch backend on SAM from the source checkpoint (or the seeded random weights) vs the
+    ONNX Runtime backend on the export: embeddings, low-res logits, masks and IoU scores."""
     from export.onnx_export import build_seeded_sam
     from models.engine.base import backend_payload
     from models.engine.modeling.build import build_sam
     from models.engine.sam_onnx import OnnxSamEngine
     from models.engine.sam_torch import SamEngine
 
-    md = read_metadata(directory, kind="sam")
     source = md["source"]
     checkpoint = checkpoint or source.get("checkpoint")
     if checkpoint:
@@ -108,15 +126,15 @@ def verify_sam(
     else:
         sam = build_seeded_sam(md["sam_type"], int(source.get("random_seed") or 0))
     reference = SamEngine(sam, name=f"sam-{md['sam_type']}")
-    onnx = OnnxSamEngine(directory)
-    rng = np.random.default_rng(seed)
+    onnx = OnnxSamEngine(md)
+    rng = np.random.default_rng(checks.seed)
     cases = []
-    for name, image in sample_images(seed, images).items():
+    for name, image in checks.each_image():
         ref_handle = reference.embed([image])[0]
         onnx_handle = onnx.embed([image])[0]
         ref_emb = backend_payload(ref_handle.payload).embedding.numpy()
         emb_diff = float(np.abs(ref_emb - backend_payload(onnx_handle.payload).embedding).max())
-        for count in prompt_counts:
+        for count in checks.prompt_counts:
             prompts = random_prompts(count, image.shape[:2], rng)
             for multimask in (True, False):
                 a = reference.predict(ref_handle, prompts, multimask)
@@ -132,40 +150,28 @@ def verify_sam(
                     mask_agreement=float((a.masks == b.masks).mean()),
                     iou_diff=float(np.abs(a.iou - b.iou).max()),
                 )
-                case.passed = case.max_abs_diff <= atol and case.mask_agreement >= min_agreement
-                cases.append(case)
-        if progress is not None:
-            progress()
+                cases.append(checks.judged(case))
     return cases
 
 
-def _source_checkpoint(
-    directory: str | Path, md: dict[str, Any], checkpoint: str | Path | None
-) -> str | Path:
+def _source_checkpoint(md: ExportMetadata, checkpoint: str | Path | None) -> str | Path:
     """The checkpoint a student export came from: the one given, else the one metadata.json names."""
     checkpoint = checkpoint or md["source"].get("checkpoint")
     if not checkpoint:
-        raise ValueError(f"{directory}: metadata names no student checkpoint; pass --checkpoint")
+        raise ValueError(f"{md.directory}: metadata names no student checkpoint; pass --checkpoint")
     return checkpoint
 
 
-def verify_student(
-    directory: str | Path,
-    checkpoint: str | Path | None = None,
-    atol: float = 1e-4,
-    min_agreement: float = 0.999,
-    seed: int = 0,
-    images: Sequence[str | Path] = (),
-    progress: Any = None,
-) -> list[Case]:
+def verify_student(md: ExportMetadata, checkpoint: str | Path | None, checks: Checks) -> list[Case]:
+    """`predict_logits` of the source checkpoint vs `OnnxStudent` at batch 1 (full size) and batch 3
+    (half size, not a multiple of the stride): logits and their argmax."""
     from models.students.onnx_student import OnnxStudent
     from models.students.semantic import load_student, predict_logits
 
-    md = read_metadata(directory, kind="student")
-    model, _ = load_student(_source_checkpoint(directory, md, checkpoint))
-    runtime = OnnxStudent(directory)
+    model, _ = load_student(_source_checkpoint(md, checkpoint))
+    runtime = OnnxStudent(md.directory)
     cases = []
-    for name, image in sample_images(seed, images).items():
+    for name, image in checks.each_image():
         for batch, scale in ((1, 1.0), (3, 0.5)):
             h, w = (max(16, round(s * scale)) for s in image.shape[:2])
             x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
@@ -184,36 +190,24 @@ def verify_student(
                 mask_agreement=float((ref.argmax(1) == out.argmax(1)).mean()),
                 iou_diff=None,
             )
-            case.passed = case.max_abs_diff <= atol and case.mask_agreement >= min_agreement
-            cases.append(case)
-        if progress is not None:
-            progress()
+            cases.append(checks.judged(case))
     return cases
 
 
-def verify_instance_student(
-    directory: str | Path,
-    checkpoint: str | Path | None = None,
-    atol: float = 1e-4,
-    min_agreement: float = 0.999,
-    seed: int = 0,
-    images: Sequence[str | Path] = (),
-    progress: Any = None,
-) -> list[Case]:
+def verify_instance_student(md: ExportMetadata, checkpoint: str | Path | None, checks: Checks) -> list[Case]:
     """PyTorch vs ONNX Runtime for an instance student: the network's logits on the letterboxed
     canvases (batch 1 and 3), and the instances `InstanceSegmenter` makes from either: mask pixel
     agreement, and the largest score difference as `iou_diff`."""
     from models.students.instance import letterbox_pixels, load_instance_student, torch_instance_forward
     from models.students.runtime import load_segmenter
 
-    md = read_metadata(directory, kind="instance_student")
-    model, meta = load_instance_student(_source_checkpoint(directory, md, checkpoint))
+    model, meta = load_instance_student(_source_checkpoint(md, checkpoint))
     reference = torch_instance_forward(model)
-    runtime = load_segmenter(directory, "onnx")
+    runtime = load_segmenter(md.directory, "onnx")
     side = int(md["input_side"])
     pad = torch.tensor(md["pad_value"])
     cases = []
-    for name, image in sample_images(seed, images).items():
+    for name, image in checks.each_image():
         canvas, _ = letterbox_pixels(image, side, pad)
         for batch in (1, 3):
             x = canvas[None].repeat(batch, 1, 1, 1)
@@ -236,22 +230,26 @@ def verify_instance_student(
                 mask_agreement=agreement,
                 iou_diff=score_diff,
             )
-            case.passed = diff <= atol and agreement >= min_agreement
-            cases.append(case)
-        if progress is not None:
-            progress()
+            cases.append(checks.judged(case))
     return cases
 
 
-def verify(directory: str | Path, checkpoint: str | Path | None = None, **kwargs: Any) -> list[Case]:
-    """Verify any export directory (SAM, semantic or instance student)."""
-    kind = read_metadata(directory)["kind"]
-    if kind == "sam":
-        return verify_sam(directory, checkpoint, **kwargs)
-    kwargs.pop("prompt_counts", None)
-    if kind == "instance_student":
-        return verify_instance_student(directory, checkpoint, **kwargs)
-    return verify_student(directory, checkpoint, **kwargs)
+# export kind -> its verification (metadata, checkpoint or None, checks) -> cases
+VERIFIERS: dict[str, Callable[[ExportMetadata, str | Path | None, Checks], list[Case]]] = {
+    "sam": verify_sam,
+    "student": verify_student,
+    "instance_student": verify_instance_student,
+}
+
+
+def verify(
+    directory: str | Path | ExportMetadata, checkpoint: str | Path | None = None, **checks: Any
+) -> list[Case]:
+    """Verify any export directory (SAM, semantic or instance student); `checks` are `Checks`'
+    fields (atol, min_agreement, seed, images, progress, prompt_counts). metadata.json is read once
+    here (not at all when its `ExportMetadata` is given) and handed down."""
+    md = load_export_metadata(directory)
+    return lookup(VERIFIERS, md.kind, "export kind")(md, checkpoint, Checks(**checks))
 
 
 def as_rows(cases: list[Case]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -53,8 +54,18 @@ def test_decoder_module_has_no_size_baked_in(tiny_sam, size) -> None:
     torch.testing.assert_close(masks, ref, atol=1e-4, rtol=0)
 
 
-def test_verify_sam_passes_and_fails_over_tolerance(tiny_export: Path, capsys) -> None:
+def test_verify_sam_passes_and_fails_over_tolerance(tiny_export: Path, capsys, monkeypatch) -> None:
+    import models.runtime.onnx_runtime as onnx_runtime
+
+    reads = []  # metadata.json is read once per verification and handed down (to the ONNX engine)
+
+    def counting(text: str) -> object:
+        reads.append(text)
+        return json.loads(text)
+
+    monkeypatch.setattr(onnx_runtime, "json", SimpleNamespace(loads=counting, JSONDecodeError=ValueError))
     cases = verify(tiny_export, prompt_counts=(1, 5))
+    assert len(reads) == 1
     sizes = {c.size for c in cases}
     assert any(h > w for h, w in sizes) and any(h < w for h, w in sizes) and any(h == w for h, w in sizes)
     assert all(c.passed for c in cases), [c for c in cases if not c.passed]
@@ -111,6 +122,22 @@ def test_clear_errors(tmp_path: Path) -> None:
         read_metadata(tmp_path)
     (tmp_path / "metadata.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"metadata\.json: cannot read"):
+        read_metadata(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps({"format": "sesam-onnx/1", "kind": "video"}))
+    with pytest.raises(ValueError, match=r"metadata\.json: unknown export kind 'video'; choose one of \["):
+        read_metadata(tmp_path)
+    sam = {"format": "sesam-onnx/1", "kind": "sam", "files": {}, "source": {}, "sam_type": "tiny"}
+    (tmp_path / "metadata.json").write_text(json.dumps(sam))
+    with pytest.raises(
+        ValueError, match=r"metadata\.json: a 'sam' export needs 'image_size', which is missing"
+    ):
+        read_metadata(tmp_path)
+    sam |= {"image_size": "big", "pixel_mean": [0, 0, 0], "pixel_std": [1, 1, 1], "mask_threshold": 0.0}
+    (tmp_path / "metadata.json").write_text(json.dumps(sam))
+    with pytest.raises(ValueError, match=r"metadata\.json: image_size = 'big', expected int"):
+        read_metadata(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps(sam | {"image_size": 1024}))
+    with pytest.raises(ValueError, match=r"metadata\.json: no file registered as 'encoder'"):
         read_metadata(tmp_path)
     assert main(["export", "sam", "--sam-type", "vit_b", "--out", str(tmp_path / "x")]) == 2
     assert main(["export", "student", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 2

@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from segment_anything.utils.transforms import ResizeLongestSide
@@ -24,7 +24,9 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from models.engine.base import DEFAULT_WORKING_SIDE, BatchedDecoder, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.types import LOW_RES, Predictions, Prompt
-from models.runtime.onnx_runtime import read_metadata
+from models.runtime.onnx_runtime import ExportMetadata, load_export_metadata
+
+DECODER_ROLES = {True: "decoder", False: "decoder_single"}  # multimask -> the decoder graph
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,23 @@ def pack_prompts(prompts: list[Prompt]) -> dict[str, np.ndarray]:
     }
 
 
+class EngineOptions(TypedDict, total=False):
+    """The host-side settings every exported-SAM backend passes on to `ExportedSamEngine`."""
+
+    cache_bytes: int
+    encoder_batch: int
+    decode_batch: int
+    max_prompts: int | None
+    working_side: int | None
+
+
 class ExportedSamEngine(BatchedDecoder):
-    """PromptableSegmenter over an export directory; subclasses implement `_run_encoder`/`_run_decoder`."""
+    """PromptableSegmenter over an export directory (its path, or its `ExportMetadata` when the caller
+    has read it already); subclasses implement `_run_encoder`/`_run_decoder`."""
 
     def __init__(
         self,
-        export_dir: str | Path,
+        export_dir: str | Path | ExportMetadata,
         name: str,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         encoder_batch: int = 4,
@@ -80,8 +93,8 @@ class ExportedSamEngine(BatchedDecoder):
         working_side: int | None = DEFAULT_WORKING_SIDE,
     ) -> None:
         super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts, working_side=working_side)
-        self.export_dir = Path(export_dir)
-        self.metadata = read_metadata(self.export_dir, kind="sam")
+        self.metadata = load_export_metadata(export_dir, kind="sam")
+        self.export_dir = self.metadata.directory
         self.name = name
         self.image_size = int(self.metadata["image_size"])
         self.transform = ResizeLongestSide(self.image_size)

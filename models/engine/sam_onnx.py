@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Unpack
 
 import numpy as np
 
-from models.engine.base import DEFAULT_WORKING_SIDE
-from models.engine.cache import DEFAULT_CACHE_BYTES
-from models.engine.exported import ExportedSamEngine
-from models.runtime.onnx_runtime import create_session, model_file
+from models.engine.exported import DECODER_ROLES, EngineOptions, ExportedSamEngine
+from models.runtime.onnx_runtime import ExportMetadata, create_session
+
+MANY_DECODER_ROLES = {True: "decoder_many", False: "decoder_many_single"}  # multimask -> graph
 
 
 class OnnxSamEngine(ExportedSamEngine):
@@ -25,39 +26,25 @@ class OnnxSamEngine(ExportedSamEngine):
 
     def __init__(
         self,
-        export_dir: str | Path,
+        export_dir: str | Path | ExportMetadata,
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
         encoder_file: str = "encoder",
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
-        encoder_batch: int = 4,
-        decode_batch: int = 16,
-        max_prompts: int | None = None,
-        working_side: int | None = DEFAULT_WORKING_SIDE,
+        **options: Unpack[EngineOptions],
     ) -> None:
-        super().__init__(
-            export_dir,
-            name="onnx" if encoder_file == "encoder" else f"onnx-{encoder_file}",
-            cache_bytes=cache_bytes,
-            encoder_batch=encoder_batch,
-            decode_batch=decode_batch,
-            max_prompts=max_prompts,
-            encoder_file=encoder_file,
-            working_side=working_side,
-        )
+        name = "onnx" if encoder_file == "encoder" else f"onnx-{encoder_file}"
+        super().__init__(export_dir, name, encoder_file=encoder_file, **options)
         md = self.metadata
-        self.encoder = create_session(model_file(export_dir, md, encoder_file), providers, threads)
-        self.decoders = {
-            True: create_session(model_file(export_dir, md, "decoder"), providers, threads),
-            False: create_session(model_file(export_dir, md, "decoder_single"), providers, threads),
-        }
+
+        def session(role: str) -> Any:
+            return create_session(md.file(role), providers, threads)
+
+        self.encoder = session(encoder_file)
+        self.decoders = {multimask: session(role) for multimask, role in DECODER_ROLES.items()}
         # the many-prompt formulation (exports since issue 16): used when no prompt has a mask input
         self.many_decoders = {}
         if "decoder_many" in md["files"]:
-            self.many_decoders = {
-                True: create_session(model_file(export_dir, md, "decoder_many"), providers, threads),
-                False: create_session(model_file(export_dir, md, "decoder_many_single"), providers, threads),
-            }
+            self.many_decoders = {multimask: session(role) for multimask, role in MANY_DECODER_ROLES.items()}
         self.providers = self.encoder.get_providers()
 
     def _run_encoder(self, images: np.ndarray) -> np.ndarray:

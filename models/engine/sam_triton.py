@@ -8,45 +8,33 @@ directory supplies the metadata. Install with `pip install 'sesam[triton]'`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
-from models.engine.base import DEFAULT_WORKING_SIDE
-from models.engine.cache import DEFAULT_CACHE_BYTES
-from models.engine.exported import ExportedSamEngine
+from models.engine.exported import DECODER_ROLES, EngineOptions, ExportedSamEngine
 from models.runtime.deps import require
+from models.runtime.onnx_runtime import ExportMetadata
 
 
 class TritonSamEngine(ExportedSamEngine):
     def __init__(
         self,
-        export_dir: str | Path,
+        export_dir: str | Path | ExportMetadata,
         url: str = "localhost:8000",
         prefix: str = "sam_",
         timeout_s: float = 60.0,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
-        encoder_batch: int = 4,
-        decode_batch: int = 16,
-        max_prompts: int | None = None,
-        working_side: int | None = DEFAULT_WORKING_SIDE,
+        **options: Unpack[EngineOptions],
     ) -> None:
         httpclient = require("tritonclient.http", "triton", "backend triton")
-        super().__init__(
-            export_dir,
-            "triton",
-            cache_bytes,
-            encoder_batch,
-            decode_batch,
-            max_prompts,
-            working_side=working_side,
-        )
+        super().__init__(export_dir, "triton", **options)
         self._http = httpclient
         self.url = url.removeprefix("http://")
         self.prefix = prefix
         self.client = httpclient.InferenceServerClient(
             self.url, connection_timeout=timeout_s, network_timeout=timeout_s
         )
-        for role in ("encoder", "decoder", "decoder_single"):
+        for role in self.metadata.roles:
             name = prefix + role
             try:
                 ready = self.client.is_model_ready(name)
@@ -73,7 +61,7 @@ class TritonSamEngine(ExportedSamEngine):
         ]
 
     def _run_decoder(self, inputs: dict[str, np.ndarray], multimask: bool) -> dict[str, np.ndarray]:
-        model = self.prefix + ("decoder" if multimask else "decoder_single")
+        model = self.prefix + DECODER_ROLES[multimask]
         return self._infer(model, inputs, ["masks", "iou_predictions", "low_res_masks"])
 
     def info(self) -> dict:
