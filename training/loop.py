@@ -149,6 +149,30 @@ class LoopSettings:
     log_every: int = 10
 
 
+class ModelOptimizerRecipe:
+    """Hook defaults for a recipe that trains one `model` with one `optimizer` and has no validation
+    (the WSOD head, the retrained detector): its resume state is the two state dicts."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def has_validation(self) -> bool:
+        return False
+
+    def evaluate(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def after_training(self) -> None:
+        pass
+
+
 def rng_state() -> dict[str, Any]:
     """The global generators' states (torch on the CPU and, once CUDA is in use, on every GPU; numpy;
     Python's `random`) as tensors, lists, ints and floats, so a weights_only load reads them."""

@@ -21,7 +21,7 @@ from models.config import setting
 from models.engine import read_image
 from models.runtime.device import DEVICE_HELP, check_device_name, resolve_device
 from models.students.detector import faster_rcnn, image_tensor, save_detector
-from training.loop import LoopSettings, TrainLoop
+from training.loop import LoopSettings, ModelOptimizerRecipe, TrainLoop
 
 
 @dataclass
@@ -62,7 +62,7 @@ def build_detector(num_classes: int, cfg: DetectorConfig) -> torch.nn.Module:
     return model
 
 
-class DetectorRecipe:
+class DetectorRecipe(ModelOptimizerRecipe):
     """The detector on the boxes of `coco_root/annotations/instances_<split>.json` (category id
     c + 1 = class c, as `training.weaksam.pseudo_instances` writes; boxes under 1 pixel wide or high
     are left out, `iscrowd` ones are not), the images in `coco_root/<split>/`."""
@@ -132,22 +132,6 @@ class DetectorRecipe:
         self.losses.append(float(total.detach()))
         self.kept.append(float(getattr(self.model.roi_heads, "last_kept_fraction", 1.0)))
         return {"total": self.losses[-1], "rois_kept": self.kept[-1]}
-
-    def has_validation(self) -> bool:
-        return False
-
-    def evaluate(self) -> dict[str, Any]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def after_training(self) -> None:
-        pass
 
     def summary(self, final: dict[str, Any]) -> dict[str, Any]:
         return {

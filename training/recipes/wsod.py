@@ -25,7 +25,7 @@ from models.engine.validation import list_images
 from models.runtime.device import DEVICE_HELP, check_device_name, resolve_device
 from models.students.semantic import normalize, pad_to_multiple
 from models.students.wsod import SEED_RULES, WSODHead, save_wsod, wsod_losses
-from training.loop import LoopSettings, TrainLoop
+from training.loop import LoopSettings, ModelOptimizerRecipe, TrainLoop
 
 
 @dataclass
@@ -66,7 +66,7 @@ def scaled(image: np.ndarray, scale: float) -> torch.Tensor:
     return x
 
 
-class WSODRecipe:
+class WSODRecipe(ModelOptimizerRecipe):
     """The WSOD head on `images` and their proposal files (`proposals/<stem>.json`), `num_classes`
     tag classes; refuses a folder without proposals and tags out of range."""
 
@@ -130,22 +130,6 @@ class WSODRecipe:
         self.optimizer.step()
         self.last_loss = float(total.detach())
         return {"total": self.last_loss}
-
-    def has_validation(self) -> bool:
-        return False
-
-    def evaluate(self) -> dict[str, Any]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def after_training(self) -> None:
-        pass
 
     def summary(self, final: dict[str, Any]) -> dict[str, Any]:
         return {
