@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.config import lookup
 from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, build_engine, read_image
 from models.engine.modeling.build import sam_model_registry
 from models.io import save_png
@@ -48,8 +49,10 @@ def _sampler(name: str) -> str:
             f"{name!r} samples where a teacher is confident, so it runs in training only "
             f"(sesam train with sesam: {{sampling: {name}}})"
         )
-    if name not in SAMPLERS:
-        raise argparse.ArgumentTypeError(f"{name!r} unknown; choose one of {sorted(SAMPLERS)}")
+    try:
+        lookup(SAMPLERS, name, "sampling")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return name
 
 
