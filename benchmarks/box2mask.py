@@ -33,6 +33,7 @@ from clicks import (
     engine_label,
     out_path,
     publish,
+    subset_note,
 )
 from rich.console import Console
 from rich.progress import track
@@ -181,7 +182,7 @@ def main() -> None:
         "one-pixel ring seeds background, its central fifth the object). `classical` is the weight-free prior (a "
         "seeded random walk), `classical-regions` the previous one; neither is SAM. Sizes as COCO's (mask "
         "pixels: small < 32^2, medium < 96^2, large); 'all' is every object. Times: medians on this machine, "
-        "on the 'all' rows."
+        "on the 'all' rows." + subset_note(args)
     )
     publish(out_path(args, "box2mask"), note, head, table)
 

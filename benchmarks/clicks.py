@@ -117,6 +117,15 @@ def datasets(args: argparse.Namespace) -> list[tuple[str, list[InstanceSample]]]
     return [(f"{args.root.name} {args.split}", pick(samples, args.limit, args.seed))]
 
 
+def subset_note(args: argparse.Namespace) -> str:
+    """The note's words on --limit and --seed ("" for every image)."""
+    if args.limit is None:
+        return ""
+    if args.seed is None:
+        return f" The first {args.limit} images of each dataset (--limit)."
+    return f" {args.limit} images of each dataset drawn with seed {args.seed} (--limit, --seed)."
+
+
 def out_path(args: argparse.Namespace, name: str) -> Path:
     """--out, else benchmarks/results/<name>.md (the project's data) or <name>_<folder name>.md."""
     if args.out is not None:
@@ -288,6 +297,7 @@ def main() -> None:
         "`random-walker`: scikit-image's pixel random walker seeded by the clicks at half resolution. Sizes as "
         "COCO's (mask pixels: small < 32^2, medium < 96^2, large); 'all' is every object. 'IoU drops': clicks "
         "after which IoU fell. Medians for times (embed: per image, on the 'all' row), this machine."
+        + subset_note(args)
     )
     publish(out_path(args, "clicks"), note, head, table)
 
