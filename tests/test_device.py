@@ -5,22 +5,16 @@ with SAM in the loop, and DDP over nccl) wherever a GPU is present."""
 from __future__ import annotations
 
 import copy
-import json
-import os
-import subprocess
-import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import yaml
 
 from models.engine.base import backend_payload
 from models.runtime.device import Precision, amp_dtype, ddp_backend, resolve_device
-from tests.conftest import REPO
-from tests.test_training import tiny_config, tiny_dataset, write_tiny_folders
+from tests.test_training import tiny_config, tiny_dataset, torchrun_sesam
 from tests.test_wish import _config as wish_config
 from tests.test_wish import folder  # noqa: F401  (the module-scoped toy instance scene)
 from training.trainer import InstanceTrainConfig, InstanceTrainer, TrainConfig, Trainer
@@ -204,30 +198,7 @@ def test_ddp_over_nccl(tmp_path) -> None:
     """torchrun on the GPUs present (2 when there are, else 1): SeSAM with a torch SAM on each rank's
     GPU, the process group on nccl, the replicas identical at the end."""
     ranks = min(2, torch.cuda.device_count())
-    images, weak = write_tiny_folders(tmp_path, 8)
-    values = {
-        "mode": "sesam",
-        "train_images": str(images),
-        "train_weak": str(weak),
-        "num_classes": 3,
-        "iterations": 3,
-        "batch_size": 4,
-        "crop": [64, 96],
-        "base_scale": 1.0,
-        "sam_every": 1,
-        "device": "cuda",
-        "engine": TINY_SAM,
-        "out_dir": str(tmp_path / "out"),
-        "quiet": True,
-        "ignore_index": None,
-    }
-    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(values))
-    env = dict(os.environ, OMP_NUM_THREADS="1", BENTOML_DO_NOT_TRACK="true")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
-    cmd += ["-m", "sesam.cli", "train", "--config", str(tmp_path / "ddp.yaml")]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summaries = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(ranks)]
+    summaries = torchrun_sesam(tmp_path, ranks, device="cuda", engine=TINY_SAM)
     assert {s["ddp_backend"] for s in summaries} == {"nccl"}
     assert [s["device"] for s in summaries] == [f"cuda:{r}" for r in range(ranks)]
     assert len({s["parameters_sha256"] for s in summaries}) == 1

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -440,45 +441,35 @@ def test_config_errors(tmp_path) -> None:
     assert TrainConfig.from_yaml(path, ["iterations=7"]).iterations == 7
 
 
-def test_two_process_ddp(tmp_path) -> None:
+def torchrun_sesam(tmp_path: Path, ranks: int, **settings: Any) -> list[dict[str, Any]]:
+    """SeSAM for 3 iterations on 8 tiny images under torchrun with `ranks` processes (`settings` on
+    top of the tiny config); each rank's summary (rank<r>.json). Fails with the run's output."""
     images, weak = write_tiny_folders(tmp_path, 8)
-    config = tmp_path / "ddp.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "mode": "sesam",
-                "train_images": str(images),
-                "train_weak": str(weak),
-                "num_classes": 3,
-                "iterations": 3,
-                "batch_size": 4,
-                "crop": [64, 96],
-                "base_scale": 1.0,
-                "sam_every": 1,
-                "out_dir": str(tmp_path / "out"),
-                "quiet": True,
-                "checkpoint_every": 1,
-                "ignore_index": None,
-            }
-        )
-    )
+    values = {
+        "mode": "sesam",
+        "train_images": str(images),
+        "train_weak": str(weak),
+        "num_classes": 3,
+        "iterations": 3,
+        "batch_size": 4,
+        "crop": [64, 96],
+        "base_scale": 1.0,
+        "sam_every": 1,
+        "out_dir": str(tmp_path / "out"),
+        "quiet": True,
+        "ignore_index": None,
+    } | settings
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(values))
     env = dict(os.environ, OMP_NUM_THREADS="1", BENTOML_DO_NOT_TRACK="true")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "sesam.cli",
-        "train",
-        "--config",
-        str(config),
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+    cmd += ["-m", "sesam.cli", "train", "--config", str(tmp_path / "ddp.yaml")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(ranks)]
+
+
+def test_two_process_ddp(tmp_path) -> None:
+    ranks = torchrun_sesam(tmp_path, 2, checkpoint_every=1)
     assert ranks[0]["parameters_sha256"] == ranks[1]["parameters_sha256"]  # DDP kept the replicas identical
     assert (tmp_path / "out" / "student.pt").exists()
 

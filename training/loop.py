@@ -155,6 +155,18 @@ class ModelOptimizerRecipe:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    task: str  # the task's name in the progress bar and the summary
+    cfg: Any  # the task's settings: iterations, lr, seed, checkpoint_every
+    settings: dict[str, Any]  # what last.pt keeps and a resume compares
+
+    def loop(self, out: Path, quiet: bool = False) -> TrainLoop:
+        """The shared loop over this recipe, writing into `out`."""
+        c = self.cfg
+        settings = LoopSettings(self.task, str(out), c.iterations, c.lr, c.seed, c.checkpoint_every, quiet)
+        return TrainLoop(settings, self, settings=self.settings, restart="Give another --out to start over.")
+
+    def prepare(self) -> None:
+        pass
 
     def has_validation(self) -> bool:
         return False

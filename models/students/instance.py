@@ -30,7 +30,7 @@ from torch import nn
 
 from models.config import lookup
 from models.io import LEGACY_LAYOUTS, load_checkpoint, load_weights, save_checkpoint
-from models.students.semantic import IMAGE_MEAN, normalize
+from models.students.semantic import IMAGE_MEAN, StudentAnswers, normalize
 
 STRIDE = 32
 PROMPT_DIM = 512  # SAM's prompt encoder: 2 tokens x 256 for one point (+ pad token) or one box
@@ -251,7 +251,7 @@ def torch_instance_forward(model: InstanceStudent, device: str | torch.device = 
     return forward
 
 
-class InstanceSegmenter:
+class InstanceSegmenter(StudentAnswers):
     """An instance student behind an image API: HxWx3 uint8 images -> instances at full size.
 
     Images are letterboxed onto the square training canvas (`input_side` of `meta`, 320 without
@@ -263,15 +263,8 @@ class InstanceSegmenter:
     def __init__(
         self, forward: InstanceForward, meta: dict[str, Any], runtime: str = "torch", batch_size: int = 8
     ) -> None:
-        self.forward = forward
-        self.meta = meta
-        self.runtime = runtime
-        self.batch_size = max(1, batch_size)
-        self.name = str(meta.get("name", "instance-student"))
+        super().__init__(forward, meta, runtime, batch_size, "instance-student")
         self.side = int(meta.get("input_side", 320))
-        self.num_classes = int(meta["num_classes"])
-        names = meta.get("class_names")
-        self.class_names = list(names) if names else [f"class_{i}" for i in range(self.num_classes)]
         self.pad_value = torch.tensor(IMAGE_MEAN) * 255
 
     @classmethod

@@ -139,7 +139,24 @@ def torch_semantic_forward(model: nn.Module, device: str | torch.device = "cpu")
     return forward
 
 
-class StudentSegmenter:
+class StudentAnswers:
+    """What every student behind an image API holds: its forward, its checkpoint's metadata, the
+    runtime that runs it, the batch size, its name, class count and class names."""
+
+    def __init__(
+        self, forward: Any, meta: dict[str, Any], runtime: str, batch_size: int, default_name: str
+    ) -> None:
+        self.forward = forward
+        self.meta = meta
+        self.runtime = runtime
+        self.batch_size = max(1, batch_size)
+        self.name = str(meta.get("name", default_name))
+        self.num_classes = int(meta["num_classes"])
+        names = meta.get("class_names")
+        self.class_names = list(names) if names else [f"class_{i}" for i in range(self.num_classes)]
+
+
+class StudentSegmenter(StudentAnswers):
     """A trained student as images -> label maps, at the scale it was trained at.
 
     Each image is resized by the checkpoint's `base_scale` (bilinear, antialiased when shrinking, as
@@ -153,15 +170,8 @@ class StudentSegmenter:
     def __init__(
         self, forward: SemanticForward, meta: dict[str, Any], runtime: str = "torch", batch_size: int = 8
     ) -> None:
-        self.forward = forward
-        self.meta = meta
-        self.runtime = runtime
-        self.batch_size = max(1, batch_size)
-        self.name = str(meta.get("name", "student"))
-        self.num_classes = int(meta["num_classes"])
+        super().__init__(forward, meta, runtime, batch_size, "student")
         self.base_scale = float(meta.get("base_scale", 1.0))
-        names = meta.get("class_names")
-        self.class_names = list(names) if names else [f"class_{i}" for i in range(self.num_classes)]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> StudentSegmenter:

@@ -21,7 +21,7 @@ from models.config import setting
 from models.engine import read_image
 from models.runtime.device import DEVICE_HELP, check_device_name, resolve_device
 from models.students.detector import faster_rcnn, image_tensor, save_detector
-from training.loop import LoopSettings, ModelOptimizerRecipe, TrainLoop
+from training.loop import ModelOptimizerRecipe
 
 
 @dataclass
@@ -67,6 +67,8 @@ class DetectorRecipe(ModelOptimizerRecipe):
     c + 1 = class c, as `training.weaksam.pseudo_instances` writes; boxes under 1 pixel wide or high
     are left out, `iscrowd` ones are not), the images in `coco_root/<split>/`."""
 
+    task = "detector"
+
     loss_terms = ("total", "rois_kept")
     score_name = ""  # no validation
     rerun_keeps = ("final_loss", "mean_rois_kept", "seconds", "seconds_per_iter")
@@ -106,15 +108,6 @@ class DetectorRecipe(ModelOptimizerRecipe):
         self.settings = asdict(cfg) | {"num_classes": self.num_classes, "coco": str(path)}
         self.losses: list[float] = []  # this call's steps
         self.kept: list[float] = []  # the share of RoIs each of this call's steps kept
-
-    def loop(self, out: Path, quiet: bool = False) -> TrainLoop:
-        """The shared loop over this recipe, writing into `out`."""
-        c = self.cfg
-        settings = LoopSettings("detector", str(out), c.iterations, c.lr, c.seed, c.checkpoint_every, quiet)
-        return TrainLoop(settings, self, settings=self.settings, restart="Give another --out to start over.")
-
-    def prepare(self) -> None:
-        pass
 
     def step(self, iteration: int) -> dict[str, float]:
         c, device = self.cfg, self.device

@@ -25,7 +25,7 @@ from models.engine.validation import list_images
 from models.runtime.device import DEVICE_HELP, check_device_name, resolve_device
 from models.students.semantic import normalize, pad_to_multiple
 from models.students.wsod import SEED_RULES, WSODHead, save_wsod, wsod_losses
-from training.loop import LoopSettings, ModelOptimizerRecipe, TrainLoop
+from training.loop import ModelOptimizerRecipe
 
 
 @dataclass
@@ -70,6 +70,8 @@ class WSODRecipe(ModelOptimizerRecipe):
     """The WSOD head on `images` and their proposal files (`proposals/<stem>.json`), `num_classes`
     tag classes; refuses a folder without proposals and tags out of range."""
 
+    task = "wsod"
+
     loss_terms = ("total",)
     score_name = ""  # no validation
     rerun_keeps = ("final_loss", "seconds", "seconds_per_iter")
@@ -98,15 +100,6 @@ class WSODRecipe(ModelOptimizerRecipe):
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.settings = asdict(cfg) | {"num_classes": num_classes}
         self.last_loss: float | None = None
-
-    def loop(self, out: Path, quiet: bool = False) -> TrainLoop:
-        """The shared loop over this recipe, writing into `out`."""
-        c = self.cfg
-        settings = LoopSettings("wsod", str(out), c.iterations, c.lr, c.seed, c.checkpoint_every, quiet)
-        return TrainLoop(settings, self, settings=self.settings, restart="Give another --out to start over.")
-
-    def prepare(self) -> None:
-        pass
 
     def step(self, iteration: int) -> dict[str, float]:
         c, device = self.cfg, self.device
