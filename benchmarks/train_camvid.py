@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--student", default="fpn-mobilenetv2")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs instead of resuming them")
     parser.add_argument(
-        "--ship", action="store_true", help="write the sesam/scribbles student to models/weights"
+        "--ship", action="store_true", help="write the sesam/scribbles student to models/students/weights"
     )
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_camvid.md"))

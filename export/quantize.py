@@ -19,7 +19,7 @@ import numpy as np
 from export.onnx_export import _file_entry, write_metadata
 from models.runtime.deps import require
 from models.runtime.onnx_runtime import model_file, read_metadata
-from models.students.runtime import EXPORT_KINDS
+from models.students.runtime import STUDENT_TASKS
 
 
 def _require_quantization() -> None:
@@ -139,7 +139,7 @@ def quantize_student(
 
     directory = Path(directory)
     md = read_metadata(directory)
-    if md.get("kind") not in EXPORT_KINDS:
+    if md.get("kind") not in STUDENT_TASKS:
         raise ValueError(f"{directory}: holds a {md.get('kind')!r} export, not a student")
     if mode not in QUANTIZATION_MODES:
         raise ValueError(f"quantization mode {mode!r} unknown; choose one of {QUANTIZATION_MODES}")

@@ -67,9 +67,53 @@ class Checkpoint:
     version: int = CHECKPOINT_VERSION
 
 
-# kind -> a function from an unversioned (pre-version-1) payload to (config, weights, metadata);
-# the modules that wrote those layouts register their readers here
-LEGACY_LAYOUTS: dict[str, Callable[[dict[str, Any]], tuple[dict, dict, dict]]] = {}
+@dataclass(frozen=True)
+class LegacyLayout:
+    """An unversioned (pre-version-1) network checkpoint: a dict of `config_keys`, `state_dict` and
+    any other keys (the metadata), tagged by a top-level "kind" equal to `tag`. `tag` None: the
+    semantic student's layout, whose "kind" (when there) was the label kind, never another tag."""
+
+    config_keys: tuple[str, ...]
+    tag: str | None
+
+    def read(self, payload: dict[str, Any]) -> tuple[dict, dict, dict] | None:
+        """(config, weights, metadata), or None when `payload` is not this layout."""
+        tagged = payload.get("kind") in LEGACY_TAGS
+        if (payload.get("kind") != self.tag if self.tag else tagged) or not {
+            *self.config_keys,
+            "state_dict",
+        } <= payload.keys():
+            return None
+        dropped = {*self.config_keys, "state_dict"} | ({"kind"} if self.tag else set())
+        metadata = {k: v for k, v in payload.items() if k not in dropped}
+        return {k: payload[k] for k in self.config_keys}, payload["state_dict"], metadata
+
+
+def _legacy_train_state(payload: dict[str, Any]) -> tuple[dict, dict, dict] | None:
+    """The training loop's last.pt before version 1, {**recipe state, iteration, config, best_miou},
+    or WeakSAM's own, {model, optimizer, iteration, settings}; `iteration` is the last one done."""
+    if "iteration" not in payload:
+        return None
+    if isinstance(payload.get("config"), dict):
+        weights = {k: v for k, v in payload.items() if k not in ("iteration", "config", "best_miou")}
+        metadata = {"iteration": payload["iteration"], "best_score": payload.get("best_miou", float("nan"))}
+        return payload["config"], weights, metadata
+    if isinstance(payload.get("settings"), dict) and {"model", "optimizer"} <= payload.keys():
+        weights = {"model": payload["model"], "optimizer": payload["optimizer"]}
+        return payload["settings"], weights, {"iteration": payload["iteration"]}
+    return None
+
+
+# kind -> the reader of its layout from before version 1: (config, weights, metadata) or None
+LEGACY_LAYOUTS: dict[str, Callable[[dict[str, Any]], tuple[dict, dict, dict] | None]] = {
+    "semantic_student": LegacyLayout(("name", "num_classes"), None).read,
+    "instance_student": LegacyLayout(("name", "num_classes"), "instance").read,
+    "cam": LegacyLayout(("student", "num_classes", "output_stride"), "cam").read,
+    "wsod": LegacyLayout(("student", "num_classes", "refinements", "hidden", "roi_size"), "wsod").read,
+    "detector": LegacyLayout(("num_classes",), "detector").read,
+    "train_state": _legacy_train_state,
+}
+LEGACY_TAGS = ("instance", "cam", "wsod", "detector")
 
 
 def save_checkpoint(
@@ -121,7 +165,7 @@ def load_checkpoint(
                 return Checkpoint(kind, config, weights, metadata, version=0)
         raise ValueError(f"{path}: not a {what} (no sesam checkpoint of kind {' or '.join(kinds)})")
     version = payload.get("version")
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+    if type(version) is not int or not 1 <= version <= CHECKPOINT_VERSION:
         raise ValueError(
             f"{path}: checkpoint layout version {version!r}; this sesam reads up to {CHECKPOINT_VERSION}"
         )

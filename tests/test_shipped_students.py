@@ -1,4 +1,4 @@
-"""The students shipped in models/weights load and score a few val images above a floor (the full
+"""The students shipped in models/students/weights load and score a few val images above a floor (the full
 val figures, and the commands that trained them, are in the README and docs/training.md)."""
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -364,8 +363,8 @@ class _GlobalDrawsRecipe:
 
 def test_resume_checkpoint_is_a_train_state_with_the_generators(tmp_path) -> None:
     """last.pt is the project's checkpoint (kind train_state, weights_only): the settings, the
-    recipe's state, the iteration and the global generators' states, which a resume restores; a
-    last.pt in the layout from before version 1 is refused, naming the file."""
+    recipe's state, the iteration and the global generators' states, which a resume restores; the
+    layouts from before version 1 resume too; anything else is refused, naming the file."""
     from models.io import load_checkpoint
     from training.loop import LoopSettings, TrainLoop
 
@@ -382,11 +381,22 @@ def test_resume_checkpoint_is_a_train_state_with_the_generators(tmp_path) -> Non
     resumed = run(tmp_path / "b", 4)
     assert resumed["resumed_at"] == 2 and first["weights_sha256"] != straight["weights_sha256"]
     assert resumed["weights_sha256"] == straight["weights_sha256"]
-    old = tmp_path / "old" / "last.pt"
-    old.parent.mkdir()
-    torch.save({"student": {}, "optimizer": {}, "iteration": 1, "config": {}}, old)  # before version 1
-    with pytest.raises(ValueError, match=rf"{re.escape(str(old))}: not a training resume state .*start over"):
-        run(old.parent, 4)
+    # the layouts from before version 1 still resume: the loop's {**state, iteration, config,
+    # best_miou} and WeakSAM's {model, optimizer, iteration, settings}
+    layouts = {
+        "loop": state.weights
+        | {"iteration": 1, "config": state.config | {"iterations": 4}, "best_miou": 0.5},
+        "weaksam": state.weights | {"iteration": 1, "settings": state.config | {"iterations": 4}},
+    }
+    for name, payload in layouts.items():
+        old = tmp_path / name / "last.pt"
+        old.parent.mkdir()
+        torch.save(payload, old)
+        assert run(old.parent, 4)["resumed_at"] == 2, name
+    (tmp_path / "old").mkdir()
+    torch.save({"student": {}, "iteration": 1}, tmp_path / "old" / "last.pt")  # neither layout
+    with pytest.raises(ValueError, match=r"old/last.pt: not a training resume state .*start over"):
+        run(tmp_path / "old", 4)
 
 
 def test_resume_refuses_other_settings(tmp_path) -> None:

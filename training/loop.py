@@ -384,8 +384,9 @@ class TrainLoop:
         """Resume if a checkpoint exists, prepare, run the remaining iterations (evaluating every
         `eval_every` and at the end, checkpointing every `checkpoint_every` and at the end), then
         write the outputs and `summary.json`; returns the summary. A resumed single-process run
-        gets the global generators' states of its checkpoint back after `prepare` (under DDP the
-        recipes draw from (seed, iteration) alone)."""
+        gets the global generators' states of its checkpoint back after `prepare`. Under DDP they are
+        not restored: batches come from (seed, iteration), but draws from the global generators
+        (WISH's matching points) differ from an uninterrupted run after a resume."""
         c, recipe = self.cfg, self.recipe
         resumed = self.load_checkpoint()
         recipe.prepare()

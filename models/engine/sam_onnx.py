@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.engine.exported import DECODER_ROLES, EngineOptions, ExportedSamEngine
 from models.runtime.onnx_runtime import ExportMetadata, create_session
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; the project supports 3.10
+    from typing_extensions import Unpack
 
 MANY_DECODER_ROLES = {True: "decoder_many", False: "decoder_many_single"}  # multimask -> graph
 

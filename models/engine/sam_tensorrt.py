@@ -7,13 +7,16 @@ so clearly without them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Unpack
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models.engine.exported import DECODER_ROLES, EngineOptions, ExportedSamEngine
 from models.runtime.onnx_runtime import ExportMetadata
 from models.runtime.tensorrt_runtime import TensorRTModel, find_engine, require_tensorrt
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; the project supports 3.10
+    from typing_extensions import Unpack
 
 
 class TensorRTSamEngine(ExportedSamEngine):

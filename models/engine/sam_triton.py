@@ -8,13 +8,16 @@ directory supplies the metadata. Install with `pip install 'sesam[triton]'`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Unpack
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models.engine.exported import DECODER_ROLES, EngineOptions, ExportedSamEngine
 from models.runtime.deps import require
 from models.runtime.onnx_runtime import ExportMetadata
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; the project supports 3.10
+    from typing_extensions import Unpack
 
 
 class TritonSamEngine(ExportedSamEngine):

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.io import (
-    LEGACY_LAYOUTS,
     UNLABELED,
     load_checkpoint,
     load_once,
@@ -119,17 +118,6 @@ def load_cam_classifier(path: str | Path) -> tuple[CamClassifier, dict[str, Any]
     model = CamClassifier(config["student"], int(config["num_classes"]), int(config["output_stride"]))
     model = load_weights(model, checkpoint.weights, path, "the CAM classifier")
     return model, checkpoint.metadata | config
-
-
-def _legacy_cam(payload: dict[str, Any]) -> tuple[dict, dict, dict] | None:
-    """The unversioned layout {kind: cam, student, num_classes, output_stride, state_dict, **extra}."""
-    if payload.get("kind") != CHECKPOINT_KIND or not {*CONFIG_KEYS, "state_dict"} <= payload.keys():
-        return None
-    metadata = {k: v for k, v in payload.items() if k not in (*CONFIG_KEYS, "kind", "state_dict")}
-    return {k: payload[k] for k in CONFIG_KEYS}, payload["state_dict"], metadata
-
-
-LEGACY_LAYOUTS[CHECKPOINT_KIND] = _legacy_cam
 
 
 @torch.inference_mode()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.io import LEGACY_LAYOUTS, load_checkpoint, load_weights, save_checkpoint
+from models.io import load_checkpoint, load_weights, save_checkpoint
 
 CHECKPOINT_KIND = "detector"
 SCORE_FLOOR = 0.001  # inference: torchvision's default floor is 0.05; AP and Algorithm 2 want low scores too
@@ -74,7 +74,8 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
     """The detector a `detector.pt` describes, in eval mode on `device`, and its metadata with the
     config's fields; errors name the file."""
     checkpoint = load_checkpoint(path, CHECKPOINT_KIND, "detector checkpoint")
-    config = checkpoint.config
+    # files from before version 1 kept the input sizes only in their settings
+    config = _input_sizes(checkpoint.metadata.get("settings")) | checkpoint.config
     model = faster_rcnn(int(config["num_classes"]), int(config["min_size"]), int(config["max_size"]))
     model = load_weights(model, checkpoint.weights, path, "the WeakSAM detector (Faster R-CNN)")
     return model.to(device), checkpoint.metadata | config
@@ -83,18 +84,6 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
 def _input_sizes(settings: dict[str, Any] | None) -> dict[str, int]:
     settings = settings or {}
     return {"min_size": int(settings.get("min_size", 320)), "max_size": int(settings.get("max_size", 512))}
-
-
-def _legacy_detector(payload: dict[str, Any]) -> tuple[dict, dict, dict] | None:
-    """The unversioned layout {kind: detector, num_classes, settings, categories, state_dict}."""
-    if payload.get("kind") != CHECKPOINT_KIND or not {"num_classes", "state_dict"} <= payload.keys():
-        return None
-    config = {"num_classes": payload["num_classes"]} | _input_sizes(payload.get("settings"))
-    metadata = {k: v for k, v in payload.items() if k not in ("kind", "num_classes", "state_dict")}
-    return config, payload["state_dict"], metadata
-
-
-LEGACY_LAYOUTS[CHECKPOINT_KIND] = _legacy_detector
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:

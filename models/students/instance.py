@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import lookup
-from models.io import LEGACY_LAYOUTS, load_checkpoint, load_weights, save_checkpoint
+from models.io import load_checkpoint, load_weights, save_checkpoint
 from models.students.semantic import IMAGE_MEAN, StudentAnswers, normalize
 
 STRIDE = 32
@@ -337,15 +337,3 @@ def load_instance_student(path: str | Path) -> tuple[InstanceStudent, dict[str, 
     name, num_classes = checkpoint.config["name"], int(checkpoint.config["num_classes"])
     model = load_weights(build_instance_student(name, num_classes), checkpoint.weights, path, name)
     return model, checkpoint.metadata | checkpoint.config
-
-
-def _legacy_instance_student(payload: dict[str, Any]) -> tuple[dict, dict, dict] | None:
-    """The unversioned layout {name, num_classes, kind: instance, state_dict, **extra}."""
-    config_keys = ("name", "num_classes")
-    if payload.get("kind") != "instance" or not {*config_keys, "state_dict"} <= payload.keys():
-        return None
-    metadata = {k: v for k, v in payload.items() if k not in (*config_keys, "kind", "state_dict")}
-    return {k: payload[k] for k in config_keys}, payload["state_dict"], metadata
-
-
-LEGACY_LAYOUTS[CHECKPOINT_KIND] = _legacy_instance_student

@@ -31,7 +31,7 @@ from models.students.semantic import CHECKPOINT_KIND as SEMANTIC_KIND
 from models.students.semantic import StudentSegmenter, load_student, torch_semantic_forward
 
 RUNTIMES = ("auto", "torch", "onnx", "tensorrt")
-EXPORT_KINDS = {"student": "semantic", "instance_student": "instance"}
+STUDENT_TASKS = {"student": "semantic", "instance_student": "instance"}  # export kind -> task
 OUTPUT_ORDER = ("logits", "class_logits", "mask_logits")  # the student graphs' outputs (export.onnx_export)
 
 Segmenter = StudentSegmenter | InstanceSegmenter
@@ -123,11 +123,11 @@ def load_segmenter(
     path = Path(source)
     if path.is_dir():
         metadata = read_metadata(path)
-        task = EXPORT_KINDS.get(metadata.get("kind"))
+        task = STUDENT_TASKS.get(metadata.get("kind"))
         if task is None:
             raise ValueError(
                 f"{path}/metadata.json: holds a {metadata.get('kind')!r} export, not a student "
-                f"({', '.join(EXPORT_KINDS)})"
+                f"({', '.join(STUDENT_TASKS)})"
             )
         if runtime == "torch":
             raise ValueError(f"{path}: runtime torch needs the .pt checkpoint, not an export directory")

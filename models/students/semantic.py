@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import lookup, register
-from models.io import LEGACY_LAYOUTS, load_checkpoint, load_weights, save_checkpoint, weights_state
+from models.io import load_checkpoint, load_weights, save_checkpoint, weights_state
 
 # ImageNet statistics: the convention of every encoder in segmentation-models-pytorch.
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -110,19 +110,6 @@ def load_student(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     name, num_classes = checkpoint.config["name"], int(checkpoint.config["num_classes"])
     model = load_weights(build_student(name, num_classes), checkpoint.weights, path, f"student {name!r}")
     return model, checkpoint.metadata | checkpoint.config
-
-
-def _legacy_student(payload: dict[str, Any]) -> tuple[dict, dict, dict] | None:
-    """The unversioned layout {name, num_classes, state_dict, **extra}; its `kind`, when there, is
-    the label kind (an instance student's `kind: instance` is not this layout)."""
-    config_keys = ("name", "num_classes")
-    if payload.get("kind") == "instance" or not {*config_keys, "state_dict"} <= payload.keys():
-        return None
-    metadata = {k: v for k, v in payload.items() if k not in (*config_keys, "state_dict")}
-    return {k: payload[k] for k in config_keys}, payload["state_dict"], metadata
-
-
-LEGACY_LAYOUTS[CHECKPOINT_KIND] = _legacy_student
 
 
 # Bx3xHxW float RGB in [0, 255] (any H, W) -> BxCxHxW logits at the input size

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou, roi_align
 
-from models.io import LEGACY_LAYOUTS, load_checkpoint, load_weights, save_checkpoint
+from models.io import load_checkpoint, load_weights, save_checkpoint
 from models.students.semantic import build_student
 
 SEED_RULES = ("oicr", "mist")
@@ -193,15 +193,3 @@ def load_wsod(path) -> tuple[WSODHead, dict]:
     )
     head = load_weights(head, checkpoint.weights, path, "the WSOD head")
     return head, checkpoint.metadata | config
-
-
-def _legacy_wsod(payload: dict) -> tuple[dict, dict, dict] | None:
-    """The unversioned layout {kind: wsod, student, num_classes, refinements, hidden, roi_size,
-    state_dict, **extra}."""
-    if payload.get("kind") != CHECKPOINT_KIND or not {*CONFIG_KEYS, "state_dict"} <= payload.keys():
-        return None
-    metadata = {k: v for k, v in payload.items() if k not in (*CONFIG_KEYS, "kind", "state_dict")}
-    return {k: payload[k] for k in CONFIG_KEYS}, payload["state_dict"], metadata
-
-
-LEGACY_LAYOUTS[CHECKPOINT_KIND] = _legacy_wsod
