@@ -1,0 +1,201 @@
+"""Weak labels from labeling tools' exports, one `WeakLabels` per image.
+
+- CVAT for images 1.1 XML (`read_cvat_xml`): `<box>` -> boxes, `<points>` -> points, `<polyline>`
+  -> scribbles, `<polygon>` and `<mask>` -> the coarse mask (drawn in `z_order`, later shapes on top),
+  `<tag>` -> tags. Class ids follow the label order of the file's `<meta>` (or `class_names`).
+- COCO instances JSON (`read_coco_weak`): each annotation as its box (`coco-boxes`) or as one point
+  at the interior-most pixel of its mask (`coco-points`), instance-level (one label per object).
+  Crowd regions are left out. Class ids are the categories in id order.
+
+Every error names the file, the image and the field. `WEAK_FORMATS` is the registry by name.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.draw import polygon as draw_polygon
+
+from models.config import register
+from models.io import UNLABELED
+from models.labels.schema import BoxLabel, PointLabel, Scribble, WeakLabels
+
+
+@dataclass
+class WeakLabelSet:
+    """Weak labels per image stem and the class names their ids index."""
+
+    labels: dict[str, WeakLabels] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+
+
+WEAK_FORMATS: dict[str, Callable[..., WeakLabelSet]] = {}
+
+
+def _xy_list(text: str, where: str) -> np.ndarray:
+    """CVAT's "x0,y0;x1,y1;..." -> Nx2 float (x, y)."""
+    try:
+        pts = np.array([[float(v) for v in pair.split(",")] for pair in text.split(";") if pair.strip()])
+    except ValueError:
+        raise ValueError(f"{where}: points {text[:60]!r} are not 'x,y;x,y;...'") from None
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+        raise ValueError(f"{where}: points {text[:60]!r} are not 'x,y;x,y;...'")
+    return pts
+
+
+def _inside(pts: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Points clipped into the image (tools allow a vertex on the far edge: x == width)."""
+    return np.stack([np.clip(pts[:, 0], 0, width - 1e-3), np.clip(pts[:, 1], 0, height - 1e-3)], 1)
+
+
+def cvat_mask(rle: str, left: int, top: int, width: int, height: int, where: str) -> np.ndarray:
+    """CVAT 1.1's mask RLE: run lengths alternating 0, 1, 0, ... (first run of zeros, possibly
+    empty), row-major over the width x height box at (left, top) -> height x width bool."""
+    try:
+        counts = [int(v) for v in rle.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{where}: rle is not a list of run lengths") from None
+    if sum(counts) != width * height or any(c < 0 for c in counts):
+        raise ValueError(
+            f"{where}: rle covers {sum(counts)} pixels, the box {width}x{height} has {width * height}"
+        )
+    values = np.repeat(np.arange(len(counts)) % 2, counts).astype(bool)
+    return values.reshape(height, width)
+
+
+@register(WEAK_FORMATS, "cvat")
+def read_cvat_xml(path: str | Path, class_names: Sequence[str] | None = None) -> WeakLabelSet:
+    """Weak labels from a CVAT for images 1.1 XML export (see the module doc)."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise ValueError(f"{path}: not a readable CVAT XML file ({exc})") from None
+    names = list(class_names or [])
+    if not names:
+        names = [(lab.findtext("name") or "").strip() for lab in root.iterfind(".//meta//labels/label")]
+    if not names:
+        raise ValueError(f"{path}: no labels in <meta> and no class names given")
+    ids = {name: i for i, name in enumerate(names)}
+    out = WeakLabelSet(class_names=names)
+    for image in root.iterfind("image"):
+        name = image.get("name", "")
+        where = f"{path}: image {name!r}"
+        try:
+            width, height = int(image.get("width", "")), int(image.get("height", ""))
+        except ValueError:
+            raise ValueError(f"{where}: width and height must be integers") from None
+        weak = WeakLabels(height, width)
+        coarse = np.full((height, width), UNLABELED, np.uint8)
+        areas = []  # (z_order, order, class id, HxW bool)
+
+        def class_of(shape: ET.Element, where: str) -> int:
+            label = shape.get("label")
+            if label not in ids:
+                raise ValueError(f"{where}: label {label!r} is not one of {names}")
+            return ids[label]
+
+        for n, shape in enumerate(image):
+            at = f"{where}, <{shape.tag}> {n}"
+            if shape.tag == "box":
+                box = [float(shape.get(k, "nan")) for k in ("xtl", "ytl", "xbr", "ybr")]
+                x0, y0, x1, y1 = np.clip(box, 0, [width, height, width, height])
+                weak.boxes.append(BoxLabel(class_of(shape, at), (x0, y0, x1, y1)))
+            elif shape.tag == "points":
+                for x, y in _inside(_xy_list(shape.get("points", ""), at), width, height):
+                    weak.points.append(PointLabel(float(x), float(y), class_of(shape, at)))
+            elif shape.tag == "polyline":
+                pts = _inside(_xy_list(shape.get("points", ""), at), width, height)
+                weak.scribbles.append(Scribble(class_of(shape, at), pts))
+            elif shape.tag == "polygon":
+                pts = _xy_list(shape.get("points", ""), at)
+                rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape=(height, width))
+                mask = np.zeros((height, width), bool)
+                mask[rr, cc] = True
+                areas.append((int(shape.get("z_order", 0)), n, class_of(shape, at), mask))
+            elif shape.tag == "mask":
+                left, top = int(shape.get("left", 0)), int(shape.get("top", 0))
+                w, h = int(shape.get("width", 0)), int(shape.get("height", 0))
+                part = cvat_mask(shape.get("rle", ""), left, top, w, h, at)
+                mask = np.zeros((height, width), bool)
+                mask[top : top + h, left : left + w] = part[: max(0, height - top), : max(0, width - left)]
+                areas.append((int(shape.get("z_order", 0)), n, class_of(shape, at), mask))
+            elif shape.tag == "tag":
+                weak.tags.append(class_of(shape, at))
+        for _, _, class_id, mask in sorted(areas, key=lambda a: (a[0], a[1])):
+            coarse[mask] = class_id
+        if areas:
+            weak.coarse = coarse
+        weak.tags = sorted(set(weak.tags))
+        weak.validate(len(names), where)
+        out.labels[Path(name).stem] = weak
+    return out
+
+
+def interior_point(mask: np.ndarray) -> tuple[float, float]:
+    """(x, y) of the pixel farthest from the mask's border (the first such pixel in row order)."""
+    distance = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), mask.shape)
+    return float(x), float(y)
+
+
+def read_coco_weak(path: str | Path, kind: str) -> WeakLabelSet:
+    """Instance-level weak labels from a COCO instances JSON: one box or one point per object."""
+    from pycocotools import mask as mask_utils
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable COCO JSON file ({exc})") from None
+    try:
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        ids = {c["id"]: i for i, c in enumerate(categories)}
+        images = {im["id"]: im for im in data["images"]}
+        annotations = data["annotations"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a COCO instances file (missing {exc})") from None
+    out = WeakLabelSet(class_names=[str(c["name"]) for c in categories])
+    for image in images.values():
+        out.labels[Path(image["file_name"]).stem] = WeakLabels(
+            int(image["height"]), int(image["width"]), instances=True
+        )
+    for n, ann in enumerate(annotations):
+        where = f"{path}: annotations[{n}]"
+        if ann.get("iscrowd"):
+            continue
+        image = images.get(ann.get("image_id"))
+        if image is None or ann.get("category_id") not in ids:
+            raise ValueError(f"{where}: unknown image_id or category_id")
+        weak = out.labels[Path(image["file_name"]).stem]
+        class_id = ids[ann["category_id"]]
+        if kind == "boxes":
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            x0, y0 = max(0.0, x), max(0.0, y)
+            weak.boxes.append(BoxLabel(class_id, (x0, y0, min(x + w, weak.width), min(y + h, weak.height))))
+        else:
+            segmentation = ann["segmentation"]
+            if isinstance(segmentation, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, weak.height, weak.width))
+            elif isinstance(segmentation.get("counts"), list):
+                rle = mask_utils.frPyObjects(segmentation, weak.height, weak.width)
+            else:
+                rle = segmentation
+            mask = mask_utils.decode(rle).astype(bool)
+            if not mask.any():
+                continue
+            x, y = interior_point(mask)
+            weak.points.append(PointLabel(x, y, class_id))
+    for stem, weak in out.labels.items():
+        weak.validate(len(out.class_names), f"{path}: image {stem!r}")
+    return out
+
+
+register(WEAK_FORMATS, "coco-boxes")(lambda path: read_coco_weak(path, "boxes"))
+register(WEAK_FORMATS, "coco-points")(lambda path: read_coco_weak(path, "points"))

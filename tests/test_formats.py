@@ -1,0 +1,131 @@
+"""Weak labels read from labeling tools' exports (CVAT for images 1.1 XML, COCO instances JSON): shapes
+on hand-made images with known answers, and real shapes on shared/data images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.measure import find_contours
+
+from models.config import lookup
+from models.io import UNLABELED
+from models.labels.formats import WEAK_FORMATS, cvat_mask, interior_point, read_coco_weak, read_cvat_xml
+from tests.conftest import require_data
+
+CVAT = """<?xml version="1.0" encoding="utf-8"?>
+<annotations>
+  <version>1.1</version>
+  <meta><task><labels>
+    <label><name>person</name></label>
+    <label><name>car</name></label>
+  </labels></task></meta>
+  <image id="0" name="frames/street_01.jpg" width="30" height="20">
+    <box label="car" xtl="2" ytl="3" xbr="12.5" ybr="30" occluded="0" z_order="0"/>
+    <points label="person" points="5,6;29.9,19"/>
+    <polyline label="person" points="1,1;10,1;10,8"/>
+    <mask label="person" rle="0,2,2,2" left="22" top="4" width="2" height="3" z_order="1"/>
+    <polygon label="car" points="20,2;26,2;26,8;20,8" z_order="0"/>
+    <tag label="car"/>
+  </image>
+</annotations>
+"""
+
+
+def test_cvat_mask_rle_on_a_hand_worked_box() -> None:
+    # runs 2 zeros, 3 ones, 1 zero over a 3x2 box, row-major
+    assert cvat_mask("2,3,1", 0, 0, 3, 2, "m").tolist() == [[False, False, True], [True, True, False]]
+    with pytest.raises(ValueError, match="covers 5 pixels, the box 3x2 has 6"):
+        cvat_mask("2,3", 0, 0, 3, 2, "m")
+
+
+def test_cvat_shapes_become_weak_labels(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.xml"
+    path.write_text(CVAT)
+    read = read_cvat_xml(path)
+    assert read.class_names == ["person", "car"] and list(read.labels) == ["street_01"]
+    weak = read.labels["street_01"]
+    assert weak.size == (20, 30) and weak.tags == [1]
+    assert [(b.class_id, b.box) for b in weak.boxes] == [(1, (2.0, 3.0, 12.5, 20.0))]  # clipped to the image
+    assert [(p.class_id, p.x, p.y) for p in weak.points] == [(0, 5.0, 6.0), (0, 29.9, 19.0)]
+    assert weak.scribbles[0].class_id == 0 and weak.scribbles[0].points.tolist() == [[1, 1], [10, 1], [10, 8]]
+    coarse = weak.coarse
+    # the polygon (car) covers rows 2..8, columns 20..26; the mask (person, z_order 1, listed first) is on top:
+    # runs 0 zeros, 2 ones, 2 zeros, 2 ones over its 2-wide, 3-high box at (22, 4): rows 4 and 6
+    assert coarse[3, 21] == 1 and coarse[4, 22] == 0 and coarse[5, 22] == 1 and coarse[6, 23] == 0
+    assert coarse[0, 0] == UNLABELED and coarse[10, 21] == UNLABELED
+    assert sorted(weak.kinds()) == ["boxes", "coarse", "points", "scribbles", "tags"]
+
+
+def test_cvat_errors_name_the_file_image_and_label(tmp_path: Path) -> None:
+    path = tmp_path / "bad.xml"
+    path.write_text(CVAT.replace('<tag label="car"/>', '<tag label="truck"/>'))
+    with pytest.raises(ValueError, match=r"bad.xml: image 'frames/street_01.jpg', <tag> 5: label 'truck'"):
+        read_cvat_xml(path)
+    (tmp_path / "broken.xml").write_text("<annotations>")
+    with pytest.raises(ValueError, match=r"broken\.xml: not a readable CVAT XML file"):
+        read_cvat_xml(tmp_path / "broken.xml")
+
+
+def test_cvat_polygons_of_real_pedestrians_match_their_masks(tmp_path: Path) -> None:
+    """Penn-Fudan's masks traced as CVAT polygons (as an annotator would draw them) and its boxes:
+    the weak labels read back hold the boxes exactly and the masks to within the tracing."""
+    from training.datasets import PennFudan
+
+    sample = PennFudan(require_data("pennfudan"), "val").samples()[0]
+    h, w = sample.size
+    shapes = []
+    for mask in sample.masks:
+        ys, xs = np.nonzero(mask)
+        shapes.append(
+            f'<box label="person" xtl="{xs.min()}" ytl="{ys.min()}" xbr="{xs.max() + 1}" ybr="{ys.max() + 1}"/>'
+        )
+        contour = max(find_contours(np.pad(mask, 1).astype(float), 0.5), key=len) - 1
+        points = ";".join(f"{x:.2f},{y:.2f}" for y, x in contour)
+        shapes.append(f'<polygon label="person" points="{points}"/>')
+    xml = (
+        "<annotations><meta><task><labels><label><name>person</name></label></labels></task></meta>"
+        f'<image id="0" name="{sample.image.name}" width="{w}" height="{h}">{"".join(shapes)}</image></annotations>'
+    )
+    (tmp_path / "pf.xml").write_text(xml)
+    weak = read_cvat_xml(tmp_path / "pf.xml").labels[sample.image.stem]
+    assert len(weak.boxes) == len(sample.masks) >= 1
+    for box, mask in zip(weak.boxes, sample.masks, strict=True):
+        ys, xs = np.nonzero(mask)
+        assert box.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    truth = np.any(sample.masks, axis=0)
+    labelled = weak.coarse == 0
+    assert (labelled & truth).sum() / (labelled | truth).sum() > 0.95
+
+
+def test_coco_objects_become_one_box_or_one_inner_point_each() -> None:
+    path = require_data("coco_mini") / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    boxes, points = read_coco_weak(path, "boxes"), read_coco_weak(path, "points")
+    assert boxes.class_names == [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+    objects = [a for a in data["annotations"] if not a.get("iscrowd")]
+    assert sum(len(w.boxes) for w in boxes.labels.values()) == len(objects)
+    assert all(w.instances for w in points.labels.values())
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(path))
+    first = next(im for im in data["images"] if coco.getAnnIds(imgIds=im["id"], iscrowd=False))
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=first["id"], iscrowd=False))
+    weak = points.labels[Path(first["file_name"]).stem]
+    masks = [coco.annToMask(a).astype(bool) for a in anns]
+    inside = [masks[i][int(p.y), int(p.x)] for i, p in enumerate(weak.points)]
+    assert len(weak.points) == len(anns) and all(inside)
+
+
+def test_interior_point_on_a_hand_made_mask() -> None:
+    mask = np.zeros((9, 9), bool)
+    mask[1:8, 2:5] = True  # a 7x3 bar: the farthest pixel from its border is the centre column
+    assert interior_point(mask) == (3.0, 2.0)  # first of the equally deep pixels (rows 2..6) in row order
+
+
+def test_formats_registry() -> None:
+    assert sorted(WEAK_FORMATS) == ["coco-boxes", "coco-points", "cvat"]
+    with pytest.raises(ValueError, match="unknown weak-label format 'voc'"):
+        lookup(WEAK_FORMATS, "voc", "weak-label format")
