@@ -11,7 +11,7 @@ import pytest
 from skimage.measure import find_contours
 
 from models.config import lookup
-from models.io import UNLABELED
+from models.io import UNLABELED, read_label_png
 from models.labels.formats import WEAK_FORMATS, cvat_mask, interior_point, read_coco_weak, read_cvat_xml
 from tests.conftest import require_data
 
@@ -98,6 +98,51 @@ def test_cvat_polygons_of_real_pedestrians_match_their_masks(tmp_path: Path) -> 
     truth = np.any(sample.masks, axis=0)
     labelled = weak.coarse == 0
     assert (labelled & truth).sum() / (labelled | truth).sum() > 0.95
+
+
+def pennfudan_cvat(tmp_path: Path):
+    """One Penn-Fudan val image in its own folder and its pedestrians' boxes as a CVAT export."""
+    import shutil
+
+    from training.datasets import PennFudan
+
+    sample = PennFudan(require_data("pennfudan"), "val").samples()[0]
+    h, w = sample.size
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(sample.image, images / sample.image.name)
+    boxes = []
+    for mask in sample.masks:
+        ys, xs = np.nonzero(mask)
+        boxes.append(
+            f'<box label="person" xtl="{xs.min()}" ytl="{ys.min()}" xbr="{xs.max() + 1}" ybr="{ys.max() + 1}"/>'
+        )
+    xml = (
+        "<annotations><meta><task><labels><label><name>person</name></label></labels></task></meta>"
+        f'<image id="0" name="{sample.image.name}" width="{w}" height="{h}">{"".join(boxes)}</image></annotations>'
+    )
+    (tmp_path / "export.xml").write_text(xml)
+    return sample, images, tmp_path / "export.xml"
+
+
+def test_sesam_refine_reads_a_cvat_export(tmp_path: Path, capsys) -> None:
+    from models.labels.schema import load_weak_labels
+    from sesam.cli import main
+
+    sample, images, export = pennfudan_cvat(tmp_path)
+    out = tmp_path / "out"
+    code = main(["refine", "--images", str(images), "--weak", str(export), "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr()
+    stem = sample.image.stem
+    staged = load_weak_labels(out / ".weak", stem)
+    assert staged.to_json() == read_cvat_xml(export).labels[stem].to_json()
+    assert json.loads((out / "classes.json").read_text())["classes"] == ["person"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["refined"], summary["failed"]) == (1, 0)
+    labels = read_label_png(out / f"{stem}.png")
+    assert labels.shape == sample.size and set(np.unique(labels)) == {0, UNLABELED}
+    code = main(["refine", "--images", str(images), "--weak", str(tmp_path / "nope.xml"), "--out", str(out)])
+    assert code != 0 and "nope.xml: a cvat export must be a file" in capsys.readouterr().err
 
 
 def test_coco_objects_become_one_box_or_one_inner_point_each() -> None:

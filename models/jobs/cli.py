@@ -17,6 +17,7 @@ from models.io import save_png
 from models.jobs.refine import RefineRun, refine_folder
 from models.jobs.visualize import overlay_masks
 from models.labels import LABELERS, backend_defaults, build_labeler
+from models.labels.formats import WEAK_FORMATS
 from models.labels.merge import OVERLAP_RULES
 from models.labels.sampling import SAMPLERS, TRAINING_ONLY_SAMPLERS
 from models.labels.selection import SELECTORS
@@ -265,12 +266,16 @@ def run_cam(args: argparse.Namespace) -> int:
 def run_refine(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from models.jobs.refine import BuildRefineOne, process_folder
+    from models.jobs.refine import BuildRefineOne, process_folder, stage_weak_labels
 
     config = engine_config_from_args(args)
     engine = build_engine(config)
     args.backend_name = engine.name
     options = labeler_options(args)
+    weak_format = args.weak_format or ("cvat" if Path(args.weak).suffix.lower() == ".xml" else "folder")
+    args.weak, class_names = stage_weak_labels(Path(args.weak), weak_format, Path(args.out))
+    if class_names is not None and args.num_classes is None:
+        args.num_classes = len(class_names)
     run = refine_run_from_args(args, options)
     ray = ray_options_from_args(args)
     if ray is not None:  # every actor builds its own engine and labeler from the same settings
@@ -295,7 +300,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     r = subparsers.add_parser("refine", help="weak labels -> dense labels for a folder of images")
     r.add_argument("--images", required=True, help="folder of images (<stem>.jpg/.png/...)")
-    r.add_argument("--weak", required=True, help="folder of weak labels (<stem>.json and/or <stem>.png)")
+    r.add_argument(
+        "--weak",
+        required=True,
+        help="folder of weak labels (<stem>.json and/or <stem>.png), or a labeling tool's export (--weak-format)",
+    )
+    r.add_argument(
+        "--weak-format",
+        choices=["folder", *sorted(WEAK_FORMATS)],
+        default=None,
+        help="what --weak is: folder (default), cvat (CVAT for images 1.1 XML; the default for .xml), "
+        "coco-boxes / coco-points (COCO instances JSON: one box / one inner point per object)",
+    )
     r.add_argument("--out", required=True, help="output folder for <stem>.png class maps (255 = unlabeled)")
     r.add_argument("--method", choices=sorted(LABELERS), default="sesam")
     r.add_argument("--num-classes", type=int, default=None, help="reject class ids >= this")

@@ -21,7 +21,7 @@ from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summa
 from models.jobs.report import write_html_report
 from models.jobs.visualize import label_overlay, side_by_side
 from models.labels.common import check_weak_kinds
-from models.labels.schema import WeakLabels, load_weak_labels
+from models.labels.schema import WeakLabels, load_weak_labels, save_weak_labels
 
 
 @dataclass
@@ -40,6 +40,29 @@ class RefineRun:
 
 # (image HxWx3 uint8, its weak labels, the image file) -> (HxW uint8 label map, stats)
 RefineOne = Callable[[np.ndarray, WeakLabels, Path], tuple[np.ndarray, dict[str, Any]]]
+
+
+def stage_weak_labels(source: Path, weak_format: str, out: Path) -> tuple[Path, list[str] | None]:
+    """The folder of weak labels a refine run reads, and the class names when the source names them.
+
+    `weak_format` "folder": `source` is already such a folder. Otherwise `source` is a labeling
+    tool's export (`models.labels.formats.WEAK_FORMATS`: cvat, coco-boxes, coco-points), read and
+    written once as schema files to `out/.weak/` (atomically, per image) beside `out/classes.json`."""
+    if weak_format == "folder":
+        return source, None
+    from models.config import lookup
+    from models.labels.formats import WEAK_FORMATS
+
+    if not source.is_file():
+        raise ValueError(f"--weak {source}: a {weak_format} export must be a file")
+    read = lookup(WEAK_FORMATS, weak_format, "weak-label format")(source)
+    folder = out / ".weak"
+    for stem, weak in read.labels.items():
+        save_weak_labels(weak, folder, stem)
+    save_json(
+        {"classes": read.class_names, "source": str(source), "format": weak_format}, out / "classes.json"
+    )
+    return folder, read.class_names
 
 
 def refine_folder(
