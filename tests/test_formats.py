@@ -119,10 +119,28 @@ def pennfudan_cvat(tmp_path: Path):
         )
     xml = (
         "<annotations><meta><task><labels><label><name>person</name></label></labels></task></meta>"
-        f'<image id="0" name="{sample.image.name}" width="{w}" height="{h}">{"".join(boxes)}</image></annotations>'
+        f'<image id="{sample.image_id}" name="{sample.image.name}" width="{w}" height="{h}">'
+        f"{''.join(boxes)}</image></annotations>"
     )
     (tmp_path / "export.xml").write_text(xml)
     return sample, images, tmp_path / "export.xml"
+
+
+def check_coco_outputs(out: Path, labels: np.ndarray, image_ids: set[int], categories: list[dict]) -> None:
+    """coco.json loads in pycocotools, names these images and categories, and its regions decode
+    back to exactly the labelled pixels of the refined map; coco_results.json holds the same."""
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(out / "coco.json"))
+    assert set(coco.getImgIds()) == image_ids and coco.loadCats(coco.getCatIds()) == categories
+    union = np.zeros(labels.shape, bool)
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        mask = coco.annToMask(ann).astype(bool)
+        assert not (union & mask).any() and ann["area"] == mask.sum()
+        union |= mask
+    assert np.array_equal(union, labels != UNLABELED)
+    results = json.loads((out / "coco_results.json").read_text())
+    assert len(results) == len(coco.getAnnIds()) and {r["score"] for r in results} == {1.0}
 
 
 def test_sesam_refine_reads_a_cvat_export(tmp_path: Path, capsys) -> None:
@@ -141,6 +159,19 @@ def test_sesam_refine_reads_a_cvat_export(tmp_path: Path, capsys) -> None:
     assert (summary["refined"], summary["failed"]) == (1, 0)
     labels = read_label_png(out / f"{stem}.png")
     assert labels.shape == sample.size and set(np.unique(labels)) == {0, UNLABELED}
+    check_coco_outputs(out, labels, {sample.image_id}, [{"id": 1, "name": "person"}])
+    from training.coco import coco_dataset, write_coco
+
+    write_coco(coco_dataset([sample], ["person"]), tmp_path / "gt.json")
+    capsys.readouterr()
+    assert (
+        main(["eval-instances", "--pred", str(out / "coco_results.json"), "--gt", str(tmp_path / "gt.json")])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 1 and report["predictions"] == len(
+        json.loads((out / "coco.json").read_text())["annotations"]
+    )
     code = main(["refine", "--images", str(images), "--weak", str(tmp_path / "nope.xml"), "--out", str(out)])
     assert code != 0 and "nope.xml: a cvat export must be a file" in capsys.readouterr().err
 
@@ -174,3 +205,48 @@ def test_formats_registry() -> None:
     assert sorted(WEAK_FORMATS) == ["coco-boxes", "coco-points", "cvat"]
     with pytest.raises(ValueError, match="unknown weak-label format 'voc'"):
         lookup(WEAK_FORMATS, "voc", "weak-label format")
+
+
+def test_a_coco_file_refined_back_to_coco_keeps_its_ids(tmp_path: Path, capsys) -> None:
+    """One COCO-mini val image's objects as weak boxes -> sesam refine -> coco.json with the source's
+    image and category ids, scored by eval-instances against the source."""
+    import shutil
+
+    from sesam.cli import main
+
+    root = require_data("coco_mini")
+    data = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    image = min(
+        (im for im in data["images"] if any(a["image_id"] == im["id"] for a in data["annotations"])),
+        key=lambda im: sum(a["image_id"] == im["id"] for a in data["annotations"]),
+    )
+    source = data | {
+        "images": [image],
+        "annotations": [a for a in data["annotations"] if a["image_id"] == image["id"]],
+    }
+    (tmp_path / "source.json").write_text(json.dumps(source))
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(root / "val2017" / image["file_name"], images / image["file_name"])
+    out = tmp_path / "out"
+    args = ["refine", "--images", str(images), "--weak", str(tmp_path / "source.json"), "--out", str(out)]
+    assert main([*args, "--weak-format", "coco-boxes", "--quiet"]) == 0, capsys.readouterr()
+    labels = read_label_png(out / f"{Path(image['file_name']).stem}.png")
+    categories = sorted(
+        ({"id": c["id"], "name": c["name"]} for c in data["categories"]), key=lambda c: c["id"]
+    )
+    check_coco_outputs(out, labels, {image["id"]}, categories)  # every source category, its own id
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval-instances",
+                "--pred",
+                str(out / "coco_results.json"),
+                "--gt",
+                str(tmp_path / "source.json"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["images"] == 1

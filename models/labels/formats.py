@@ -33,6 +33,8 @@ class WeakLabelSet:
 
     labels: dict[str, WeakLabels] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
+    image_ids: dict[str, int] = field(default_factory=dict)  # stem -> the export's image id
+    category_ids: list[int] = field(default_factory=list)  # class id -> the export's category id
 
 
 WEAK_FORMATS: dict[str, Callable[..., WeakLabelSet]] = {}
@@ -83,7 +85,7 @@ def read_cvat_xml(path: str | Path, class_names: Sequence[str] | None = None) ->
     if not names:
         raise ValueError(f"{path}: no labels in <meta> and no class names given")
     ids = {name: i for i, name in enumerate(names)}
-    out = WeakLabelSet(class_names=names)
+    out = WeakLabelSet(class_names=names, category_ids=list(range(1, len(names) + 1)))
     for image in root.iterfind("image"):
         name = image.get("name", "")
         where = f"{path}: image {name!r}"
@@ -135,6 +137,7 @@ def read_cvat_xml(path: str | Path, class_names: Sequence[str] | None = None) ->
         weak.tags = sorted(set(weak.tags))
         weak.validate(len(names), where)
         out.labels[Path(name).stem] = weak
+        out.image_ids[Path(name).stem] = int(image.get("id", len(out.image_ids)))
     return out
 
 
@@ -161,11 +164,13 @@ def read_coco_weak(path: str | Path, kind: str) -> WeakLabelSet:
         annotations = data["annotations"]
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a COCO instances file (missing {exc})") from None
-    out = WeakLabelSet(class_names=[str(c["name"]) for c in categories])
+    out = WeakLabelSet(
+        class_names=[str(c["name"]) for c in categories], category_ids=[c["id"] for c in categories]
+    )
     for image in images.values():
-        out.labels[Path(image["file_name"]).stem] = WeakLabels(
-            int(image["height"]), int(image["width"]), instances=True
-        )
+        stem = Path(image["file_name"]).stem
+        out.labels[stem] = WeakLabels(int(image["height"]), int(image["width"]), instances=True)
+        out.image_ids[stem] = int(image["id"])
     for n, ann in enumerate(annotations):
         where = f"{path}: annotations[{n}]"
         if ann.get("iscrowd"):
