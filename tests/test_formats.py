@@ -149,8 +149,15 @@ def test_sesam_refine_reads_a_cvat_export(tmp_path: Path, capsys) -> None:
 
     sample, images, export = pennfudan_cvat(tmp_path)
     out = tmp_path / "out"
-    code = main(["refine", "--images", str(images), "--weak", str(export), "--out", str(out), "--quiet"])
+    code = main(
+        ["refine", "--images", str(images), "--weak", str(export), "--out", str(out), "--quiet", "--report"]
+    )
     assert code == 0, capsys.readouterr()
+    # the report's legend names the export's class in its overlay colour (the palette's first)
+    assert (
+        "<span class='swatch' style='background:rgb(230,25,75)'></span>person"
+        in (out / "report.html").read_text()
+    )
     stem = sample.image.stem
     staged = load_weak_labels(out / ".weak", stem)
     assert staged.to_json() == read_cvat_xml(export).labels[stem].to_json()

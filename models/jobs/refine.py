@@ -20,7 +20,7 @@ from models.engine import PromptableSegmenter, read_image
 from models.io import UNLABELED, read_label_png, save_json, save_png
 from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
-from models.jobs.visualize import label_overlay, side_by_side
+from models.jobs.visualize import class_palette, label_overlay, side_by_side
 from models.labels.common import check_weak_kinds
 from models.labels.schema import WeakLabels, load_weak_labels, save_weak_labels
 
@@ -274,4 +274,19 @@ def write_report(path: Path, summary: dict[str, Any], overlays: Path) -> None:
         f"{summary['seconds']} s. Left: weak labels; right: refined labels (unlabeled pixels show the image)."
     )
     title = f"Refined labels: {summary['method']} ({summary['engine']})"
-    write_html_report(path, title, intro, rows, summary["failures"])
+    write_html_report(path, title, intro, rows, summary["failures"], class_legend(path.parent, summary))
+
+
+def class_legend(out: Path, summary: dict[str, Any]) -> list[tuple[str, tuple[int, int, int]]]:
+    """(name, overlay colour) of every class in the refined maps, named by `out/classes.json` when
+    the weak labels came from an export, else "class <id>"."""
+    meta_path = out / "classes.json"
+    names = json.loads(meta_path.read_text()).get("classes", []) if meta_path.exists() else []
+    present: set[int] = set()
+    for stem in summary["per_image"]:
+        present |= {int(c) for c in np.unique(read_label_png(out / f"{stem}.png")) if c != UNLABELED}
+    colours = class_palette()
+    return [
+        (names[c] if c < len(names) else f"class {c}", tuple(int(v) for v in colours[c]))
+        for c in sorted(present)
+    ]
