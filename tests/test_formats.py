@@ -257,3 +257,26 @@ def test_a_coco_file_refined_back_to_coco_keeps_its_ids(tmp_path: Path, capsys) 
         == 0
     )
     assert json.loads(capsys.readouterr().out)["images"] == 1
+
+
+def test_sesam_segment_writes_its_instances_as_coco(tmp_path: Path, capsys) -> None:
+    """The shipped Penn-Fudan instance student on one image: coco.json holds exactly the instances of
+    <stem>.json (masks, classes, scores in coco_results.json) and loads in pycocotools."""
+    from pycocotools.coco import COCO
+
+    from models.students.semantic import SHIPPED_INSTANCE_STUDENT
+    from sesam.cli import main
+
+    sample, images, _ = pennfudan_cvat(tmp_path)
+    out = tmp_path / "segmented"
+    args = ["segment", "--images", str(images), "--out", str(out), "--student", str(SHIPPED_INSTANCE_STUDENT)]
+    assert main([*args, "--min-score", "0", "--quiet"]) == 0, capsys.readouterr()
+    answer = json.loads((out / f"{sample.image.stem}.json").read_text())
+    coco = COCO(str(out / "coco.json"))
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) == len(answer["instances"]) > 0
+    assert coco.loadCats(coco.getCatIds()) == [{"id": 1, "name": "pedestrian"}]  # the student's class name
+    for ann, instance in zip(anns, answer["instances"], strict=True):
+        assert ann["segmentation"] == instance["mask"] and ann["category_id"] == instance["class_id"] + 1
+    results = json.loads((out / "coco_results.json").read_text())
+    assert [r["score"] for r in results] == [i["score"] for i in answer["instances"]]

@@ -18,6 +18,7 @@ import numpy as np
 
 from models.engine import PromptableSegmenter, read_image
 from models.io import UNLABELED, read_label_png, save_json, save_png
+from models.jobs.coco import write_coco_outputs
 from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
 from models.jobs.visualize import class_palette, label_overlay, side_by_side
@@ -184,73 +185,8 @@ def process_folder(
     overlays = overlay_dir(run)
     if run.report and overlays is not None:
         write_report(run.out / "report.html", summary, overlays)
-    write_coco_outputs(run.out, run.images, list(summary["per_image"]))
+    write_coco_outputs(run.out, run.images, {stem: "semantic" for stem in summary["per_image"]})
     return summary
-
-
-def write_coco_outputs(out: Path, images_dir: Path, stems: list[str]) -> None:
-    """`out/coco.json` (a COCO instances file: one annotation per connected region of each class in
-    every refined map, masks as compressed RLE) and `out/coco_results.json` (the same regions as COCO
-    results, score 1: what `sesam eval-instances --pred` reads), written atomically. Image and
-    category ids and names come from `out/classes.json` when the weak labels came from an export
-    (so a COCO source's ids are kept), else images count from 1 and class c is category c + 1."""
-    from skimage.measure import label as components
-
-    from models.engine.validation import list_images
-    from models.io import encode_rle, mask_box
-
-    files = list_images(images_dir)
-
-    meta_path = out / "classes.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    names, category_ids = list(meta.get("classes", [])), list(meta.get("category_ids", []))
-    image_ids = {str(k): int(v) for k, v in meta.get("image_ids", {}).items()}
-    images, annotations, seen = [], [], set()
-    for n, stem in enumerate(sorted(stems)):
-        labels = read_label_png(out / f"{stem}.png")
-        image_id = image_ids.get(stem, n + 1)
-        h, w = labels.shape
-        images.append(
-            {
-                "id": image_id,
-                "file_name": files[stem].name if stem in files else stem,
-                "width": w,
-                "height": h,
-            }
-        )
-        for class_id in (int(c) for c in np.unique(labels) if c != UNLABELED):
-            seen.add(class_id)
-            regions = components(labels == class_id, connectivity=2)
-            for k in range(1, int(regions.max()) + 1):
-                mask = regions == k
-                x0, y0, x1, y1 = mask_box(mask)
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": category_ids[class_id]
-                        if class_id < len(category_ids)
-                        else class_id + 1,
-                        "segmentation": encode_rle(mask),
-                        "area": int(mask.sum()),
-                        "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "iscrowd": 0,
-                    }
-                )
-    classes = range(max([len(names) - 1, *seen], default=-1) + 1)
-    categories = [
-        {
-            "id": category_ids[c] if c < len(category_ids) else c + 1,
-            "name": names[c] if c < len(names) else f"class_{c}",
-        }
-        for c in classes
-    ]
-    save_json({"images": images, "annotations": annotations, "categories": categories}, out / "coco.json")
-    results = [
-        {k: a[k] for k in ("image_id", "category_id", "segmentation", "bbox")} | {"score": 1.0}
-        for a in annotations
-    ]
-    save_json(results, out / "coco_results.json")
 
 
 def write_report(path: Path, summary: dict[str, Any], overlays: Path) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from models.engine import read_image
 from models.io import decode_rle, instance_records, save_json, save_png
+from models.jobs.coco import coco_tasks, write_coco_outputs
 from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
 from models.jobs.visualize import label_overlay, overlay_masks, side_by_side
@@ -129,6 +130,7 @@ def segment_folder(
     worker = SegmentWorker(run, make_segment_one, errors)
     result = run_folder(run.images, run.limit, done, worker, "segment", quiet, concurrency, ray)
     summary = write_summary(run.out, result, {"student": student_name}, "segmented", ray)
+    write_coco_outputs(run.out, run.images, coco_tasks(summary["per_image"]))
     overlays = overlay_dir(run)
     if run.report and overlays is not None:
         write_segment_report(run.out / "report.html", summary, overlays)
