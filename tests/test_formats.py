@@ -209,7 +209,7 @@ def test_interior_point_on_a_hand_made_mask() -> None:
 
 
 def test_formats_registry() -> None:
-    assert sorted(WEAK_FORMATS) == ["coco-boxes", "coco-points", "cvat"]
+    assert sorted(WEAK_FORMATS) == ["coco-boxes", "coco-points", "cvat", "label-studio"]
     with pytest.raises(ValueError, match="unknown weak-label format 'voc'"):
         lookup(WEAK_FORMATS, "voc", "weak-label format")
 
@@ -280,3 +280,96 @@ def test_sesam_segment_writes_its_instances_as_coco(tmp_path: Path, capsys) -> N
         assert ann["segmentation"] == instance["mask"] and ann["category_id"] == instance["class_id"] + 1
     results = json.loads((out / "coco_results.json").read_text())
     assert [r["score"] for r in results] == [i["score"] for i in answer["instances"]]
+
+
+def ls_region(kind: str, value: dict, label: str, width: int = 200, height: int = 100) -> dict:
+    return {
+        "type": kind,
+        "from_name": "tag",
+        "to_name": "image",
+        "original_width": width,
+        "original_height": height,
+        "value": value | {kind: [label]},
+    }
+
+
+def test_label_studio_regions_become_weak_labels(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from models.labels.formats import read_label_studio
+
+    result = [
+        ls_region("keypointlabels", {"x": 10, "y": 20, "width": 0.5}, "person"),
+        ls_region("rectanglelabels", {"x": 50, "y": 10, "width": 25, "height": 50, "rotation": 0}, "car"),
+        # 20x20 pixels turned 90 degrees clockwise about its top-left corner (100, 10)
+        ls_region("rectanglelabels", {"x": 50, "y": 10, "width": 10, "height": 20, "rotation": 90}, "car"),
+        ls_region("polygonlabels", {"points": [[80, 10], [90, 10], [90, 90], [80, 90]]}, "person"),
+    ]
+    tasks = [
+        {
+            "id": 7,
+            "data": {"image": "/data/upload/3/1a2b3c4d-street_01.jpg"},
+            "annotations": [{"result": result}],
+        },
+        {"id": 8, "data": {"image": "/data/upload/3/0f0f0f0f-empty.jpg"}, "annotations": [{"result": []}]},
+    ]
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    read = read_label_studio(tmp_path / "export.json")
+    assert read.class_names == ["car", "person"] and list(read.labels) == ["street_01"]
+    assert read.image_ids == {"street_01": 7}
+    weak = read.labels["street_01"]
+    assert weak.size == (100, 200)
+    assert [(p.class_id, p.x, p.y) for p in weak.points] == [(1, 20.0, 20.0)]
+    assert [(b.class_id, tuple(round(v, 6) for v in b.box)) for b in weak.boxes] == [
+        (0, (100.0, 10.0, 150.0, 60.0)),
+        (0, (80.0, 10.0, 100.0, 30.0)),
+    ]
+    assert (
+        weak.coarse[50, 170] == 1 and weak.coarse[50, 150] == UNLABELED and weak.coarse[5, 170] == UNLABELED
+    )
+    brush = [
+        {
+            "id": 9,
+            "data": {"image": "a.png"},
+            "annotations": [{"result": [ls_region("brushlabels", {"format": "rle", "rle": [0]}, "car")]}],
+        }
+    ]
+    (tmp_path / "brush.json").write_text(json.dumps(brush))
+    monkeypatch.setitem(sys.modules, "label_studio_sdk.converter.brush", None)  # as where it is not installed
+    with pytest.raises(ValueError, match=r"task 9, result\[0\]: brush masks need label-studio-sdk"):
+        read_label_studio(tmp_path / "brush.json")
+
+
+def test_label_studio_boxes_of_real_pedestrians_round_trip(tmp_path: Path) -> None:
+    """Penn-Fudan's boxes as Label Studio rectangles (percent of the image) read back as the pixel boxes."""
+    from models.labels.formats import read_label_studio
+
+    sample, _, _ = pennfudan_cvat(tmp_path)
+    h, w = sample.size
+    boxes = []
+    for mask in sample.masks:
+        ys, xs = np.nonzero(mask)
+        boxes.append((float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
+    result = [
+        ls_region(
+            "rectanglelabels",
+            {
+                "x": 100 * x0 / w,
+                "y": 100 * y0 / h,
+                "width": 100 * (x1 - x0) / w,
+                "height": 100 * (y1 - y0) / h,
+            },
+            "person",
+            w,
+            h,
+        )
+        for x0, y0, x1, y1 in boxes
+    ]
+    task = {
+        "id": 1,
+        "data": {"image": f"/data/upload/1/deadbeef-{sample.image.name}"},
+        "annotations": [{"result": result}],
+    }
+    (tmp_path / "ls.json").write_text(json.dumps([task]))
+    weak = read_label_studio(tmp_path / "ls.json").labels[sample.image.stem]
+    assert [tuple(round(v, 6) for v in b.box) for b in weak.boxes] == boxes

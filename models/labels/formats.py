@@ -3,6 +3,11 @@
 - CVAT for images 1.1 XML (`read_cvat_xml`): `<box>` -> boxes, `<points>` -> points, `<polyline>`
   -> scribbles, `<polygon>` and `<mask>` -> the coarse mask (drawn in `z_order`, later shapes on top),
   `<tag>` -> tags. Class ids follow the label order of the file's `<meta>` (or `class_names`).
+- Label Studio's JSON export (`read_label_studio`): KeyPointLabels -> points, RectangleLabels ->
+  boxes (a rotated rectangle by its bounding box), PolygonLabels and BrushLabels -> the coarse mask
+  (in result order; brush RLE decoded by `label-studio-sdk`, needed only for brush results).
+  Values are percent of the image; each task's image name loses Label Studio's upload prefix
+  (`1a2b3c4d-street.jpg` -> `street`). Class ids follow `class_names`, else the sorted label names.
 - COCO instances JSON (`read_coco_weak`): each annotation as its box (`coco-boxes`) or as one point
   at the interior-most pixel of its mask (`coco-points`), instance-level (one label per object).
   Crowd regions are left out. Class ids are the categories in id order.
@@ -138,6 +143,94 @@ def read_cvat_xml(path: str | Path, class_names: Sequence[str] | None = None) ->
         weak.validate(len(names), where)
         out.labels[Path(name).stem] = weak
         out.image_ids[Path(name).stem] = int(image.get("id", len(out.image_ids)))
+    return out
+
+
+def _task_stem(task: dict, where: str) -> str:
+    """The image stem of a Label Studio task: the file name of its first data value, without the
+    8-hex-digit prefix Label Studio puts on uploads."""
+    values = [v for v in (task.get("data") or {}).values() if isinstance(v, str)]
+    if not values:
+        raise ValueError(f"{where}: the task has no image in its data")
+    name = Path(values[0].split("?")[0]).name
+    head, sep, tail = name.partition("-")
+    if sep and len(head) == 8 and all(c in "0123456789abcdef" for c in head):
+        name = tail
+    return Path(name).stem
+
+
+def _brush_mask(value: dict, height: int, width: int, where: str) -> np.ndarray:
+    """A BrushLabels value's RLE -> HxW bool (label-studio-sdk's decoder; RGBA, alpha is the mask)."""
+    try:
+        from label_studio_sdk.converter.brush import decode_rle
+    except ImportError:
+        raise ValueError(
+            f"{where}: brush masks need label-studio-sdk (pip install label-studio-sdk)"
+        ) from None
+    return decode_rle(value["rle"]).reshape(height, width, 4)[:, :, 3] > 127
+
+
+@register(WEAK_FORMATS, "label-studio")
+def read_label_studio(path: str | Path, class_names: Sequence[str] | None = None) -> WeakLabelSet:
+    """Weak labels from a Label Studio JSON export (see the module doc); the last annotation of a
+    task is read (predictions are not)."""
+    path = Path(path)
+    try:
+        tasks = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable Label Studio JSON export ({exc})") from None
+    if not isinstance(tasks, list):
+        raise ValueError(f"{path}: a Label Studio JSON export is a list of tasks")
+    kinds = ("keypointlabels", "rectanglelabels", "polygonlabels", "brushlabels")
+    regions = [
+        (t, r)
+        for t in tasks
+        for r in ((t.get("annotations") or [{}])[-1].get("result") or [])
+        if r.get("type") in kinds
+    ]
+    names = list(class_names or sorted({lab for _, r in regions for lab in r["value"].get(r["type"], [])}))
+    ids = {name: i for i, name in enumerate(names)}
+    out = WeakLabelSet(class_names=names, category_ids=list(range(1, len(names) + 1)))
+    for n, task in enumerate(tasks):
+        where = f"{path}: task {task.get('id', n)}"
+        stem = _task_stem(task, where)
+        result = [
+            r for r in ((task.get("annotations") or [{}])[-1].get("result") or []) if r.get("type") in kinds
+        ]
+        if not result:
+            continue
+        width, height = int(result[0]["original_width"]), int(result[0]["original_height"])
+        weak = WeakLabels(height, width)
+        coarse = np.full((height, width), UNLABELED, np.uint8)
+        for k, region in enumerate(result):
+            at, kind, value = f"{where}, result[{k}]", region["type"], region["value"]
+            labels = value.get(kind) or []
+            if len(labels) != 1 or labels[0] not in ids:
+                raise ValueError(f"{at}: label {labels} is not one of {names}")
+            class_id, sx, sy = ids[labels[0]], width / 100.0, height / 100.0
+            if kind == "keypointlabels":
+                x, y = _inside(np.array([[value["x"] * sx, value["y"] * sy]]), width, height)[0]
+                weak.points.append(PointLabel(float(x), float(y), class_id))
+            elif kind == "rectanglelabels":
+                x, y, w, h = value["x"] * sx, value["y"] * sy, value["width"] * sx, value["height"] * sy
+                angle = np.deg2rad(float(value.get("rotation", 0.0)))
+                corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
+                rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+                corners = corners @ rot.T + [x, y]
+                x0, y0 = np.clip(corners.min(0), 0, [width, height])
+                x1, y1 = np.clip(corners.max(0), 0, [width, height])
+                weak.boxes.append(BoxLabel(class_id, (float(x0), float(y0), float(x1), float(y1))))
+            elif kind == "polygonlabels":
+                pts = np.asarray(value["points"], float) * [sx, sy]
+                rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape=(height, width))
+                coarse[rr, cc] = class_id
+            else:
+                coarse[_brush_mask(value, height, width, at)] = class_id
+        if (coarse != UNLABELED).any():
+            weak.coarse = coarse
+        weak.validate(len(names), where)
+        out.labels[stem] = weak
+        out.image_ids[stem] = int(task.get("id", n + 1))
     return out
 
 
