@@ -36,9 +36,9 @@ CVAT = """<?xml version="1.0" encoding="utf-8"?>
 
 def test_cvat_mask_rle_on_a_hand_worked_box() -> None:
     # runs 2 zeros, 3 ones, 1 zero over a 3x2 box, row-major
-    assert cvat_mask("2,3,1", 0, 0, 3, 2, "m").tolist() == [[False, False, True], [True, True, False]]
+    assert cvat_mask("2,3,1", 3, 2, "m").tolist() == [[False, False, True], [True, True, False]]
     with pytest.raises(ValueError, match="covers 5 pixels, the box 3x2 has 6"):
-        cvat_mask("2,3", 0, 0, 3, 2, "m")
+        cvat_mask("2,3", 3, 2, "m")
 
 
 def test_cvat_shapes_become_weak_labels(tmp_path: Path) -> None:

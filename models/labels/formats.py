@@ -61,9 +61,9 @@ def _inside(pts: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.stack([np.clip(pts[:, 0], 0, width - 1e-3), np.clip(pts[:, 1], 0, height - 1e-3)], 1)
 
 
-def cvat_mask(rle: str, left: int, top: int, width: int, height: int, where: str) -> np.ndarray:
+def cvat_mask(rle: str, width: int, height: int, where: str) -> np.ndarray:
     """CVAT 1.1's mask RLE: run lengths alternating 0, 1, 0, ... (first run of zeros, possibly
-    empty), row-major over the width x height box at (left, top) -> height x width bool."""
+    empty), row-major over a width x height box -> height x width bool."""
     try:
         counts = [int(v) for v in rle.split(",") if v.strip()]
     except ValueError:
@@ -129,7 +129,7 @@ def read_cvat_xml(path: str | Path, class_names: Sequence[str] | None = None) ->
             elif shape.tag == "mask":
                 left, top = int(shape.get("left", 0)), int(shape.get("top", 0))
                 w, h = int(shape.get("width", 0)), int(shape.get("height", 0))
-                part = cvat_mask(shape.get("rle", ""), left, top, w, h, at)
+                part = cvat_mask(shape.get("rle", ""), w, h, at)
                 mask = np.zeros((height, width), bool)
                 mask[top : top + h, left : left + w] = part[: max(0, height - top), : max(0, width - left)]
                 areas.append((int(shape.get("z_order", 0)), n, class_of(shape, at), mask))
