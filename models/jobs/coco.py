@@ -32,9 +32,10 @@ def label_map_regions(labels: np.ndarray) -> list[tuple[int, np.ndarray, float]]
 
 def write_coco_outputs(
     out: Path, images_dir: Path, tasks: dict[str, str], class_names: list[str] | None = None
-) -> None:
+) -> list[int]:
     """Write `out/coco.json` and `out/coco_results.json` atomically for the answers in `out`;
-    `tasks`: stem -> "semantic" (`<stem>.png`) or "instance" (`<stem>.json`)."""
+    `tasks`: stem -> "semantic" (`<stem>.png`) or "instance" (`<stem>.json`). Returns the class ids
+    the answers hold, sorted."""
     meta_path = out / "classes.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     names = list(meta.get("classes", class_names or []))
@@ -79,6 +80,7 @@ def write_coco_outputs(
     categories = [{"id": category(c), "name": names[c] if c < len(names) else f"class_{c}"} for c in classes]
     save_json({"images": images, "annotations": annotations, "categories": categories}, out / "coco.json")
     save_json(results, out / "coco_results.json")
+    return sorted(seen)
 
 
 def coco_tasks(per_image: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from models.engine import PromptableSegmenter, read_image
-from models.io import UNLABELED, read_label_png, save_json, save_png
+from models.io import save_json, save_png
 from models.jobs.coco import write_coco_outputs
 from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
@@ -183,14 +183,15 @@ def process_folder(
     header = {"method": run.method, "options": run.options, "engine": engine_name}
     summary = write_summary(run.out, result, header, "refined", ray, mean_labelled)
     overlays = overlay_dir(run)
+    present = write_coco_outputs(run.out, run.images, {stem: "semantic" for stem in summary["per_image"]})
     if run.report and overlays is not None:
-        write_report(run.out / "report.html", summary, overlays)
-    write_coco_outputs(run.out, run.images, {stem: "semantic" for stem in summary["per_image"]})
+        write_report(run.out / "report.html", summary, overlays, present)
     return summary
 
 
-def write_report(path: Path, summary: dict[str, Any], overlays: Path) -> None:
-    """An HTML page: per image the weak labels and the refined labels drawn over it, with stats."""
+def write_report(path: Path, summary: dict[str, Any], overlays: Path, present: list[int]) -> None:
+    """An HTML page: per image the weak labels and the refined labels drawn over it, with stats, and
+    a legend of the classes `present` in the refined maps."""
     rows = [
         (
             stem,
@@ -210,19 +211,15 @@ def write_report(path: Path, summary: dict[str, Any], overlays: Path) -> None:
         f"{summary['seconds']} s. Left: weak labels; right: refined labels (unlabeled pixels show the image)."
     )
     title = f"Refined labels: {summary['method']} ({summary['engine']})"
-    write_html_report(path, title, intro, rows, summary["failures"], class_legend(path.parent, summary))
+    write_html_report(path, title, intro, rows, summary["failures"], class_legend(path.parent, present))
 
 
-def class_legend(out: Path, summary: dict[str, Any]) -> list[tuple[str, tuple[int, int, int]]]:
-    """(name, overlay colour) of every class in the refined maps, named by `out/classes.json` when
-    the weak labels came from an export, else "class <id>"."""
+def class_legend(out: Path, present: list[int]) -> list[tuple[str, tuple[int, int, int]]]:
+    """(name, overlay colour) of each class id in `present`, named by `out/classes.json` when the
+    weak labels came from an export, else "class <id>"."""
     meta_path = out / "classes.json"
     names = json.loads(meta_path.read_text()).get("classes", []) if meta_path.exists() else []
-    present: set[int] = set()
-    for stem in summary["per_image"]:
-        present |= {int(c) for c in np.unique(read_label_png(out / f"{stem}.png")) if c != UNLABELED}
     colours = class_palette()
     return [
-        (names[c] if c < len(names) else f"class {c}", tuple(int(v) for v in colours[c]))
-        for c in sorted(present)
+        (names[c] if c < len(names) else f"class {c}", tuple(int(v) for v in colours[c])) for c in present
     ]

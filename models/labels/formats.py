@@ -182,21 +182,18 @@ def read_label_studio(path: str | Path, class_names: Sequence[str] | None = None
     if not isinstance(tasks, list):
         raise ValueError(f"{path}: a Label Studio JSON export is a list of tasks")
     kinds = ("keypointlabels", "rectanglelabels", "polygonlabels", "brushlabels")
-    regions = [
-        (t, r)
+    results = [
+        [r for r in ((t.get("annotations") or [{}])[-1].get("result") or []) if r.get("type") in kinds]
         for t in tasks
-        for r in ((t.get("annotations") or [{}])[-1].get("result") or [])
-        if r.get("type") in kinds
     ]
-    names = list(class_names or sorted({lab for _, r in regions for lab in r["value"].get(r["type"], [])}))
+    names = list(
+        class_names or sorted({lab for rs in results for r in rs for lab in r["value"].get(r["type"], [])})
+    )
     ids = {name: i for i, name in enumerate(names)}
     out = WeakLabelSet(class_names=names, category_ids=list(range(1, len(names) + 1)))
-    for n, task in enumerate(tasks):
+    for n, (task, result) in enumerate(zip(tasks, results, strict=True)):
         where = f"{path}: task {task.get('id', n)}"
         stem = _task_stem(task, where)
-        result = [
-            r for r in ((task.get("annotations") or [{}])[-1].get("result") or []) if r.get("type") in kinds
-        ]
         if not result:
             continue
         width, height = int(result[0]["original_width"]), int(result[0]["original_height"])
