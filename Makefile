@@ -1,6 +1,8 @@
 # One entry point for people and CI. Every target creates its venv if missing and is idempotent.
 #   .venv        dev and test: the project with `.[dev]` (make install, test, lint, bench)
 #   .venv-serve  serving only: torch, the project's core and `.[serve]`, no dev or test tools (make serve)
+#   .venv-ls     a real Label Studio server and its SDK, for the integration tier only (make integration):
+#                its own venv because label-studio-sdk pins numpy and opencv below what the project uses
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -17,10 +19,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 TRITON_HOME := .triton
 
+LS_VENV := .venv-ls
+LS_STAMP := $(LS_VENV)/.installed-label-studio-1.23.2
+
 SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 3000
 
-.PHONY: install install-serve test lint serve bench clean
+.PHONY: install install-serve install-browser install-label-studio test integration lint serve bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,15 +48,32 @@ $(SERVE_STAMP): pyproject.toml | $(SERVE_PY)
 
 install: $(STAMP)
 
+# Debian's chromium and chromium-driver for tests/test_ui_browser.py (apt, as root; no browser download
+# at run time). Without them that test fails and names this target.
+install-browser:
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium chromium-driver >/dev/null; } \
+		|| echo "chromium not installed (needs root for apt): tests/test_ui_browser.py will fail"
+
+$(LS_STAMP):
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q "label-studio==1.23.2"
+	touch $@
+
+install-label-studio: $(LS_STAMP)
+
 install-serve: $(SERVE_STAMP)
 
 lint: install
 	$(VENV)/bin/ruff check models serving sesam training export tests benchmarks
 	$(VENV)/bin/ruff format --check models serving sesam training export tests benchmarks
 
-test: install
+test: install install-browser
 	$(VENV)/bin/ruff check models serving sesam training export tests benchmarks
-	$(PY) -m pytest -q --durations=30
+	$(PY) -m pytest -q --durations=30 -m "not integration"
+
+# The integration tier: a real Label Studio server talking to the service (docs/labeling.md)
+integration: install install-label-studio
+	$(PY) -m pytest -q --durations=10 -m integration
 
 serve: install-serve
 	$(SERVE_VENV)/bin/bentoml serve serving.service:SegmentationService --host $(SERVE_HOST) --port $(SERVE_PORT)
@@ -60,4 +82,4 @@ bench: install
 	$(PY) benchmarks/engine.py
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) $(TRITON_HOME) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(LS_VENV) $(TRITON_HOME) .pytest_cache .ruff_cache

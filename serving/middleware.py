@@ -36,6 +36,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+# the page's static files carry no data (its API calls send the key the person types in)
+OPEN_PREFIXES = ("/ui/",)
 MAX_PARTS = 64  # multipart parts per request (files and text together)
 
 
@@ -263,7 +265,9 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         send = self._normalizing(send)
-        needs_key = self.key is not None and scope["path"] not in OPEN_PATHS
+        path = scope["path"]
+        is_open = path in OPEN_PATHS or path == "/ui" or path.startswith(OPEN_PREFIXES)
+        needs_key = self.key is not None and not is_open
         if needs_key and not hmac.compare_digest(bearer_token(scope), self.key):
             await send_json(
                 send,

@@ -87,6 +87,7 @@ from serving.errors import ApiError, install_log_filter, normalize_body
 from serving.inputs import prompt_model, strict_options, weak_model
 from serving.lanes import Lane
 from serving.middleware import GuardMiddleware, RouteSpec
+from serving.ui import ui_app
 
 
 def _load_config() -> ServiceConfig:
@@ -760,3 +761,4 @@ SegmentationService.add_asgi_middleware(
     max_field_bytes=CONFIG.max_field_bytes,
     retry_after_s=CONFIG.retry_after_s,
 )
+SegmentationService.mount_asgi_app(ui_app(), path="/ui", name="ui")
