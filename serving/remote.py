@@ -57,14 +57,15 @@ def segment_folder_remote(
     if not client.ready():
         raise ValueError(f"--endpoint {client.url}: the service is not reachable or not ready (GET /readyz)")
 
-    def segment_one(image: np.ndarray, path: Path) -> tuple[str, Any]:
+    def segment_one(image: np.ndarray, path: Path) -> tuple[str, Any, list[str]]:
         answer = client.segment(path.read_bytes(), min_score=run.min_score)
         result = answer["results"][0]
         if (result["height"], result["width"]) != image.shape[:2]:
             raise ValueError(f"{path}: the server answered for a {result['width']}x{result['height']} image")
+        names = list(answer.get("class_names") or [])
         if answer["task"] == "semantic":
-            return "semantic", decode_labels(result["labels"])
-        return "instance", result["instances"]
+            return "semantic", decode_labels(result["labels"]), names
+        return "instance", result["instances"], names
 
     return segment_folder(
         run,

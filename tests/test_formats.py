@@ -141,6 +141,29 @@ def check_coco_outputs(out: Path, labels: np.ndarray, image_ids: set[int], categ
     assert np.array_equal(union, labels != UNLABELED)
     results = json.loads((out / "coco_results.json").read_text())
     assert len(results) == len(coco.getAnnIds()) and {r["score"] for r in results} == {1.0}
+    check_label_studio_outputs(out, labels, [c["name"] for c in categories])
+
+
+def check_label_studio_outputs(out: Path, labels: np.ndarray, names: list[str]) -> None:
+    """label_studio.json holds one brush prediction per class of the map, decoding to exactly its
+    pixels, on the labels of label_studio_config.xml; read back as weak labels it is the same map."""
+    from models.labels.brush import decode_brush
+    from models.labels.formats import read_label_studio
+
+    tasks = json.loads((out / "label_studio.json").read_text())
+    config = (out / "label_studio_config.xml").read_text()
+    assert all(f'<Label value="{n}"/>' in config for n in names)
+    (result,) = [t["predictions"][0]["result"] for t in tasks]
+    h, w = labels.shape
+    present = [int(c) for c in np.unique(labels) if c != UNLABELED]
+    assert [r["value"]["brushlabels"] for r in result] == [[names[c]] for c in present]
+    for r, c in zip(result, present, strict=True):
+        assert (r["original_height"], r["original_width"]) == (h, w)
+        assert np.array_equal(decode_brush(r["value"]["rle"], h, w), labels == c)
+    as_export = [t | {"annotations": t["predictions"]} for t in tasks]
+    (out / "ls_export.json").write_text(json.dumps(as_export))
+    (weak,) = read_label_studio(out / "ls_export.json", names).labels.values()
+    assert np.array_equal(weak.coarse, labels)
 
 
 def test_sesam_refine_reads_a_cvat_export(tmp_path: Path, capsys) -> None:
@@ -280,6 +303,43 @@ def test_sesam_segment_writes_its_instances_as_coco(tmp_path: Path, capsys) -> N
         assert ann["segmentation"] == instance["mask"] and ann["category_id"] == instance["class_id"] + 1
     results = json.loads((out / "coco_results.json").read_text())
     assert [r["score"] for r in results] == [i["score"] for i in answer["instances"]]
+    from models.io import decode_rle
+    from models.labels.brush import decode_brush
+
+    (task,) = json.loads((out / "label_studio.json").read_text())
+    assert task["data"]["image"] == f"/data/local-files/?d={sample.image.name}"
+    brushes = task["predictions"][0]["result"]
+    h, w = answer["height"], answer["width"]
+    for brush, instance in zip(brushes, answer["instances"], strict=True):
+        assert brush["value"]["brushlabels"] == ["pedestrian"] and brush["score"] == instance["score"]
+        assert np.array_equal(decode_brush(brush["value"]["rle"], h, w), decode_rle(instance["mask"]))
+
+
+def test_a_semantic_students_answers_are_named_by_its_classes(tmp_path: Path, capsys) -> None:
+    """The shipped CamVid student on one CamVid image: coco.json's categories and the Label Studio
+    brushes carry the student's class names (not class_<id>), and each brush is one class's pixels."""
+    import shutil
+
+    from models.students.runtime import load_segmenter
+    from models.students.semantic import SHIPPED_SEMANTIC_STUDENT as SHIPPED_STUDENT
+    from sesam.cli import main
+
+    root = require_data("camvid")
+    stem = (root / "val.txt").read_text().split()[0]
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(root / "images" / "val" / f"{stem}.jpg", images)
+    out = tmp_path / "segmented"
+    args = ["segment", "--images", str(images), "--out", str(out), "--student", str(SHIPPED_STUDENT)]
+    assert main([*args, "--quiet", "--ls-image-prefix", "https://bucket.example/camvid/"]) == 0, (
+        capsys.readouterr()
+    )
+    names = list(load_segmenter(SHIPPED_STUDENT).class_names)
+    labels = read_label_png(out / f"{stem}.png")
+    categories = [{"id": c + 1, "name": n} for c, n in enumerate(names)]
+    check_coco_outputs(out, labels, {1}, categories)
+    (task,) = json.loads((out / "label_studio.json").read_text())
+    assert task["data"]["image"] == f"https://bucket.example/camvid/{stem}.jpg"
 
 
 def ls_region(kind: str, value: dict, label: str, width: int = 200, height: int = 100) -> dict:
@@ -293,9 +353,7 @@ def ls_region(kind: str, value: dict, label: str, width: int = 200, height: int 
     }
 
 
-def test_label_studio_regions_become_weak_labels(tmp_path: Path, monkeypatch) -> None:
-    import sys
-
+def test_label_studio_regions_become_weak_labels(tmp_path: Path) -> None:
     from models.labels.formats import read_label_studio
 
     result = [
@@ -335,9 +393,52 @@ def test_label_studio_regions_become_weak_labels(tmp_path: Path, monkeypatch) ->
         }
     ]
     (tmp_path / "brush.json").write_text(json.dumps(brush))
-    monkeypatch.setitem(sys.modules, "label_studio_sdk.converter.brush", None)  # as where it is not installed
-    with pytest.raises(ValueError, match=r"task 9, result\[0\]: brush masks need label-studio-sdk"):
+    with pytest.raises(ValueError, match=r"task 9, result\[0\]: brush value is not Label Studio RLE"):
         read_label_studio(tmp_path / "brush.json")
+
+
+def test_a_label_studio_export_refined_to_coco(tmp_path: Path, capsys) -> None:
+    """Penn-Fudan pedestrians as a Label Studio export (a brush stroke inside one, a keypoint on each
+    other) -> sesam refine -> coco.json that pycocotools loads and eval-instances scores against
+    the pedestrians; label_studio.json reads back as the refined map."""
+    from models.labels.brush import brush_result
+    from sesam.cli import main
+    from training.coco import coco_dataset, write_coco
+
+    sample, images, _ = pennfudan_cvat(tmp_path)
+    h, w = sample.size
+    first, *others = sample.masks
+    from scipy import ndimage as ndi
+
+    stroke = ndi.binary_erosion(first, iterations=8)  # a coarse brush well inside the first person
+    result = [brush_result(stroke, "person", "tag", "image")]
+    for mask in others:
+        x, y = interior_point(mask)
+        result.append(
+            ls_region("keypointlabels", {"x": 100 * x / w, "y": 100 * y / h, "width": 1}, "person", w, h)
+        )
+    task = {
+        "id": 5,
+        "data": {"image": f"/data/upload/1/0badcafe-{sample.image.name}"},
+        "annotations": [{"result": result}],
+    }
+    (tmp_path / "ls.json").write_text(json.dumps([task]))
+    out = tmp_path / "out"
+    args = ["refine", "--images", str(images), "--weak", str(tmp_path / "ls.json"), "--out", str(out)]
+    assert main([*args, "--weak-format", "label-studio", "--quiet"]) == 0, capsys.readouterr()
+    labels = read_label_png(out / f"{sample.image.stem}.png")
+    assert labels[stroke].tolist() == [0] * int(stroke.sum())  # the brush's pixels keep their class
+    check_coco_outputs(out, labels, {5}, [{"id": 1, "name": "person"}])
+    gt = coco_dataset([sample], ["person"])
+    gt["images"][0]["id"] = 5
+    for a in gt["annotations"]:
+        a["image_id"] = 5
+    write_coco(gt, tmp_path / "gt.json")
+    capsys.readouterr()
+    pred = str(out / "coco_results.json")
+    assert main(["eval-instances", "--pred", pred, "--gt", str(tmp_path / "gt.json")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 1 and report["predictions"] >= 1
 
 
 def test_label_studio_boxes_of_real_pedestrians_round_trip(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from models.config import lookup
 from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, build_engine, read_image
 from models.engine.modeling.build import sam_model_registry
 from models.io import save_png
+from models.jobs.coco import LABEL_STUDIO_PREFIX
 from models.jobs.refine import RefineRun, refine_folder
 from models.jobs.visualize import overlay_masks
 from models.labels import LABELERS, backend_defaults, build_labeler
@@ -156,6 +157,7 @@ def refine_run_from_args(args: argparse.Namespace, options: dict) -> RefineRun:
         overwrite=args.overwrite,
         limit=args.limit,
         options=options,
+        image_prefix=args.ls_image_prefix,
     )
 
 
@@ -173,6 +175,12 @@ def add_folder_args(parser: argparse.ArgumentParser, overlay: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo images already done (default: resume)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--ls-image-prefix",
+        default=LABEL_STUDIO_PREFIX,
+        help="label_studio.json: each task's image URL is this + the image's file name "
+        f"(default {LABEL_STUDIO_PREFIX!r}: Label Studio's local-files storage; docs/labeling.md)",
+    )
     add_ray_args(parser)
 
 
@@ -216,6 +224,7 @@ def segment_run_from_args(args: argparse.Namespace):
         report=args.report,
         overwrite=args.overwrite,
         limit=args.limit,
+        image_prefix=args.ls_image_prefix,
     )
 
 

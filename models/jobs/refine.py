@@ -18,7 +18,7 @@ import numpy as np
 
 from models.engine import PromptableSegmenter, read_image
 from models.io import save_json, save_png
-from models.jobs.coco import write_coco_outputs
+from models.jobs.coco import LABEL_STUDIO_PREFIX, write_answer_files
 from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
 from models.jobs.visualize import class_palette, label_overlay, side_by_side
@@ -38,6 +38,7 @@ class RefineRun:
     overwrite: bool = False
     limit: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    image_prefix: str = LABEL_STUDIO_PREFIX  # label_studio.json's image URL: this + the file name
 
 
 # (image HxWx3 uint8, its weak labels, the image file) -> (HxW uint8 label map, stats)
@@ -183,7 +184,8 @@ def process_folder(
     header = {"method": run.method, "options": run.options, "engine": engine_name}
     summary = write_summary(run.out, result, header, "refined", ray, mean_labelled)
     overlays = overlay_dir(run)
-    present = write_coco_outputs(run.out, run.images, {stem: "semantic" for stem in summary["per_image"]})
+    tasks = {stem: "semantic" for stem in summary["per_image"]}
+    present = write_answer_files(run.out, run.images, tasks, image_prefix=run.image_prefix)
     if run.report and overlays is not None:
         write_report(run.out / "report.html", summary, overlays, present)
     return summary

@@ -19,7 +19,7 @@ import numpy as np
 
 from models.engine import read_image
 from models.io import decode_rle, instance_records, save_json, save_png
-from models.jobs.coco import coco_tasks, write_coco_outputs
+from models.jobs.coco import LABEL_STUDIO_PREFIX, answer_names, coco_tasks, write_answer_files
 from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
 from models.jobs.visualize import label_overlay, overlay_masks, side_by_side
@@ -34,10 +34,12 @@ class SegmentRun:
     report: bool = False
     overwrite: bool = False
     limit: int | None = None
+    image_prefix: str = LABEL_STUDIO_PREFIX  # label_studio.json's image URL: this + the file name
 
 
-# (image HxWx3 uint8, its file) -> ("semantic", HxW uint8 label map) or ("instance", instance records)
-SegmentOne = Callable[[np.ndarray, Path], tuple[str, Any]]
+# (image HxWx3 uint8, its file) -> (task, answer, class names): ("semantic", HxW uint8 label map)
+# or ("instance", instance records)
+SegmentOne = Callable[[np.ndarray, Path], tuple[str, Any, list[str]]]
 
 
 @dataclass
@@ -63,11 +65,13 @@ class LoadStudent:
 
 
 def student_segment_one(student: Any, min_score: float) -> SegmentOne:
-    def segment_one(image: np.ndarray, path: Path) -> tuple[str, Any]:
+    names = list(student.class_names or [])
+
+    def segment_one(image: np.ndarray, path: Path) -> tuple[str, Any, list[str]]:
         if student.task == "semantic":
-            return "semantic", student.segment([image])[0]
+            return "semantic", student.segment([image])[0], names
         masks, classes, scores = student.segment([image], top_k=100, min_score=min_score)[0]
-        return "instance", instance_records(masks, classes, scores, student.class_names)
+        return "instance", instance_records(masks, classes, scores, student.class_names), names
 
     return segment_one
 
@@ -91,8 +95,12 @@ class SegmentWorker:
         run = self.run
         image = read_image(path)
         t0 = time.perf_counter()
-        task, answer = self._segment_one(image, path)
-        stats: dict[str, Any] = {"task": task, "seconds": round(time.perf_counter() - t0, 3)}
+        task, answer, names = self._segment_one(image, path)
+        stats: dict[str, Any] = {
+            "task": task,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "class_names": names,
+        }
         png, js = output_files(run.out, stem)
         if task == "semantic":
             save_png(answer, png)
@@ -130,7 +138,10 @@ def segment_folder(
     worker = SegmentWorker(run, make_segment_one, errors)
     result = run_folder(run.images, run.limit, done, worker, "segment", quiet, concurrency, ray)
     summary = write_summary(run.out, result, {"student": student_name}, "segmented", ray)
-    write_coco_outputs(run.out, run.images, coco_tasks(summary["per_image"]))
+    per_image = summary["per_image"]
+    write_answer_files(
+        run.out, run.images, coco_tasks(per_image), answer_names(per_image), image_prefix=run.image_prefix
+    )
     overlays = overlay_dir(run)
     if run.report and overlays is not None:
         write_segment_report(run.out / "report.html", summary, overlays)

@@ -5,7 +5,7 @@
   `<tag>` -> tags. Class ids follow the label order of the file's `<meta>` (or `class_names`).
 - Label Studio's JSON export (`read_label_studio`): KeyPointLabels -> points, RectangleLabels ->
   boxes (a rotated rectangle by its bounding box), PolygonLabels and BrushLabels -> the coarse mask
-  (in result order; brush RLE decoded by `label-studio-sdk`, needed only for brush results).
+  (in result order; brush RLE decoded by `models.labels.brush`).
   Values are percent of the image; each task's image name loses Label Studio's upload prefix
   (`1a2b3c4d-street.jpg` -> `street`). Class ids follow `class_names`, else the sorted label names.
 - COCO instances JSON (`read_coco_weak`): each annotation as its box (`coco-boxes`) or as one point
@@ -29,6 +29,7 @@ from skimage.draw import polygon as draw_polygon
 
 from models.config import register
 from models.io import UNLABELED
+from models.labels.brush import decode_brush
 from models.labels.schema import BoxLabel, PointLabel, Scribble, WeakLabels
 
 
@@ -159,17 +160,6 @@ def _task_stem(task: dict, where: str) -> str:
     return Path(name).stem
 
 
-def _brush_mask(value: dict, height: int, width: int, where: str) -> np.ndarray:
-    """A BrushLabels value's RLE -> HxW bool (label-studio-sdk's decoder; RGBA, alpha is the mask)."""
-    try:
-        from label_studio_sdk.converter.brush import decode_rle
-    except ImportError:
-        raise ValueError(
-            f"{where}: brush masks need label-studio-sdk (pip install label-studio-sdk)"
-        ) from None
-    return decode_rle(value["rle"]).reshape(height, width, 4)[:, :, 3] > 127
-
-
 @register(WEAK_FORMATS, "label-studio")
 def read_label_studio(path: str | Path, class_names: Sequence[str] | None = None) -> WeakLabelSet:
     """Weak labels from a Label Studio JSON export (see the module doc); the last annotation of a
@@ -181,9 +171,12 @@ def read_label_studio(path: str | Path, class_names: Sequence[str] | None = None
         raise ValueError(f"{path}: not a readable Label Studio JSON export ({exc})") from None
     if not isinstance(tasks, list):
         raise ValueError(f"{path}: a Label Studio JSON export is a list of tasks")
-    kinds = ("keypointlabels", "rectanglelabels", "polygonlabels", "brushlabels")
     results = [
-        [r for r in ((t.get("annotations") or [{}])[-1].get("result") or []) if r.get("type") in kinds]
+        [
+            r
+            for r in ((t.get("annotations") or [{}])[-1].get("result") or [])
+            if r.get("type") in LABEL_STUDIO_KINDS
+        ]
         for t in tasks
     ]
     names = list(
@@ -194,41 +187,57 @@ def read_label_studio(path: str | Path, class_names: Sequence[str] | None = None
     for n, (task, result) in enumerate(zip(tasks, results, strict=True)):
         where = f"{path}: task {task.get('id', n)}"
         stem = _task_stem(task, where)
-        if not result:
+        weak = label_studio_regions(result, ids, where)
+        if weak is None:
             continue
-        width, height = int(result[0]["original_width"]), int(result[0]["original_height"])
-        weak = WeakLabels(height, width)
-        coarse = np.full((height, width), UNLABELED, np.uint8)
-        for k, region in enumerate(result):
-            at, kind, value = f"{where}, result[{k}]", region["type"], region["value"]
-            labels = value.get(kind) or []
-            if len(labels) != 1 or labels[0] not in ids:
-                raise ValueError(f"{at}: label {labels} is not one of {names}")
-            class_id, sx, sy = ids[labels[0]], width / 100.0, height / 100.0
-            if kind == "keypointlabels":
-                x, y = _inside(np.array([[value["x"] * sx, value["y"] * sy]]), width, height)[0]
-                weak.points.append(PointLabel(float(x), float(y), class_id))
-            elif kind == "rectanglelabels":
-                x, y, w, h = value["x"] * sx, value["y"] * sy, value["width"] * sx, value["height"] * sy
-                angle = np.deg2rad(float(value.get("rotation", 0.0)))
-                corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
-                rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-                corners = corners @ rot.T + [x, y]
-                x0, y0 = np.clip(corners.min(0), 0, [width, height])
-                x1, y1 = np.clip(corners.max(0), 0, [width, height])
-                weak.boxes.append(BoxLabel(class_id, (float(x0), float(y0), float(x1), float(y1))))
-            elif kind == "polygonlabels":
-                pts = np.asarray(value["points"], float) * [sx, sy]
-                rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape=(height, width))
-                coarse[rr, cc] = class_id
-            else:
-                coarse[_brush_mask(value, height, width, at)] = class_id
-        if (coarse != UNLABELED).any():
-            weak.coarse = coarse
-        weak.validate(len(names), where)
         out.labels[stem] = weak
         out.image_ids[stem] = int(task.get("id", n + 1))
     return out
+
+
+LABEL_STUDIO_KINDS = ("keypointlabels", "rectanglelabels", "polygonlabels", "brushlabels")
+
+
+def label_studio_regions(result: list[dict], ids: dict[str, int], where: str) -> WeakLabels | None:
+    """One task's Label Studio regions (`LABEL_STUDIO_KINDS`; others are left out) -> its weak
+    labels, class ids by label name (`ids`); None without a region."""
+    result = [r for r in result if r.get("type") in LABEL_STUDIO_KINDS]
+    if not result:
+        return None
+    width, height = int(result[0]["original_width"]), int(result[0]["original_height"])
+    weak = WeakLabels(height, width)
+    coarse = np.full((height, width), UNLABELED, np.uint8)
+    for k, region in enumerate(result):
+        at, kind, value = f"{where}, result[{k}]", region["type"], region["value"]
+        labels = value.get(kind) or []
+        if len(labels) != 1 or labels[0] not in ids:
+            raise ValueError(f"{at}: label {labels} is not one of {sorted(ids)}")
+        class_id, sx, sy = ids[labels[0]], width / 100.0, height / 100.0
+        if kind == "keypointlabels":
+            x, y = _inside(np.array([[value["x"] * sx, value["y"] * sy]]), width, height)[0]
+            weak.points.append(PointLabel(float(x), float(y), class_id))
+        elif kind == "rectanglelabels":
+            x, y, w, h = value["x"] * sx, value["y"] * sy, value["width"] * sx, value["height"] * sy
+            angle = np.deg2rad(float(value.get("rotation", 0.0)))
+            corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
+            rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+            corners = corners @ rot.T + [x, y]
+            x0, y0 = np.clip(corners.min(0), 0, [width, height])
+            x1, y1 = np.clip(corners.max(0), 0, [width, height])
+            weak.boxes.append(BoxLabel(class_id, (float(x0), float(y0), float(x1), float(y1))))
+        elif kind == "polygonlabels":
+            pts = np.asarray(value["points"], float) * [sx, sy]
+            rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape=(height, width))
+            coarse[rr, cc] = class_id
+        else:
+            try:
+                coarse[decode_brush(value["rle"], height, width)] = class_id
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{at}: brush value is not Label Studio RLE ({exc})") from None
+    if (coarse != UNLABELED).any():
+        weak.coarse = coarse
+    weak.validate(max(ids.values(), default=-1) + 1, where)
+    return weak
 
 
 def interior_point(mask: np.ndarray) -> tuple[float, float]:
