@@ -64,6 +64,20 @@ class ServiceConfig:
     detector: str | None = setting(
         None, help="grounded: the HF Grounding DINO / OWLv2 checkpoint folder (`box_source` picks which)"
     )
+    label_studio_url: str | None = setting(
+        None,
+        help="Label Studio ML backend (/ls): Label Studio's address to read task images from "
+        "(default: the hostname Label Studio sends to /ls/setup)",
+    )
+    label_studio_token: str | None = setting(
+        None,
+        help="Label Studio ML backend: the API token to read task images with (default: the one /ls/setup sends)",
+    )
+    label_studio_files: str | None = setting(
+        None,
+        help="Label Studio ML backend: the folder behind Label Studio's local-files storage "
+        "(LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT); `/data/local-files/?d=` images are read from it",
+    )
     max_images: int = setting(16, help="images per /segment request (400 above)")
     max_image_pixels: int = setting(
         DEFAULT_MAX_PIXELS, help="decoded image size cap, checked from the header before decoding (413 above)"

@@ -18,6 +18,7 @@ In order, before any route (or BentoML's own request parser) sees a request:
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -74,10 +75,19 @@ async def send_json(send: Send, status: int, body: dict, headers: list[tuple[byt
 
 
 def bearer_token(scope: Scope) -> bytes:
+    """The key a request presents: `Bearer <key>`, or, for the Label Studio backend (`/ls/...`,
+    whose connection settings offer basic auth only), the password of `Basic <user:key>`."""
     for name, value in scope.get("headers", []):
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
-            return token.strip() if scheme.lower() == b"bearer" else b""
+            if scheme.lower() == b"bearer":
+                return token.strip()
+            if scheme.lower() == b"basic" and scope["path"].startswith("/ls/"):
+                try:
+                    return base64.b64decode(token.strip(), validate=True).partition(b":")[2]
+                except ValueError:
+                    return b""
+            return b""
     return b""
 
 

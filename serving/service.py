@@ -85,6 +85,7 @@ from serving.codec import (
 from serving.config import ServiceConfig
 from serving.errors import ApiError, install_log_filter, normalize_body
 from serving.inputs import prompt_model, strict_options, weak_model
+from serving.label_studio import label_studio_app
 from serving.lanes import Lane
 from serving.middleware import GuardMiddleware, RouteSpec
 from serving.ui import ui_app
@@ -327,6 +328,9 @@ class SegmentationService:
     """Weak-label refinement, interactive SAM prompts and student inference over HTTP."""
 
     heavy = bentoml.depends(HeavyLane)
+    prompt_model = (
+        PromptIn  # one /predict prompt (limits from CONFIG); the Label Studio backend builds them too
+    )
     if CONFIG.student_checkpoint and CONFIG.batching:
         student_batcher = bentoml.depends(StudentBatcher)
 
@@ -506,6 +510,10 @@ class SegmentationService:
             options["detector"] = c.detector
         return options
 
+    def refine_options(self, method: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A refinement's options checked and completed (`_model_paths`, the engine's defaults)."""
+        return backend_defaults(method, self.engine.name, self._model_paths(method, options or {}))
+
     # -- routes ---------------------------------------------------------------------------------
     @bentoml.api(route="/embed")
     async def embed(self, image: ImageFile) -> dict:
@@ -573,18 +581,16 @@ class SegmentationService:
     ) -> dict:
         """Weak labels -> a dense label map (255 = unlabeled), as `sesam refine` computes it for
         an image within `refine_side` (a larger one is refined at that side, see the module)."""
-        opts = backend_defaults(method, self.engine.name, self._model_paths(method, options or {}))
-        request = {
-            "image": await anyio.Path(image).read_bytes(),
-            "weak": weak.model_dump(exclude_none=True) if weak is not None else {},
-            "coarse": await anyio.Path(coarse_mask[0]).read_bytes() if coarse_mask else None,
-            "method": method,
-            "options": opts,
-            "label_format": label_format,
-            "num_classes": num_classes,
-        }
-        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-        out = await self._heavy(lambda at: self.heavy.to_async.refine(request=payload, deadline_at=at))
+        opts = self.refine_options(method, options)
+        out = await self._refine_bytes(
+            await anyio.Path(image).read_bytes(),
+            weak.model_dump(exclude_none=True) if weak is not None else {},
+            await anyio.Path(coarse_mask[0]).read_bytes() if coarse_mask else None,
+            method,
+            opts,
+            label_format,
+            num_classes,
+        )
         return {
             "method": method,
             "options": opts,
@@ -594,6 +600,29 @@ class SegmentationService:
             "labels": out["labels"],
             "stats": out["stats"],
         }
+
+    async def _refine_bytes(
+        self,
+        image: bytes,
+        weak: dict[str, Any],
+        coarse: bytes | None,
+        method: str,
+        options: dict[str, Any],
+        label_format: str,
+        num_classes: int | None,
+    ) -> dict[str, Any]:
+        """Refine in the heavy lane: {labels (encoded as `label_format`), stats, width, height}."""
+        request = {
+            "image": image,
+            "weak": weak,
+            "coarse": coarse,
+            "method": method,
+            "options": options,
+            "label_format": label_format,
+            "num_classes": num_classes,
+        }
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        return await self._heavy(lambda at: self.heavy.to_async.refine(request=payload, deadline_at=at))
 
     async def _student_meta(self) -> dict:
         if self.student_meta is None:
@@ -638,21 +667,7 @@ class SegmentationService:
                 400, f"images: {len(images)} images exceed the limit of {self.config.max_images}", "images"
             )
         datas = [await anyio.Path(p).read_bytes() for p in images]
-        if self.student is not None:
-            pixels, answers = await self.segment_lane.run(
-                self._segment_local, datas, min_score, budget_s=self.config.light_timeout_s
-            )
-        else:
-            pixels = await self.segment_lane.run(
-                lambda: [read_pixels(d, f"images[{i}]") for i, d in enumerate(datas)],
-                budget_s=self.config.light_timeout_s,
-            )
-            batcher = self.student_batcher.to_async
-            if task == "semantic":
-                answers = await self._batched(batcher.label_maps, pixels)
-            else:
-                items = [{"image": p, "min_score": min_score} for p in pixels]
-                answers = await self._batched(batcher.instances, items)
+        meta, pixels, answers = await self._student_answers(datas, min_score)
         results = []
         for image, answer in zip(pixels, answers, strict=True):
             h, w = image.shape[:2]
@@ -676,6 +691,25 @@ class SegmentationService:
             "format": label_format if task == "semantic" else mask_format,
             "results": results,
         }
+
+    async def _student_answers(self, datas: list[bytes], min_score: float) -> tuple[dict, list, list]:
+        """(student meta, decoded images, answers) for image files, in the segment lane or through
+        the batcher (`student_answers` gives the answers' shape)."""
+        meta = await self._student_meta()
+        if self.student is not None:
+            pixels, answers = await self.segment_lane.run(
+                self._segment_local, datas, min_score, budget_s=self.config.light_timeout_s
+            )
+            return meta, pixels, answers
+        pixels = await self.segment_lane.run(
+            lambda: [read_pixels(d, f"images[{i}]") for i, d in enumerate(datas)],
+            budget_s=self.config.light_timeout_s,
+        )
+        batcher = self.student_batcher.to_async
+        if meta["task"] == "semantic":
+            return meta, pixels, await self._batched(batcher.label_maps, pixels)
+        items = [{"image": p, "min_score": min_score} for p in pixels]
+        return meta, pixels, await self._batched(batcher.instances, items)
 
     async def _batched(self, call: Callable, batch: list) -> list:
         budget = self.config.light_timeout_s
@@ -762,3 +796,4 @@ SegmentationService.add_asgi_middleware(
     retry_after_s=CONFIG.retry_after_s,
 )
 SegmentationService.mount_asgi_app(ui_app(), path="/ui", name="ui")
+SegmentationService.mount_asgi_app(label_studio_app(), path="/ls", name="label-studio")
