@@ -110,11 +110,12 @@ def add_remote_options(parser: argparse.ArgumentParser, remote) -> None:
 
 
 def run_remote_refine(args: argparse.Namespace) -> int:
-    from models.jobs.cli import labeler_options, refine_run_from_args, report_refine_summary
+    from models.jobs.cli import labeler_options, refine_run_from_args, report_refine_summary, stage_weak_args
     from serving.client import SesamClient
     from serving.remote import refine_folder_remote
 
     args.backend_name = "remote"  # the server applies its own backend's defaults
+    stage_weak_args(args)  # an export is read here; the server gets schema weak labels
     run = refine_run_from_args(args, labeler_options(args))
     api_key = args.api_key or os.environ.get("SESAM_API_KEY") or None
     with SesamClient(args.endpoint, api_key=api_key, retries=args.retries) as client:

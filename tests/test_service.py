@@ -518,6 +518,25 @@ def test_refine_through_endpoint_equals_in_process(server, scene, tmp_path) -> N
         served = np.array(Image.open(tmp_path / "remote" / f"{stem}.png"))
         assert np.array_equal(local, served), stem
     assert main([*remote[:-2], "--api-key", "wrong-key-000000", "--overwrite", "--retries", "0"]) == 1
+    # a labeling tool's export through the endpoint: staged on the client, refined as in-process
+    xml = (
+        "<annotations><meta><task><labels><label><name>red</name></label><label><name>blue</name></label>"
+        '</labels></task></meta><image id="7" name="a.png" width="480" height="360">'
+        '<box label="red" xtl="50" ytl="60" xbr="200" ybr="200"/><box label="blue" xtl="300" ytl="20" xbr="460" ybr="120"/>'
+        "</image></annotations>"
+    )
+    (tmp_path / "export.xml").write_text(xml)
+    only_a = tmp_path / "only_a"
+    only_a.mkdir()
+    (only_a / "a.png").write_bytes((images / "a.png").read_bytes())
+    export = ["refine", "--images", str(only_a), "--weak", str(tmp_path / "export.xml"), "--quiet"]
+    assert main([*export, "--out", str(tmp_path / "xl"), "--backend", "classical"]) == 0
+    assert main([*export, "--out", str(tmp_path / "xr"), "--endpoint", url, "--api-key", API_KEY]) == 0
+    local = np.array(Image.open(tmp_path / "xl" / "a.png"))
+    served = np.array(Image.open(tmp_path / "xr" / "a.png"))
+    assert np.array_equal(local, served) and set(np.unique(served)) >= {0, 1}
+    coco = json.loads((tmp_path / "xr" / "coco.json").read_text())
+    assert coco["images"][0]["id"] == 7 and [c["name"] for c in coco["categories"]] == ["red", "blue"]
 
 
 def test_service_config_from_yaml_and_env(tmp_path) -> None:

@@ -272,19 +272,28 @@ def run_cam(args: argparse.Namespace) -> int:
     return report_summary(summary, "cam")
 
 
+def stage_weak_args(args: argparse.Namespace) -> None:
+    """`--weak` as a folder of weak labels: a labeling tool's export (`--weak-format`, a .xml is
+    CVAT) is staged under `--out` first; its class count bounds `--num-classes` when not given.
+    Shared by in-process and `--endpoint` runs."""
+    from models.jobs.refine import stage_weak_labels
+
+    weak_format = args.weak_format or ("cvat" if Path(args.weak).suffix.lower() == ".xml" else "folder")
+    args.weak, class_names = stage_weak_labels(Path(args.weak), weak_format, Path(args.out))
+    if class_names is not None and args.num_classes is None:
+        args.num_classes = len(class_names)
+
+
 def run_refine(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from models.jobs.refine import BuildRefineOne, process_folder, stage_weak_labels
+    from models.jobs.refine import BuildRefineOne, process_folder
 
     config = engine_config_from_args(args)
     engine = build_engine(config)
     args.backend_name = engine.name
     options = labeler_options(args)
-    weak_format = args.weak_format or ("cvat" if Path(args.weak).suffix.lower() == ".xml" else "folder")
-    args.weak, class_names = stage_weak_labels(Path(args.weak), weak_format, Path(args.out))
-    if class_names is not None and args.num_classes is None:
-        args.num_classes = len(class_names)
+    stage_weak_args(args)
     run = refine_run_from_args(args, options)
     ray = ray_options_from_args(args)
     if ray is not None:  # every actor builds its own engine and labeler from the same settings
