@@ -5,7 +5,7 @@ For each engine (default: the weight-free classical prior, and SAM ViT-B exporte
 random weights — speed does not depend on the weights — run by ONNX Runtime) it starts `bentoml
 serve` and plays one labeling session of `--clicks` clicks on a Penn-Fudan pedestrian: a positive
 click inside the person, then alternately negative (outside) and positive (inside), each click's
-prompt holding every click so far, as a person clicks:
+prompt holding every click so far, as a person clicks (each path on a fresh server, so nothing is cached before its first click):
 
 - the baseline: the same engine in this process, `engine.predict` on a cached embedding (no HTTP);
 - the page: `/predict` with the image_id, all clicks, and `mask_input_id` from the answer before
@@ -99,14 +99,17 @@ def in_process(env: dict[str, str], pixels: np.ndarray, points: list, labels: li
     return seconds
 
 
-def served(env: dict[str, str], data: bytes, size: tuple[int, int], points: list, labels: list) -> dict:
-    """(page seconds, Label Studio seconds) per click through a running service."""
-    h, w = size
+def served(
+    env: dict[str, str], data: bytes, size: tuple[int, int], points: list, labels: list, path: str
+) -> dict:
+    """Seconds per click through a fresh service (nothing cached): the page's path or Label Studio's."""
     port = free_port()
     proc = start_server(port, env)
     files, host = serve_file(data)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as http:
+            if path == "ls":
+                return {"ls": label_studio_session(http, host, size, points, labels)}
             t0 = time.perf_counter()
             image_id = http.post("/embed", files={"image": ("ped.png", data, "image/png")}).json()["image_id"]
             page_embed, page, logits_id = time.perf_counter() - t0, [], None
@@ -120,39 +123,42 @@ def served(env: dict[str, str], data: bytes, size: tuple[int, int], points: list
                 page.append(time.perf_counter() - t0)
                 answer.raise_for_status()
                 logits_id = answer.json()["predictions"][0]["logits_id"]
-            setup = {"project": "1.0", "schema": CONFIG, "hostname": host, "access_token": TOKEN}
-            http.post("/ls/setup", json=setup).raise_for_status()
-            ls = []
-            for k in range(1, len(points) + 1):
-                regions = [
-                    {
-                        "type": "keypointlabels",
-                        "original_width": w,
-                        "original_height": h,
-                        "is_positive": bool(labels[i]),
-                        "value": {
-                            "x": 100 * x / w,
-                            "y": 100 * y / h,
-                            "width": 0.5,
-                            "keypointlabels": ["person"],
-                        },
-                    }
-                    for i, (x, y) in enumerate(points[:k])
-                ]
-                body = {
-                    "tasks": [{"id": 1, "data": {"image": "/data/upload/1/ped.png"}}],
-                    "project": "1.0",
-                    "label_config": CONFIG,
-                    "params": {"context": {"result": regions}},
-                }
-                t0 = time.perf_counter()
-                http.post("/ls/predict", json=body).raise_for_status()
-                ls.append(time.perf_counter() - t0)
-            return {"page_embed": page_embed, "page": page, "ls": ls}
+            return {"page_embed": page_embed, "page": page}
     finally:
         files.shutdown()
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def label_studio_session(
+    http: httpx.Client, host: str, size: tuple[int, int], points: list, labels: list
+) -> list[float]:
+    """Seconds per interactive /ls/predict; the context holds every click so far as a keypoint."""
+    h, w = size
+    setup = {"project": "1.0", "schema": CONFIG, "hostname": host, "access_token": TOKEN}
+    http.post("/ls/setup", json=setup).raise_for_status()
+    seconds = []
+    for k in range(1, len(points) + 1):
+        regions = [
+            {
+                "type": "keypointlabels",
+                "original_width": w,
+                "original_height": h,
+                "is_positive": bool(labels[i]),
+                "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.5, "keypointlabels": ["person"]},
+            }
+            for i, (x, y) in enumerate(points[:k])
+        ]
+        body = {
+            "tasks": [{"id": 1, "data": {"image": "/data/upload/1/ped.png"}}],
+            "project": "1.0",
+            "label_config": CONFIG,
+            "params": {"context": {"result": regions}},
+        }
+        t0 = time.perf_counter()
+        http.post("/ls/predict", json=body).raise_for_status()
+        seconds.append(time.perf_counter() - t0)
+    return seconds
 
 
 def ms(seconds: list[float]) -> tuple[str, str]:
@@ -191,7 +197,8 @@ def main() -> None:
                 env["SESAM_EXPORT_DIR"] = str(export)
                 name = "SAM ViT-B, ONNX Runtime (random weights)"
             base = in_process(env, pixels, points, labels)
-            got = served(env, data, pixels.shape[:2], points, labels)
+            got = served(env, data, pixels.shape[:2], points, labels, "page")
+            got |= served(env, data, pixels.shape[:2], points, labels, "ls")
             rows.append(
                 [name, "engine.predict in-process (baseline)", *ms(base[1:]), f"{1000 * base[0]:.0f}"]
             )
