@@ -17,6 +17,8 @@ Routes (all POST; multipart when an image file is sent):
               polygons, class, score, box), from a .pt checkpoint or an export directory (ONNX
               Runtime / TensorRT).
 - `/info`     engine info (backend, cache, counters), limits, lanes, logits cache, student, batching.
+- `/ls/...`    a Label Studio ML backend on the same models (`serving.label_studio`).
+- `/ui/`       the click-to-mask page (`serving.ui`: static files over /embed and /predict).
 - BentoML's `/livez`, `/readyz` (ready once every service has loaded and warmed up its models) and
   `/metrics`.
 
