@@ -46,9 +46,13 @@ def pedestrian() -> tuple[bytes, np.ndarray, list[np.ndarray]]:
     return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), list(sample.masks)
 
 
+GETS: dict[str, int] = {}  # path -> downloads the image host served
+
+
 @pytest.fixture(scope="module")
 def image_host(pedestrian) -> Iterator[str]:
-    """Serves the image at /data/upload/1/ped.png to `Authorization: Token TOKEN` only (401 else)."""
+    """Serves the image at /data/upload/<n>/ped.png to `Authorization: Token TOKEN` only (401
+    else), counting downloads per path in GETS."""
     data = pedestrian[0]
 
     class Handler(BaseHTTPRequestHandler):
@@ -57,10 +61,12 @@ def image_host(pedestrian) -> Iterator[str]:
                 self.send_response(401)
                 self.end_headers()
                 return
-            if self.path != "/data/upload/1/ped.png":
+            parts = self.path.split("/")
+            if len(parts) != 5 or parts[:3] != ["", "data", "upload"] or parts[4] != "ped.png":
                 self.send_response(404)
                 self.end_headers()
                 return
+            GETS[self.path] = GETS.get(self.path, 0) + 1
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -198,9 +204,10 @@ def test_interactive_clicks_and_boxes_are_predicts_best_mask(
         ),
         ([rectangle(box, w, h)], {"box": list(box)}),
     ]
+    url = "/data/upload/77/ped.png"  # a task no other test reads
     for regions, prompt in requests:
         body = {
-            "tasks": [task()],
+            "tasks": [task(url)],
             "project": "1.5",
             "label_config": CONFIG,
             "params": {"context": {"result": regions}},
@@ -215,6 +222,7 @@ def test_interactive_clicks_and_boxes_are_predicts_best_mask(
         assert (
             answer["score"] == pytest.approx(iou, abs=1e-6) and answer["model_version"] == "sesam-classical"
         )
+    assert GETS[url] == 1  # three requests on one task: its image read and embedded once
 
 
 def test_batch_predictions_refine_the_tasks_annotations(served: str, image_host: str, pedestrian) -> None:
