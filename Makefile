@@ -51,7 +51,8 @@ install: $(STAMP)
 # Debian's chromium and chromium-driver for tests/test_ui_browser.py (apt, as root; no browser download
 # at run time). Without them that test fails and names this target.
 install-browser:
-	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium chromium-driver >/dev/null; } \
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && { apt-get install -y -q chromium chromium-driver >/dev/null \
+		|| { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }; } \
 		|| echo "chromium not installed (needs root for apt): tests/test_ui_browser.py will fail"
 
 $(LS_STAMP):
