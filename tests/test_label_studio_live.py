@@ -13,7 +13,11 @@ then "Retrieve predictions", a smart keypoint and a smart rectangle. Checked her
   the same click and box (converted from Label Studio's percent coordinates), on the brush label named
   like the clicked label, else on the first brush label;
 - accepting the keypoint's mask (ANNOTATION_CREATED) and "Start training" (START_TRAINING) reach the
-  backend's /ls/webhook and get a 2xx.
+  backend's /ls/webhook and get a 2xx;
+- Label Studio's own web UI shows the stored prediction: Debian's chromium (headless, selenium) logs in,
+  opens the task, clicks the prediction's tab and waits until the image and every brush mask are drawn;
+  the page is kept as a test artifact, runs/test-artifacts/label_studio_prediction.png (runs/ is
+  git-ignored; docs/images/labeling_label_studio.png is a crop of one).
 
 Label Studio's first start migrates its database (26-88 s on 2 cores); the migrated database is kept
 under runs/cache/label-studio-<version>/ (git-ignored; delete it to migrate afresh) and copied into a
@@ -21,7 +25,8 @@ temp dir on later runs. Everything started is stopped and every temp dir deleted
 
 Time on 2 CPU cores (2026-12, another test session busy on the same machine): 20-31 s with a warm
 cache (both servers ready in 12-17 s, side by side; the driver 4.5 s), 43 s with a cold one (Label
-Studio ready in 34 s).
+Studio ready in 34 s), before the screenshot; it adds 9-12 s (chromium, the login, the labeling view),
+55 s in all on a warm run whose servers took 31 s to be ready.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -517,3 +522,145 @@ def test_driver_ran_clean(live: Live, driven: dict) -> None:
     assert len(backends) == 1 and backends[0]["state"] == "CO", backends
     assert backends[0]["url"] == f"{live.service_url}/ls"
     assert driven["task"]["data"]["image"].startswith("/data/upload/")
+
+
+# -- the prediction in Label Studio's own labeling view (chromium headless) ---------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = REPO / "runs" / "test-artifacts" / "label_studio_prediction.png"
+VIEWPORT = (1400, 900)  # the page (and the screenshot) in CSS pixels
+UI_WAIT_S = 180  # per step; a few seconds when the machine is idle
+# what the labeling view shows: the task's image loaded at its size, the tab that is selected and how many
+# of the stage's (Konva) canvases hold a drawn pixel (each brush region is drawn on its own layer)
+UI_STATE_JS = """
+const [width, height] = arguments;
+const image = [...document.images].some((im) => im.complete && im.naturalWidth === width
+  && im.naturalHeight === height && im.getBoundingClientRect().width > 300);
+let drawn = 0;
+for (const canvas of document.querySelectorAll('.konvajs-content canvas')) {
+  if (!canvas.width || !canvas.height) continue;
+  const alpha = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  for (let k = 3; k < alpha.length; k += 4) if (alpha[k]) { drawn++; break; }
+}
+const selected = document.querySelector('.lsf-annotation-button_selected');
+const prediction = selected !== null && selected.querySelector('[title^="Prediction score"]') !== null;
+return {image, drawn, prediction, tab: selected ? selected.innerText.replace(/\\s+/g, ' ') : null};
+"""
+
+
+@contextlib.contextmanager
+def _chromium() -> Iterator:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"{' and '.join(missing)} not found: run `make install-browser` (Debian's chromium and "
+            "chromium-driver) for the Label Studio screenshot",
+            pytrace=False,
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    # --window-size counts the window's frame: grow it so that the page itself gets VIEWPORT
+    frame = driver.execute_script(
+        "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]"
+    )
+    driver.set_window_size(VIEWPORT[0] + max(frame[0], 0), VIEWPORT[1] + max(frame[1], 0))
+    driver.set_page_load_timeout(UI_WAIT_S)
+    driver.set_script_timeout(UI_WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _until(driver, condition, what: str | Callable[[], str], live: Live):
+    """condition(driver)'s first truthy value within UI_WAIT_S, else a failure saying `what` (or what it
+    returns), with the page as it was kept in SCREENSHOT."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, UI_WAIT_S, poll_frequency=0.5).until(condition)
+    except TimeoutException:
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOT))
+        what = what() if callable(what) else what
+        body = driver.execute_script("return document.body ? document.body.innerText : ''") or ""
+        pytest.fail(
+            f"Label Studio's web UI: {what} within {UI_WAIT_S} s (at {driver.current_url}; the page as "
+            f"it was: {SCREENSHOT}); its text begins:\n{body[:1500]}\n{_logs(live)}",
+            pytrace=False,
+        )
+
+
+def test_label_studio_shows_the_prediction(live: Live, car: Scene, driven: dict) -> None:
+    """Label Studio's own labeling view, in chromium (headless, selenium): logged in through /user/login/,
+    the task opened in the data manager (`/projects/<id>/data?task=<id>`), the stored prediction's tab
+    clicked; once the image is loaded and every brush mask of the prediction is drawn on the stage, the
+    page is kept as a test artifact: runs/test-artifacts/label_studio_prediction.png (runs/ is
+    git-ignored; docs/images/labeling_label_studio.png is a crop of one). A prediction the UI does not
+    show in UI_WAIT_S fails the test."""
+    record = _step(driven, "retrieve", live)
+    brushes = [r for p in record["predictions"] for r in p["result"] if r.get("type") == "brushlabels"]
+    assert brushes, f"no brushlabels in the stored prediction: {json.dumps(record)[:2000]}"
+    project, task = driven["project"], driven["task"]["id"]
+
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.by import By
+
+    started = time.monotonic()
+    with _chromium() as driver:
+        driver.get(f"{live.ls.url}/user/login/")
+        email = _until(driver, lambda d: d.find_element(By.NAME, "email"), "no login form", live)
+        email.send_keys(CREDENTIALS["username"])
+        driver.find_element(By.NAME, "password").send_keys(CREDENTIALS["password"])
+        driver.find_element(By.CSS_SELECTOR, "form [type=submit]").click()
+        _until(driver, lambda d: "/user/login" not in d.current_url, "the login did not go through", live)
+
+        driver.get(f"{live.ls.url}/projects/{project}/data?tab=1&task={task}")
+        tab = _until(
+            driver,
+            lambda d: d.find_element(
+                By.XPATH,
+                "//*[contains(concat(' ', @class, ' '), ' lsf-annotation-button ')]"
+                "[.//*[starts-with(@title, 'Prediction score')]]",
+            ),
+            f"no tab for the stored prediction in the labeling view of task {task}",
+            live,
+        )
+        tab.click()
+        pointer = ActionBuilder(driver)  # off the tab, onto the page's header: no tooltip over the image
+        pointer.pointer_action.move_to_location(VIEWPORT[0] // 2, 8)
+        pointer.perform()
+
+        last: dict = {}
+
+        def shown(d) -> bool:
+            last.update(d.execute_script(UI_STATE_JS, car.width, car.height))
+            return last["image"] and last["prediction"] and last["drawn"] >= len(brushes)
+
+        _until(
+            driver,
+            shown,
+            lambda: (
+                f"the image and the prediction's {len(brushes)} brush masks were not drawn (last: {last})"
+            ),
+            live,
+        )
+        time.sleep(1)  # the last layer's fade-in
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOT))
+    live.timings["screenshot"] = time.monotonic() - started
+    print("label studio screenshot:", SCREENSHOT, f"{live.timings['screenshot']:.1f} s")
+    with Image.open(SCREENSHOT) as shot:
+        assert shot.width >= 1000 and shot.height >= 600, shot.size
