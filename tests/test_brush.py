@@ -57,3 +57,5 @@ def test_brush_result_shape() -> None:
     assert (r["original_width"], r["original_height"], r["score"]) == (6, 4, 0.876543)
     assert r["value"]["brushlabels"] == ["car"] and r["value"]["format"] == "rle"
     assert np.array_equal(decode_brush(r["value"]["rle"], 4, 6), mask)
+    assert brush_result(mask, "car", "tag", "image")["id"] == r["id"]  # the same answer, the same id
+    assert brush_result(mask, "bus", "tag", "image")["id"] != r["id"]

@@ -17,7 +17,7 @@ channels has no run shorter than 4), in the widest field a run needs.
 
 from __future__ import annotations
 
-import uuid
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -115,15 +115,18 @@ def brush_result(
 ) -> dict[str, Any]:
     """One Label Studio `brushlabels` result for an HxW mask on `label`."""
     h, w = mask.shape
+    rle = encode_brush(mask)
+    # an id from the content, so that the same answer is written the same way (resume, diffs)
+    digest = hashlib.sha1(f"{from_name}/{to_name}/{label}/{w}x{h}/".encode() + bytes(rle)).hexdigest()
     result: dict[str, Any] = {
-        "id": uuid.uuid4().hex[:10],
+        "id": digest[:10],
         "type": "brushlabels",
         "from_name": from_name,
         "to_name": to_name,
         "original_width": int(w),
         "original_height": int(h),
         "image_rotation": 0,
-        "value": {"format": "rle", "rle": encode_brush(mask), "brushlabels": [label]},
+        "value": {"format": "rle", "rle": rle, "brushlabels": [label]},
     }
     if score is not None:
         result["score"] = round(float(score), 6)
