@@ -14,6 +14,7 @@ SERVE_PY := $(SERVE_VENV)/bin/python
 SERVE_STAMP := $(SERVE_VENV)/.installed-$(PYPROJECT_HASH)
 # torch first, pinned to the builds available offline on this machine class (see README)
 TORCH := "torch==2.14.1" "torchvision==0.29.1"
+SAM2 := "sam2==1.1.0"
 export BENTOML_DO_NOT_TRACK := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -33,6 +34,9 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[dev]"
+	# SAM 2.1 (backend sam2): after torch, without build isolation (else pip builds against a second
+	# torch for minutes) and without its optional CUDA extension
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation $(SAM2)
 	# a real tritonserver for tests/test_triton_live.py, kept out of the venv (pytriton pins numpy<2)
 	$(PIP) install -q --no-deps --target $(TRITON_HOME) "nvidia-pytriton==0.7.0" \
 		|| echo "tritonserver not installed: the live Triton tests will skip"
@@ -44,6 +48,7 @@ $(SERVE_PY):
 $(SERVE_STAMP): pyproject.toml | $(SERVE_PY)
 	$(SERVE_PY) -m pip install -q $(TORCH)
 	$(SERVE_PY) -m pip install -q -e ".[serve]"
+	SAM2_BUILD_CUDA=0 $(SERVE_PY) -m pip install -q --no-build-isolation $(SAM2)
 	rm -f $(SERVE_VENV)/.installed-* && touch $@
 
 install: $(STAMP)

@@ -36,6 +36,9 @@ def engine(request):
 TESTED_ELSEWHERE = {
     "tensorrt": ("test_export.py", "TensorRTSamEngine"),  # gpu-marked
     "triton": ("test_triton_live.py", 'backend="triton"'),  # against a live tritonserver
+    # parity with SAM2ImagePredictor (hiera t and b+), caching, factory; its encoder is too slow to
+    # run every contract case here
+    "sam2": ("test_sam2_parity.py", "Sam2Engine"),
 }
 
 

@@ -26,9 +26,23 @@ class EngineConfig:
         "classical, classical-regions, torch, onnx, tensorrt, triton",
     )
     sam_type: str = setting(
-        "vit_b", help="vit_b, vit_l, vit_h (official), or tiny (random seeded weights, tests)"
+        "vit_b",
+        help="SAM 1: vit_b, vit_l, vit_h (official), or tiny (random seeded weights, tests); SAM 2.1 "
+        "(backend sam2): sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l",
     )
-    sam_checkpoint: str | None = setting(None, help="path to an official SAM checkpoint (torch backend)")
+    sam_checkpoint: str | None = setting(
+        None, help="path to an official SAM checkpoint (torch backend) or SAM 2.1 checkpoint (sam2 backend)"
+    )
+    sam_checkpoint_sha256: str | None = setting(
+        None,
+        help="sam2: the checkpoint file's expected sha256, checked before loading (SAM 1 files are checked by "
+        "the hash prefix in their official names)",
+    )
+    random_weights: int | None = setting(
+        None,
+        help="sam2: build with random weights from this seed instead of a checkpoint (tests and speed "
+        "benchmarks only: its masks mean nothing)",
+    )
     device: str = setting(
         "cpu",
         help="torch: where SAM runs and its embeddings are cached; auto (CUDA when present), cpu, cuda or "
@@ -67,7 +81,9 @@ class EngineConfig:
         if self.backend != "auto":
             return self.backend
         if self.sam_checkpoint:
-            return "torch"
+            from models.engine.modeling.sam2_build import is_sam2_type
+
+            return "sam2" if is_sam2_type(self.sam_type) else "torch"
         return "onnx" if self.export_dir else "classical"
 
     @classmethod
@@ -177,6 +193,36 @@ def _build_torch(config: EngineConfig) -> CachedSegmenter:
     )
 
 
+def _build_sam2(config: EngineConfig) -> CachedSegmenter:
+    from models.engine.modeling.sam2_build import SAM2_CONFIGS
+    from models.engine.sam2_torch import Sam2Engine
+
+    lookup(SAM2_CONFIGS, config.sam_type, "SAM 2.1 sam_type")
+    if not config.sam_checkpoint and config.random_weights is None:
+        raise ValueError(
+            f"backend sam2 with {config.sam_type} needs sam_checkpoint (e.g. SESAM_SAM_CHECKPOINT="
+            "/path/sam2.1_hiera_tiny.pt), or random_weights=SEED for tests and speed benchmarks"
+        )
+    if config.sam_checkpoint and config.random_weights is not None:
+        raise ValueError("sam2: give sam_checkpoint or random_weights, not both")
+    from models.engine.modeling.sam2_build import build_sam2_model
+
+    model = build_sam2_model(
+        config.sam_type,
+        config.sam_checkpoint,
+        config.sam_checkpoint_sha256,
+        random_seed=config.random_weights or 0,
+    )
+    return Sam2Engine(
+        model,
+        name=config.sam_type,
+        device=resolve_device(config.device),
+        cache_bytes=config.cache_bytes,
+        max_prompts=config.max_prompts,
+        working_side=config.resolved_working_side(),
+    )
+
+
 def _needs_export_dir(config: EngineConfig, backend: str) -> str:
     if not config.export_dir:
         raise ValueError(
@@ -228,6 +274,7 @@ ENGINE_BACKENDS: dict[str, Callable[[EngineConfig], CachedSegmenter]] = {
     "classical": _build_classical,
     "classical-regions": _build_regions,
     "torch": _build_torch,
+    "sam2": _build_sam2,
     "onnx": _build_onnx,
     "tensorrt": _build_tensorrt,
     "triton": _build_triton,

@@ -2,6 +2,7 @@
 
 SAM's low-res masks live in its padded frame: the image's longest side scaled to 256, the rest
 padded at the bottom/right. These helpers let a plain mask be used as a `Prompt(mask_logits=...)`.
+SAM 2 keeps its own frame (the image stretched to 256x256): `engine_mask_logits` asks the engine.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ def mask_to_low_res(mask: np.ndarray, value: float = MASK_LOGIT) -> np.ndarray:
     out = np.full((1, LOW_RES, LOW_RES), -value, dtype=np.float32)
     out[0, :ch, :cw] = np.where(small >= 0.5, value, -value)
     return out
+
+
+def engine_mask_logits(engine: object, mask: np.ndarray) -> np.ndarray:
+    """HxW bool -> a 1x256x256 mask prompt in `engine`'s low-res frame: its `mask_logits` when it has
+    one (SAM 2), else SAM 1's padded frame (`mask_to_low_res`; the classical priors read that too)."""
+    own = getattr(engine, "mask_logits", None)
+    return own(mask) if callable(own) else mask_to_low_res(mask)
 
 
 def upsample_low_res(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -16,7 +16,8 @@ class Prompt:
     """One prompt; coordinates are ORIGINAL image pixels (x, y).
 
     points: Nx2 float, labels: N int (1 positive, 0 negative), box: 4 float (x0, y0, x1, y1),
-    mask_logits: 1x256x256 low-res logits from an earlier prediction (`Predictions.low_res_logits`).
+    mask_logits: 1x256x256 low-res logits in the engine's frame: from an earlier prediction
+    (`Predictions.low_res_logits`) or a mask (`models.engine.lowres.engine_mask_logits`).
     Any non-empty combination is allowed.
     """
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from models.config import setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
-from models.engine.lowres import mask_to_low_res
+from models.engine.lowres import engine_mask_logits
 from models.io import UNLABELED
 from models.labels.common import RefineResult, box_clip, ensure_handle, predict_chunks, sparse_prompts
 from models.labels.merge import OVERLAP_RULES, Instance, merge_instances
@@ -47,7 +47,7 @@ class NaiveLabeler:
         if weak.coarse is not None:
             for c in np.unique(weak.coarse):
                 if c != UNLABELED:
-                    prompts.append(Prompt(mask_logits=mask_to_low_res(weak.coarse == c)))
+                    prompts.append(Prompt(mask_logits=engine_mask_logits(self.engine, weak.coarse == c)))
                     origin.append(("coarse", -1, int(c)))
         instances = []
         for start, out in predict_chunks(self.engine, handle, prompts, result):

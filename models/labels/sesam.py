@@ -26,7 +26,7 @@ import numpy as np
 
 from models.config import lookup, setting
 from models.engine import ImageHandle, Prompt, PromptableSegmenter
-from models.engine.lowres import mask_to_low_res
+from models.engine.lowres import engine_mask_logits
 from models.io import UNLABELED
 from models.labels.common import (
     RefineResult,
@@ -182,7 +182,7 @@ class SeSAMLabeler:
             rows, cols = np.flatnonzero(component.any(1)), np.flatnonzero(component.any(0))
             return Prompt(box=[cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
         if o.prompt == "mask":
-            return Prompt(mask_logits=mask_to_low_res(component))
+            return Prompt(mask_logits=engine_mask_logits(self.engine, component))
         pts = lookup(SAMPLERS, o.sampling, "sampling")(component, o.k, rng, confidence)
         return Prompt(points=pts, labels=np.ones(len(pts), dtype=int))
 
