@@ -183,6 +183,14 @@ class ServiceConfig:
             raise ValueError(f"{source}: light_slots must be >= 1, got {self.light_slots}")
         if not 0 <= self.heavy_nice <= 19:
             raise ValueError(f"{source}: heavy_nice must lie in [0, 19], got {self.heavy_nice}")
+        if self.label_studio_token and not self.label_studio_url:
+            raise ValueError(
+                f"{source}: label_studio_token needs label_studio_url (the token is only ever sent there)"
+            )
+        if self.label_studio_url and not self.label_studio_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{source}: label_studio_url must be an http(s) URL, got {self.label_studio_url!r}"
+            )
         for name in ("logits_cache_bytes", "max_latency_ms", "light_queue", "heavy_queue"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{source}: {name} must be >= 0, got {getattr(self, name)}")

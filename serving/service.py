@@ -330,9 +330,8 @@ class SegmentationService:
     """Weak-label refinement, interactive SAM prompts and student inference over HTTP."""
 
     heavy = bentoml.depends(HeavyLane)
-    prompt_model = (
-        PromptIn  # one /predict prompt (limits from CONFIG); the Label Studio backend builds them too
-    )
+    # one /predict prompt (limits from CONFIG); the Label Studio backend builds them too
+    prompt_model = PromptIn
     if CONFIG.student_checkpoint and CONFIG.batching:
         student_batcher = bentoml.depends(StudentBatcher)
 
@@ -394,7 +393,7 @@ class SegmentationService:
             raise ApiError(reply[1], reply[2], reply[3])
         return reply[1]
 
-    async def _handle_for_upload(self, data: bytes, field: str) -> tuple[ImageHandle, bool]:
+    async def handle_for_upload(self, data: bytes, field: str) -> tuple[ImageHandle, bool]:
         """The embedding of an uploaded image: from the cache, else from the heavy lane."""
         file_key = hashlib.sha256(data).hexdigest()
         with self._keys_lock:
@@ -411,7 +410,7 @@ class SegmentationService:
                 self._file_keys.popitem(last=False)
         return ImageHandle(out["key"], tuple(out["size"]), self.engine.name, out["payload"]), False
 
-    def _prompts(self, prompts: list[Any], handle: ImageHandle) -> list[Prompt]:
+    def to_prompts(self, prompts: list[Any], handle: ImageHandle) -> list[Prompt]:
         out = []
         for i, p in enumerate(prompts):
             mask_logits = None
@@ -449,7 +448,7 @@ class SegmentationService:
             ) from None
         return out
 
-    def _decode(
+    def decode_prompts(
         self, handle: ImageHandle, prompts: list[Prompt], multimask: bool, mask_format: str
     ) -> list[dict]:
         """Decode in chunks whose full-size masks stay under max_mask_bytes; encode each chunk's
@@ -521,7 +520,7 @@ class SegmentationService:
     async def embed(self, image: ImageFile) -> dict:
         """Embed an image once; later /predict calls may send its image_id instead of the pixels."""
         data = await anyio.Path(image).read_bytes()
-        handle, cached = await self._handle_for_upload(data, "image")
+        handle, cached = await self.handle_for_upload(data, "image")
         h, w = handle.original_size
         return {
             "image_id": handle.key,
@@ -547,7 +546,7 @@ class SegmentationService:
                 400, "image: send exactly one of image (a file) or image_id (from /embed)", "image"
             )
         if image:
-            handle, _ = await self._handle_for_upload(await anyio.Path(image[0]).read_bytes(), "image")
+            handle, _ = await self.handle_for_upload(await anyio.Path(image[0]).read_bytes(), "image")
         else:
             handle = self.engine.lookup(image_id)
             if handle is None:
@@ -556,9 +555,9 @@ class SegmentationService:
                     f"image_id: {image_id!r} is unknown or was evicted; POST the image to /embed",
                     "image_id",
                 )
-        converted = self._prompts(prompts, handle)
+        converted = self.to_prompts(prompts, handle)
         predictions = await self.predict_lane.run(
-            self._decode, handle, converted, multimask, mask_format, budget_s=self.config.light_timeout_s
+            self.decode_prompts, handle, converted, multimask, mask_format, budget_s=self.config.light_timeout_s
         )
         h, w = handle.original_size
         return {
@@ -584,7 +583,7 @@ class SegmentationService:
         """Weak labels -> a dense label map (255 = unlabeled), as `sesam refine` computes it for
         an image within `refine_side` (a larger one is refined at that side, see the module)."""
         opts = self.refine_options(method, options)
-        out = await self._refine_bytes(
+        out = await self.refine_bytes(
             await anyio.Path(image).read_bytes(),
             weak.model_dump(exclude_none=True) if weak is not None else {},
             await anyio.Path(coarse_mask[0]).read_bytes() if coarse_mask else None,
@@ -603,7 +602,7 @@ class SegmentationService:
             "stats": out["stats"],
         }
 
-    async def _refine_bytes(
+    async def refine_bytes(
         self,
         image: bytes,
         weak: dict[str, Any],
@@ -669,7 +668,7 @@ class SegmentationService:
                 400, f"images: {len(images)} images exceed the limit of {self.config.max_images}", "images"
             )
         datas = [await anyio.Path(p).read_bytes() for p in images]
-        meta, pixels, answers = await self._student_answers(datas, min_score)
+        meta, pixels, answers = await self.student_answers_for(datas, min_score)
         results = []
         for image, answer in zip(pixels, answers, strict=True):
             h, w = image.shape[:2]
@@ -694,7 +693,7 @@ class SegmentationService:
             "results": results,
         }
 
-    async def _student_answers(self, datas: list[bytes], min_score: float) -> tuple[dict, list, list]:
+    async def student_answers_for(self, datas: list[bytes], min_score: float) -> tuple[dict, list, list]:
         """(student meta, decoded images, answers) for image files, in the segment lane or through
         the batcher (`student_answers` gives the answers' shape)."""
         meta = await self._student_meta()

@@ -45,8 +45,17 @@ def test_damaged_input_is_a_value_error() -> None:
     rle = encode_brush(np.ones((10, 10), bool))
     with pytest.raises(ValueError, match="ends early"):
         decode_brush_values(rle[:6])
-    with pytest.raises(ValueError, match="not 5x10x4"):
+    with pytest.raises(ValueError, match="holds 400 8-bit values, not 200 bytes"):
         decode_brush(rle, 5, 10)
+    # a bomb: a few bytes whose header claims 2**32 - 1 values are refused before any allocation
+    bits = f"{2**32 - 1:032b}" + "00111" + "0010" + "0011" + "0111" + "1111" + "1" + "11" + "1" * 16 + "0" * 8
+    bomb = [int(bits[i : i + 8], 2) for i in range(0, len(bits) - len(bits) % 8, 8)]
+    with pytest.raises(ValueError, match="holds 4294967295 8-bit values, not 400 bytes"):
+        decode_brush(bomb, 10, 10)
+    with pytest.raises(ValueError, match="list of byte values"):
+        decode_brush([300, 1], 10, 10)
+    empty = encode_brush(np.zeros((0, 5), bool))
+    assert decode_brush_values(empty).size == 0
 
 
 def test_brush_result_shape() -> None:

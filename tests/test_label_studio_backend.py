@@ -305,7 +305,45 @@ BAD = [
             "params": {"context": {"result": [keypoint(5000, 10, 100, 100)]}},
         },
         400,
-        "params.context.result",
+        "params.context.result[0].value",
+    ),
+    ({"tasks": [task("/data/local-files/?d=%00")], "label_config": CONFIG}, 404, "tasks[0].data"),
+    # Label Studio's API is not an image source, even on its own host with the token
+    ({"tasks": [task("/api/projects/")], "label_config": CONFIG}, 400, "tasks[0].data"),
+    ({"tasks": [task("http://[::1/data/upload/1/a.png")], "label_config": CONFIG}, 400, "tasks[0].data"),
+    ({"tasks": [task("/data/upload/1/\x00.png")], "label_config": CONFIG}, 400, "tasks[0].data"),
+    ({"tasks": [task("data:image/png;base64,***")], "label_config": CONFIG}, 400, "tasks[0].data"),
+    ({"tasks": [task("data:image/png,rawbytes")], "label_config": CONFIG}, 400, "tasks[0].data"),
+    (
+        {
+            "tasks": [task()],
+            "label_config": "<View><Image name='i' value='$picture'/><BrushLabels name='b' toName='i'/></View>",
+        },
+        400,
+        "label_config",
+    ),
+    (
+        {
+            "tasks": [task()],
+            "label_config": CONFIG,
+            "params": {"context": {"result": [{"type": "keypointlabels", "value": {"keypointlabels": []}}]}},
+        },
+        400,
+        "params.context.result[0].value",
+    ),
+    (
+        {
+            "tasks": [task()],
+            "label_config": CONFIG,
+            "params": {"context": {"result": [{"type": "rectanglelabels", "value": 5}]}},
+        },
+        400,
+        "params.context.result[0].value",
+    ),
+    (
+        {"tasks": [task()], "label_config": CONFIG, "params": {"context": {"result": ["a region?"]}}},
+        400,
+        "params.context.result[0]",
     ),
 ]
 
@@ -342,6 +380,67 @@ def test_a_wrong_token_or_key_is_refused(served: str, image_host: str) -> None:
     assert refused.status_code == 401 and refused.json()["error"]["field"] == "Authorization"
     # basic auth opens /ls only, never the service's own routes
     assert httpx.post(f"{served}/embed", headers=basic()).status_code == 401
+
+
+def test_hostile_bodies_and_paths_get_4xx(served: str, pedestrian) -> None:
+    """Deep JSON, a non-URL hostname, dot segments around the open /ui and the basic-auth /ls, a
+    brush bomb in a task's annotation: each a 4xx in the one error shape, never a 500."""
+    deep = "[" * 100000 + "]" * 100000
+    answer = httpx.post(
+        f"{served}/ls/predict", content=deep, headers=basic() | {"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["field"] == "body"
+    answer = httpx.post(f"{served}/ls/setup", json={"project": "5", "hostname": 7}, headers=basic())
+    assert answer.status_code == 400 and answer.json()["error"]["field"] == "hostname"
+    for path in ("/ui/../embed", "/ui/%2e%2e/embed", "/ui/../../etc/passwd"):
+        assert httpx.post(f"{served}{path}").status_code in (401, 404, 405), path
+    assert httpx.post(f"{served}/ls/../embed", headers=basic()).status_code in (401, 404)
+    data, pixels, _ = pedestrian
+    h, w = pixels.shape[:2]
+    bits = f"{2**32 - 1:032b}" + "00111" + "0010" + "0011" + "0111" + "1111" + "1" + "11" + "1" * 16 + "0" * 8
+    bomb = [int(bits[i : i + 8], 2) for i in range(0, 64, 8)]
+    brush = {
+        "type": "brushlabels",
+        "original_width": w,
+        "original_height": h,
+        "value": {"format": "rle", "rle": bomb, "brushlabels": ["Person"]},
+    }
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    body = {"tasks": [task(uri, [{"result": [brush]}])], "project": "5", "label_config": CONFIG}
+    error = predict(served, body, 400)["error"]
+    assert error["field"] == "tasks[0].annotations" and "4294967295" in error["message"]
+
+
+def test_many_tasks_and_edge_boxes(served: str, pedestrian) -> None:
+    """Label Studio sends every selected task in one request: 20 are answered (more than
+    max_images); a box drawn to the image's edge (its percentages sum past 100 by rounding) and a
+    keypoint claiming a 100000-pixel canvas use the decoded image's own size."""
+    tiny = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tiny, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(tiny.getvalue()).decode()
+    answer = predict(served, {"tasks": [task(uri)] * 20, "project": "6", "label_config": CONFIG})
+    assert [r["result"] for r in answer["results"]] == [[]] * 20
+    data, pixels, masks = pedestrian
+    h, w = pixels.shape[:2]
+    ys, xs = np.nonzero(masks[-1])
+    edge = rectangle((float(xs.min()), float(ys.min()), float(w), float(h)), w, h)
+    edge["value"]["width"] += 1e-4
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    body = {
+        "tasks": [task(uri)],
+        "project": "6",
+        "label_config": CONFIG,
+        "params": {"context": {"result": [edge]}},
+    }
+    (result,) = predict(served, body)["results"][0]["result"]
+    assert decode_brush(result["value"]["rle"], h, w).any()
+    liar = keypoint(float(np.median(xs)), float(np.median(ys)), w, h) | {
+        "original_width": 100000,
+        "original_height": 100000,
+    }
+    body = {"tasks": [task(uri, [{"result": [liar]}])], "project": "6", "label_config": CONFIG}
+    (answer,) = predict(served, body)["results"]
+    assert answer["result"][0]["original_width"] == w
 
 
 def test_parse_label_config_finds_the_image_and_brush() -> None:

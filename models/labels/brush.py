@@ -37,15 +37,19 @@ def _pack_fields(values: np.ndarray, widths: np.ndarray) -> list[int]:
 
 
 def encode_brush(mask: np.ndarray) -> list[int]:
-    """HxW bool/0-1 mask -> Label Studio brush RLE (a list of byte values)."""
-    flat = np.repeat(np.where(np.asarray(mask).ravel() > 0, 255, 0).astype(np.uint8), 4)
-    n = flat.size
+    """HxW bool/0-1 mask -> Label Studio brush RLE (a list of byte values). Runs are found on the
+    mask and stretched 4x (its 4 channels), never on a 4x copy of it."""
+    flat = np.asarray(mask).ravel() > 0
+    n = 4 * flat.size
     if n >= 2**32:
-        raise ValueError(f"mask of {n // 4} pixels is too large for Label Studio's brush format")
-    edges = np.flatnonzero(np.diff(flat)) + 1
-    starts = np.concatenate([[0], edges])
-    lengths = np.diff(np.concatenate([starts, [n]]))
-    words = flat[starts]
+        raise ValueError(f"mask of {flat.size} pixels is too large for Label Studio's brush format")
+    if flat.size == 0:
+        return _pack_fields(
+            np.array([0, WORD_BITS - 1, *(w - 1 for w in RLE_WIDTHS)]), np.array([32, 5, 4, 4, 4, 4])
+        )
+    starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
+    lengths = 4 * np.diff(np.concatenate([starts, [flat.size]]))
+    words = np.where(flat[starts], 255, 0)
     longest = 1 << RLE_WIDTHS[-1]
     pieces = -(-lengths // longest)  # runs longer than the widest field split into several chunks
     run_words = np.repeat(words, pieces)
@@ -65,9 +69,14 @@ def encode_brush(mask: np.ndarray) -> list[int]:
     return _pack_fields(values, widths)
 
 
-def decode_brush_values(rle: list[int] | bytes) -> np.ndarray:
-    """Label Studio brush RLE -> the flat word array it encodes (RGBA bytes for a brush mask)."""
-    data = bytes(rle)
+def decode_brush_values(rle: list[int] | bytes, expected: int | None = None) -> np.ndarray:
+    """Label Studio brush RLE -> the flat word array it encodes (RGBA bytes for a brush mask). With
+    `expected`, a header that claims another count or a word size other than 8 is refused before
+    anything is allocated."""
+    try:
+        data = bytes(rle)
+    except (TypeError, ValueError):
+        raise ValueError("brush RLE must be a list of byte values (0..255)") from None
     bits = "".join(f"{b:08b}" for b in data)
     pos = 0
 
@@ -82,6 +91,8 @@ def decode_brush_values(rle: list[int] | bytes) -> np.ndarray:
     num = read(32)
     word = read(5) + 1
     widths = [read(4) + 1 for _ in range(4)]
+    if expected is not None and (num != expected or word != WORD_BITS):
+        raise ValueError(f"brush RLE holds {num} {word}-bit values, not {expected} bytes")
     dtype = np.uint8 if word <= 8 else np.uint16 if word <= 16 else np.uint32
     if num > 8 * len(data) * (1 << max(widths)):  # more values than the bits could describe
         raise ValueError(f"brush RLE claims {num} values in {len(data)} bytes")
@@ -100,9 +111,7 @@ def decode_brush_values(rle: list[int] | bytes) -> np.ndarray:
 
 def decode_brush(rle: list[int] | bytes, height: int, width: int) -> np.ndarray:
     """Label Studio brush RLE -> HxW bool (the alpha channel above 127, as Label Studio draws it)."""
-    values = decode_brush_values(rle)
-    if values.size != height * width * 4:
-        raise ValueError(f"brush RLE holds {values.size} values, not {height}x{width}x4")
+    values = decode_brush_values(rle, expected=height * width * 4)
     return values.reshape(height, width, 4)[:, :, 3] > 127
 
 

@@ -28,6 +28,7 @@ from scipy import ndimage as ndi
 from skimage.draw import polygon as draw_polygon
 
 from models.config import register
+from models.engine.validation import DEFAULT_MAX_PIXELS
 from models.io import UNLABELED
 from models.labels.brush import decode_brush
 from models.labels.schema import BoxLabel, PointLabel, Scribble, WeakLabels
@@ -198,42 +199,93 @@ def read_label_studio(path: str | Path, class_names: Sequence[str] | None = None
 LABEL_STUDIO_KINDS = ("keypointlabels", "rectanglelabels", "polygonlabels", "brushlabels")
 
 
-def label_studio_regions(result: list[dict], ids: dict[str, int], where: str) -> WeakLabels | None:
+def ls_label(region: dict, where: str) -> str:
+    """The one label of a Label Studio region (`value.<type>: [label]`)."""
+    value = region.get("value")
+    labels = value.get(region.get("type")) if isinstance(value, dict) else None
+    if not isinstance(labels, list) or len(labels) != 1 or not isinstance(labels[0], str):
+        raise ValueError(f"{where}.value: a region needs exactly one label, got {labels!r}")
+    return labels[0]
+
+
+def ls_geometry(region: dict, width: int, height: int, where: str) -> np.ndarray:
+    """A Label Studio keypoint (-> [x, y]) or rectangle (-> [x0, y0, x1, y1]; a rotated one by its
+    bounding box) from percent of the image to pixels of a `width` x `height` image, clipped into it."""
+    value = region.get("value")
+    sx, sy = width / 100.0, height / 100.0
+    try:
+        if region.get("type") == "keypointlabels":
+            px, py = float(value["x"]), float(value["y"])
+        else:
+            x, y = float(value["x"]) * sx, float(value["y"]) * sy
+            w, h = float(value["width"]) * sx, float(value["height"]) * sy
+            angle = np.deg2rad(float(value.get("rotation") or 0.0))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError(f"{where}.value: x, y (and width, height for a rectangle) must be numbers") from None
+    if region.get("type") == "keypointlabels":
+        if not (0.0 <= px <= 100.0 and 0.0 <= py <= 100.0):  # also refuses NaN
+            raise ValueError(f"{where}.value: the keypoint ({px}%, {py}%) lies outside the image")
+        return _inside(np.array([[px * sx, py * sy]]), width, height)[0]
+    if not np.isfinite([x, y, w, h, angle]).all():
+        raise ValueError(f"{where}.value: coordinates must be finite")
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    corners = corners @ rot.T + [x, y]
+    x0, y0 = np.clip(corners.min(0), 0, [width, height])
+    x1, y1 = np.clip(corners.max(0), 0, [width, height])
+    return np.array([x0, y0, x1, y1], float)
+
+
+def label_studio_regions(
+    result: list[dict],
+    ids: dict[str, int],
+    where: str,
+    size: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> WeakLabels | None:
     """One task's Label Studio regions (`LABEL_STUDIO_KINDS`; others are left out) -> its weak
-    labels, class ids by label name (`ids`); None without a region."""
-    result = [r for r in result if r.get("type") in LABEL_STUDIO_KINDS]
+    labels, class ids by label name (`ids`); None without a region. The labels are for an image of
+    `size` (H, W) when given (the decoded image), else of the regions' `original_width/height`,
+    which must be at most `max_pixels`; a brush mask must be of that size."""
+    result = [r for r in result if isinstance(r, dict) and r.get("type") in LABEL_STUDIO_KINDS]
     if not result:
         return None
-    width, height = int(result[0]["original_width"]), int(result[0]["original_height"])
+    if size is None:
+        try:
+            size = int(result[0]["original_height"]), int(result[0]["original_width"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where}, result[0]: original_width and original_height are required") from None
+    height, width = size
+    if not (height > 0 and width > 0 and height * width <= max_pixels):
+        raise ValueError(f"{where}: a {width}x{height} image is outside 1..{max_pixels} pixels")
     weak = WeakLabels(height, width)
     coarse = np.full((height, width), UNLABELED, np.uint8)
     for k, region in enumerate(result):
-        at, kind, value = f"{where}, result[{k}]", region["type"], region["value"]
-        labels = value.get(kind) or []
-        if len(labels) != 1 or labels[0] not in ids:
-            raise ValueError(f"{at}: label {labels} is not one of {sorted(ids)}")
-        class_id, sx, sy = ids[labels[0]], width / 100.0, height / 100.0
+        at, kind = f"{where}, result[{k}]", region["type"]
+        label = ls_label(region, at)
+        if label not in ids:
+            raise ValueError(f"{at}: label {label!r} is not one of {sorted(ids)}")
+        class_id, value = ids[label], region["value"]
         if kind == "keypointlabels":
-            x, y = _inside(np.array([[value["x"] * sx, value["y"] * sy]]), width, height)[0]
+            x, y = ls_geometry(region, width, height, at)
             weak.points.append(PointLabel(float(x), float(y), class_id))
         elif kind == "rectanglelabels":
-            x, y, w, h = value["x"] * sx, value["y"] * sy, value["width"] * sx, value["height"] * sy
-            angle = np.deg2rad(float(value.get("rotation", 0.0)))
-            corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
-            rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-            corners = corners @ rot.T + [x, y]
-            x0, y0 = np.clip(corners.min(0), 0, [width, height])
-            x1, y1 = np.clip(corners.max(0), 0, [width, height])
-            weak.boxes.append(BoxLabel(class_id, (float(x0), float(y0), float(x1), float(y1))))
+            box = ls_geometry(region, width, height, at)
+            weak.boxes.append(BoxLabel(class_id, tuple(float(v) for v in box)))
         elif kind == "polygonlabels":
-            pts = np.asarray(value["points"], float) * [sx, sy]
+            try:
+                pts = np.asarray(value["points"], float).reshape(-1, 2) * [width / 100.0, height / 100.0]
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{at}.value.points: a list of [x, y] percent pairs is required") from None
             rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape=(height, width))
             coarse[rr, cc] = class_id
         else:
             try:
                 coarse[decode_brush(value["rle"], height, width)] = class_id
             except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{at}: brush value is not Label Studio RLE ({exc})") from None
+                raise ValueError(
+                    f"{at}: brush value is not Label Studio RLE of a {width}x{height} mask ({exc})"
+                ) from None
     if (coarse != UNLABELED).any():
         weak.coarse = coarse
     weak.validate(max(ids.values(), default=-1) + 1, where)
