@@ -37,6 +37,8 @@ $(STAMP): pyproject.toml | $(PY)
 	# SAM 2.1 (backend sam2): after torch, without build isolation (else pip builds against a second
 	# torch for minutes) and without its optional CUDA extension
 	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation $(SAM2)
+	# sam2's wheel also installs its own top-level `training` package, which would shadow ours
+	rm -rf $(VENV)/lib/python3*/site-packages/training
 	# a real tritonserver for tests/test_triton_live.py, kept out of the venv (pytriton pins numpy<2)
 	$(PIP) install -q --no-deps --target $(TRITON_HOME) "nvidia-pytriton==0.7.0" \
 		|| echo "tritonserver not installed: the live Triton tests will skip"
@@ -49,6 +51,7 @@ $(SERVE_STAMP): pyproject.toml | $(SERVE_PY)
 	$(SERVE_PY) -m pip install -q $(TORCH)
 	$(SERVE_PY) -m pip install -q -e ".[serve]"
 	SAM2_BUILD_CUDA=0 $(SERVE_PY) -m pip install -q --no-build-isolation $(SAM2)
+	rm -rf $(SERVE_VENV)/lib/python3*/site-packages/training
 	rm -f $(SERVE_VENV)/.installed-* && touch $@
 
 install: $(STAMP)

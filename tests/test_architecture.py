@@ -139,3 +139,15 @@ def test_models_top_level_holds_only_the_shared_files() -> None:
     assert top == ["__init__.py", "config.py", "io.py"]
     rooms = sorted(p.name for p in (REPO / "models").iterdir() if p.is_dir() and p.name != "__pycache__")
     assert rooms == ["engine", "jobs", "labels", "runtime", "students"]
+
+
+def test_our_packages_are_not_shadowed() -> None:
+    """Third-party wheels must not shadow this repo's packages (sam2 1.1.0 ships a top-level
+    `training`; `make install` removes it): each imports from here, also outside the repo root."""
+    import subprocess
+    import sys
+
+    code = "import models, serving, sesam, training, export; print(training.__file__, models.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(path.startswith(str(REPO)) for path in done.stdout.split()), done.stdout
