@@ -27,7 +27,10 @@ from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.lowres import MASK_LOGIT
 from models.engine.types import LOW_RES, Predictions, Prompt
 
-MAX_DECODE_BATCH = 64  # prompts per decoder call; bounds the memory of full-size outputs
+# prompts per decoder call. On CPU SAM 2's decoder does not get cheaper batched (its high-res
+# upscaling grows with the batch: 62 ms per click one at a time, 64 in fours, 102 in sixteens on 2
+# cores, benchmarks/results/sam_family.md), so one at a time there; on CUDA batches pay
+CPU_DECODE_BATCH, CUDA_DECODE_BATCH = 1, 64
 LOGIT_CLAMP = 32.0  # SAM2ImagePredictor clamps the low-res logits it hands back to +-32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,7 +63,7 @@ class Sam2Engine(BatchedDecoder):
         device: str | torch.device = "cpu",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         encoder_batch: int = 2,
-        decode_batch: int = MAX_DECODE_BATCH,
+        decode_batch: int | None = None,
         max_prompts: int | None = None,
         working_side: int | None = DEFAULT_WORKING_SIDE,
     ) -> None:
@@ -69,6 +72,8 @@ class Sam2Engine(BatchedDecoder):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.encoder_batch = max(1, encoder_batch)
+        if decode_batch is None:
+            decode_batch = CUDA_DECODE_BATCH if self.device.type == "cuda" else CPU_DECODE_BATCH
         self.decode_batch = max(1, decode_batch)
         side = int(model.image_size)
         self.resolution = side
