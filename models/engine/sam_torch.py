@@ -83,10 +83,12 @@ class SamEngine(BatchedDecoder):
         return self._namespace
 
     def _fingerprint(self) -> str:
+        """Of the weights (so two models never share cache keys): the decoder's IoU token and the
+        encoder's first parameter, whatever the encoder is (ViT, TinyViT, ...)."""
         digest = hashlib.sha256()
         for tensor in (
             self.model.mask_decoder.iou_token.weight,
-            self.model.image_encoder.patch_embed.proj.weight,
+            next(self.model.image_encoder.parameters()),
         ):
             digest.update(tensor.detach().cpu().float().numpy().tobytes()[:65536])
         return digest.hexdigest()[:16]
