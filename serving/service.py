@@ -557,7 +557,12 @@ class SegmentationService:
                 )
         converted = self.to_prompts(prompts, handle)
         predictions = await self.predict_lane.run(
-            self.decode_prompts, handle, converted, multimask, mask_format, budget_s=self.config.light_timeout_s
+            self.decode_prompts,
+            handle,
+            converted,
+            multimask,
+            mask_format,
+            budget_s=self.config.light_timeout_s,
         )
         h, w = handle.original_size
         return {
