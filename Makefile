@@ -15,6 +15,7 @@ SERVE_STAMP := $(SERVE_VENV)/.installed-$(PYPROJECT_HASH)
 # torch first, pinned to the builds available offline on this machine class (see README)
 TORCH := "torch==2.14.1" "torchvision==0.29.1"
 SAM2 := "sam2==1.1.0"
+EFFICIENTSAM := "efficientsam==1.0.0"
 export BENTOML_DO_NOT_TRACK := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -39,6 +40,8 @@ $(STAMP): pyproject.toml | $(PY)
 	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-build-isolation $(SAM2)
 	# sam2's wheel also installs its own top-level `training` package, which would shadow ours
 	rm -rf $(VENV)/lib/python3*/site-packages/training
+	# EfficientViT-SAM (backend light); its only dependencies (torch, torchvision, numpy) are above
+	$(PIP) install -q --no-deps $(EFFICIENTSAM)
 	# a real tritonserver for tests/test_triton_live.py, kept out of the venv (pytriton pins numpy<2)
 	$(PIP) install -q --no-deps --target $(TRITON_HOME) "nvidia-pytriton==0.7.0" \
 		|| echo "tritonserver not installed: the live Triton tests will skip"
@@ -52,6 +55,7 @@ $(SERVE_STAMP): pyproject.toml | $(SERVE_PY)
 	$(SERVE_PY) -m pip install -q -e ".[serve]"
 	SAM2_BUILD_CUDA=0 $(SERVE_PY) -m pip install -q --no-build-isolation $(SAM2)
 	rm -rf $(SERVE_VENV)/lib/python3*/site-packages/training
+	$(SERVE_PY) -m pip install -q --no-deps $(EFFICIENTSAM)
 	rm -f $(SERVE_VENV)/.installed-* && touch $@
 
 install: $(STAMP)

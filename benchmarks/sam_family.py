@@ -6,7 +6,8 @@ kept), then decodes one click (multimask) and a batch of 16 clicks in one call (
 `--repeats`). Weights are random and seeded: speed does not depend on them, so these rows say
 nothing about quality. Writes benchmarks/results/sam_family.md.
 
-Run: `python benchmarks/sam_family.py [--engines vit_b sam2.1_hiera_t sam2.1_hiera_b+] [--repeats 3]`
+Run: `python benchmarks/sam_family.py [--engines vit_b sam2.1_hiera_t sam2.1_hiera_b+ efficientvit-sam-l0]
+[--repeats 3]`
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ from models.engine import Prompt  # noqa: E402
 
 
 def build(name: str):
-    """A random-weight engine by name: SAM 1 types through the torch backend, SAM 2.1 through sam2."""
+    """A random-weight engine by name: SAM 1 types through the torch backend, SAM 2.1 through sam2,
+    EfficientViT-SAM through the light backend."""
+    from models.engine.light_sam import LIGHT_TYPES, LightSamEngine, build_light_sam
     from models.engine.modeling.sam2_build import build_sam2_model, is_sam2_type
 
+    if name in LIGHT_TYPES:
+        return LightSamEngine(build_light_sam(name), name=name)
     if is_sam2_type(name):
         from models.engine.sam2_torch import Sam2Engine
 
@@ -79,7 +84,9 @@ def measure(name: str, image: np.ndarray, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", nargs="+", default=["vit_b", "sam2.1_hiera_t", "sam2.1_hiera_b+"])
+    parser.add_argument(
+        "--engines", nargs="+", default=["vit_b", "sam2.1_hiera_t", "sam2.1_hiera_b+", "efficientvit-sam-l0"]
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sam_family.md"))
     args = parser.parse_args()

@@ -39,6 +39,7 @@ TESTED_ELSEWHERE = {
     # parity with SAM2ImagePredictor (hiera t and b+), caching, factory; its encoder is too slow to
     # run every contract case here
     "sam2": ("test_sam2_parity.py", "Sam2Engine"),
+    "light": ("test_light_sam.py", "LightSamEngine"),  # parity with EfficientViTSamPredictor
 }
 
 

@@ -28,7 +28,8 @@ class EngineConfig:
     sam_type: str = setting(
         "vit_b",
         help="SAM 1: vit_b, vit_l, vit_h (official), or tiny (random seeded weights, tests); SAM 2.1 "
-        "(backend sam2): sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l",
+        "(backend sam2): sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l; light SAM "
+        "(backend light): efficientvit-sam-l0, -l1, -l2",
     )
     sam_checkpoint: str | None = setting(
         None, help="path to an official SAM checkpoint (torch backend) or SAM 2.1 checkpoint (sam2 backend)"
@@ -223,6 +224,28 @@ def _build_sam2(config: EngineConfig) -> CachedSegmenter:
     )
 
 
+def _build_light(config: EngineConfig) -> CachedSegmenter:
+    from models.engine.light_sam import LIGHT_TYPES, LightSamEngine, build_light_sam
+
+    lookup(LIGHT_TYPES, config.sam_type, "light SAM type")
+    if not config.sam_checkpoint and config.random_weights is None:
+        raise ValueError(
+            f"backend light with {config.sam_type} needs sam_checkpoint (EfficientViT-SAM's released weights), "
+            "or random_weights=SEED for tests and speed benchmarks"
+        )
+    if config.sam_checkpoint and config.random_weights is not None:
+        raise ValueError("light: give sam_checkpoint or random_weights, not both")
+    model = build_light_sam(config.sam_type, config.sam_checkpoint, random_seed=config.random_weights or 0)
+    return LightSamEngine(
+        model,
+        name=config.sam_type,
+        device=resolve_device(config.device),
+        cache_bytes=config.cache_bytes,
+        max_prompts=config.max_prompts,
+        working_side=config.resolved_working_side(),
+    )
+
+
 def _needs_export_dir(config: EngineConfig, backend: str) -> str:
     if not config.export_dir:
         raise ValueError(
@@ -275,6 +298,7 @@ ENGINE_BACKENDS: dict[str, Callable[[EngineConfig], CachedSegmenter]] = {
     "classical-regions": _build_regions,
     "torch": _build_torch,
     "sam2": _build_sam2,
+    "light": _build_light,
     "onnx": _build_onnx,
     "tensorrt": _build_tensorrt,
     "triton": _build_triton,

@@ -42,12 +42,19 @@ def _resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
     return F.interpolate(eye, size=(size_out, size_in), mode="bilinear", align_corners=False)[0, 0]
 
 
+def prompt_side(sam: torch.nn.Module) -> int:
+    """The side of SAM's prompt frame: its encoder's input (1024), or, for a model that encodes at
+    another size (EfficientViT-SAM: 512), the first of its `image_size` pair."""
+    size = getattr(sam, "image_size", None)
+    return int(size[0]) if isinstance(size, tuple | list) else int(sam.image_encoder.img_size)
+
+
 class SamEngine(BatchedDecoder):
     """PromptableSegmenter backed by a PyTorch `Sam` model."""
 
     def __init__(
         self,
-        sam: Sam,
+        sam: Sam | torch.nn.Module,
         name: str = "sam",
         device: str | torch.device = "cpu",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -62,7 +69,8 @@ class SamEngine(BatchedDecoder):
         self.name = name
         self.device = torch.device(device)
         self.model = sam.to(self.device).eval()
-        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+        self.prompt_side = prompt_side(sam)
+        self.transform = ResizeLongestSide(self.prompt_side)
         self.encoder_batch = max(1, encoder_batch)
         self.decode_batch = max(1, decode_batch)
         with torch.inference_mode():
@@ -122,7 +130,7 @@ class SamEngine(BatchedDecoder):
         """Per axis: low-res (256) -> padded 1024 -> crop input_size -> original size, as one matrix."""
         key = (input_size, original_size)
         if key not in self._resize_cache:
-            img = self.model.image_encoder.img_size
+            img = self.prompt_side
             low = self.model.prompt_encoder.mask_input_size[0]
             mats = []
             for axis in (0, 1):

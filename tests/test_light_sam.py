@@ -1,0 +1,101 @@
+"""The light SAM (`backend: light`, EfficientViT-SAM L0 from `efficientsam`) against its own
+`EfficientViTSamPredictor`, on seeded random weights: the embedding, points, box, points + box, mask
+input, multimask on and off, a batch of prompts in one call; the factory and checkpoint errors.
+Masks must be >= 99.9 % equal and logits and IoU within 1e-4. Its encoder input (512) is kept apart
+from the 1024 prompt frame, as the reference does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.engine import EngineConfig, Prompt, build_engine
+from models.engine.light_sam import LightSamEngine, build_light_sam
+from models.engine.modeling.build import CheckpointError
+
+POINTS = np.array([[150.0, 120.0], [330.0, 260.0]])
+LABELS = np.array([1, 0])
+BOX = np.array([90.0, 40.0, 310.0, 230.0])
+
+
+@pytest.fixture(scope="module")
+def pair(camvid_image):
+    from efficientsam.models.efficientvit.sam import EfficientViTSamPredictor
+
+    model = build_light_sam("efficientvit-sam-l0")
+    engine = LightSamEngine(model, name="efficientvit-sam-l0")
+    predictor = EfficientViTSamPredictor(model)
+    predictor.set_image(camvid_image)
+    return engine, predictor, engine.embed([camvid_image])[0]
+
+
+def same(out, i: int, masks, iou, low) -> None:
+    masks, iou, low = (np.asarray(a) for a in (masks, iou, low))
+    assert (out.masks[i] == masks.astype(bool)).mean() >= 0.999
+    assert np.abs(out.low_res_logits[i] - low).max() < 1e-4
+    assert np.abs(out.iou[i] - iou).max() < 1e-4
+
+
+def test_embedding_equals_the_predictors(pair) -> None:
+    engine, predictor, handle = pair
+    assert torch.allclose(handle.payload.embedding, predictor.features, atol=1e-4)
+    assert handle.payload.input_size == (768, 1024)  # the 1024 prompt frame of a 480x360 image
+    assert engine.encoder_side == 512 and engine.prompt_side == 1024
+
+
+CASES = {
+    "points": (dict(point_coords=POINTS, point_labels=LABELS), dict(points=POINTS, labels=LABELS)),
+    "box": (dict(box=BOX), dict(box=BOX)),
+    "points+box": (
+        dict(point_coords=POINTS, point_labels=LABELS, box=BOX),
+        dict(points=POINTS, labels=LABELS, box=BOX),
+    ),
+}
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_prompts_equal_the_predictor(pair, case: str, multimask: bool) -> None:
+    engine, predictor, handle = pair
+    theirs, ours = CASES[case]
+    same(
+        engine.predict(handle, [Prompt(**ours)], multimask=multimask),
+        0,
+        *predictor.predict(multimask_output=multimask, **theirs),
+    )
+
+
+def test_mask_input_and_a_batch_equal_the_predictor(pair) -> None:
+    engine, predictor, handle = pair
+    _, _, first = predictor.predict(box=BOX, multimask_output=False)
+    first = np.asarray(first)
+    expected = predictor.predict(point_coords=POINTS[:1], point_labels=LABELS[:1], mask_input=first)
+    same(
+        engine.predict(handle, [Prompt(points=POINTS[:1], labels=LABELS[:1], mask_logits=first)]),
+        0,
+        *expected,
+    )
+    prompts = [Prompt(points=POINTS + 9 * i, labels=LABELS) for i in range(4)]
+    together = engine.predict(handle, prompts)
+    for i in range(4):
+        same(together, i, *predictor.predict(point_coords=POINTS + 9 * i, point_labels=LABELS))
+
+
+def test_factory_and_checkpoints(tmp_path: Path) -> None:
+    engine = build_engine(EngineConfig(backend="light", sam_type="efficientvit-sam-l0", random_weights=0))
+    assert isinstance(engine, LightSamEngine) and engine.name == "efficientvit-sam-l0"
+    with pytest.raises(ValueError, match=r"backend light with efficientvit-sam-l0 needs sam_checkpoint"):
+        build_engine(EngineConfig(backend="light", sam_type="efficientvit-sam-l0"))
+    with pytest.raises(ValueError, match=r"unknown light SAM type 'vit_b'"):
+        build_engine(EngineConfig(backend="light", sam_type="vit_b", random_weights=0))
+    model = build_light_sam("efficientvit-sam-l0", random_seed=5)
+    torch.save(model.state_dict(), tmp_path / "l0.pt")
+    loaded = build_light_sam("efficientvit-sam-l0", tmp_path / "l0.pt", random_seed=6).state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in model.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"l0\.pt does not load into efficientvit-sam-l1"):
+        build_light_sam("efficientvit-sam-l1", tmp_path / "l0.pt")
+    with pytest.raises(CheckpointError, match="is not a file"):
+        build_light_sam("efficientvit-sam-l0", tmp_path / "missing.pt")
