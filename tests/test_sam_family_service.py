@@ -1,6 +1,7 @@
-"""The service on the SAM 2.1 backend (hiera tiny, seeded random weights: speed and plumbing, not
-quality): /embed, /predict with a click and with the last answer's logits fed back, and /refine,
-each equal to the same engine in this process; /info names the backend."""
+"""The service on the SAM 2.1 backend (hiera tiny) and on the light SAM (EfficientViT-SAM L0), seeded
+random weights (plumbing, not quality): /embed, /predict with a click and with the last answer's
+logits fed back, and /refine with mask prompts, each equal to the same engine in this process; /info
+names the backend."""
 
 from __future__ import annotations
 
@@ -20,13 +21,19 @@ from serving.cli import serve_command
 from serving.codec import decode_labels
 from tests.conftest import REPO, free_port, running_server
 
-ENV = {"SESAM_BACKEND": "sam2", "SESAM_SAM_TYPE": "sam2.1_hiera_t", "SESAM_RANDOM_WEIGHTS": "0"}
+BACKENDS = [("sam2", "sam2.1_hiera_t"), ("light", "efficientvit-sam-l0")]
+
+
+@pytest.fixture(scope="module", params=BACKENDS, ids=[b for b, _ in BACKENDS])
+def backend(request) -> tuple[str, str]:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[str]:
+def served(tmp_path_factory, backend) -> Iterator[str]:
     port = free_port()
-    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", SESAM_STUDENT_CHECKPOINT="none", **ENV)
+    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", SESAM_STUDENT_CHECKPOINT="none")
+    env |= {"SESAM_BACKEND": backend[0], "SESAM_SAM_TYPE": backend[1], "SESAM_RANDOM_WEIGHTS": "0"}
     for name in ("SESAM_CONFIG", "SESAM_API_KEY", "SESAM_SAM_CHECKPOINT", "SESAM_EXPORT_DIR"):
         env.pop(name, None)
     url = f"http://127.0.0.1:{port}"
@@ -36,8 +43,8 @@ def served(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return build_engine(EngineConfig(backend="sam2", sam_type="sam2.1_hiera_t", random_weights=0))
+def engine(backend):
+    return build_engine(EngineConfig(backend=backend[0], sam_type=backend[1], random_weights=0))
 
 
 def png(image: np.ndarray) -> bytes:
@@ -48,7 +55,7 @@ def png(image: np.ndarray) -> bytes:
 
 def test_embed_predict_and_refine_equal_the_engine(served: str, engine, scene) -> None:
     info = httpx.post(f"{served}/info", json={}, timeout=30).json()
-    assert info["backend"] == "sam2.1_hiera_t"
+    assert info["backend"] == engine.name
     embed = httpx.post(f"{served}/embed", files={"image": ("s.png", png(scene), "image/png")}, timeout=120)
     assert embed.status_code == 200, embed.text
     image_id = embed.json()["image_id"]
@@ -59,7 +66,7 @@ def test_embed_predict_and_refine_equal_the_engine(served: str, engine, scene) -
     ).json()
     local = engine.predict(handle, [Prompt(points=click["points"], labels=click["labels"])])
     (p,) = answer["predictions"]
-    assert answer["backend"] == "sam2.1_hiera_t" and p["best"] == int(np.argmax(local.iou[0]))
+    assert answer["backend"] == engine.name and p["best"] == int(np.argmax(local.iou[0]))
     for k in range(3):
         assert np.array_equal(decode_rle(p["masks"][k]), local.masks[0, k])
     assert np.allclose(p["iou"], local.iou[0], atol=1e-5)
@@ -81,7 +88,7 @@ def test_embed_predict_and_refine_equal_the_engine(served: str, engine, scene) -
         multimask=False,
     )
     assert np.array_equal(decode_rle(answer["predictions"][0]["masks"][0]), fed.masks[0, 0])
-    # /refine with SeSAM's mask prompts, made in SAM 2's own low-res frame
+    # /refine with SeSAM's mask prompts, made in the engine's own low-res frame
     weak = {"points": [{"x": 120, "y": 130, "class_id": 0}, {"x": 330, "y": 250, "class_id": 1}]}
     refined = httpx.post(
         f"{served}/refine",
