@@ -50,8 +50,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from models.engine import read_image
-from models.engine.validation import ImageTooLarge
+from models.engine.validation import ImageTooLarge, read_image_size
 from models.io import UNLABELED, decode_rle
 from models.labels.brush import brush_result
 from models.labels.formats import LABEL_STUDIO_KINDS, label_studio_regions, ls_geometry, ls_label
@@ -367,16 +366,15 @@ class LabelStudioBackend:
         label = config.brush_label(click.label) or config.brush_labels[0]
         service = self.service
 
-        def work() -> dict[str, Any]:
+        def work() -> tuple[dict[str, Any], float]:
             (answer,) = service.decode_prompts(handle, converted, True, "rle")
             best = answer["best"]
             mask = decode_rle(answer["masks"][best])
-            return brush_result(mask, label, config.brush, config.image, answer["iou"][best]) | {
-                "_iou": answer["iou"][best]
-            }
+            return brush_result(mask, label, config.brush, config.image, answer["iou"][best]), answer["iou"][
+                best
+            ]
 
-        result = await service.predict_lane.run(work, budget_s=self.config.light_timeout_s)
-        score = result.pop("_iou")
+        result, score = await service.predict_lane.run(work, budget_s=self.config.light_timeout_s)
         return {"result": [result], "score": score, "model_version": self.model_version()}
 
     # -- batch -----------------------------------------------------------------------------------
@@ -450,8 +448,9 @@ class LabelStudioBackend:
         max_pixels = self.config.max_image_pixels
 
         def weak_labels() -> tuple[dict[str, Any], bytes | None]:
-            pixels = read_image(data, max_pixels=max_pixels, name=f"{where}.data")
-            h, w = pixels.shape[:2]
+            h, w = read_image_size(
+                data, max_pixels=max_pixels, name=f"{where}.data"
+            )  # decoded once, in refine
             kept = []
             for region in regions:
                 if not isinstance(region, dict) or region.get("type") not in LABEL_STUDIO_KINDS:

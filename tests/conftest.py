@@ -178,3 +178,48 @@ def pennfudan_export(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pennfudan_export")
     export_student_checkpoint(SHIPPED_INSTANCE_STUDENT, out)
     return out
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@contextlib.contextmanager
+def headless_chromium(width: int, height: int, purpose: str, timeout_s: float) -> Iterator:
+    """Debian's chromium, headless, through chromedriver (selenium); a test failure naming
+    `make install-browser` when either is missing (never a skip). Quit on exit."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"{' and '.join(missing)} not found: run `make install-browser` (Debian's chromium and "
+            f"chromium-driver) {purpose}",
+            pytrace=False,
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(timeout_s)
+    driver.set_script_timeout(timeout_s)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def assert_same_prediction(out, i: int, masks, iou, low) -> None:
+    """Row i of an engine's Predictions against a reference predictor's (masks, iou, low-res logits):
+    masks >= 99.9 % equal, logits and IoU within 1e-4 (the parity bar of every SAM backend)."""
+    masks, iou, low = (np.asarray(a) for a in (masks, iou, low))
+    assert (out.masks[i] == masks.astype(bool)).mean() >= 0.999
+    assert np.abs(out.low_res_logits[i] - low).max() < 1e-4
+    assert np.abs(out.iou[i] - iou).max() < 1e-4

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.io import UNLABELED, decode_rle
+from models.io import decode_rle
 from models.labels.brush import brush_result, decode_brush
 from serving.cli import serve_command
 from serving.label_studio import parse_label_config
@@ -448,4 +448,3 @@ def test_parse_label_config_finds_the_image_and_brush() -> None:
     assert (config.image, config.image_value, config.brush) == ("img", "picture", "mask")
     assert config.brush_labels == ["Person", "Background"] and config.brush_label("PERSON") == "Person"
     assert config.brush_label("car") is None
-    assert UNLABELED == 255

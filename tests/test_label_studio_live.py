@@ -57,7 +57,7 @@ from serving.cli import serve_command
 from serving.client import SesamClient
 from serving.codec import decode_labels
 from serving.config import SHIPPED_STUDENT
-from tests.conftest import REPO, free_port, require_data, running_server
+from tests.conftest import REPO, free_port, headless_chromium, require_data, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -525,8 +525,6 @@ def test_driver_ran_clean(live: Live, driven: dict) -> None:
 
 
 # -- the prediction in Label Studio's own labeling view (chromium headless) ---------------------------
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = REPO / "runs" / "test-artifacts" / "label_studio_prediction.png"
 VIEWPORT = (1400, 900)  # the page (and the screenshot) in CSS pixels
 UI_WAIT_S = 180  # per step; a few seconds when the machine is idle
@@ -550,37 +548,13 @@ return {image, drawn, prediction, tab: selected ? selected.innerText.replace(/\\
 
 @contextlib.contextmanager
 def _chromium() -> Iterator:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.fail(
-            f"{' and '.join(missing)} not found: run `make install-browser` (Debian's chromium and "
-            "chromium-driver) for the Label Studio screenshot",
-            pytrace=False,
+    with headless_chromium(*VIEWPORT, "for the Label Studio screenshot", UI_WAIT_S) as driver:
+        # --window-size counts the window's frame: grow it so that the page itself gets VIEWPORT
+        frame = driver.execute_script(
+            "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]"
         )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    # --window-size counts the window's frame: grow it so that the page itself gets VIEWPORT
-    frame = driver.execute_script(
-        "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]"
-    )
-    driver.set_window_size(VIEWPORT[0] + max(frame[0], 0), VIEWPORT[1] + max(frame[1], 0))
-    driver.set_page_load_timeout(UI_WAIT_S)
-    driver.set_script_timeout(UI_WAIT_S)
-    try:
+        driver.set_window_size(VIEWPORT[0] + max(frame[0], 0), VIEWPORT[1] + max(frame[1], 0))
         yield driver
-    finally:
-        driver.quit()
 
 
 def _until(driver, condition, what: str | Callable[[], str], live: Live):

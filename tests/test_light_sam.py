@@ -15,6 +15,7 @@ import torch
 from models.engine import EngineConfig, Prompt, build_engine
 from models.engine.light_sam import LightSamEngine, build_light_sam
 from models.engine.modeling.build import CheckpointError
+from tests.conftest import assert_same_prediction
 
 POINTS = np.array([[150.0, 120.0], [330.0, 260.0]])
 LABELS = np.array([1, 0])
@@ -30,13 +31,6 @@ def pair(camvid_image):
     predictor = EfficientViTSamPredictor(model)
     predictor.set_image(camvid_image)
     return engine, predictor, engine.embed([camvid_image])[0]
-
-
-def same(out, i: int, masks, iou, low) -> None:
-    masks, iou, low = (np.asarray(a) for a in (masks, iou, low))
-    assert (out.masks[i] == masks.astype(bool)).mean() >= 0.999
-    assert np.abs(out.low_res_logits[i] - low).max() < 1e-4
-    assert np.abs(out.iou[i] - iou).max() < 1e-4
 
 
 def test_embedding_equals_the_predictors(pair) -> None:
@@ -61,7 +55,7 @@ CASES = {
 def test_prompts_equal_the_predictor(pair, case: str, multimask: bool) -> None:
     engine, predictor, handle = pair
     theirs, ours = CASES[case]
-    same(
+    assert_same_prediction(
         engine.predict(handle, [Prompt(**ours)], multimask=multimask),
         0,
         *predictor.predict(multimask_output=multimask, **theirs),
@@ -73,7 +67,7 @@ def test_mask_input_and_a_batch_equal_the_predictor(pair) -> None:
     _, _, first = predictor.predict(box=BOX, multimask_output=False)
     first = np.asarray(first)
     expected = predictor.predict(point_coords=POINTS[:1], point_labels=LABELS[:1], mask_input=first)
-    same(
+    assert_same_prediction(
         engine.predict(handle, [Prompt(points=POINTS[:1], labels=LABELS[:1], mask_logits=first)]),
         0,
         *expected,
@@ -81,7 +75,9 @@ def test_mask_input_and_a_batch_equal_the_predictor(pair) -> None:
     prompts = [Prompt(points=POINTS + 9 * i, labels=LABELS) for i in range(4)]
     together = engine.predict(handle, prompts)
     for i in range(4):
-        same(together, i, *predictor.predict(point_coords=POINTS + 9 * i, point_labels=LABELS))
+        assert_same_prediction(
+            together, i, *predictor.predict(point_coords=POINTS + 9 * i, point_labels=LABELS)
+        )
 
 
 def test_factory_and_checkpoints(tmp_path: Path) -> None:

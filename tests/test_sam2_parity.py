@@ -17,6 +17,7 @@ from models.engine.lowres import engine_mask_logits
 from models.engine.modeling.build import CheckpointError
 from models.engine.modeling.sam2_build import build_sam2_model, file_sha256
 from models.engine.sam2_torch import Sam2Engine, stretched_mask_logits
+from tests.conftest import assert_same_prediction
 
 TYPES = ["sam2.1_hiera_t", "sam2.1_hiera_b+"]
 POINTS = np.array([[150.0, 120.0], [330.0, 260.0]])
@@ -39,12 +40,6 @@ def pair(request, image):
     predictor = SAM2ImagePredictor(model)
     predictor.set_image(image)
     return engine, predictor, engine.embed([image])[0]
-
-
-def assert_same(engine_out, i: int, masks: np.ndarray, iou: np.ndarray, low: np.ndarray) -> None:
-    assert (engine_out.masks[i] == masks.astype(bool)).mean() >= 0.999
-    assert np.abs(engine_out.low_res_logits[i] - low).max() < 1e-4
-    assert np.abs(engine_out.iou[i] - iou).max() < 1e-4
 
 
 def test_embedding_and_high_res_maps_equal_the_predictors(pair) -> None:
@@ -77,7 +72,7 @@ def test_prompts_equal_the_predictor(pair, case: str, multimask: bool) -> None:
     masks, iou, low = predictor.predict(multimask_output=multimask, **theirs)
     out = engine.predict(handle, [Prompt(**ours)], multimask=multimask)
     assert out.masks.shape == (1, 3 if multimask else 1, 360, 480)
-    assert_same(out, 0, masks, iou, low)
+    assert_same_prediction(out, 0, masks, iou, low)
 
 
 @pytest.mark.parametrize("multimask", [True, False])
@@ -91,9 +86,11 @@ def test_mask_input_equals_the_predictor(pair, multimask: bool) -> None:
     out = engine.predict(
         handle, [Prompt(points=POINTS[:1], labels=LABELS[:1], mask_logits=first)], multimask=multimask
     )
-    assert_same(out, 0, masks, iou, low)
+    assert_same_prediction(out, 0, masks, iou, low)
     masks, iou, low = predictor.predict(mask_input=first, multimask_output=multimask)
-    assert_same(engine.predict(handle, [Prompt(mask_logits=first)], multimask=multimask), 0, masks, iou, low)
+    assert_same_prediction(
+        engine.predict(handle, [Prompt(mask_logits=first)], multimask=multimask), 0, masks, iou, low
+    )
 
 
 def test_a_batch_of_prompts_equals_the_predictors_batch(pair) -> None:
@@ -106,7 +103,7 @@ def test_a_batch_of_prompts_equals_the_predictors_batch(pair) -> None:
     engine.decode_batch = 1
     assert engine.stats.decoder_calls == calls + 1  # one decoder call for the five
     for i in range(5):
-        assert_same(out, i, masks[i], iou[i], low[i])
+        assert_same_prediction(out, i, masks[i], iou[i], low[i])
 
 
 @pytest.mark.parametrize("pair", TYPES[:1], indirect=True)  # grouping does not depend on the encoder

@@ -35,10 +35,8 @@ from scipy import ndimage
 
 from models.io import mask_box
 from serving.cli import serve_command
-from tests.conftest import REPO, free_port, require_data, running_server
+from tests.conftest import REPO, free_port, headless_chromium, require_data, running_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = REPO / "runs" / "test-artifacts"
 STEM = "FudanPed00001"  # two pedestrians; the left one (instance 1) is clicked
 WAIT_S = 30
@@ -62,26 +60,8 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def browser():
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.fail(
-            f"{' and '.join(missing)} not found: run `make install-browser` (Debian's chromium and "
-            "chromium-driver) to run the /ui browser test",
-            pytrace=False,
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_script_timeout(WAIT_S)
-    try:
+    with headless_chromium(1280, 900, "to run the /ui browser test", WAIT_S) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")

@@ -184,66 +184,48 @@ def _build_torch(config: EngineConfig) -> CachedSegmenter:
             f"backend torch with SAM {config.sam_type} needs sam_checkpoint (e.g. SESAM_SAM_CHECKPOINT="
             "/path/sam_vit_b_01ec64.pth); only the test model 'tiny' runs without one"
         )
-    return SamEngine.from_checkpoint(
-        config.sam_type,
-        config.sam_checkpoint,
-        device=resolve_device(config.device),
-        cache_bytes=config.cache_bytes,
-        max_prompts=config.max_prompts,
-        working_side=config.resolved_working_side(),
-    )
+    return SamEngine.from_checkpoint(config.sam_type, config.sam_checkpoint, **_torch_engine_kwargs(config))
+
+
+def _torch_engine_kwargs(config: EngineConfig) -> dict[str, Any]:
+    """What every PyTorch SAM engine takes from the config besides its model."""
+    return {
+        "device": resolve_device(config.device),
+        "cache_bytes": config.cache_bytes,
+        "max_prompts": config.max_prompts,
+        "working_side": config.resolved_working_side(),
+    }
+
+
+def _weights_or_seed(config: EngineConfig, backend: str, weights: str) -> int:
+    """A checkpoint or random weights, exactly one; the seed to build with (0 with a checkpoint)."""
+    if not config.sam_checkpoint and config.random_weights is None:
+        raise ValueError(
+            f"backend {backend} with {config.sam_type} needs sam_checkpoint ({weights}), "
+            "or random_weights=SEED for tests and speed benchmarks"
+        )
+    if config.sam_checkpoint and config.random_weights is not None:
+        raise ValueError(f"{backend}: give sam_checkpoint or random_weights, not both")
+    return config.random_weights or 0
 
 
 def _build_sam2(config: EngineConfig) -> CachedSegmenter:
-    from models.engine.modeling.sam2_build import SAM2_CONFIGS
+    from models.engine.modeling.sam2_build import SAM2_CONFIGS, build_sam2_model
     from models.engine.sam2_torch import Sam2Engine
 
     lookup(SAM2_CONFIGS, config.sam_type, "SAM 2.1 sam_type")
-    if not config.sam_checkpoint and config.random_weights is None:
-        raise ValueError(
-            f"backend sam2 with {config.sam_type} needs sam_checkpoint (e.g. SESAM_SAM_CHECKPOINT="
-            "/path/sam2.1_hiera_tiny.pt), or random_weights=SEED for tests and speed benchmarks"
-        )
-    if config.sam_checkpoint and config.random_weights is not None:
-        raise ValueError("sam2: give sam_checkpoint or random_weights, not both")
-    from models.engine.modeling.sam2_build import build_sam2_model
-
-    model = build_sam2_model(
-        config.sam_type,
-        config.sam_checkpoint,
-        config.sam_checkpoint_sha256,
-        random_seed=config.random_weights or 0,
-    )
-    return Sam2Engine(
-        model,
-        name=config.sam_type,
-        device=resolve_device(config.device),
-        cache_bytes=config.cache_bytes,
-        max_prompts=config.max_prompts,
-        working_side=config.resolved_working_side(),
-    )
+    seed = _weights_or_seed(config, "sam2", "e.g. SESAM_SAM_CHECKPOINT=/path/sam2.1_hiera_tiny.pt")
+    model = build_sam2_model(config.sam_type, config.sam_checkpoint, config.sam_checkpoint_sha256, seed)
+    return Sam2Engine(model, name=config.sam_type, **_torch_engine_kwargs(config))
 
 
 def _build_light(config: EngineConfig) -> CachedSegmenter:
     from models.engine.light_sam import LIGHT_TYPES, LightSamEngine, build_light_sam
 
     lookup(LIGHT_TYPES, config.sam_type, "light SAM type")
-    if not config.sam_checkpoint and config.random_weights is None:
-        raise ValueError(
-            f"backend light with {config.sam_type} needs sam_checkpoint (EfficientViT-SAM's released weights), "
-            "or random_weights=SEED for tests and speed benchmarks"
-        )
-    if config.sam_checkpoint and config.random_weights is not None:
-        raise ValueError("light: give sam_checkpoint or random_weights, not both")
-    model = build_light_sam(config.sam_type, config.sam_checkpoint, random_seed=config.random_weights or 0)
-    return LightSamEngine(
-        model,
-        name=config.sam_type,
-        device=resolve_device(config.device),
-        cache_bytes=config.cache_bytes,
-        max_prompts=config.max_prompts,
-        working_side=config.resolved_working_side(),
-    )
+    seed = _weights_or_seed(config, "light", "EfficientViT-SAM's released weights")
+    model = build_light_sam(config.sam_type, config.sam_checkpoint, random_seed=seed)
+    return LightSamEngine(model, name=config.sam_type, **_torch_engine_kwargs(config))
 
 
 def _needs_export_dir(config: EngineConfig, backend: str) -> str:

@@ -67,7 +67,7 @@ class LightSamEngine(SamEngine):
     """SamEngine with EfficientViT-SAM's image side (512 input, 1024 prompt frame)."""
 
     def __init__(self, sam: torch.nn.Module, **kwargs) -> None:
-        super().__init__(sam, fast_decoder=kwargs.pop("fast_decoder", True), **kwargs)
+        super().__init__(sam, **kwargs)
         self.encoder_side = int(sam.image_size[1])
         self._resize = ResizeLongestSide(self.encoder_side)
         self._mean = torch.tensor(PIXEL_MEAN, device=self.device).view(3, 1, 1)

@@ -10,6 +10,7 @@ import io
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
@@ -126,6 +127,18 @@ def read_image(
     bombs (the pixel cap is checked on the header's size, before decoding) and naming the source on
     error: ImageTooLarge over the cap, ValueError otherwise. Reads what Pillow reads (JPEG incl.
     CMYK, PNG incl. 16-bit, TIFF 8/16-bit, WebP, BMP, GIF, ...) in any mode (`_rgb_pixels`)."""
+    return _read(source, max_pixels, name, decode=True)
+
+
+def read_image_size(
+    source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+) -> tuple[int, int]:
+    """(H, W) of the upright image `read_image` would decode, from the header only (no pixels
+    decoded), with the same checks and errors."""
+    return _read(source, max_pixels, name, decode=False)
+
+
+def _read(source: str | Path | bytes, max_pixels: int, name: str | None, decode: bool) -> Any:
     label = name or (str(source) if not isinstance(source, bytes) else "image bytes")
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
@@ -136,7 +149,7 @@ def read_image(
                 raise ImageTooLarge(
                     f"{label}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
                 )
-            return _rgb_pixels(_upright(img, label), label)
+            return _rgb_pixels(_upright(img, label), label) if decode else (height, width)
     except FileNotFoundError as exc:
         raise ValueError(f"{label}: no such file") from exc
     except Image.DecompressionBombError as exc:  # PIL refuses to even open it: far over any cap
