@@ -14,6 +14,7 @@ only reports.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backends", nargs="+", default=["classical", "classical-regions"])
     parser.add_argument("--classical-scales", default=None, help="classical-regions: fine,medium,coarse")
+    parser.add_argument(
+        "--classical-options",
+        type=json.loads,
+        default=None,
+        help="classical: options of the prior as JSON, e.g. '{\"click_color_weight\": 0}' (the engine column "
+        "then names them)",
+    )
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--sam-type", default="vit_b")
     parser.add_argument("--sam-checkpoint", default=None)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "refine_camvid.md"))
@@ -139,11 +148,17 @@ def main() -> None:
                 sam_checkpoint=args.sam_checkpoint,
                 cache_bytes=2 * 1024**3,
                 classical_scales=args.classical_scales if backend == "classical-regions" else None,
+                classical=(args.classical_options or {}) if backend == "classical" else {},
             )
         )
+        name = engine.name
+        if backend == "classical" and args.classical_options:
+            name = f"{name} {json.dumps(args.classical_options)}"
         methods = METHODS if i == 0 else tuple(m for m in METHODS if m != "raw")  # raw: no engine
-        for r in score_refinement(engine, dataset, samples, methods=methods, seed=args.seed):
-            rows.append({**r, "engine": "-" if r["method"] == "raw" else engine.name})
+        for r in score_refinement(
+            engine, dataset, samples, tuple(args.kinds), methods=methods, seed=args.seed
+        ):
+            rows.append({**r, "engine": "-" if r["method"] == "raw" else name})
     rows.sort(key=lambda r: (KINDS.index(r["kind"]), METHODS.index(r["method"])))
     console = Console(width=160)
     table = Table(title=f"CamVid {args.split} ({len(samples)} images)")

@@ -50,7 +50,9 @@ from models.engine.types import ImageHandle, Predictions, Prompt
 from models.engine.walker import (
     RegionGraph,
     boundary_band,
+    box_candidate_scores,
     box_centre_prior,
+    box_doubt,
     box_fraction,
     box_slices,
     color_likelihood,
@@ -99,6 +101,25 @@ class ClassicalOptions:
         0.8, help="box prior = share x colour model + (1 - share) x centre prior"
     )
     box_spread: float = setting(0.5, help="centre prior width, in half box sides")
+    box_thresholds: tuple[float, float] = setting(
+        (0.4, 0.2),
+        help="a box alone: the walk's two candidates (potentials above each); the third is the filled box",
+    )
+    box_trust_side: float = setting(
+        64.0,
+        help="a box alone: the walk's answer is trusted fully only on boxes at least this many pixels "
+        "across (geometric mean side); below, its predicted IoU leans towards the filled box's",
+    )
+    box_trust_fill: float = setting(
+        0.5,
+        help="a box alone: the walk's answer is trusted fully only where its most likely candidate "
+        "covers at least this share of the box (an object touches all sides of its tight box)",
+    )
+    box_fill_prior: float = setting(
+        0.5,
+        help="a box alone: the share of its tight box an object is expected to cover where the walk "
+        "is not trusted (the filled box's predicted IoU then)",
+    )
     color_bins: int = setting(8, help="colour model bins of L (a and b get twice as many)")
     box_refits: int = setting(1, help="colour models refitted on the walk's answer this many times")
     pixel_refine: bool = setting(
@@ -114,6 +135,18 @@ class ClassicalOptions:
     )
     clicked_pull: float = setting(
         0.01, help="share of pixel_pull left to a clicked region's pixels (they follow the click)"
+    )
+    click_color_weight: float = setting(
+        0.001,
+        help="objectness of a first click (one positive point, no box, no mask input): pull per pixel of "
+        "area towards P(object | colour), colour models of the walk's first answer against the regions "
+        "on the image border (0: off)",
+    )
+    click_background_prior: float = setting(
+        -1.0, help="background_prior of a first click (-1: background_prior)"
+    )
+    click_thresholds: tuple[float, float, float] = setting(
+        (0.85, 0.7, 0.5), help="a first click's three candidates (potentials above each)"
     )
     thresholds: tuple[float, float, float] = setting(
         (0.85, 0.7, 0.5),
@@ -137,6 +170,18 @@ class ClassicalOptions:
             raise ValueError(f"{source}: color_bins must be >= 1, box_refits and click_radius >= 0")
         if self.pixel_beta < 0 or self.pixel_pull <= 0 or not 0 < self.clicked_pull <= 1:
             raise ValueError(f"{source}: pixel_beta must be >= 0, pixel_pull > 0, clicked_pull in (0, 1]")
+        b = tuple(self.box_thresholds)
+        if len(b) != 2 or not all(0 < v < 1 for v in b) or not b[0] > b[1]:
+            raise ValueError(f"{source}: box_thresholds must be two decreasing values in (0, 1), got {b}")
+        if self.box_trust_side < 0 or not 0 <= self.box_trust_fill <= 1 or not 0 < self.box_fill_prior <= 1:
+            raise ValueError(
+                f"{source}: box_trust_side must be >= 0, box_trust_fill in [0, 1], box_fill_prior in (0, 1]"
+            )
+        c = tuple(self.click_thresholds)
+        if len(c) != 3 or not all(0 < v < 1 for v in c) or not c[0] > c[1] > c[2]:
+            raise ValueError(f"{source}: click_thresholds must be three decreasing values in (0, 1), got {c}")
+        if self.click_color_weight < 0:
+            raise ValueError(f"{source}: click_color_weight must be >= 0")
         t = tuple(self.thresholds)
         if len(t) != 3 or not all(0 < v < 1 for v in t) or not t[0] > t[1] > t[2]:
             raise ValueError(f"{source}: thresholds must be three decreasing values in (0, 1), got {t}")
@@ -303,11 +348,17 @@ class ClassicalPrior(CachedSegmenter):
             seeds[graph.on_border] = 0.0
         if previous is not None and o.mask_weight > 0:
             pulls.add(o.mask_weight * graph.areas, previous)
-        if o.background_prior > 0:
-            pulls.add(o.background_prior * graph.areas, np.zeros(graph.count))
+        first = self.first_click(prompt)
+        background = o.background_prior
+        if first and o.click_background_prior >= 0:
+            background = o.click_background_prior
+        if background > 0:
+            pulls.add(background * graph.areas, np.zeros(graph.count))
         for click in clicks:  # in order: a later click on the same region wins
             if click.seeds_region:
                 seeds[click.node] = click.value
+        if first and o.click_color_weight > 0:
+            return self._objectness_walk(payload, seeds, pulls)
         if inside is None or o.box_weight == 0:
             return random_walk(payload.laplacian, seeds, pulls.weight, pulls.prior())
         x = None
@@ -317,6 +368,40 @@ class ClassicalPrior(CachedSegmenter):
             both.add(o.box_weight * graph.areas, self._box_prior(graph, centre, inside, x))
             x = random_walk(payload.laplacian, seeds, both.weight, both.prior())
         return x
+
+    def candidate_thresholds(self, prompt: Prompt) -> tuple[float, ...]:
+        """The potentials the prompt's candidates are cut at: a box alone `box_thresholds` (the third
+        candidate is the filled box), a first click `click_thresholds`, anything else `thresholds`."""
+        o = self.options
+        if prompt.box is not None and prompt.points is None:
+            return tuple(o.box_thresholds)
+        return tuple(o.click_thresholds if self.first_click(prompt) else o.thresholds)
+
+    @staticmethod
+    def first_click(prompt: Prompt) -> bool:
+        """One positive point, no box, no mask input: the prompt gives no scale and no background."""
+        return (
+            prompt.box is None
+            and prompt.mask_logits is None
+            and prompt.points is not None
+            and len(prompt.points) == 1
+            and int(prompt.labels[0]) == 1
+        )
+
+    def _objectness_walk(self, payload: WalkerImage, seeds: np.ndarray, pulls: _Pulls) -> np.ndarray:
+        """A first click's walk with an objectness term: the plain walk's answer is the object's
+        colour model, the regions on the image border the background's (weighted by how little the
+        answer holds them), and every region is pulled towards P(object | its colour) with weight
+        `click_color_weight` per pixel. Colours unlike the border's are not pulled down, so the answer
+        spreads over the parts of an object that differ from the click's region (a person's trousers
+        from a shirt) and stops at what looks like the surroundings."""
+        o = self.options
+        graph = payload.graph
+        x = random_walk(payload.laplacian, seeds, pulls.weight, pulls.prior())
+        colour = color_likelihood(graph.colors, graph.areas, x, graph.on_border * (1 - x), o.color_bins)
+        both = _Pulls(pulls.weight, pulls.target)
+        both.add(o.click_color_weight * graph.areas, colour)
+        return random_walk(payload.laplacian, seeds, both.weight, both.prior())
 
     def pixel_potentials(
         self, payload: WalkerImage, prompt: Prompt, clicks: list[Click], x: np.ndarray
@@ -336,7 +421,7 @@ class ClassicalPrior(CachedSegmenter):
         if not o.pixel_refine:
             return values
         band = np.zeros(graph.count, dtype=bool)
-        for t in o.thresholds:
+        for t in {*self.candidate_thresholds(prompt), SINGLE}:
             band |= boundary_band(graph, x, t)
         # a clicked region's potential is its seed, not evidence about its pixels: they follow the
         # click and their neighbours alone (a click on a region that straddles the object's edge
@@ -353,7 +438,6 @@ class ClassicalPrior(CachedSegmenter):
     def _decode(self, handle: ImageHandle, prompts: list[Prompt], multimask: bool) -> Predictions:
         payload: WalkerImage = handle.payload
         rows, cols = payload.low_res_pixels
-        thresholds = self.options.thresholds
         out = Predictions.zeros(len(prompts), payload.original_size, multimask, logit=-MASK_LOGIT)
         for i, prompt in enumerate(prompts):
             check_deadline()  # a request past its deadline stops here, between prompts
@@ -361,8 +445,11 @@ class ClassicalPrior(CachedSegmenter):
             clicks = self.clicks(payload, prompt, previous)
             x = self.potentials(payload, prompt, clicks, previous)
             y = self.pixel_potentials(payload, prompt, clicks, x)
+            if prompt.box is not None and prompt.points is None:
+                self._box_answer(out, i, y, prompt.box, multimask, (rows, cols))
+                continue
             small = y[rows][:, cols]
-            for j, t in enumerate(thresholds if multimask else (SINGLE,)):
+            for j, t in enumerate(self.candidate_thresholds(prompt) if multimask else (SINGLE,)):
                 out.masks[i, j] = y > t
                 out.low_res_logits[i, j, : len(rows), : len(cols)] = candidate_logits(small, t)
                 out.iou[i, j] = expected_iou(y, None, out.masks[i, j])  # every pixel weighs one
@@ -370,6 +457,54 @@ class ClassicalPrior(CachedSegmenter):
         self.stats.decoder_calls += 1
         self.stats.prompts_decoded += len(prompts)
         return out
+
+    def box_candidates(self, y: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A box alone: (3xHxW candidates, their predicted IoU). The walk's answers above the two
+        `box_thresholds` and the filled box (clipped to the image), scored by
+        `walker.box_candidate_scores`: the walk's expected IoU blended with a flat fill prior by the
+        doubt the box's size and the walk's fill of it raise (`walker.box_doubt`)."""
+        o = self.options
+        window = box_slices(box, y.shape)
+        candidates = np.zeros((3, *y.shape), bool)
+        for k, t in enumerate(o.box_thresholds):
+            candidates[k] = y > t
+        candidates[2][window] = True
+        inside = y[window]
+        if inside.size == 0:
+            return candidates, np.zeros(3)
+        side = float(np.sqrt(inside.size))
+        doubt = box_doubt(
+            side, float((inside > o.box_thresholds[-1]).mean()), o.box_trust_side, o.box_trust_fill
+        )
+        scores = box_candidate_scores(inside, candidates[:, window[0], window[1]], doubt, o.box_fill_prior)
+        return candidates, scores
+
+    def _box_answer(
+        self,
+        out: Predictions,
+        i: int,
+        y: np.ndarray,
+        box: np.ndarray,
+        multimask: bool,
+        low_res: tuple[np.ndarray, np.ndarray],
+    ) -> None:
+        """Fill prompt i of `out` with a box's candidates (multimask: all three; else the
+        best-scored one). The filled box's low-res logits are +/-MASK_LOGIT, its stability 1."""
+        rows, cols = low_res
+        candidates, scores = self.box_candidates(y, box)
+        thresholds = (*self.options.box_thresholds, None)
+        order = range(3) if multimask else [int(np.argmax(scores))]
+        small = y[rows][:, cols]
+        for j, k in enumerate(order):
+            out.masks[i, j] = candidates[k]
+            out.iou[i, j] = scores[k]
+            if thresholds[k] is None:
+                filled = candidates[k][rows][:, cols]
+                out.low_res_logits[i, j, : len(rows), : len(cols)] = np.where(filled, MASK_LOGIT, -MASK_LOGIT)
+                out.stability[i, j] = 1.0
+            else:
+                out.low_res_logits[i, j, : len(rows), : len(cols)] = candidate_logits(small, thresholds[k])
+                out.stability[i, j] = stability_score(y, thresholds[k], STABILITY_OFFSET)
 
 
 def candidate_logits(x: np.ndarray, threshold: float) -> np.ndarray:

@@ -340,3 +340,31 @@ def refine_pixels(
         )
     out[index] = np.clip(solution, 0.0, 1.0)
     return out.reshape(h, w)
+
+
+def box_doubt(side: float, fill: float, trust_side: float, trust_fill: float) -> float:
+    """How little the walk's answer to a tight box is to be trusted, in [0, 1]: 1 - min(1, side /
+    trust_side) * min(1, fill / trust_fill), with `side` the box's geometric mean side (pixels) and
+    `fill` the share of the box the walk's most likely answer covers. Walks on boxes a few
+    superpixels across, and answers that leave most of a tight box empty, lose to the box itself
+    (an object touches all four sides of its tight box and fills most of it)."""
+    size = min(1.0, side / trust_side) if trust_side > 0 else 1.0
+    share = min(1.0, fill / trust_fill) if trust_fill > 0 else 1.0
+    return 1.0 - size * share
+
+
+def box_candidate_scores(
+    y: np.ndarray, candidates: np.ndarray, doubt: float, fill_prior: float
+) -> np.ndarray:
+    """Predicted IoU of each candidate mask inside a tight box (the last candidate may be the filled
+    box itself): the expected IoU under the walk's potentials `y` (HxW inside the box), blended with
+    the expected IoU under a flat prior that the object covers `fill_prior` of its box, by `doubt`
+    (`box_doubt`). Under the flat prior the filled box scores `fill_prior` and any part of it less,
+    so the more doubtful the walk, the likelier the box is the best-scored answer."""
+    out = np.empty(len(candidates))
+    flat = np.full(y.shape, fill_prior)
+    for k, mask in enumerate(candidates):
+        walk = expected_iou(y, None, mask)
+        prior = expected_iou(flat, None, mask)
+        out[k] = (1 - doubt) * walk + doubt * prior
+    return out
