@@ -10,7 +10,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from models.engine.light_sam import LIGHT_TYPES
 from models.engine.modeling.build import sam_model_registry
+from models.engine.modeling.sam2_build import SAM2_CONFIGS
 from models.runtime.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -66,7 +68,8 @@ def _verify(args: argparse.Namespace) -> int:
     kind = read_metadata(args.directory)["kind"]
     counts = tuple(args.prompts)
     with progress_bar(f"verify {args.directory}") as progress:
-        task = progress.add_task("verify", total=len(sample_images(0, args.image)), info=kind)
+        total = len(sample_images(0, args.image, args.samples))
+        task = progress.add_task("verify", total=total, info=kind)
         cases = verify(
             args.directory,
             args.checkpoint,
@@ -74,6 +77,7 @@ def _verify(args: argparse.Namespace) -> int:
             min_agreement=args.min_agreement,
             prompt_counts=counts,
             images=args.image,
+            samples=args.samples,
             progress=lambda: progress.advance(task),
         )
     table = Table(title=f"PyTorch vs ONNX Runtime: {args.directory}")
@@ -83,6 +87,7 @@ def _verify(args: argparse.Namespace) -> int:
         "size",
         "prompts/batch",
         "multimask",
+        "mask input",
         "max |diff| logits",
         "embedding |diff|",
         "mask agreement",
@@ -97,6 +102,7 @@ def _verify(args: argparse.Namespace) -> int:
             f"{c.size[0]}x{c.size[1]}",
             str(c.prompts),
             "-" if c.multimask is None else str(c.multimask),
+            "yes" if c.mask_input else "-",
             f"{c.max_abs_diff:.2e}",
             "-" if c.embedding_diff is None else f"{c.embedding_diff:.2e}",
             f"{100 * c.mask_agreement:.4f}%",
@@ -119,9 +125,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _quantize(args: argparse.Namespace) -> int:
     from export.quantize import fidelity, quantize_encoder, quantize_student
-    from models.runtime.onnx_runtime import read_metadata
+    from models.runtime.onnx_runtime import SAM_KINDS, read_metadata
 
-    if read_metadata(args.directory)["kind"] != "sam":
+    if read_metadata(args.directory)["kind"] not in SAM_KINDS:
         images = None
         if args.calibration:
             from models.engine import read_image
@@ -167,9 +173,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export SAM / students to ONNX, TensorRT, Triton")
     sub = parser.add_subparsers(dest="export_command", metavar="WHAT", required=True)
 
-    p = sub.add_parser("sam", help="SAM encoder + decoders to ONNX (dynamic batch, prompts, points)")
-    p.add_argument("--sam-type", default="vit_b", choices=sorted(sam_model_registry))
-    p.add_argument("--checkpoint", default=None, help="official checkpoint, e.g. sam_vit_b_01ec64.pth")
+    p = sub.add_parser(
+        "sam",
+        help="SAM, SAM 2.1 or the light SAM: encoder + decoders to ONNX (dynamic batch, prompts, points)",
+    )
+    p.add_argument(
+        "--sam-type", default="vit_b", choices=sorted([*sam_model_registry, *SAM2_CONFIGS, *LIGHT_TYPES])
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="official checkpoint, e.g. sam_vit_b_01ec64.pth, sam2.1_hiera_tiny.pt, efficientvit_sam_l0.pt",
+    )
     p.add_argument(
         "--random-weights",
         type=int,
@@ -201,6 +216,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, default=1e-4)
     p.add_argument("--min-agreement", type=float, default=0.999)
     p.add_argument("--prompts", type=int, nargs="+", default=[1, 5, 64])
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=4,
+        choices=range(1, 5),
+        help="how many of the 4 sample images (quicker)",
+    )
     p.add_argument("--json", default=None, help="also write the cases as JSON here")
     p.add_argument(
         "--image", action="append", default=[], metavar="PATH", help="also verify on this image (repeatable)"

@@ -21,6 +21,7 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
+from export.sam2_modules import Sam2DecoderOnnx, Sam2EncoderOnnx
 from export.sam_modules import (
     InstanceStudentOnnx,
     SamDecoderOnnx,
@@ -43,6 +44,21 @@ MAX_POINTS = 64
 
 ENCODER_INPUTS = ["images"]
 ENCODER_OUTPUTS = ["image_embeddings"]
+# SAM 2.1: the encoder also gives the two high-res maps, and the decoder takes them
+SAM2_ENCODER_OUTPUTS = ["image_embeddings", "high_res_0", "high_res_1"]
+# how a runtime prepares an image for the encoder, recorded in metadata.json ("preprocess")
+LONGEST_SIDE = {
+    "resize": "longest_side",
+    "detail": "long side resized to image_size (ResizeLongestSide, PIL bilinear), (pixel - mean) / std "
+    "in 0..255 units, zero-padded bottom and right to image_size x image_size",
+    "input_range": 255,
+}
+STRETCH = {
+    "resize": "stretch",
+    "detail": "pixels / 255, stretched to image_size x image_size (bilinear, antialiased: torchvision "
+    "resize of a float tensor), (pixel - mean) / std in 0..1 units, no padding",
+    "input_range": 1,
+}
 DECODER_INPUTS = [
     "image_embeddings",
     "point_coords",
@@ -52,6 +68,7 @@ DECODER_INPUTS = [
     "orig_im_size",
 ]
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
+SAM2_DECODER_INPUTS = ["image_embeddings", "high_res_0", "high_res_1", *DECODER_INPUTS[1:]]
 # the many-prompt decoder (no mask inputs): ONNX Runtime picks it when no prompt of a call has one
 MANY_DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "orig_im_size"]
 STUDENT_INPUTS = ["images"]
@@ -152,19 +169,39 @@ def write_metadata(out: Path, metadata: dict[str, Any]) -> Path:
     return path
 
 
+def sam_sides(sam: nn.Module) -> tuple[int, int]:
+    """(encoder input side, prompt frame side) of a SAM 1 architecture: both 1024 for SAM, 512 and
+    1024 for EfficientViT-SAM (`image_size` = (prompt side, encoder side))."""
+    side = getattr(sam.image_encoder, "img_size", None)
+    if side is not None:
+        return int(side), int(side)
+    prompt, encoder = (int(v) for v in sam.image_size)
+    return encoder, prompt
+
+
+def _pixel_stats(sam: nn.Module) -> tuple[list[float], list[float]]:
+    if hasattr(sam, "pixel_mean"):
+        return [float(v) for v in sam.pixel_mean.flatten()], [float(v) for v in sam.pixel_std.flatten()]
+    from models.engine.light_sam import PIXEL_MEAN, PIXEL_STD
+
+    return list(PIXEL_MEAN), list(PIXEL_STD)
+
+
 def export_sam(
-    sam: Sam,
+    sam: nn.Module,
     out: str | Path,
     sam_type: str,
     checkpoint: str | Path | None = None,
     quiet: bool = True,
     random_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Write encoder.onnx, decoder.onnx (3 masks), decoder_single.onnx (1 mask), their many-prompt
-    forms for calls without mask inputs (decoder_many.onnx, decoder_many_single.onnx) and metadata.json."""
+    """A SAM 1 architecture (SAM, or EfficientViT-SAM: its 512 encoder input kept apart from the
+    1024 prompt frame): write encoder.onnx, decoder.onnx (3 masks), decoder_single.onnx (1 mask),
+    their many-prompt forms for calls without mask inputs (decoder_many.onnx,
+    decoder_many_single.onnx) and metadata.json (kind `sam`)."""
     out = Path(out)
     sam = sam.eval()
-    size = sam.image_encoder.img_size
+    size, prompt_side = sam_sides(sam)
     batch = torch.export.Dim("batch", min=1, max=MAX_ENCODER_BATCH)
     # batch 2: torch.export specialises dimensions whose example size is 0 or 1
     images = torch.zeros(2, 3, size, size)
@@ -199,7 +236,7 @@ def export_sam(
     }
     for name, multimask in (("decoder.onnx", True), ("decoder_single.onnx", False)):
         _onnx_export(
-            SamDecoderOnnx(sam, multimask),
+            SamDecoderOnnx(sam, multimask, prompt_side),
             example,
             out / name,
             DECODER_INPUTS,
@@ -208,15 +245,18 @@ def export_sam(
             quiet,
         )
     many = export_many_prompt_decoders(sam, out, quiet)
+    mean, std = _pixel_stats(sam)
     metadata = {
         "format": EXPORT_FORMAT,
         "kind": "sam",
         "sam_type": sam_type,
         "image_size": size,
+        "prompt_size": prompt_side,
+        "preprocess": LONGEST_SIDE,
         "low_res_size": int(sam.prompt_encoder.mask_input_size[0]),
         "embedding_shape": list(embedding.shape[1:]),
-        "pixel_mean": [float(v) for v in sam.pixel_mean.flatten()],
-        "pixel_std": [float(v) for v in sam.pixel_std.flatten()],
+        "pixel_mean": mean,
+        "pixel_std": std,
         "mask_threshold": float(sam.mask_threshold),
         "opset": OPSET,
         "limits": {"encoder_batch": MAX_ENCODER_BATCH, "prompts": MAX_PROMPTS, "points": MAX_POINTS},
@@ -233,15 +273,102 @@ def export_sam(
     return metadata
 
 
-def export_many_prompt_decoders(sam: Sam, out: str | Path, quiet: bool = True) -> dict[str, Any]:
+def export_sam2(
+    model: nn.Module,
+    out: str | Path,
+    sam_type: str,
+    checkpoint: str | Path | None = None,
+    quiet: bool = True,
+    random_seed: int | None = None,
+) -> dict[str, Any]:
+    """A SAM 2.1 image model: write encoder.onnx (image -> embedding and both high-res maps, dynamic
+    batch), decoder.onnx (3 masks), decoder_single.onnx (1 mask, with SAM 2's stability fallback),
+    both with dynamic prompts and points and a mask input, and metadata.json (kind `sam2`)."""
+    out = Path(out)
+    model = model.eval()
+    size = int(model.image_size)
+    encoder = Sam2EncoderOnnx(model)
+    batch = torch.export.Dim("batch", min=1, max=MAX_ENCODER_BATCH)
+    images = torch.zeros(2, 3, size, size)
+    _onnx_export(
+        encoder,
+        (images,),
+        out / "encoder.onnx",
+        ENCODER_INPUTS,
+        SAM2_ENCODER_OUTPUTS,
+        {"images": {0: batch}},
+        quiet,
+    )
+    with torch.no_grad():
+        features = encoder(images[:1])
+    prompts = torch.export.Dim("prompts", min=1, max=MAX_PROMPTS)
+    points = torch.export.Dim("points", min=1, max=MAX_POINTS)
+    example = (
+        *features,
+        torch.tensor([[[10.0, 20.0], [30.0, 40.0]]]).repeat(2, 1, 1),
+        torch.tensor([[1.0, -1.0]]).repeat(2, 1),
+        torch.zeros(2, 1, 256, 256),
+        torch.zeros(2),
+        torch.tensor([480, 640], dtype=torch.int64),
+    )
+    dynamic = dict.fromkeys(SAM2_ENCODER_OUTPUTS) | {
+        "point_coords": {0: prompts, 1: points},
+        "point_labels": {0: prompts, 1: points},
+        "mask_input": {0: prompts},
+        "has_mask_input": {0: prompts},
+        "orig_im_size": None,
+    }
+    for name, multimask in (("decoder.onnx", True), ("decoder_single.onnx", False)):
+        _onnx_export(
+            Sam2DecoderOnnx(model, multimask),
+            example,
+            out / name,
+            SAM2_DECODER_INPUTS,
+            DECODER_OUTPUTS,
+            dynamic,
+            quiet,
+        )
+    from models.engine.sam2_torch import IMAGENET_MEAN, IMAGENET_STD
+
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "kind": "sam2",
+        "sam_type": sam_type,
+        "image_size": size,
+        "prompt_size": size,
+        "preprocess": STRETCH,
+        "prompt_layout": "box corners first (labels 2, 3), then clicks, then one padding point (0, 0) labelled -1",
+        "low_res_size": int(model.sam_prompt_encoder.mask_input_size[0]),
+        "low_res_frame": "the image stretched to low_res_size x low_res_size (SAM 2's own frame)",
+        "embedding_shape": list(features[0].shape[1:]),
+        "encoder_outputs": {
+            name: list(f.shape[1:]) for name, f in zip(SAM2_ENCODER_OUTPUTS, features, strict=True)
+        },
+        "pixel_mean": list(IMAGENET_MEAN),
+        "pixel_std": list(IMAGENET_STD),
+        "mask_threshold": 0.0,
+        "opset": OPSET,
+        "limits": {"encoder_batch": MAX_ENCODER_BATCH, "prompts": MAX_PROMPTS, "points": MAX_POINTS},
+        "files": {
+            "encoder": _file_entry(out / "encoder.onnx"),
+            "decoder": _file_entry(out / "decoder.onnx"),
+            "decoder_single": _file_entry(out / "decoder_single.onnx"),
+        },
+        "source": _source(checkpoint, random_seed),
+        "versions": versions(),
+    }
+    write_metadata(out, metadata)
+    return metadata
+
+
+def export_many_prompt_decoders(sam: nn.Module, out: str | Path, quiet: bool = True) -> dict[str, Any]:
     """Write decoder_many.onnx (3 masks) and decoder_many_single.onnx (1 mask), the many-prompt
     formulation for calls without mask inputs; returns their `files` entries (role -> entry)."""
     out = Path(out)
     sam = sam.eval()
+    size, prompt_side = sam_sides(sam)
     with torch.no_grad():
-        embedding = sam.image_encoder(
-            torch.zeros(1, 3, sam.image_encoder.img_size, sam.image_encoder.img_size)
-        )
+        embedding = sam.image_encoder(torch.zeros(1, 3, size, size))
     prompts = torch.export.Dim("prompts", min=1, max=MAX_PROMPTS)
     points = torch.export.Dim("points", min=1, max=MAX_POINTS)
     example = (
@@ -260,7 +387,7 @@ def export_many_prompt_decoders(sam: Sam, out: str | Path, quiet: bool = True) -
     for role, multimask in (("decoder_many", True), ("decoder_many_single", False)):
         path = out / f"{role}.onnx"
         _onnx_export(
-            SamManyPromptDecoderOnnx(sam, multimask),
+            SamManyPromptDecoderOnnx(sam, multimask, prompt_side),
             example,
             path,
             MANY_DECODER_INPUTS,
@@ -283,6 +410,34 @@ def _source(checkpoint: str | Path | None, random_seed: int | None = None) -> di
     return {"checkpoint": str(path), "checkpoint_sha256": sha256_of(path)}
 
 
+def sam_family(sam_type: str) -> str:
+    """The family of a SAM type: `sam` (SAM 1, `sam_model_registry`), `sam2` (SAM 2.1) or `light`
+    (EfficientViT-SAM); a ValueError names the known types otherwise."""
+    from models.engine.light_sam import LIGHT_TYPES
+    from models.engine.modeling.build import sam_model_registry
+    from models.engine.modeling.sam2_build import SAM2_CONFIGS
+
+    for family, types in (("sam", sam_model_registry), ("sam2", SAM2_CONFIGS), ("light", LIGHT_TYPES)):
+        if sam_type in types:
+            return family
+    known = ", ".join(sorted([*sam_model_registry, *SAM2_CONFIGS, *LIGHT_TYPES]))
+    raise ValueError(f"unknown SAM type {sam_type!r}; known: {known}")
+
+
+def build_family_model(sam_type: str, checkpoint: str | Path | None, seed: int = 0) -> nn.Module:
+    """Any SAM family's model in eval mode: from `checkpoint`, else seeded random weights."""
+    family = sam_family(sam_type)
+    if family == "sam2":
+        from models.engine.modeling.sam2_build import build_sam2_model
+
+        return build_sam2_model(sam_type, checkpoint, random_seed=seed)
+    if family == "light":
+        from models.engine.light_sam import build_light_sam
+
+        return build_light_sam(sam_type, checkpoint, random_seed=seed)
+    return build_sam(sam_type, checkpoint) if checkpoint else build_seeded_sam(sam_type, seed)
+
+
 def build_seeded_sam(sam_type: str, seed: int) -> Sam:
     """SAM `sam_type` with random weights drawn from `seed` (the same every time)."""
     if sam_type == "tiny":
@@ -301,14 +456,18 @@ def export_sam_checkpoint(
 ) -> dict[str, Any]:
     """Build SAM `sam_type` from `checkpoint` and export it. Without a checkpoint only `tiny` (seeded)
     or an explicit `random_seed` (random weights: for verification and speed benchmarks) are allowed."""
+    family = sam_family(sam_type)
+    seed = None
     if checkpoint is None:
         if sam_type != "tiny" and random_seed is None:
             raise ValueError(
                 f"SAM {sam_type} needs --checkpoint (e.g. sam_vit_b_01ec64.pth); random weights only with --random-weights SEED"
             )
         seed = 0 if random_seed is None else random_seed
-        return export_sam(build_seeded_sam(sam_type, seed), out, sam_type, None, quiet, random_seed=seed)
-    return export_sam(build_sam(sam_type, checkpoint), out, sam_type, checkpoint, quiet)
+    model = build_family_model(sam_type, checkpoint, seed or 0)
+    if family == "sam2":
+        return export_sam2(model, out, sam_type, checkpoint, quiet, random_seed=seed)
+    return export_sam(model, out, sam_type, checkpoint, quiet, random_seed=seed)
 
 
 def _export_student_graph(

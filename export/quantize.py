@@ -18,7 +18,7 @@ import numpy as np
 
 from export.onnx_export import _file_entry, write_metadata
 from models.runtime.deps import require
-from models.runtime.onnx_runtime import model_file, read_metadata
+from models.runtime.onnx_runtime import SAM_KINDS, model_file, read_metadata
 from models.students.runtime import STUDENT_TASKS
 
 
@@ -33,7 +33,7 @@ def quantize_encoder(directory: str | Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     directory = Path(directory)
-    md = read_metadata(directory, kind="sam")
+    md = read_metadata(directory, kind=SAM_KINDS)
     source = model_file(directory, md, "encoder")
     target = directory / "encoder_int8.onnx"
     tmp = directory / "encoder_int8.tmp.onnx"

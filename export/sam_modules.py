@@ -1,5 +1,8 @@
 """Export wrappers around SAM: modules that see only tensors and export with torch.export.
 
+The same modules export EfficientViT-SAM (the light SAM): its encoder takes B x 3 x 512 x 512,
+its prompt frame (`prompt_side`) stays 1024.
+
 `SamEncoderOnnx`: B x 3 x 1024 x 1024 preprocessed images (normalised, padded, as
 `Sam.preprocess` makes them) -> B x 256 x 64 x 64 embeddings; B is dynamic.
 
@@ -50,12 +53,13 @@ def _bilinear_matrix(size_out: Tensor, size_in: Tensor, length_in: int, scale: T
 class SamDecoderOnnx(nn.Module):
     """Prompt encoder + mask decoder + postprocessing for B prompts on one image embedding."""
 
-    def __init__(self, sam: Sam, multimask: bool = True) -> None:
+    def __init__(self, sam: Sam, multimask: bool = True, prompt_side: int | None = None) -> None:
         super().__init__()
         self.mask_decoder = sam.mask_decoder
         self.prompt_encoder = sam.prompt_encoder
         self.multimask = multimask
-        self.img_size = sam.image_encoder.img_size
+        # the prompt frame: SAM's encoder side, 1024 also for EfficientViT-SAM's 512 encoder
+        self.img_size = prompt_side or sam.image_encoder.img_size
         self.low_res = self.prompt_encoder.mask_input_size[0]
         self.register_buffer("image_pe", sam.prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
         low = torch.tensor(self.low_res)
@@ -129,8 +133,8 @@ class SamManyPromptDecoderOnnx(SamDecoderOnnx):
     models/engine/modeling/fast_decoder.py). Inputs: image_embeddings, point_coords, point_labels, orig_im_size;
     outputs as `SamDecoderOnnx`. Runtimes use it when no prompt of a call carries a mask input."""
 
-    def __init__(self, sam: Sam, multimask: bool = True) -> None:
-        super().__init__(sam, multimask)
+    def __init__(self, sam: Sam, multimask: bool = True, prompt_side: int | None = None) -> None:
+        super().__init__(sam, multimask, prompt_side)
         from models.engine.modeling.fast_decoder import ManyPromptDecoder
 
         fast = ManyPromptDecoder(sam.mask_decoder, self.image_pe)

@@ -39,10 +39,12 @@ def profile_shapes(
     """(min, opt, max) shape per execution input of a model role (`metadata`: of its export
     directory; instance students run on their fixed square canvas, batch 1..8)."""
     if role.startswith("encoder"):
-        return {"images": tuple((b, 3, 1024, 1024) for b in ENCODER_BATCH)}
+        side = int((metadata or {}).get("image_size", 1024))  # 512 for the light SAM
+        return {"images": tuple((b, 3, side, side) for b in ENCODER_BATCH)}
     if role.startswith("decoder"):
-        return {
-            "image_embeddings": ((1, 256, 64, 64),) * 3,
+        # SAM 2's decoder also takes the image's high-res maps, of fixed shapes
+        maps = (metadata or {}).get("encoder_outputs", {"image_embeddings": [256, 64, 64]})
+        return {name: ((1, *shape),) * 3 for name, shape in maps.items()} | {
             "point_coords": tuple((b, n, 2) for b, n in zip(DECODER_PROMPTS, DECODER_POINTS, strict=True)),
             "point_labels": tuple((b, n) for b, n in zip(DECODER_PROMPTS, DECODER_POINTS, strict=True)),
             "mask_input": tuple((b, 1, 256, 256) for b in DECODER_PROMPTS),

@@ -30,19 +30,29 @@ def _tensor(name: str, dtype: str, dims: list[int]) -> str:
     return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(str(d) for d in dims)} ] }}'
 
 
-def model_config(role: str, name: str, platform: str, instances: int = 1, kind: str = "KIND_AUTO") -> str:
-    """config.pbtxt text for one model role (encoder, decoder, decoder_single, student)."""
+def model_config(
+    role: str,
+    name: str,
+    platform: str,
+    instances: int = 1,
+    kind: str = "KIND_AUTO",
+    metadata: dict | None = None,
+) -> str:
+    """config.pbtxt text for one model role (encoder, decoder, decoder_single, student); `metadata`
+    (of the export) gives the encoder's input side and, for SAM 2, its high-res outputs."""
     if platform not in PLATFORMS:
         raise ValueError(f"platform {platform!r} unknown; choose one of {PLATFORMS}")
+    side = int((metadata or {}).get("image_size", 1024))
+    maps = (metadata or {}).get("encoder_outputs", {"image_embeddings": [256, 64, 64]})
     if role == "encoder":
         batch, batching = ENCODER_MAX_BATCH, True
-        inputs = [_tensor("images", "TYPE_FP32", [3, 1024, 1024])]
-        outputs = [_tensor("image_embeddings", "TYPE_FP32", [256, 64, 64])]
+        inputs = [_tensor("images", "TYPE_FP32", [3, side, side])]
+        outputs = [_tensor(n, "TYPE_FP32", list(shape)) for n, shape in maps.items()]
     elif role.startswith("decoder"):
         batch, batching = 0, False
         c = 3 if role == "decoder" else 1
         inputs = [
-            _tensor("image_embeddings", "TYPE_FP32", [1, 256, 64, 64]),
+            *(_tensor(n, "TYPE_FP32", [1, *shape]) for n, shape in maps.items()),
             _tensor("point_coords", "TYPE_FP32", [-1, -1, 2]),
             _tensor("point_labels", "TYPE_FP32", [-1, -1]),
             _tensor("mask_input", "TYPE_FP32", [-1, 1, 256, 256]),
@@ -113,7 +123,7 @@ def write_repository(
                 )
             shutil.copy2(directory / plans[-1]["files"][role], version / "model.plan")
         tmp = model_dir / "config.pbtxt.tmp"
-        tmp.write_text(model_config(role, name, platform, instances))
+        tmp.write_text(model_config(role, name, platform, instances, metadata=md))
         tmp.replace(model_dir / "config.pbtxt")
         written.append(model_dir)
     return written

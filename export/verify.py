@@ -1,9 +1,10 @@
 """Parity of an export directory with the PyTorch model it came from.
 
-SAM: the torch backend (`SamEngine`, itself proven equal to `SamPredictor`) vs the ONNX Runtime
-backend on real images (scikit-image samples, plus any image files the caller names) and a random one, cropped to
+SAM (SAM 1, SAM 2.1, the light SAM): the torch backend (`SamEngine`, `Sam2Engine`,
+`LightSamEngine`, each proven equal to its reference predictor) vs the ONNX Runtime backend on real
+images (scikit-image samples, plus any image files the caller names) and a random one, cropped to
 three aspect ratios (landscape, portrait, square), with 1, 5 and 64 mixed prompts (points, boxes,
-both), multimask on and off. Reported per case: max abs diff of embeddings and of low-res mask
+both), multimask on and off, then again with the reference's answers fed back as mask inputs. Reported per case: max abs diff of embeddings and of low-res mask
 logits, agreement of the binarized full-size masks, max IoU-score diff.
 
 Students: `predict_logits` of the source checkpoint vs `OnnxStudent` at several batch sizes and
@@ -15,7 +16,7 @@ A case fails when a logits diff exceeds `atol` or mask agreement falls below `mi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from models.engine.types import Prompt
 from models.runtime.onnx_runtime import ExportMetadata, load_export_metadata
 
 PROMPT_COUNTS = (1, 5, 64)
+SAMPLES = ("coffee landscape", "astronaut portrait", "chelsea square", "random 333x517")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Case:
     embedding_diff: float | None
     mask_agreement: float  # binarized masks (SAM) or argmax (student)
     iou_diff: float | None
+    mask_input: bool = False  # SAM: the prompts carried the reference's last answer as mask input
     passed: bool = True
 
 
@@ -53,10 +56,12 @@ class Checks:
     images: Sequence[str | Path] = ()  # the user's image files, besides the samples
     progress: Callable[[], Any] | None = None
     prompt_counts: tuple[int, ...] = PROMPT_COUNTS  # prompts per batch (SAM only)
+    samples: int = len(SAMPLES)  # how many of the sample images (in `SAMPLES` order), 1..4
 
     def each_image(self) -> Iterator[tuple[str, np.ndarray]]:
-        """The sample images (`sample_images`) by name; `progress` is called as each one is done."""
-        for name, image in sample_images(self.seed, self.images).items():
+        """The first `samples` sample images and the caller's (`sample_images`) by name; `progress`
+        is called as each one is done."""
+        for name, image in sample_images(self.seed, self.images, self.samples).items():
             yield name, image
             if self.progress is not None:
                 self.progress()
@@ -68,11 +73,15 @@ class Checks:
         return case
 
 
-def sample_images(seed: int = 0, extra: Sequence[str | Path] = ()) -> dict[str, np.ndarray]:
-    """Real and random RGB images cropped to three aspect ratios (landscape, portrait, square), plus
-    the user's `extra` image files (e.g. one of their own domain)."""
+def sample_images(
+    seed: int = 0, extra: Sequence[str | Path] = (), samples: int = len(SAMPLES)
+) -> dict[str, np.ndarray]:
+    """Real and random RGB images cropped to three aspect ratios (landscape, portrait, square; the
+    first `samples` of `SAMPLES`), plus the user's `extra` image files (e.g. of their own domain)."""
     import skimage.data
 
+    if not 1 <= samples <= len(SAMPLES):
+        raise ValueError(f"samples must lie in 1..{len(SAMPLES)}, got {samples}")
     rng = np.random.default_rng(seed)
     images = {
         "coffee landscape": skimage.data.coffee(),  # 400x600
@@ -80,6 +89,7 @@ def sample_images(seed: int = 0, extra: Sequence[str | Path] = ()) -> dict[str, 
         "chelsea square": skimage.data.chelsea()[:, 60:360],  # 300x300
         "random 333x517": rng.integers(0, 256, (333, 517, 3), dtype=np.uint8),
     }
+    images = {name: images[name] for name in SAMPLES[:samples]}
     if extra:
         from models.engine import read_image
 
@@ -110,47 +120,72 @@ def random_prompts(count: int, size: tuple[int, int], rng: np.random.Generator) 
     return out
 
 
-def verify_sam(md: ExportMetadata, checkpoint: str | Path | None, checks: Checks) -> list[Case]:
-    """The torch backend on SAM from the source checkpoint (or the seeded random weights) vs the
-    ONNX Runtime backend on the export: embeddings, low-res logits, masks and IoU scores."""
-    from export.onnx_export import build_seeded_sam
-    from models.engine.base import backend_payload
-    from models.engine.modeling.build import build_sam
-    from models.engine.sam_onnx import OnnxSamEngine
+def reference_engine(md: ExportMetadata, checkpoint: str | Path | None) -> Any:
+    """The torch engine of the model an export came from (its checkpoint, or its seeded random
+    weights): `SamEngine`, `LightSamEngine` or `Sam2Engine`, each proven equal to its reference
+    predictor by the parity tests."""
+    from export.onnx_export import build_family_model, sam_family
+    from models.engine.light_sam import LightSamEngine
+    from models.engine.sam2_torch import Sam2Engine
     from models.engine.sam_torch import SamEngine
 
-    source = md["source"]
+    source, sam_type = md["source"], md["sam_type"]
     checkpoint = checkpoint or source.get("checkpoint")
-    if checkpoint:
-        sam = build_sam(md["sam_type"], checkpoint)
-    else:
-        sam = build_seeded_sam(md["sam_type"], int(source.get("random_seed") or 0))
-    reference = SamEngine(sam, name=f"sam-{md['sam_type']}")
+    model = build_family_model(sam_type, checkpoint, int(source.get("random_seed") or 0))
+    engine = {"sam": SamEngine, "light": LightSamEngine, "sam2": Sam2Engine}[sam_family(sam_type)]
+    return engine(model, name=f"torch-{sam_type}")
+
+
+def _features(payload: Any) -> list[np.ndarray]:
+    """The embedding and any high-res maps of a cached image, as arrays."""
+    maps = [payload.embedding, *getattr(payload, "high_res", ())]
+    return [m.numpy() if isinstance(m, torch.Tensor) else m for m in maps]
+
+
+def verify_sam(md: ExportMetadata, checkpoint: str | Path | None, checks: Checks) -> list[Case]:
+    """The torch backend on the source model (SAM, SAM 2.1 or the light SAM, from its checkpoint or
+    its seeded random weights) vs the ONNX Runtime backend on the export: image features (embedding
+    and high-res maps), low-res logits, masks and IoU scores; each prompt batch once as drawn and
+    once more with the reference's best low-res logits fed back as mask inputs."""
+    from models.engine.base import backend_payload
+    from models.engine.sam_onnx import OnnxSamEngine
+
+    reference = reference_engine(md, checkpoint)
     onnx = OnnxSamEngine(md)
     rng = np.random.default_rng(checks.seed)
     cases = []
     for name, image in checks.each_image():
         ref_handle = reference.embed([image])[0]
         onnx_handle = onnx.embed([image])[0]
-        ref_emb = backend_payload(ref_handle.payload).embedding.numpy()
-        emb_diff = float(np.abs(ref_emb - backend_payload(onnx_handle.payload).embedding).max())
+        pairs = zip(
+            _features(backend_payload(ref_handle.payload)), _features(backend_payload(onnx_handle.payload))
+        )
+        emb_diff = max(float(np.abs(a - b).max()) for a, b in pairs)
         for count in checks.prompt_counts:
-            prompts = random_prompts(count, image.shape[:2], rng)
+            drawn = random_prompts(count, image.shape[:2], rng)
             for multimask in (True, False):
-                a = reference.predict(ref_handle, prompts, multimask)
-                b = onnx.predict(onnx_handle, prompts, multimask)
-                case = Case(
-                    model=f"sam {md['sam_type']}",
-                    image=name,
-                    size=image.shape[:2],
-                    prompts=count,
-                    multimask=multimask,
-                    max_abs_diff=float(np.abs(a.low_res_logits - b.low_res_logits).max()),
-                    embedding_diff=emb_diff,
-                    mask_agreement=float((a.masks == b.masks).mean()),
-                    iou_diff=float(np.abs(a.iou - b.iou).max()),
-                )
-                cases.append(checks.judged(case))
+                prompts = drawn
+                for fed_back in (False, True):
+                    a = reference.predict(ref_handle, prompts, multimask)
+                    b = onnx.predict(onnx_handle, prompts, multimask)
+                    case = Case(
+                        model=f"{md.kind} {md['sam_type']}",
+                        image=name,
+                        size=image.shape[:2],
+                        prompts=count,
+                        multimask=multimask,
+                        max_abs_diff=float(np.abs(a.low_res_logits - b.low_res_logits).max()),
+                        embedding_diff=emb_diff,
+                        mask_agreement=float((a.masks == b.masks).mean()),
+                        iou_diff=float(np.abs(a.iou - b.iou).max()),
+                        mask_input=fed_back,
+                    )
+                    cases.append(checks.judged(case))
+                    best = a.iou.argmax(1)
+                    prompts = [
+                        replace(p, mask_logits=a.low_res_logits[i, best[i]][None])
+                        for i, p in enumerate(drawn)
+                    ]
     return cases
 
 
@@ -237,6 +272,7 @@ def verify_instance_student(md: ExportMetadata, checkpoint: str | Path | None, c
 # export kind -> its verification (metadata, checkpoint or None, checks) -> cases
 VERIFIERS: dict[str, Callable[[ExportMetadata, str | Path | None, Checks], list[Case]]] = {
     "sam": verify_sam,
+    "sam2": verify_sam,
     "student": verify_student,
     "instance_student": verify_instance_student,
 }
@@ -246,7 +282,7 @@ def verify(
     directory: str | Path | ExportMetadata, checkpoint: str | Path | None = None, **checks: Any
 ) -> list[Case]:
     """Verify any export directory (SAM, semantic or instance student); `checks` are `Checks`'
-    fields (atol, min_agreement, seed, images, progress, prompt_counts). metadata.json is read once
+    fields (atol, min_agreement, seed, images, progress, prompt_counts, samples). metadata.json is read once
     here (not at all when its `ExportMetadata` is given) and handed down."""
     md = load_export_metadata(directory)
     return lookup(VERIFIERS, md.kind, "export kind")(md, checkpoint, Checks(**checks))

@@ -135,6 +135,26 @@ def tiny_export(tmp_path_factory) -> Path:
     return out
 
 
+def _family_export(tmp_path_factory, sam_type: str) -> Path:
+    from export.onnx_export import export_sam_checkpoint
+
+    out = tmp_path_factory.mktemp(sam_type.replace(".", "_"))
+    export_sam_checkpoint(sam_type, None, out, random_seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sam2_export(tmp_path_factory) -> Path:
+    """SAM 2.1 hiera tiny, seeded random weights, exported once per session (kind sam2)."""
+    return _family_export(tmp_path_factory, "sam2.1_hiera_t")
+
+
+@pytest.fixture(scope="session")
+def light_export(tmp_path_factory) -> Path:
+    """EfficientViT-SAM L0 (the light SAM), seeded random weights, exported once per session."""
+    return _family_export(tmp_path_factory, "efficientvit-sam-l0")
+
+
 @pytest.fixture(scope="session")
 def student_export(tmp_path_factory) -> Path:
     """The shipped CamVid student exported to ONNX once per session."""

@@ -75,6 +75,69 @@ def test_verify_sam_passes_and_fails_over_tolerance(tiny_export: Path, capsys, m
     assert "cases over tolerance" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "fixture, kind, side, outputs",
+    [
+        ("sam2_export", "sam2", 1024, ["image_embeddings", "high_res_0", "high_res_1"]),
+        ("light_export", "sam", 512, ["image_embeddings"]),
+    ],
+)
+def test_sam_family_exports_verify(fixture: str, kind: str, side: int, outputs: list[str], request) -> None:
+    """SAM 2.1 and the light SAM through `sesam export verify`: features, logits (with and without
+    the last answer fed back as mask input), masks and scores equal the torch engines'."""
+    import onnxruntime as ort
+
+    directory = request.getfixturevalue(fixture)
+    md = read_metadata(directory)
+    assert md["kind"] == kind and md["image_size"] == side and md["prompt_size"] == 1024
+    assert md["preprocess"]["resize"] == ("stretch" if kind == "sam2" else "longest_side")
+    session = ort.InferenceSession(str(directory / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == outputs
+    assert session.get_inputs()[0].shape[1:] == [3, side, side]
+    cases = verify(directory, prompt_counts=(3,), samples=2)  # a landscape and a portrait image
+    assert {c.image for c in cases} == {"coffee landscape", "astronaut portrait"}
+    assert {c.mask_input for c in cases} == {False, True} and {c.multimask for c in cases} == {False, True}
+    assert all(c.passed for c in cases), [c for c in cases if not c.passed]
+    assert max(c.embedding_diff for c in cases) < 1e-4
+
+
+def test_sam2_prompts_are_packed_as_its_predictor_packs_them() -> None:
+    """SAM 2: box corners first, then clicks, then the padding point always; SAM 1: clicks, then the
+    box, the padding point only without one."""
+    from models.engine import Prompt
+    from models.engine.exported import pack_prompts
+
+    prompt = Prompt(points=[[5, 6], [7, 8]], labels=[1, 0], box=[1, 2, 3, 4])
+    sam2 = pack_prompts([prompt], box_first=True)
+    assert sam2["point_coords"][0].tolist() == [[1, 2], [3, 4], [5, 6], [7, 8], [0, 0]]
+    assert sam2["point_labels"][0].tolist() == [2, 3, 1, 0, -1]
+    sam1 = pack_prompts([prompt])
+    assert sam1["point_labels"][0].tolist() == [1, 0, 2, 3]
+    assert pack_prompts([Prompt(points=[[5, 6]], labels=[1])])["point_labels"][0].tolist() == [1, -1]
+
+
+def test_sam2_triton_and_tensorrt_shapes_follow_the_metadata() -> None:
+    from export.tensorrt import profile_shapes
+
+    md = {
+        "kind": "sam2",
+        "image_size": 1024,
+        "encoder_outputs": {
+            "image_embeddings": [256, 64, 64],
+            "high_res_0": [32, 256, 256],
+            "high_res_1": [64, 128, 128],
+        },
+    }
+    dec = profile_shapes("decoder", md)
+    assert dec["high_res_0"] == ((1, 32, 256, 256),) * 3 and dec["high_res_1"] == ((1, 64, 128, 128),) * 3
+    assert profile_shapes("encoder", {"image_size": 512})["images"][0] == (1, 3, 512, 512)
+    enc = _parse_config(model_config("encoder", "sam_encoder", "onnxruntime_onnx", metadata=md))
+    assert [o.name for o in enc.output] == ["image_embeddings", "high_res_0", "high_res_1"]
+    assert list(enc.output[1].dims) == [32, 256, 256]
+    dec_cfg = _parse_config(model_config("decoder", "sam_decoder", "onnxruntime_onnx", metadata=md))
+    assert [i.name for i in dec_cfg.input][:3] == ["image_embeddings", "high_res_0", "high_res_1"]
+
+
 def test_shipped_student_exports_and_verifies(student_export: Path) -> None:
     md = read_metadata(student_export, kind="student")
     assert md["student"] == "fpn-mobilenetv2" and md["num_classes"] == 11
@@ -180,10 +243,12 @@ def test_tensorrt_missing_is_a_clear_error(tiny_export: Path, monkeypatch, capsy
 
 
 @pytest.mark.gpu
-def test_tensorrt_engine_matches_onnx(tiny_export: Path, tmp_path: Path, scene) -> None:
+@pytest.mark.parametrize("fixture", ["tiny_export", "sam2_export", "light_export"])
+def test_tensorrt_engine_matches_onnx(fixture: str, tmp_path: Path, scene, request) -> None:
     import shutil
 
     pytest.importorskip("tensorrt")
+    tiny_export = request.getfixturevalue(fixture)
     from export.tensorrt import build_engines
     from models.engine import Prompt
     from models.engine.sam_onnx import OnnxSamEngine

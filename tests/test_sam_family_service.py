@@ -1,5 +1,5 @@
-"""The service on the SAM 2.1 backend (hiera tiny) and on the light SAM (EfficientViT-SAM L0), seeded
-random weights (plumbing, not quality): /embed, /predict with a click and with the last answer's
+"""The service on the SAM 2.1 backend (hiera tiny), on the light SAM (EfficientViT-SAM L0) and on the
+SAM 2.1 ONNX export (backend onnx), seeded random weights (plumbing, not quality): /embed, /predict with a click and with the last answer's
 logits fed back, and /refine with mask prompts, each equal to the same engine in this process; /info
 names the backend."""
 
@@ -21,21 +21,26 @@ from serving.cli import serve_command
 from serving.codec import decode_labels
 from tests.conftest import REPO, free_port, running_server
 
-BACKENDS = [("sam2", "sam2.1_hiera_t"), ("light", "efficientvit-sam-l0")]
+# (backend, SAM type) for the torch engines; (onnx, the export fixture) for an export
+BACKENDS = [("sam2", "sam2.1_hiera_t"), ("light", "efficientvit-sam-l0"), ("onnx", "sam2_export")]
 
 
-@pytest.fixture(scope="module", params=BACKENDS, ids=[b for b, _ in BACKENDS])
-def backend(request) -> tuple[str, str]:
-    return request.param
+@pytest.fixture(scope="module", params=BACKENDS, ids=["sam2", "light", "onnx-sam2"])
+def backend(request) -> dict[str, str | int]:
+    """The engine settings of one backend, as EngineConfig fields."""
+    name, what = request.param
+    if name == "onnx":
+        return {"backend": name, "export_dir": str(request.getfixturevalue(what))}
+    return {"backend": name, "sam_type": what, "random_weights": 0}
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, backend) -> Iterator[str]:
     port = free_port()
     env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", SESAM_STUDENT_CHECKPOINT="none")
-    env |= {"SESAM_BACKEND": backend[0], "SESAM_SAM_TYPE": backend[1], "SESAM_RANDOM_WEIGHTS": "0"}
     for name in ("SESAM_CONFIG", "SESAM_API_KEY", "SESAM_SAM_CHECKPOINT", "SESAM_EXPORT_DIR"):
         env.pop(name, None)
+    env |= {f"SESAM_{k.upper()}": str(v) for k, v in backend.items()}
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("sam2_serve") / "bentoml.log"
     with running_server(serve_command("127.0.0.1", port), url, env, log, REPO):
@@ -44,7 +49,7 @@ def served(tmp_path_factory, backend) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def engine(backend):
-    return build_engine(EngineConfig(backend=backend[0], sam_type=backend[1], random_weights=0))
+    return build_engine(EngineConfig(**backend))
 
 
 def png(image: np.ndarray) -> bytes:

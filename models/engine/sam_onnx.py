@@ -50,8 +50,9 @@ class OnnxSamEngine(ExportedSamEngine):
             self.many_decoders = {multimask: session(role) for multimask, role in MANY_DECODER_ROLES.items()}
         self.providers = self.encoder.get_providers()
 
-    def _run_encoder(self, images: np.ndarray) -> np.ndarray:
-        return self.encoder.run(None, {"images": images})[0]
+    def _run_encoder(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.encoder.run(None, {"images": images})
+        return {o.name: v for o, v in zip(self.encoder.get_outputs(), outputs, strict=True)}
 
     def _run_decoder(self, inputs: dict[str, np.ndarray], multimask: bool) -> dict[str, np.ndarray]:
         session = self.decoders[multimask]

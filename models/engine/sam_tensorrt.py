@@ -36,8 +36,8 @@ class TensorRTSamEngine(ExportedSamEngine):
             for role in self.metadata.roles
         }
 
-    def _run_encoder(self, images: np.ndarray) -> np.ndarray:
-        return self.models["encoder"].run({"images": images})["image_embeddings"]
+    def _run_encoder(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return self.models["encoder"].run({"images": images})
 
     def _run_decoder(self, inputs: dict[str, np.ndarray], multimask: bool) -> dict[str, np.ndarray]:
         return self.models[DECODER_ROLES[multimask]].run(inputs)

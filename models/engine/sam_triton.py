@@ -58,10 +58,8 @@ class TritonSamEngine(ExportedSamEngine):
         result = self.client.infer(model, inputs, outputs=requested)
         return {n: result.as_numpy(n) for n in outputs}
 
-    def _run_encoder(self, images: np.ndarray) -> np.ndarray:
-        return self._infer(self.prefix + "encoder", {"images": images}, ["image_embeddings"])[
-            "image_embeddings"
-        ]
+    def _run_encoder(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return self._infer(self.prefix + "encoder", {"images": images}, list(self.encoder_outputs))
 
     def _run_decoder(self, inputs: dict[str, np.ndarray], multimask: bool) -> dict[str, np.ndarray]:
         model = self.prefix + DECODER_ROLES[multimask]

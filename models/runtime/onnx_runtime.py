@@ -31,17 +31,21 @@ class ExportKind:
     roles: tuple[str, ...]
 
 
+SAM_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "sam_type": str,
+    "image_size": int,
+    "pixel_mean": list,
+    "pixel_std": list,
+    "mask_threshold": (int, float),
+}
+SAM_KINDS = ("sam", "sam2")  # exports a SAM engine runs (promptable segmenters)
+
 # export kind -> what its metadata.json holds (every field a runtime or `sesam export verify` reads)
 EXPORT_KINDS: dict[str, ExportKind] = {
-    "sam": ExportKind(
-        {
-            "sam_type": str,
-            "image_size": int,
-            "pixel_mean": list,
-            "pixel_std": list,
-            "mask_threshold": (int, float),
-        },
-        ("encoder", "decoder", "decoder_single"),
+    "sam": ExportKind(SAM_FIELDS, ("encoder", "decoder", "decoder_single")),
+    # SAM 2.1: the encoder also gives two high-res maps, images are stretched (`preprocess`)
+    "sam2": ExportKind(
+        {**SAM_FIELDS, "preprocess": dict, "encoder_outputs": dict}, ("encoder", "decoder", "decoder_single")
     ),
     "student": ExportKind(
         {"student": str, "num_classes": int, "stride": int, "pad_value": list}, ("student",)
@@ -79,10 +83,13 @@ class ExportMetadata(Mapping[str, Any]):
     def __or__(self, other: Mapping[str, Any]) -> dict[str, Any]:
         return self.data | dict(other)
 
-    def expect(self, kind: str) -> ExportMetadata:
-        """Itself when it holds an export of `kind`, else a ValueError naming the file."""
-        if self.kind != kind:
-            raise ValueError(f"{self.path}: holds a {self.kind!r} export, expected {kind!r}")
+    def expect(self, kind: str | tuple[str, ...]) -> ExportMetadata:
+        """Itself when it holds an export of `kind` (or of one of several kinds), else a ValueError
+        naming the file."""
+        kinds = (kind,) if isinstance(kind, str) else kind
+        if self.kind not in kinds:
+            wanted = " or ".join(repr(k) for k in kinds)
+            raise ValueError(f"{self.path}: holds a {self.kind!r} export, expected {wanted}")
         return self
 
     @property
@@ -114,7 +121,9 @@ def _check_fields(path: Path, data: dict[str, Any], kind: str, spec: ExportKind)
             raise ValueError(f"{path}: no file registered as {role!r}")
 
 
-def load_export_metadata(source: str | Path | ExportMetadata, kind: str | None = None) -> ExportMetadata:
+def load_export_metadata(
+    source: str | Path | ExportMetadata, kind: str | tuple[str, ...] | None = None
+) -> ExportMetadata:
     """The checked metadata of an export directory (a given `ExportMetadata` is not read again);
     with `kind`, an export of another kind is refused. Errors name the file and what is wrong."""
     if isinstance(source, ExportMetadata):
@@ -140,7 +149,7 @@ def load_export_metadata(source: str | Path | ExportMetadata, kind: str | None =
     return metadata.expect(kind) if kind is not None else metadata
 
 
-def read_metadata(directory: str | Path, kind: str | None = None) -> dict[str, Any]:
+def read_metadata(directory: str | Path, kind: str | tuple[str, ...] | None = None) -> dict[str, Any]:
     """metadata.json of an export directory as a plain dict (checked by `load_export_metadata`),
     for callers that edit and rewrite it."""
     return load_export_metadata(directory, kind).data
