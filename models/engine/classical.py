@@ -15,7 +15,15 @@ region i belongs to the object:
 - a box fixes every region lying mostly outside it to 0 and pulls the regions inside towards a
   prior: GrabCut-style colour models (object: the box's regions weighted towards its centre;
   background: the regions outside), mixed with the centre prior and refitted on the walk's answer
-  `box_refits` times. Answers are clipped to the box;
+  `box_refits` times. Answers are clipped to the box. A box alone (no points) answers the walk
+  above the two `box_thresholds` and the filled box itself, scored by a predicted IoU that blends
+  the walk's expected IoU with a flat fill prior by the doubt small boxes and under-filled answers
+  raise (`walker.box_doubt`, `walker.box_candidate_scores`): where the walk is not to be trusted,
+  the best-scored answer is the box;
+- a first click (one positive point, no box, no mask input) gets an objectness term: colour models
+  of the plain walk's answer against the regions on the image border, every region pulled towards
+  P(object | colour) (`click_color_weight`), so the answer spreads over parts of the object that
+  differ from the clicked one but not like the surroundings do;
 - mask_logits (an earlier answer, SAM's or ours) pull every region towards it, weight
   `mask_weight` per pixel: this is what makes the next click refine the last answer instead of
   starting over.
@@ -28,9 +36,10 @@ ranks the candidates); `stability` is SAM's (area above t + offset over area abo
 offset 1 in logit units). Low-res logits (`candidate_logits`) are 0 at the candidate's threshold,
 so a candidate fed back as `Prompt.mask_logits` carries the walk's probabilities, not just its mask.
 
-Click and box settings were chosen on Penn-Fudan's train split, the background treatment and the
-thresholds on CamVid train for SeSAM's labels (`benchmarks/classical_sweep.py`; docs/engine.md has
-the figures). The previous prior (regions selected whole) stays available as backend
+Click and box settings were first chosen on Penn-Fudan's train split, the background treatment and
+the thresholds on CamVid train for SeSAM's labels (`benchmarks/classical_sweep.py`); the box-alone
+and first-click settings by cross-validation over the train splits of Penn-Fudan, COCO-mini and
+CamVid (`benchmarks/prior_cv.py`; docs/engine.md has the figures). The previous prior (regions selected whole) stays available as backend
 `classical-regions`.
 """
 
@@ -73,7 +82,8 @@ SINGLE = 0.5  # multimask=False answers the walk's most likely mask: potentials 
 
 @dataclass
 class ClassicalOptions:
-    """Settings of the classical prior (engine option `classical`); chosen on Penn-Fudan train."""
+    """Settings of the classical prior (engine option `classical`); chosen on train splits only
+    (Penn-Fudan, CamVid; the box-alone and first-click ones across Penn-Fudan, COCO-mini, CamVid)."""
 
     scale: float = setting(
         60.0, help="Felzenszwalb scale of the graph's regions (smaller: more, finer nodes)"
