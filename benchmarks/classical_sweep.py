@@ -6,6 +6,9 @@ tight box -> mask (`benchmarks/box2mask.py`). The click settings are chosen by t
 (the area under the click curve), the box settings by mean box IoU. Rows already measured are read
 back from the JSON (the sweep resumes); `--fresh` measures again.
 
+The box-alone and first-click settings (issue 28) are chosen across three datasets' train splits by
+`benchmarks/prior_cv.py` instead; the rows stored in classical_sweep.json were measured before them.
+
 Run: `python benchmarks/classical_sweep.py [--rows NAME ...] [--limit-images N]`; writes
 benchmarks/results/classical_sweep.md and .json.
 """
