@@ -82,7 +82,8 @@ lint: install
 
 test: install install-browser
 	$(VENV)/bin/ruff check models serving sesam training export tests benchmarks
-	$(PY) -m pytest -q --durations=30 -m "not integration"
+	# two workers (the CI machine has two cores), one BLAS thread each so they do not oversubscribe
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=30 -m "not integration" -n 2 --dist loadfile
 
 # The integration tier: a real Label Studio server talking to the service (docs/labeling.md)
 integration: install install-label-studio

@@ -125,45 +125,62 @@ def camvid_image() -> np.ndarray:
     return read_image(root / "images" / "val" / f"{stems[0]}.jpg")
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(directory)` run once per test run, even with several xdist workers: the directory lies
+    under the run's common temp root, a file lock lets one worker build while the others wait, and
+    a marker written last says it is complete. Tests read these directories, never write them."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    out, done = root / name, root / f"{name}.complete"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            build(out)
+            done.touch()
+    return out
+
+
+def _sam_export(tmp_path_factory, sam_type: str, seed: int | None) -> Path:
+    from export.onnx_export import export_sam_checkpoint
+
+    name = f"export_{sam_type.replace('.', '_')}"
+    return built_once(
+        tmp_path_factory, name, lambda out: export_sam_checkpoint(sam_type, None, out, random_seed=seed)
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory) -> Path:
-    """The seeded tiny SAM exported to ONNX once per session (encoder + both decoders)."""
-    from export.onnx_export import export_sam_checkpoint
-
-    out = tmp_path_factory.mktemp("tiny_export")
-    export_sam_checkpoint("tiny", None, out)
-    return out
-
-
-def _family_export(tmp_path_factory, sam_type: str) -> Path:
-    from export.onnx_export import export_sam_checkpoint
-
-    out = tmp_path_factory.mktemp(sam_type.replace(".", "_"))
-    export_sam_checkpoint(sam_type, None, out, random_seed=0)
-    return out
+    """The seeded tiny SAM exported to ONNX once per run (encoder + all decoders)."""
+    return _sam_export(tmp_path_factory, "tiny", None)
 
 
 @pytest.fixture(scope="session")
 def sam2_export(tmp_path_factory) -> Path:
-    """SAM 2.1 hiera tiny, seeded random weights, exported once per session (kind sam2)."""
-    return _family_export(tmp_path_factory, "sam2.1_hiera_t")
+    """SAM 2.1 hiera tiny, seeded random weights, exported once per run (kind sam2)."""
+    return _sam_export(tmp_path_factory, "sam2.1_hiera_t", 0)
 
 
 @pytest.fixture(scope="session")
 def light_export(tmp_path_factory) -> Path:
-    """EfficientViT-SAM L0 (the light SAM), seeded random weights, exported once per session."""
-    return _family_export(tmp_path_factory, "efficientvit-sam-l0")
+    """EfficientViT-SAM L0 (the light SAM), seeded random weights, exported once per run."""
+    return _sam_export(tmp_path_factory, "efficientvit-sam-l0", 0)
 
 
 @pytest.fixture(scope="session")
 def student_export(tmp_path_factory) -> Path:
-    """The shipped CamVid student exported to ONNX once per session."""
+    """The shipped CamVid student exported to ONNX once per run."""
     from sesam.cli import main
 
     shipped = Path(__file__).resolve().parents[1] / "models" / "students" / "weights" / "camvid_student.pt"
-    out = tmp_path_factory.mktemp("student_export")
-    assert main(["export", "student", "--checkpoint", str(shipped), "--out", str(out)]) == 0
-    return out
+
+    def build(out: Path) -> None:
+        assert main(["export", "student", "--checkpoint", str(shipped), "--out", str(out)]) == 0
+
+    return built_once(tmp_path_factory, "student_export", build)
 
 
 @pytest.fixture(scope="session")
@@ -191,13 +208,15 @@ def instance_export(tmp_path_factory, instance_checkpoint) -> Path:
 
 @pytest.fixture(scope="session")
 def pennfudan_export(tmp_path_factory) -> Path:
-    """The shipped Penn-Fudan instance student exported to ONNX once per session."""
+    """The shipped Penn-Fudan instance student exported to ONNX once per run."""
     from export.onnx_export import export_student_checkpoint
     from models.students.semantic import SHIPPED_INSTANCE_STUDENT
 
-    out = tmp_path_factory.mktemp("pennfudan_export")
-    export_student_checkpoint(SHIPPED_INSTANCE_STUDENT, out)
-    return out
+    return built_once(
+        tmp_path_factory,
+        "pennfudan_export",
+        lambda out: export_student_checkpoint(SHIPPED_INSTANCE_STUDENT, out),
+    )
 
 
 CHROMIUM = Path("/usr/bin/chromium")
