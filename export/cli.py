@@ -19,9 +19,19 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _sam(args: argparse.Namespace) -> int:
-    from export.onnx_export import export_sam_checkpoint
+    from export.onnx_export import export_sam_checkpoint, graph_progress, sam_family
 
-    md = export_sam_checkpoint(args.sam_type, args.checkpoint, args.out, random_seed=args.random_weights)
+    graphs = 3 if sam_family(args.sam_type) == "sam2" else 5  # encoder + decoders (+ many-prompt ones)
+    with progress_bar(f"export {args.sam_type}") as progress:
+        task = progress.add_task("graphs", total=graphs, info="")
+
+        def written(name: str) -> None:
+            progress.update(task, advance=1, info=f"wrote {name}")
+
+        with graph_progress(written):
+            md = export_sam_checkpoint(
+                args.sam_type, args.checkpoint, args.out, random_seed=args.random_weights
+            )
     if args.int8:
         from export.quantize import quantize_encoder
 

@@ -13,7 +13,8 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,20 @@ def _parameter_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+_ON_GRAPH: ContextVar[Callable[[str], Any] | None] = ContextVar("on_graph", default=None)
+
+
+@contextlib.contextmanager
+def graph_progress(callback: Callable[[str], Any]) -> Iterator[None]:
+    """Within it, every ONNX graph an export writes calls `callback(file name)` once written (the
+    CLI's progress bar: a SAM export writes three to five graphs, minutes each for the large types)."""
+    token = _ON_GRAPH.set(callback)
+    try:
+        yield
+    finally:
+        _ON_GRAPH.reset(token)
+
+
 def _onnx_export(
     module: nn.Module,
     args: tuple,
@@ -146,6 +161,9 @@ def _onnx_export(
             all_tensors_to_one_file=True,
         )
     tmp.replace(path)
+    callback = _ON_GRAPH.get()
+    if callback is not None:
+        callback(path.name)
 
 
 def _file_entry(path: Path) -> dict[str, Any]:

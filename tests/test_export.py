@@ -101,6 +101,22 @@ def test_sam_family_exports_verify(fixture: str, kind: str, side: int, outputs: 
     assert max(c.embedding_diff for c in cases) < 1e-4
 
 
+def test_each_written_graph_reports_progress(tmp_path: Path) -> None:
+    """`graph_progress` hears of every graph an export writes, by file name, and only inside it."""
+    from export.onnx_export import _onnx_export, graph_progress
+
+    heard: list[str] = []
+    dim = torch.export.Dim("batch", min=1, max=8)
+    with graph_progress(heard.append):
+        for name in ("a.onnx", "b.onnx"):
+            args = (torch.zeros(2, 3),)
+            _onnx_export(torch.nn.Linear(3, 2), args, tmp_path / name, ["x"], ["y"], {"input": {0: dim}})
+    _onnx_export(
+        torch.nn.Linear(3, 2), (torch.zeros(2, 3),), tmp_path / "c.onnx", ["x"], ["y"], {"input": {0: dim}}
+    )
+    assert heard == ["a.onnx", "b.onnx"] and (tmp_path / "c.onnx").is_file()
+
+
 def test_sam2_prompts_are_packed_as_its_predictor_packs_them() -> None:
     """SAM 2: box corners first, then clicks, then the padding point always; SAM 1: clicks, then the
     box, the padding point only without one."""
