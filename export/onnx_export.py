@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from segment_anything.modeling import Sam
-from torch import nn
+from torch import Tensor, nn
 
 from export.sam2_modules import Sam2DecoderOnnx, Sam2EncoderOnnx
 from export.sam_modules import (
@@ -205,6 +205,91 @@ def _pixel_stats(sam: nn.Module) -> tuple[list[float], list[float]]:
     return list(PIXEL_MEAN), list(PIXEL_STD)
 
 
+def _prompt_example(with_mask: bool = True) -> tuple[tuple[Tensor, ...], dict[str, Any]]:
+    """The decoders' example prompt inputs (2 prompts of 2 points, a 480x640 image) after the image
+    features, and their dynamic axes: prompts and points (and mask inputs: prompts)."""
+    prompts = torch.export.Dim("prompts", min=1, max=MAX_PROMPTS)
+    points = torch.export.Dim("points", min=1, max=MAX_POINTS)
+    coords = torch.tensor([[[10.0, 20.0], [30.0, 40.0]]]).repeat(2, 1, 1)
+    labels = torch.tensor([[1.0, -1.0]]).repeat(2, 1)
+    size = torch.tensor([480, 640], dtype=torch.int64)
+    dims: dict[str, Any] = {"point_coords": {0: prompts, 1: points}, "point_labels": {0: prompts, 1: points}}
+    if not with_mask:
+        return (coords, labels, size), dims | {"orig_im_size": None}
+    masks = (torch.zeros(2, 1, 256, 256), torch.zeros(2))
+    dims |= {"mask_input": {0: prompts}, "has_mask_input": {0: prompts}, "orig_im_size": None}
+    return (coords, labels, *masks, size), dims
+
+
+def _export_encoder_and_decoders(
+    out: Path,
+    encoder: nn.Module,
+    side: int,
+    encoder_outputs: list[str],
+    decoder: Callable[[bool], nn.Module],
+    decoder_inputs: list[str],
+    quiet: bool,
+) -> tuple[Tensor, ...]:
+    """encoder.onnx (dynamic batch) and decoder.onnx / decoder_single.onnx (`decoder(multimask)`:
+    dynamic prompts and points, mask input) of any SAM family; returns the encoder's outputs on one
+    blank image, the image features the decoders were exported with."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_ENCODER_BATCH)
+    # batch 2: torch.export specialises dimensions whose example size is 0 or 1
+    images = torch.zeros(2, 3, side, side)
+    _onnx_export(
+        encoder,
+        (images,),
+        out / "encoder.onnx",
+        ENCODER_INPUTS,
+        encoder_outputs,
+        {"images": {0: batch}},
+        quiet,
+    )
+    with torch.no_grad():
+        features = encoder(images[:1])
+    features = features if isinstance(features, tuple) else (features,)
+    prompt, dims = _prompt_example()
+    dynamic = dict.fromkeys(encoder_outputs) | dims
+    for name, multimask in (("decoder.onnx", True), ("decoder_single.onnx", False)):
+        _onnx_export(
+            decoder(multimask),
+            (*features, *prompt),
+            out / name,
+            decoder_inputs,
+            DECODER_OUTPUTS,
+            dynamic,
+            quiet,
+        )
+    return features
+
+
+def _sam_metadata(
+    out: Path,
+    kind: str,
+    sam_type: str,
+    fields: dict[str, Any],
+    checkpoint: str | Path | None,
+    random_seed: int | None,
+    extra_files: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """metadata.json of a SAM-family export: the common fields around `fields` (sizes,
+    preprocessing, ...), the three graphs (and `extra_files`); written, and returned."""
+    files = {role: _file_entry(out / f"{role}.onnx") for role in ("encoder", "decoder", "decoder_single")}
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "kind": kind,
+        "sam_type": sam_type,
+        **fields,
+        "opset": OPSET,
+        "limits": {"encoder_batch": MAX_ENCODER_BATCH, "prompts": MAX_PROMPTS, "points": MAX_POINTS},
+        "files": files | (extra_files or {}),
+        "source": _source(checkpoint, random_seed),
+        "versions": versions(),
+    }
+    write_metadata(out, metadata)
+    return metadata
+
+
 def export_sam(
     sam: nn.Module,
     out: str | Path,
@@ -220,54 +305,18 @@ def export_sam(
     out = Path(out)
     sam = sam.eval()
     size, prompt_side = sam_sides(sam)
-    batch = torch.export.Dim("batch", min=1, max=MAX_ENCODER_BATCH)
-    # batch 2: torch.export specialises dimensions whose example size is 0 or 1
-    images = torch.zeros(2, 3, size, size)
-    _onnx_export(
+    (embedding,) = _export_encoder_and_decoders(
+        out,
         SamEncoderOnnx(sam),
-        (images,),
-        out / "encoder.onnx",
-        ENCODER_INPUTS,
+        size,
         ENCODER_OUTPUTS,
-        {"images": {0: batch}},
+        lambda multimask: SamDecoderOnnx(sam, multimask, prompt_side),
+        DECODER_INPUTS,
         quiet,
     )
-    with torch.no_grad():
-        embedding = sam.image_encoder(images[:1])
-    prompts = torch.export.Dim("prompts", min=1, max=MAX_PROMPTS)
-    points = torch.export.Dim("points", min=1, max=MAX_POINTS)
-    example = (
-        embedding,
-        torch.tensor([[[10.0, 20.0], [30.0, 40.0]]]).repeat(2, 1, 1),
-        torch.tensor([[1.0, -1.0]]).repeat(2, 1),
-        torch.zeros(2, 1, 256, 256),
-        torch.zeros(2),
-        torch.tensor([480, 640], dtype=torch.int64),
-    )
-    dynamic = {
-        "image_embeddings": None,
-        "point_coords": {0: prompts, 1: points},
-        "point_labels": {0: prompts, 1: points},
-        "mask_input": {0: prompts},
-        "has_mask_input": {0: prompts},
-        "orig_im_size": None,
-    }
-    for name, multimask in (("decoder.onnx", True), ("decoder_single.onnx", False)):
-        _onnx_export(
-            SamDecoderOnnx(sam, multimask, prompt_side),
-            example,
-            out / name,
-            DECODER_INPUTS,
-            DECODER_OUTPUTS,
-            dynamic,
-            quiet,
-        )
-    many = export_many_prompt_decoders(sam, out, quiet)
+    many = export_many_prompt_decoders(sam, out, quiet, embedding)
     mean, std = _pixel_stats(sam)
-    metadata = {
-        "format": EXPORT_FORMAT,
-        "kind": "sam",
-        "sam_type": sam_type,
+    fields = {
         "image_size": size,
         "prompt_size": prompt_side,
         "preprocess": LONGEST_SIDE,
@@ -276,19 +325,8 @@ def export_sam(
         "pixel_mean": mean,
         "pixel_std": std,
         "mask_threshold": float(sam.mask_threshold),
-        "opset": OPSET,
-        "limits": {"encoder_batch": MAX_ENCODER_BATCH, "prompts": MAX_PROMPTS, "points": MAX_POINTS},
-        "files": {
-            "encoder": _file_entry(out / "encoder.onnx"),
-            "decoder": _file_entry(out / "decoder.onnx"),
-            "decoder_single": _file_entry(out / "decoder_single.onnx"),
-        }
-        | many,
-        "source": _source(checkpoint, random_seed),
-        "versions": versions(),
     }
-    write_metadata(out, metadata)
-    return metadata
+    return _sam_metadata(out, "sam", sam_type, fields, checkpoint, random_seed, many)
 
 
 def export_sam2(
@@ -302,56 +340,21 @@ def export_sam2(
     """A SAM 2.1 image model: write encoder.onnx (image -> embedding and both high-res maps, dynamic
     batch), decoder.onnx (3 masks), decoder_single.onnx (1 mask, with SAM 2's stability fallback),
     both with dynamic prompts and points and a mask input, and metadata.json (kind `sam2`)."""
+    from models.engine.sam2_torch import IMAGENET_MEAN, IMAGENET_STD
+
     out = Path(out)
     model = model.eval()
     size = int(model.image_size)
-    encoder = Sam2EncoderOnnx(model)
-    batch = torch.export.Dim("batch", min=1, max=MAX_ENCODER_BATCH)
-    images = torch.zeros(2, 3, size, size)
-    _onnx_export(
-        encoder,
-        (images,),
-        out / "encoder.onnx",
-        ENCODER_INPUTS,
+    features = _export_encoder_and_decoders(
+        out,
+        Sam2EncoderOnnx(model),
+        size,
         SAM2_ENCODER_OUTPUTS,
-        {"images": {0: batch}},
+        lambda multimask: Sam2DecoderOnnx(model, multimask),
+        SAM2_DECODER_INPUTS,
         quiet,
     )
-    with torch.no_grad():
-        features = encoder(images[:1])
-    prompts = torch.export.Dim("prompts", min=1, max=MAX_PROMPTS)
-    points = torch.export.Dim("points", min=1, max=MAX_POINTS)
-    example = (
-        *features,
-        torch.tensor([[[10.0, 20.0], [30.0, 40.0]]]).repeat(2, 1, 1),
-        torch.tensor([[1.0, -1.0]]).repeat(2, 1),
-        torch.zeros(2, 1, 256, 256),
-        torch.zeros(2),
-        torch.tensor([480, 640], dtype=torch.int64),
-    )
-    dynamic = dict.fromkeys(SAM2_ENCODER_OUTPUTS) | {
-        "point_coords": {0: prompts, 1: points},
-        "point_labels": {0: prompts, 1: points},
-        "mask_input": {0: prompts},
-        "has_mask_input": {0: prompts},
-        "orig_im_size": None,
-    }
-    for name, multimask in (("decoder.onnx", True), ("decoder_single.onnx", False)):
-        _onnx_export(
-            Sam2DecoderOnnx(model, multimask),
-            example,
-            out / name,
-            SAM2_DECODER_INPUTS,
-            DECODER_OUTPUTS,
-            dynamic,
-            quiet,
-        )
-    from models.engine.sam2_torch import IMAGENET_MEAN, IMAGENET_STD
-
-    metadata = {
-        "format": EXPORT_FORMAT,
-        "kind": "sam2",
-        "sam_type": sam_type,
+    fields = {
         "image_size": size,
         "prompt_size": size,
         "preprocess": STRETCH,
@@ -365,48 +368,30 @@ def export_sam2(
         "pixel_mean": list(IMAGENET_MEAN),
         "pixel_std": list(IMAGENET_STD),
         "mask_threshold": 0.0,
-        "opset": OPSET,
-        "limits": {"encoder_batch": MAX_ENCODER_BATCH, "prompts": MAX_PROMPTS, "points": MAX_POINTS},
-        "files": {
-            "encoder": _file_entry(out / "encoder.onnx"),
-            "decoder": _file_entry(out / "decoder.onnx"),
-            "decoder_single": _file_entry(out / "decoder_single.onnx"),
-        },
-        "source": _source(checkpoint, random_seed),
-        "versions": versions(),
     }
-    write_metadata(out, metadata)
-    return metadata
+    return _sam_metadata(out, "sam2", sam_type, fields, checkpoint, random_seed)
 
 
-def export_many_prompt_decoders(sam: nn.Module, out: str | Path, quiet: bool = True) -> dict[str, Any]:
+def export_many_prompt_decoders(
+    sam: nn.Module, out: str | Path, quiet: bool = True, embedding: Tensor | None = None
+) -> dict[str, Any]:
     """Write decoder_many.onnx (3 masks) and decoder_many_single.onnx (1 mask), the many-prompt
-    formulation for calls without mask inputs; returns their `files` entries (role -> entry)."""
+    formulation for calls without mask inputs; returns their `files` entries (role -> entry).
+    `embedding`: an example 1x256x64x64 embedding already computed (else one blank image is encoded)."""
     out = Path(out)
     sam = sam.eval()
     size, prompt_side = sam_sides(sam)
-    with torch.no_grad():
-        embedding = sam.image_encoder(torch.zeros(1, 3, size, size))
-    prompts = torch.export.Dim("prompts", min=1, max=MAX_PROMPTS)
-    points = torch.export.Dim("points", min=1, max=MAX_POINTS)
-    example = (
-        embedding,
-        torch.tensor([[[10.0, 20.0], [30.0, 40.0]]]).repeat(2, 1, 1),
-        torch.tensor([[1.0, -1.0]]).repeat(2, 1),
-        torch.tensor([480, 640], dtype=torch.int64),
-    )
-    dynamic = {
-        "image_embeddings": None,
-        "point_coords": {0: prompts, 1: points},
-        "point_labels": {0: prompts, 1: points},
-        "orig_im_size": None,
-    }
+    if embedding is None:
+        with torch.no_grad():
+            embedding = sam.image_encoder(torch.zeros(1, 3, size, size))
+    prompt, dims = _prompt_example(with_mask=False)
+    dynamic = {"image_embeddings": None} | dims
     entries = {}
     for role, multimask in (("decoder_many", True), ("decoder_many_single", False)):
         path = out / f"{role}.onnx"
         _onnx_export(
             SamManyPromptDecoderOnnx(sam, multimask, prompt_side),
-            example,
+            (embedding, *prompt),
             path,
             MANY_DECODER_INPUTS,
             DECODER_OUTPUTS,

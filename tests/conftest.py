@@ -255,6 +255,24 @@ def headless_chromium(width: int, height: int, purpose: str, timeout_s: float) -
         driver.quit()
 
 
+# The prompts every SAM backend's parity test puts to its engine and to the reference predictor
+# (on a 480x360 image): two points (one negative), a box, both; as (reference kwargs, Prompt kwargs).
+PARITY_POINTS = np.array([[150.0, 120.0], [330.0, 260.0]])
+PARITY_LABELS = np.array([1, 0])
+PARITY_BOX = np.array([90.0, 40.0, 310.0, 230.0])
+PARITY_CASES = {
+    "points": (
+        dict(point_coords=PARITY_POINTS, point_labels=PARITY_LABELS),
+        dict(points=PARITY_POINTS, labels=PARITY_LABELS),
+    ),
+    "box": (dict(box=PARITY_BOX), dict(box=PARITY_BOX)),
+    "points+box": (
+        dict(point_coords=PARITY_POINTS, point_labels=PARITY_LABELS, box=PARITY_BOX),
+        dict(points=PARITY_POINTS, labels=PARITY_LABELS, box=PARITY_BOX),
+    ),
+}
+
+
 def assert_same_prediction(out, i: int, masks, iou, low) -> None:
     """Row i of an engine's Predictions against a reference predictor's (masks, iou, low-res logits):
     masks >= 99.9 % equal, logits and IoU within 1e-4 (the parity bar of every SAM backend)."""

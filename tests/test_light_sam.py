@@ -15,11 +15,11 @@ import torch
 from models.engine import EngineConfig, Prompt, build_engine
 from models.engine.light_sam import LightSamEngine, build_light_sam
 from models.engine.modeling.build import CheckpointError
+from tests.conftest import PARITY_BOX as BOX
+from tests.conftest import PARITY_CASES as CASES
+from tests.conftest import PARITY_LABELS as LABELS
+from tests.conftest import PARITY_POINTS as POINTS
 from tests.conftest import assert_same_prediction
-
-POINTS = np.array([[150.0, 120.0], [330.0, 260.0]])
-LABELS = np.array([1, 0])
-BOX = np.array([90.0, 40.0, 310.0, 230.0])
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +38,6 @@ def test_embedding_equals_the_predictors(pair) -> None:
     assert torch.allclose(handle.payload.embedding, predictor.features, atol=1e-4)
     assert handle.payload.input_size == (768, 1024)  # the 1024 prompt frame of a 480x360 image
     assert engine.encoder_side == 512 and engine.prompt_side == 1024
-
-
-CASES = {
-    "points": (dict(point_coords=POINTS, point_labels=LABELS), dict(points=POINTS, labels=LABELS)),
-    "box": (dict(box=BOX), dict(box=BOX)),
-    "points+box": (
-        dict(point_coords=POINTS, point_labels=LABELS, box=BOX),
-        dict(points=POINTS, labels=LABELS, box=BOX),
-    ),
-}
 
 
 @pytest.mark.parametrize("multimask", [True, False])

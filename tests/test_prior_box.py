@@ -69,16 +69,21 @@ def test_a_large_object_is_answered_by_the_walk_not_the_box(prior) -> None:
     assert mask_iou(back, filled(box)) > 0.95
 
 
-def test_a_small_box_is_answered_by_the_box(prior) -> None:
-    """A 12x10 box on a textured background holding a small object of two colours: the walk on a
-    box a few superpixels across is not trusted, the best-scored answer is the filled box, and the
-    single-mask answer is that same best-scored candidate."""
+def small_two_colour_object() -> tuple[np.ndarray, list[int]]:
+    """A textured background holding a 12x10 object of two colours, and its tight box."""
     rng = np.random.default_rng(5)
     img = noisy(5, spread=25)
     img[100:110, 150:156] = (220, 200, 40)
     img[100:110, 156:162] = (40, 40, 200)
     img = (img + rng.normal(0, 5, img.shape)).clip(0, 255).astype(np.uint8)
-    box = [150, 100, 162, 110]
+    return img, [150, 100, 162, 110]
+
+
+def test_a_small_box_is_answered_by_the_box(prior) -> None:
+    """A 12x10 box on a textured background holding a small object of two colours: the walk on a
+    box a few superpixels across is not trusted, the best-scored answer is the filled box, and the
+    single-mask answer is that same best-scored candidate."""
+    img, box = small_two_colour_object()
     handle = prior.embed([img])[0]
     out = prior.predict(handle, [Prompt(box=box)])
     assert int(np.argmax(out.iou[0])) == 2 and (out.masks[0, 2] == filled(box)).all()
@@ -90,12 +95,7 @@ def test_a_small_box_is_answered_by_the_box(prior) -> None:
 def test_without_the_trust_rules_the_walk_loses_the_small_box(prior) -> None:
     """The same small box with the doubt switched off (trust from one pixel and any fill): the best-
     scored answer is the walk's, which misses part of the object (the rule above is what holds)."""
-    rng = np.random.default_rng(5)
-    img = noisy(5, spread=25)
-    img[100:110, 150:156] = (220, 200, 40)
-    img[100:110, 156:162] = (40, 40, 200)
-    img = (img + rng.normal(0, 5, img.shape)).clip(0, 255).astype(np.uint8)
-    box = [150, 100, 162, 110]
+    img, box = small_two_colour_object()
     trusting = ClassicalPrior(ClassicalOptions(box_trust_side=0.0, box_trust_fill=0.0))
     out = trusting.predict(img, [Prompt(box=box)])
     best = int(np.argmax(out.iou[0]))

@@ -17,12 +17,13 @@ from models.engine.lowres import engine_mask_logits
 from models.engine.modeling.build import CheckpointError
 from models.engine.modeling.sam2_build import build_sam2_model, file_sha256
 from models.engine.sam2_torch import Sam2Engine, stretched_mask_logits
+from tests.conftest import PARITY_BOX as BOX
+from tests.conftest import PARITY_CASES as CASES
+from tests.conftest import PARITY_LABELS as LABELS
+from tests.conftest import PARITY_POINTS as POINTS
 from tests.conftest import assert_same_prediction
 
 TYPES = ["sam2.1_hiera_t", "sam2.1_hiera_b+"]
-POINTS = np.array([[150.0, 120.0], [330.0, 260.0]])
-LABELS = np.array([1, 0])
-BOX = np.array([90.0, 40.0, 310.0, 230.0])
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +53,6 @@ def test_embedding_and_high_res_maps_equal_the_predictors(pair) -> None:
     assert (
         engine.payload_nbytes(payload) == 4 * (256 * 64 * 64 + 32 * 256 * 256 + 64 * 128 * 128) == 16 * 2**20
     )
-
-
-CASES = {
-    "points": (dict(point_coords=POINTS, point_labels=LABELS), dict(points=POINTS, labels=LABELS)),
-    "box": (dict(box=BOX), dict(box=BOX)),
-    "points+box": (
-        dict(point_coords=POINTS, point_labels=LABELS, box=BOX),
-        dict(points=POINTS, labels=LABELS, box=BOX),
-    ),
-}
 
 
 @pytest.mark.parametrize("multimask", [True, False])
