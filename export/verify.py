@@ -139,7 +139,7 @@ def reference_engine(md: ExportMetadata, checkpoint: str | Path | None) -> Any:
 def _features(payload: Any) -> list[np.ndarray]:
     """The embedding and any high-res maps of a cached image, as arrays."""
     maps = [payload.embedding, *getattr(payload, "high_res", ())]
-    return [m.numpy() if isinstance(m, torch.Tensor) else m for m in maps]
+    return [m.float().numpy() if isinstance(m, torch.Tensor) else m for m in maps]
 
 
 def verify_sam(md: ExportMetadata, checkpoint: str | Path | None, checks: Checks) -> list[Case]:

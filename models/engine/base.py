@@ -28,6 +28,22 @@ from models.runtime.deadline import check_deadline
 # (benchmarks/results/working_side.md). SAM: its encoder sees a 1024 long side anyway; reducing
 # first keeps its full-size logits (P x 3 x H x W float32) from growing with the upload.
 DEFAULT_WORKING_SIDE = 1024
+# dtypes the PyTorch SAM engines may keep their cached image state in (decoded in float32)
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def cache_torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a `cache_dtype` setting; ValueError naming the choices."""
+    if name not in CACHE_DTYPES:
+        raise ValueError(f"cache_dtype {name!r} unknown; choose one of {sorted(CACHE_DTYPES)}")
+    return CACHE_DTYPES[name]
+
+
+def to_cache(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor to keep in the cache: its own copy (never a view of the encoder's batch) in `dtype`."""
+    return t.clone() if t.dtype == dtype else t.to(dtype)
+
+
 PRIOR_WORKING_SIDE = DEFAULT_WORKING_SIDE
 
 

@@ -50,6 +50,11 @@ class EngineConfig:
         "cuda:N (training sets it to its own `device` unless the engine names one)",
     )
     cache_bytes: int = setting(DEFAULT_CACHE_BYTES, help="embedding cache budget in bytes (LRU)")
+    cache_dtype: str = setting(
+        "float32",
+        help="torch, sam2, light: dtype of the cached image state; float16 or bfloat16 halve the bytes per "
+        "image (the decoder still runs in float32; masks then differ from float32's on a few boundary pixels)",
+    )
     max_prompts: int | None = setting(None, help="prompts per predict call (none: unbounded)", env=False)
     export_dir: str | None = setting(
         None, help="an export directory (`sesam export sam`) for the onnx / tensorrt / triton backends"
@@ -120,6 +125,12 @@ class EngineConfig:
             )
         if self.cache_bytes < 0:
             raise ValueError(f"{source}: cache_bytes must be >= 0, got {self.cache_bytes}")
+        from models.engine.base import cache_torch_dtype
+
+        try:
+            cache_torch_dtype(self.cache_dtype)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
         check_device_name(self.device, f"{source}: device")
         if self.classical_scales is not None:
             self.scales(source)
@@ -194,6 +205,7 @@ def _torch_engine_kwargs(config: EngineConfig) -> dict[str, Any]:
         "cache_bytes": config.cache_bytes,
         "max_prompts": config.max_prompts,
         "working_side": config.resolved_working_side(),
+        "cache_dtype": config.cache_dtype,
     }
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from models.config import lookup
+from models.engine.base import to_cache
 from models.engine.sam_torch import SamEngine, SamImage
 
 LIGHT_TYPES = {
@@ -96,5 +97,5 @@ class LightSamEngine(SamEngine):
             for j in range(batch.shape[0]):
                 original = images[start + j].shape[:2]
                 frame = ResizeLongestSide.get_preprocess_shape(*original, self.prompt_side)
-                out.append(SamImage(features[j : j + 1].clone(), frame, original))
+                out.append(SamImage(to_cache(features[j : j + 1], self.cache_dtype), frame, original))
         return out

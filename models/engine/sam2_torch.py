@@ -4,8 +4,9 @@ Equal to `SAM2ImagePredictor` (same stretch to 1024x1024 and ImageNet normalisat
 backbone features with the no-memory embedding, same prompt frame with box corners first and the
 padding point SAM 2's prompt encoder appends, same mask decoder with its single-mask stability
 fallback and sigmoid IoU, same bilinear upsampling and logit clamp) but: several images per
-encoder call, the image embedding and both high-res feature maps cached by content (about 16 MiB
-per image in fp32, all counted in the cache budget), and prompts of one layout decoded together.
+encoder call, the image embedding and both high-res feature maps cached by content (16 MiB per
+image in float32, all counted in the cache budget; 8 MiB with `cache_dtype` float16 or bfloat16,
+upcast to float32 for the decoder), and prompts of one layout decoded together.
 
 Low-res logits stay in SAM 2's own frame (the stretched 256x256 image, not SAM 1's padded one),
 so a mask fed back is used as SAM 2 made it; `mask_logits` turns a full-size mask into a prompt in
@@ -22,7 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.engine.base import DEFAULT_WORKING_SIDE, BatchedDecoder, stability_score
+from models.engine.base import (
+    DEFAULT_WORKING_SIDE,
+    BatchedDecoder,
+    cache_torch_dtype,
+    stability_score,
+    to_cache,
+)
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.lowres import MASK_LOGIT
 from models.engine.types import LOW_RES, Predictions, Prompt
@@ -66,10 +73,12 @@ class Sam2Engine(BatchedDecoder):
         decode_batch: int | None = None,
         max_prompts: int | None = None,
         working_side: int | None = DEFAULT_WORKING_SIDE,
+        cache_dtype: str = "float32",
     ) -> None:
         super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts, working_side=working_side)
         self.name = name
         self.device = torch.device(device)
+        self.cache_dtype = cache_torch_dtype(cache_dtype)
         self.model = model.to(self.device).eval()
         self.encoder_batch = max(1, encoder_batch)
         if decode_batch is None:
@@ -82,7 +91,7 @@ class Sam2Engine(BatchedDecoder):
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         with torch.inference_mode():
             self._image_pe = model.sam_prompt_encoder.get_dense_pe()
-        self._namespace = f"{name}:{self._fingerprint()}"
+        self._namespace = f"{name}:{self._fingerprint()}:{cache_dtype}"
 
     @classmethod
     def from_checkpoint(
@@ -138,8 +147,11 @@ class Sam2Engine(BatchedDecoder):
             for j, image in enumerate(chunk):
                 out.append(
                     Sam2Image(
-                        maps[2][j : j + 1].clone(),
-                        (maps[0][j : j + 1].clone(), maps[1][j : j + 1].clone()),
+                        to_cache(maps[2][j : j + 1], self.cache_dtype),
+                        (
+                            to_cache(maps[0][j : j + 1], self.cache_dtype),
+                            to_cache(maps[1][j : j + 1], self.cache_dtype),
+                        ),
                         image.shape[:2],
                     )
                 )
@@ -193,12 +205,12 @@ class Sam2Engine(BatchedDecoder):
             )
             dense[with_mask] = pe.mask_downscaling(mask_in)
         low_res, iou, _, _ = self.model.sam_mask_decoder(
-            image_embeddings=image.embedding,
+            image_embeddings=image.embedding.float(),
             image_pe=self._image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
             repeat_image=bsz > 1,
-            high_res_features=list(image.high_res),
+            high_res_features=[f.float() for f in image.high_res],
         )
         return low_res, iou

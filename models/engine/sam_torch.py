@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from models.engine.base import DEFAULT_WORKING_SIDE, BatchedDecoder, stability_score
+from models.engine.base import (
+    DEFAULT_WORKING_SIDE,
+    BatchedDecoder,
+    cache_torch_dtype,
+    stability_score,
+    to_cache,
+)
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.modeling.build import build_sam
 from models.engine.modeling.fast_decoder import DEFAULT_CHUNK, ManyPromptDecoder
@@ -64,10 +70,12 @@ class SamEngine(BatchedDecoder):
         decoder_chunk: int = DEFAULT_CHUNK,
         max_prompts: int | None = None,
         working_side: int | None = DEFAULT_WORKING_SIDE,
+        cache_dtype: str = "float32",
     ) -> None:
         super().__init__(cache_bytes=cache_bytes, max_prompts=max_prompts, working_side=working_side)
         self.name = name
         self.device = torch.device(device)
+        self.cache_dtype = cache_torch_dtype(cache_dtype)
         self.model = sam.to(self.device).eval()
         self.prompt_side = prompt_side(sam)
         self.transform = ResizeLongestSide(self.prompt_side)
@@ -79,7 +87,7 @@ class SamEngine(BatchedDecoder):
             ManyPromptDecoder(sam.mask_decoder, self._image_pe, chunk=decoder_chunk) if fast_decoder else None
         )
         self._resize_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._namespace = f"{name}:{self._fingerprint()}"
+        self._namespace = f"{name}:{self._fingerprint()}:{cache_dtype}"
 
     @classmethod
     def from_checkpoint(cls, sam_type: str, checkpoint: str | Path | None, **kwargs) -> SamEngine:
@@ -119,7 +127,9 @@ class SamEngine(BatchedDecoder):
             self.stats.images_encoded += batch.shape[0]
             for j in range(batch.shape[0]):
                 i = start + j
-                out.append(SamImage(features[j : j + 1].clone(), sizes[i], images[i].shape[:2]))
+                out.append(
+                    SamImage(to_cache(features[j : j + 1], self.cache_dtype), sizes[i], images[i].shape[:2])
+                )
         return out
 
     def _payload_nbytes(self, payload: SamImage) -> int:
@@ -181,9 +191,9 @@ class SamEngine(BatchedDecoder):
         else:
             dense = no_mask
         if self._fast is not None:
-            return self._fast(image.embedding, sparse, dense, multimask)
+            return self._fast(image.embedding.float(), sparse, dense, multimask)
         return model.mask_decoder(
-            image_embeddings=image.embedding,
+            image_embeddings=image.embedding.float(),
             image_pe=self._image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense.expand(bsz, -1, -1, -1),
