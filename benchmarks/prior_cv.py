@@ -11,7 +11,7 @@ every dataset (sizes with at least `MIN_OBJECTS` objects), else the one with the
 
 First click (`--protocol click`): one positive click at each train instance's interior-most pixel
 (`training.interactive`), the best-scored of three candidates, for each row of `CLICK_ROWS`; the
-row with the highest worst-dataset mIoU@1 is the default, provided it keeps mIoU@20 on the
+row with the highest mean mIoU@1 over the three datasets is the default, provided it keeps mIoU@20 on the
 Penn-Fudan train third (`--sessions`, full 20-click sessions) at or above the old defaults'.
 
 Run: `python benchmarks/prior_cv.py [--protocol box click] [--sessions]`; writes

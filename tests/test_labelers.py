@@ -149,6 +149,8 @@ def test_bad_options() -> None:
         build_labeler("fancy", ClassicalPrior())
     with pytest.raises(ValueError, match=r"sesam options: unknown settings \[.colour.\]"):
         build_labeler("sesam", ClassicalPrior(), colour="red")
+    with pytest.raises(ValueError, match=r"sesam options: negatives must lie in \[0, 64\], got 65"):
+        build_labeler("sesam", ClassicalPrior(), negatives=65)
 
 
 @pytest.mark.parametrize("kind", ["points", "scribbles", "coarse"])
@@ -178,3 +180,46 @@ def test_scripted_segmenter_honours_multimask(setup) -> None:
     three, one = engine.predict(image, prompt), engine.predict(image, prompt, multimask=False)
     assert three.masks.shape[1] == 3 and one.masks.shape[1] == 1 and one.iou.shape == (1, 1)
     assert np.array_equal(one.masks[0, 0], b) and np.array_equal(three.masks[0, 1], b)
+
+
+def test_a_candidate_holding_another_class_weak_label_is_not_chosen(setup) -> None:
+    """Step 4: a class-2 weak pixel inside object a but outside its part rules out the whole and the
+    too-large candidates for class 1 (exclude_conflicts); off (the default), the paper's rule picks the whole."""
+    engine, weak, image, *_ = setup
+    weak.coarse[45, 45] = 2  # one pixel: too small to be prompted itself
+    paper = SeSAMLabeler(engine).refine(image, weak)
+    assert [i["candidate"] for i in paper.instances if i["class_id"] == 1] == [1]
+    guarded = SeSAMLabeler(engine, SeSAMOptions(exclude_conflicts=True)).refine(image, weak)
+    assert [i["candidate"] for i in guarded.instances if i["class_id"] == 1] == [0]
+    assert guarded.labels[45, 45] == 2
+
+
+def test_when_every_candidate_conflicts_a_point_keeps_its_own_pixel(setup) -> None:
+    """Step 1: two points of different classes inside the part of object a. Every candidate holds
+    the other class's point, so each class keeps its weak pixel alone (a 1-pixel component is not
+    prompted again); off, class 1's smallest candidate (the part) is labelled."""
+    engine, _, image, _a, _ = setup
+    weak = WeakLabels(H, W, points=[PointLabel(15, 15, 1), PointLabel(20, 20, 2)])
+    part = engine.candidates(0)[0]
+    paper = SeSAMLabeler(engine).refine(image, weak)
+    assert (paper.labels[part] != 255).all()
+    guarded = SeSAMLabeler(engine, SeSAMOptions(exclude_conflicts=True)).refine(image, weak)
+    assert np.count_nonzero(guarded.labels != 255) == 2
+    assert guarded.labels[15, 15] == 1 and guarded.labels[20, 20] == 2
+
+
+def test_other_class_points_join_as_negative_clicks(setup) -> None:
+    """negatives=1: every point prompt carries the nearest weak point of another class as a negative
+    click, in step 1 and in step 4; negatives=0 (the paper) sends positive points only."""
+    engine, _, image, _a, _ = setup
+    weak = WeakLabels(H, W, points=[PointLabel(15, 15, 1), PointLabel(90, 40, 2), PointLabel(100, 60, 2)])
+    SeSAMLabeler(engine, SeSAMOptions(negatives=1)).refine(image, weak)
+    first, second = engine.seen[0], engine.seen[-1]
+    assert [p.labels.tolist() for p in first] == [[1, 0]] * 3
+    assert first[0].points[1].tolist() == [90, 40]  # class 1's nearest class-2 point
+    assert first[1].points[1].tolist() == first[2].points[1].tolist() == [15, 15]
+    assert all(p.labels.tolist() == [1] * 5 + [0] for p in second)
+    before = len(engine.seen)
+    SeSAMLabeler(engine).refine(image, weak)
+    assert len(engine.seen) > before
+    assert all((p.labels == 1).all() for call in engine.seen[before:] for p in call)

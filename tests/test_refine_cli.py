@@ -94,6 +94,49 @@ def test_sepl_through_the_cli_equals_in_process(tmp_path, scene, capsys) -> None
     assert (expected != 255).sum() > (np.asarray(Image.open(weak / "a.png")) != 255).sum()
 
 
+def test_sesam_additions_through_the_cli_equal_in_process(tmp_path, scene) -> None:
+    """`--negatives 2 --exclude-conflicts` reach SeSAM's options (summary and pixels) and change
+    the answer for points of three classes against the paper's rule."""
+    from models.engine.classical import ClassicalPrior
+    from models.labels import SeSAMLabeler, SeSAMOptions
+    from models.labels.schema import load_weak_labels
+
+    images, weak = tmp_path / "images", tmp_path / "weak"
+    images.mkdir()
+    weak.mkdir()
+    Image.fromarray(scene).save(images / "a.png")
+    points = [
+        {"x": 120, "y": 130, "class_id": 4},
+        {"x": 300, "y": 60, "class_id": 1},
+        {"x": 400, "y": 300, "class_id": 2},
+    ]
+    (weak / "a.json").write_text(json.dumps({"version": 1, "width": 480, "height": 360, "points": points}))
+    out = tmp_path / "out"
+    args = [
+        "refine",
+        "--images",
+        str(images),
+        "--weak",
+        str(weak),
+        "--out",
+        str(out),
+        "--backend",
+        "classical",
+    ]
+    assert main([*args, "--negatives", "2", "--exclude-conflicts", "--quiet"]) == 0
+    options = json.loads((out / "summary.json").read_text())["options"]
+    assert options["negatives"] == 2 and options["exclude_conflicts"] is True
+    weak_labels = load_weak_labels(weak, "a")
+    engine = ClassicalPrior()
+    ours = (
+        SeSAMLabeler(engine, SeSAMOptions(negatives=2, exclude_conflicts=True))
+        .refine(scene, weak_labels)
+        .labels
+    )
+    assert np.array_equal(np.asarray(Image.open(out / "a.png")), ours)
+    assert not np.array_equal(ours, SeSAMLabeler(engine).refine(scene, weak_labels).labels)
+
+
 def test_refine_rejects_bad_folders(tmp_path, capsys) -> None:
     assert (
         main(["refine", "--images", str(tmp_path / "none"), "--weak", str(tmp_path), "--out", str(tmp_path)])

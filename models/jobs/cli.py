@@ -124,10 +124,23 @@ def run_predict(args: argparse.Namespace) -> int:
 def labeler_options(args: argparse.Namespace) -> dict:
     """The chosen method's options from the command line (only those the user set)."""
     if args.method == "sesam":
-        names = ("k", "sampling", "selection", "prompt", "tau1", "tau2", "overlap", "seed", "scribble_points")
+        names = (
+            "k",
+            "sampling",
+            "selection",
+            "prompt",
+            "tau1",
+            "tau2",
+            "overlap",
+            "seed",
+            "scribble_points",
+            "negatives",
+        )
         opts = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
         if args.no_instance_separation:
             opts["instance_separation"] = False
+        if args.exclude_conflicts:
+            opts["exclude_conflicts"] = True
         return opts
     from models.config import parse_overrides
 
@@ -350,6 +363,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--scribble-points", type=int, default=None, help="points spread along a scribble (10)")
     g.add_argument("--overlap", choices=OVERLAP_RULES, default=None, help="class overlaps (score)")
+    g.add_argument(
+        "--exclude-conflicts",
+        action="store_true",
+        help="never choose a candidate holding another class's weak pixel (not in the paper; off)",
+    )
+    g.add_argument(
+        "--negatives",
+        type=int,
+        default=None,
+        help="nearest other-class weak points added to each point prompt as negative clicks (not in the paper; 0)",
+    )
     s = r.add_argument_group("sepl / weaksam / grounded options (image tags; docs/tags.md)")
     s.add_argument(
         "--points-per-side", type=int, default=None, help="sepl / weaksam: grid prompts per side (16)"

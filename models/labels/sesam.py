@@ -10,6 +10,12 @@
    component's box, or the component as a mask prompt.
 4. Selection among the 3 candidates by `selection` (default coverage/compatibility, tau1 0.3,
    tau2 0.7, fallback: highest compatibility).
+Two additions to the paper, off by default (the paper's rule). With `exclude_conflicts`, a
+candidate that holds a pixel the weak labels give another class is never chosen, in step 1 or
+step 4: such a candidate has leaked across a boundary the weak labels themselves mark. Where every candidate conflicts, step 1
+keeps the weak pixels alone and step 4 keeps the component it was prompted from. With
+`negatives` > 0, the nearest weak points of other classes join every point prompt as negative
+clicks. Both trade coverage for precision (measured in docs/engine.md).
 Then the instance masks are merged (models.labels.merge): overlaps by score (the selected mask's
 compatibility) or left unlabeled, and weak labels always win. All prompts of one stage go to the
 engine in one `predict` (one decoder call per prompt layout).
@@ -37,7 +43,7 @@ from models.labels.common import (
     sparse_prompts,
 )
 from models.labels.merge import OVERLAP_RULES, Instance, merge_instances
-from models.labels.sampling import SAMPLERS, connected_components
+from models.labels.sampling import SAMPLERS, connected_components, even_points_along
 from models.labels.schema import WeakLabels
 from models.labels.selection import SELECTORS, choose_by_coverage, coverage_compatibility, select_smallest
 
@@ -59,6 +65,16 @@ class SeSAMOptions:
     min_component_area: int = setting(16, help="components smaller than this (pixels) are not prompted")
     scribble_points: int = setting(10, help="points spread along a scribble for step 1")
     overlap: str = setting("score", help=f"class overlaps, one of {', '.join(OVERLAP_RULES)}")
+    exclude_conflicts: bool = setting(
+        False,
+        help="a candidate holding a pixel that the weak labels give another class is never chosen "
+        "(steps 1 and 4; an addition to the paper: off = the paper's rule)",
+    )
+    negatives: int = setting(
+        0,
+        help="points and scribbles: up to this many of the nearest weak points of other classes join "
+        "each point prompt as negative clicks (0 = the paper: positive points only)",
+    )
     seed: int = setting(0, help="sampling seed")
 
     def validate(self, source: str = "sesam options") -> None:
@@ -74,6 +90,7 @@ class SeSAMOptions:
                 f"overlap {self.overlap!r} unknown; choose one of {OVERLAP_RULES}",
             ),
             (self.k >= 1, f"k must be >= 1, got {self.k}"),
+            (0 <= self.negatives <= 64, f"negatives must lie in [0, 64], got {self.negatives}"),
             (
                 0 <= self.tau1 <= 1 and 0 <= self.tau2 <= 1,
                 f"tau1, tau2 must lie in [0, 1], got {self.tau1}, {self.tau2}",
@@ -124,8 +141,8 @@ class SeSAMLabeler:
                 c: np.unpackbits(bits, count=n).view(bool).reshape(weak.size) for c, bits in packed.items()
             }
             return masks, weak_map
-        masks = self.initial_masks(handle, weak, result)
         weak_map = weak.sparse_map()
+        masks = self.initial_masks(handle, weak, result, weak_map)
         weak_map.setflags(write=False)  # shared between refreshes
         if self._initial_cache_size > 0:
             self._initial_cache[key] = ({c: np.packbits(m) for c, m in masks.items()}, weak_map)
@@ -134,10 +151,12 @@ class SeSAMLabeler:
         return masks, weak_map
 
     def initial_masks(
-        self, handle: ImageHandle, weak: WeakLabels, result: RefineResult
+        self, handle: ImageHandle, weak: WeakLabels, result: RefineResult, weak_map: np.ndarray | None = None
     ) -> dict[int, np.ndarray]:
-        """Step 1: class id -> coarse HxW mask, from coarse labels and SAM on points/scribbles/boxes."""
+        """Step 1: class id -> coarse HxW mask, from coarse labels and SAM on points/scribbles/boxes.
+        weak_map: `weak.sparse_map()`, computed here when not given."""
         masks: dict[int, np.ndarray] = {}
+        weak_map = weak.sparse_map() if weak_map is None else weak_map
 
         def add(c: int, m: np.ndarray) -> None:
             masks[c] = masks[c] | m if c in masks else m.copy()
@@ -147,19 +166,72 @@ class SeSAMLabeler:
                 if c != UNLABELED:
                     add(int(c), weak.coarse == c)
         prompts, origin = sparse_prompts(weak, self.options.scribble_points)
+        anchors = self._anchors(weak)
+        prompts = [self._with_negatives(p, o[2], anchors) for p, o in zip(prompts, origin, strict=True)]
         for start, out in predict_chunks(self.engine, handle, prompts, result):
             for i in range(len(out)):
                 kind, j, c = origin[start + i]
+                allowed = self._allowed(out.masks[i], weak_map, c)
                 if kind == "box":
-                    mask = box_clip(out.masks[i, int(np.argmax(out.iou[i]))], weak.boxes[j].box)
+                    scores = np.where(allowed, out.iou[i], -np.inf) if allowed.any() else out.iou[i]
+                    mask = box_clip(out.masks[i, int(np.argmax(scores))], weak.boxes[j].box)
                 else:
-                    mask = out.masks[i, select_smallest(out.masks[i])].copy()
+                    if allowed.any():
+                        kept = np.flatnonzero(allowed)
+                        mask = out.masks[i, kept[select_smallest(out.masks[i, kept])]].copy()
+                    else:  # every candidate leaks into another class's weak labels: the weak pixels alone
+                        mask = np.zeros(weak.size, dtype=bool)
                     if kind == "scribble":
                         mask |= weak.scribble_mask(weak.scribbles[j])
                     else:
                         mask[int(weak.points[j].y), int(weak.points[j].x)] = True
                 add(c, mask)
         return masks
+
+    def _anchors(self, weak: WeakLabels) -> tuple[np.ndarray, np.ndarray]:
+        """The weak labels' points (Nx2 x, y) and their classes (N): every point, and the points
+        spread along every scribble."""
+        xy, cls = [], []
+        for p in weak.points:
+            xy.append([p.x, p.y])
+            cls.append(p.class_id)
+        for sc in weak.scribbles:
+            pts = even_points_along(sc.points, self.options.scribble_points)
+            xy.extend(pts.tolist())
+            cls.extend([sc.class_id] * len(pts))
+        return np.asarray(xy, dtype=float).reshape(-1, 2), np.asarray(cls, dtype=int)
+
+    def _with_negatives(
+        self, prompt: Prompt, class_id: int, anchors: tuple[np.ndarray, np.ndarray]
+    ) -> Prompt:
+        """A point prompt with up to `negatives` of the nearest other-class anchors added as negative
+        clicks; any other prompt unchanged."""
+        xy, cls = anchors
+        n = self.options.negatives
+        if n <= 0 or prompt.points is None or prompt.box is not None:
+            return prompt
+        others = xy[cls != class_id]
+        if len(others) == 0:
+            return prompt
+        pos = np.asarray(prompt.points, dtype=float)
+        dist = np.sqrt(((others[:, None, :] - pos[None, :, :]) ** 2).sum(-1)).min(1)
+        near = others[np.argsort(dist, kind="stable")[:n]]
+        return Prompt(
+            points=np.concatenate([pos, near]),
+            labels=np.concatenate([np.asarray(prompt.labels, dtype=int), np.zeros(len(near), dtype=int)]),
+            mask_logits=prompt.mask_logits,
+        )
+
+    def _allowed(self, candidates: np.ndarray, weak_map: np.ndarray, class_id: int) -> np.ndarray:
+        """C bool: the candidates (CxHxW bool) holding no pixel the weak labels give another class
+        (all True with `exclude_conflicts` off)."""
+        if not self.options.exclude_conflicts:
+            return np.ones(len(candidates), dtype=bool)
+        others = (weak_map != UNLABELED) & (weak_map != class_id)
+        if not others.any():
+            return np.ones(len(candidates), dtype=bool)
+        ys, xs = np.nonzero(others)
+        return ~candidates[:, ys, xs].any(axis=1)
 
     @staticmethod
     def extend(
@@ -220,24 +292,43 @@ class SeSAMLabeler:
             parts = connected_components(mask, o.min_component_area) if o.instance_separation else [mask]
             components.extend((c, part) for part in parts if part.any())
         instances: list[Instance] = []
-        prompts = [self._prompt_for(part, rng, confidence) for _, part in components]
+        anchors = self._anchors(weak)
+        prompts = [
+            self._with_negatives(self._prompt_for(part, rng, confidence), c, anchors)
+            for c, part in components
+        ]
         for start, out in predict_chunks(self.engine, handle, prompts, result):
             for i in range(len(out)):
                 c, part = components[start + i]
-                cov, comp = coverage_compatibility(out.masks[i], part)
+                allowed = self._allowed(out.masks[i], weak_map, c)
+                if not allowed.any():  # every candidate leaks into another class's weak labels
+                    instances.append(Instance(c, part, 1.0))
+                    result.instances.append(
+                        {
+                            "class_id": c,
+                            "component_area": int(part.sum()),
+                            "candidate": None,
+                            "area": int(part.sum()),
+                        }
+                    )
+                    continue
+                kept = np.flatnonzero(allowed)
+                cov, comp = coverage_compatibility(out.masks[i, kept], part)
                 if o.selection == "coverage":
-                    choice = choose_by_coverage(cov, comp, o.tau1, o.tau2)
+                    pick = choose_by_coverage(cov, comp, o.tau1, o.tau2)
                 else:
-                    choice = lookup(SELECTORS, o.selection, "selection")(out.masks[i], part, out.iou[i], rng)
-                cov, comp = cov[choice : choice + 1], comp[choice : choice + 1]
-                instances.append(Instance(c, out.masks[i, choice].copy(), float(comp[0])))
+                    pick = lookup(SELECTORS, o.selection, "selection")(
+                        out.masks[i, kept], part, out.iou[i, kept], rng
+                    )
+                choice = int(kept[pick])
+                instances.append(Instance(c, out.masks[i, choice].copy(), float(comp[pick])))
                 result.instances.append(
                     {
                         "class_id": c,
                         "component_area": int(part.sum()),
                         "candidate": choice,
-                        "coverage": round(float(cov[0]), 4),
-                        "compatibility": round(float(comp[0]), 4),
+                        "coverage": round(float(cov[pick]), 4),
+                        "compatibility": round(float(comp[pick]), 4),
                         "iou": round(float(out.iou[i, choice]), 4),
                         "area": int(out.masks[i, choice].sum()),
                     }
