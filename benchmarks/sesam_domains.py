@@ -7,8 +7,8 @@ SAM), once per variant of `SeSAMOptions` given as JSON; the first variant (defau
 paper's rule) is the baseline. Per recording: mIoU (unlabeled counts as wrong), coverage, and the
 precision / recall of the labels SeSAM added. Train only: these choices are made here, val reports.
 
-Run: `python benchmarks/sesam_domains.py [--kinds points scribbles] [--variants '{}' '{"negatives": 4}']`;
-writes benchmarks/results/sesam_domains.md.
+Run: `python benchmarks/sesam_domains.py [--kinds points scribbles] [--variants '{}' '{"negatives": 4}']
+[--classical-options '{"stretch": [1, 99]}']`; writes benchmarks/results/sesam_domains.md.
 """
 
 from __future__ import annotations
@@ -50,12 +50,20 @@ def main() -> None:
         "--kinds", nargs="+", default=["points", "scribbles"], choices=["points", "scribbles", "coarse"]
     )
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="SeSAMOptions as JSON")
+    parser.add_argument(
+        "--classical-options",
+        type=json.loads,
+        default={},
+        help="options of the prior as JSON (default: its own)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sesam_domains.md"))
     args = parser.parse_args()
 
     dataset = CamVid(Path(args.root), "train")
     samples = dataset.samples()[:: args.stride]
-    engine = build_engine(EngineConfig(backend="classical", cache_bytes=2 * 1024**3))
+    engine = build_engine(
+        EngineConfig(backend="classical", cache_bytes=2 * 1024**3, classical=args.classical_options)
+    )
     images = {s.stem: read_image(s.image) for s in samples}
     gts = {s.stem: read_label_png(s.label) for s in samples}
     recordings = sorted({s.stem.split("_")[0] for s in samples})
@@ -90,8 +98,9 @@ def main() -> None:
         "added precision %",
         "added recall %",
     )
+    prior = f" with options {json.dumps(args.classical_options)}" if args.classical_options else ""
     note = (
-        f"CamVid train, every {args.stride}th image ({len(samples)}), by recording; SeSAM on the classical prior "
+        f"CamVid train, every {args.stride}th image ({len(samples)}), by recording; SeSAM on the classical prior{prior} "
         "(the weight-free default engine, not SAM), weak labels seed 0; `{}` is the paper's rule (the baseline). "
         "`python benchmarks/sesam_domains.py`."
     )
