@@ -1,20 +1,22 @@
 """SeSAM's added-label precision per CamVid recording (domain), for SeSAM option variants.
 
 CamVid's train split holds three recordings: 0001TP (dusk), 0006R0 and 0016E5 (daylight; val is all
-0016E5, so val alone does not show a change of domain). Every `--stride`-th train image is refined
-from weak labels (`training.protocols`, seed 0) by SeSAM on the weight-free classical prior (not
-SAM), once per variant of `SeSAMOptions` given as JSON; the first variant (default `{}`, the
+0016E5, so val alone does not show a change of domain). Every `--stride`-th image of `--split`
+(train by default) is refined from weak labels (`training.protocols`, seed 0) by SeSAM on the
+weight-free classical prior (not SAM), once per variant of `SeSAMOptions` given as JSON; the first variant (default `{}`, the
 paper's rule) is the baseline. Per recording: mIoU (unlabeled counts as wrong), coverage, and the
-precision / recall of the labels SeSAM added. Train only: these choices are made here, val reports.
+precision / recall of the labels SeSAM added. Choices are made on train; `--split val` only reports.
 
 Run: `python benchmarks/sesam_domains.py [--kinds points scribbles] [--variants '{}' '{"negatives": 4}']
-[--classical-options '{"stretch": [1, 99]}']`; writes benchmarks/results/sesam_domains.md.
+[--classical-options '{"click_color_weight": 0}'] [--split val]`; writes benchmarks/results/sesam_domains.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from rich.progress import track
@@ -45,7 +47,13 @@ def pct(v: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(CAMVID))
-    parser.add_argument("--stride", type=int, default=6, help="every n-th train image")
+    parser.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "val"],
+        help="train (choices are made here) or val (reports only)",
+    )
+    parser.add_argument("--stride", type=int, default=6, help="every n-th image of the split")
     parser.add_argument(
         "--kinds", nargs="+", default=["points", "scribbles"], choices=["points", "scribbles", "coarse"]
     )
@@ -59,7 +67,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sesam_domains.md"))
     args = parser.parse_args()
 
-    dataset = CamVid(Path(args.root), "train")
+    dataset = CamVid(Path(args.root), args.split)
     samples = dataset.samples()[:: args.stride]
     engine = build_engine(
         EngineConfig(backend="classical", cache_bytes=2 * 1024**3, classical=args.classical_options)
@@ -100,9 +108,9 @@ def main() -> None:
     )
     prior = f" with options {json.dumps(args.classical_options)}" if args.classical_options else ""
     note = (
-        f"CamVid train, every {args.stride}th image ({len(samples)}), by recording; SeSAM on the classical prior{prior} "
-        "(the weight-free default engine, not SAM), weak labels seed 0; `{}` is the paper's rule (the baseline). "
-        "`python benchmarks/sesam_domains.py`."
+        f"CamVid {args.split}, stride {args.stride} ({len(samples)} images), by recording; SeSAM on the classical "
+        f"prior{prior} (the weight-free default engine, not SAM), weak labels seed 0; `{{}}` is the paper's rule (the "
+        f"baseline). `python benchmarks/sesam_domains.py {shlex.join(sys.argv[1:])}`."
     )
     write_table(args.out, note, markdown_table(head, lines))
 

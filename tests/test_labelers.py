@@ -9,7 +9,8 @@ from scipy import ndimage as ndi
 from models.engine import Prompt
 from models.engine.classical import ClassicalPrior
 from models.labels import SeSAMLabeler, SeSAMOptions, build_labeler, confident_labels
-from models.labels.schema import PointLabel, Scribble, WeakLabels
+from models.labels.common import RefineResult
+from models.labels.schema import BoxLabel, PointLabel, Scribble, WeakLabels
 from tests.scripted import ScriptedSegmenter
 
 H, W = 80, 120
@@ -149,8 +150,8 @@ def test_bad_options() -> None:
         build_labeler("fancy", ClassicalPrior())
     with pytest.raises(ValueError, match=r"sesam options: unknown settings \[.colour.\]"):
         build_labeler("sesam", ClassicalPrior(), colour="red")
-    with pytest.raises(ValueError, match=r"sesam options: negatives must lie in \[0, 64\], got 65"):
-        build_labeler("sesam", ClassicalPrior(), negatives=65)
+    with pytest.raises(ValueError, match=r"sesam options: negatives must lie in \[0, 16\], got 17"):
+        build_labeler("sesam", ClassicalPrior(), negatives=17)
 
 
 @pytest.mark.parametrize("kind", ["points", "scribbles", "coarse"])
@@ -223,3 +224,23 @@ def test_other_class_points_join_as_negative_clicks(setup) -> None:
     SeSAMLabeler(engine).refine(image, weak)
     assert len(engine.seen) > before
     assert all((p.labels == 1).all() for call in engine.seen[before:] for p in call)
+
+
+def test_a_box_whose_every_candidate_conflicts_adds_nothing(setup) -> None:
+    """Step 1 with exclude_conflicts: a box over object a holding a class-2 point inside a's part
+    (so inside every candidate, clipped or not) adds no class-1 pixels; without the rule the box's
+    best-scored candidate (the part) is labelled. A class-2 point outside the box conflicts with
+    no clipped candidate: the box's answer stands."""
+    engine, _, image, _a, _ = setup
+    inside = WeakLabels(H, W, points=[PointLabel(20, 20, 2)], boxes=[BoxLabel(1, (10, 10, 50, 50))])
+    part = engine.candidates(0)[0]
+    paper = SeSAMLabeler(engine).initial_masks(
+        engine.embed([image])[0], inside, RefineResult(labels=np.empty(0))
+    )
+    assert (paper[1] == part).all()
+    guarded = SeSAMLabeler(engine, SeSAMOptions(exclude_conflicts=True))
+    masks = guarded.initial_masks(engine.embed([image])[0], inside, RefineResult(labels=np.empty(0)))
+    assert 1 not in masks
+    outside = WeakLabels(H, W, points=[PointLabel(60, 5, 2)], boxes=[BoxLabel(1, (10, 10, 50, 50))])
+    masks = guarded.initial_masks(engine.embed([image])[0], outside, RefineResult(labels=np.empty(0)))
+    assert (masks[1] == part).all()  # the too-large candidate reaches (60, 5), but not once clipped

@@ -87,7 +87,10 @@ class SamEngine(BatchedDecoder):
             ManyPromptDecoder(sam.mask_decoder, self._image_pe, chunk=decoder_chunk) if fast_decoder else None
         )
         self._resize_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._namespace = f"{name}:{self._fingerprint()}:{cache_dtype}"
+        # float32 keeps the namespace it always had (on-disk label caches hash it)
+        self._namespace = f"{name}:{self._fingerprint()}" + (
+            "" if cache_dtype == "float32" else f":{cache_dtype}"
+        )
 
     @classmethod
     def from_checkpoint(cls, sam_type: str, checkpoint: str | Path | None, **kwargs) -> SamEngine:

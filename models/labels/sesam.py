@@ -12,10 +12,12 @@
    tau2 0.7, fallback: highest compatibility).
 Two additions to the paper, off by default (the paper's rule). With `exclude_conflicts`, a
 candidate that holds a pixel the weak labels give another class is never chosen, in step 1 or
-step 4: such a candidate has leaked across a boundary the weak labels themselves mark. Where every candidate conflicts, step 1
-keeps the weak pixels alone and step 4 keeps the component it was prompted from. With
-`negatives` > 0, the nearest weak points of other classes join every point prompt as negative
-clicks. Both trade coverage for precision (measured in docs/engine.md).
+step 4: such a candidate has leaked across a boundary the weak labels themselves mark (a box's
+candidates are clipped to the box first). Where every candidate conflicts, step 1 keeps the weak
+pixels alone (a box adds nothing) and step 4 keeps the component it was prompted from, at score 0
+(any chosen mask overlapping it wins). With `negatives` > 0, the nearest weak points of other
+classes join every point prompt (not box or mask prompts) as negative clicks. Both trade coverage
+for precision (measured in docs/engine.md).
 Then the instance masks are merged (models.labels.merge): overlaps by score (the selected mask's
 compatibility) or left unlabeled, and weak labels always win. All prompts of one stage go to the
 engine in one `predict` (one decoder call per prompt layout).
@@ -73,7 +75,7 @@ class SeSAMOptions:
     negatives: int = setting(
         0,
         help="points and scribbles: up to this many of the nearest weak points of other classes join "
-        "each point prompt as negative clicks (0 = the paper: positive points only)",
+        "each point prompt as negative clicks, at most 16 (0 = the paper: positive points only)",
     )
     seed: int = setting(0, help="sampling seed")
 
@@ -90,7 +92,7 @@ class SeSAMOptions:
                 f"overlap {self.overlap!r} unknown; choose one of {OVERLAP_RULES}",
             ),
             (self.k >= 1, f"k must be >= 1, got {self.k}"),
-            (0 <= self.negatives <= 64, f"negatives must lie in [0, 64], got {self.negatives}"),
+            (0 <= self.negatives <= 16, f"negatives must lie in [0, 16], got {self.negatives}"),
             (
                 0 <= self.tau1 <= 1 and 0 <= self.tau2 <= 1,
                 f"tau1, tau2 must lie in [0, 1], got {self.tau1}, {self.tau2}",
@@ -171,11 +173,13 @@ class SeSAMLabeler:
         for start, out in predict_chunks(self.engine, handle, prompts, result):
             for i in range(len(out)):
                 kind, j, c = origin[start + i]
-                allowed = self._allowed(out.masks[i], weak_map, c)
-                if kind == "box":
-                    scores = np.where(allowed, out.iou[i], -np.inf) if allowed.any() else out.iou[i]
-                    mask = box_clip(out.masks[i, int(np.argmax(scores))], weak.boxes[j].box)
+                if kind == "box":  # candidates clipped to the box first: a leak outside it is cut anyway
+                    clipped = np.stack([box_clip(m, weak.boxes[j].box) for m in out.masks[i]])
+                    allowed = self._allowed(clipped, weak_map, c)
+                    if allowed.any():  # else the box names no pixel of its own: it adds nothing
+                        add(c, clipped[int(np.argmax(np.where(allowed, out.iou[i], -np.inf)))])
                 else:
+                    allowed = self._allowed(out.masks[i], weak_map, c)
                     if allowed.any():
                         kept = np.flatnonzero(allowed)
                         mask = out.masks[i, kept[select_smallest(out.masks[i, kept])]].copy()
@@ -185,7 +189,7 @@ class SeSAMLabeler:
                         mask |= weak.scribble_mask(weak.scribbles[j])
                     else:
                         mask[int(weak.points[j].y), int(weak.points[j].x)] = True
-                add(c, mask)
+                    add(c, mask)
         return masks
 
     def _anchors(self, weak: WeakLabels) -> tuple[np.ndarray, np.ndarray]:
@@ -302,7 +306,7 @@ class SeSAMLabeler:
                 c, part = components[start + i]
                 allowed = self._allowed(out.masks[i], weak_map, c)
                 if not allowed.any():  # every candidate leaks into another class's weak labels
-                    instances.append(Instance(c, part, 1.0))
+                    instances.append(Instance(c, part, 0.0))  # the lowest score: any chosen mask wins
                     result.instances.append(
                         {
                             "class_id": c,
