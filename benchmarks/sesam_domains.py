@@ -110,7 +110,7 @@ def main() -> None:
     note = (
         f"CamVid {args.split}, stride {args.stride} ({len(samples)} images), by recording; SeSAM on the classical "
         f"prior{prior} (the weight-free default engine, not SAM), weak labels seed 0; `{{}}` is the paper's rule (the "
-        f"baseline). `python benchmarks/sesam_domains.py {shlex.join(sys.argv[1:])}`."
+        f"baseline). `{shlex.join(['python', 'benchmarks/sesam_domains.py', *sys.argv[1:]])}`."
     )
     write_table(args.out, note, markdown_table(head, lines))
 
