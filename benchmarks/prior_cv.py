@@ -82,27 +82,31 @@ def train_sets(every: int) -> dict[str, list[InstanceSample]]:
 # -- box -> mask ---------------------------------------------------------------------------------
 
 
+def embedded_instances(engine: ClassicalPrior, samples: list[InstanceSample], description: str):
+    """(image handle, HxW truth) per instance of the samples, each image embedded once."""
+    for s in track(samples, description=description, transient=True):
+        if s.masks:
+            handle = engine.embed([s.load_image()])[0]
+            yield from ((handle, truth) for truth in s.masks)
+
+
 def walk_boxes(engine: ClassicalPrior, samples: list[InstanceSample]) -> list[dict]:
     """Per instance: the walk's potentials inside its tight box, the truth there, its size."""
     out = []
-    for s in track(samples, description="box walks", transient=True):
-        if not s.masks:
-            continue
-        handle = engine.embed([s.load_image()])[0]
+    for handle, truth in embedded_instances(engine, samples, "box walks"):
         payload = handle.payload
-        for truth in s.masks:
-            box = tight_box(truth)
-            prompt = Prompt(box=box)
-            x = engine.potentials(payload, prompt, [], None)
-            y = engine.pixel_potentials(payload, prompt, [], x)
-            x0, y0, x1, y1 = box
-            out.append(
-                {
-                    "y": y[y0:y1, x0:x1].astype(np.float32),
-                    "truth": truth[y0:y1, x0:x1],
-                    "size": coco_size(truth),
-                }
-            )
+        box = tight_box(truth)
+        prompt = Prompt(box=box)
+        x = engine.potentials(payload, prompt, [], None)
+        y = engine.pixel_potentials(payload, prompt, [], x)
+        x0, y0, x1, y1 = box
+        out.append(
+            {
+                "y": y[y0:y1, x0:x1].astype(np.float32),
+                "truth": truth[y0:y1, x0:x1],
+                "size": coco_size(truth),
+            }
+        )
     return out
 
 
@@ -244,15 +248,8 @@ def box_protocol(sets: dict[str, list[InstanceSample]], report: dict) -> list[st
 
 
 def first_clicks(engine: ClassicalPrior, samples: list[InstanceSample]) -> list[tuple]:
-    out = []
-    for s in track(samples, description="embed", transient=True):
-        if not s.masks:
-            continue
-        handle = engine.embed([s.load_image()])[0]
-        for truth in s.masks:
-            x, y = interior_point(truth)
-            out.append((handle, truth, x, y))
-    return out
+    """Per instance: (handle, truth, x, y) with its interior-most pixel as the click."""
+    return [(h, truth, *interior_point(truth)) for h, truth in embedded_instances(engine, samples, "embed")]
 
 
 def click_protocol(sets: dict[str, list[InstanceSample]], report: dict, sessions: bool) -> list[str]:

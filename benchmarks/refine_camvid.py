@@ -54,15 +54,17 @@ def score_refinement(
     methods: tuple[str, ...] = METHODS,
     seed: int = 0,
     quiet: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (weak kind, method): mIoU, coverage, added precision / recall, seconds per image."""
+    """One row per (weak kind, method): mIoU, coverage, added precision / recall, seconds per image.
+    `options`: the labelers' options (default: their own)."""
     images = {s.stem: read_image(s.image) for s in samples}
     gts = {s.stem: read_label_png(s.label) for s in samples}
     rows = []
     for kind in kinds:
         weaks = {s.stem: derive(kind, gts[s.stem], dataset.ignore_index, seed, s.stem) for s in samples}
         for method in methods:
-            labeler = None if method == "raw" else build_labeler(method, engine)
+            labeler = None if method == "raw" else build_labeler(method, engine, **(options or {}))
             conf = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
             added = AddedLabelQuality(dataset.ignore_index)
             seconds = 0.0

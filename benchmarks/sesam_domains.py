@@ -19,18 +19,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from rich.progress import track
+from refine_camvid import CAMVID, fmt, score_refinement
 from tables import markdown_table, write_table
 
-from models.engine import EngineConfig, build_engine, read_image
-from models.io import read_label_png
-from models.labels.sesam import SeSAMLabeler, SeSAMOptions
+from models.engine import EngineConfig, build_engine
 from training.datasets import CamVid
-from training.metrics import AddedLabelQuality, ConfusionMatrix
-from training.protocols import derive
 
 ROOT = Path(__file__).resolve().parents[1]
-CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 DEFAULT_VARIANTS = (
     "{}",
     '{"exclude_conflicts": true}',
@@ -38,10 +33,6 @@ DEFAULT_VARIANTS = (
     '{"negatives": 4}',
     '{"exclude_conflicts": true, "negatives": 4}',
 )
-
-
-def pct(v: float) -> str:
-    return "-" if v != v else f"{100 * v:.1f}"
 
 
 def main() -> None:
@@ -72,31 +63,30 @@ def main() -> None:
     engine = build_engine(
         EngineConfig(backend="classical", cache_bytes=2 * 1024**3, classical=args.classical_options)
     )
-    images = {s.stem: read_image(s.image) for s in samples}
-    gts = {s.stem: read_label_png(s.label) for s in samples}
-    recordings = sorted({s.stem.split("_")[0] for s in samples})
-    count = {r: sum(s.stem.startswith(r) for s in samples) for r in recordings}
+    recordings = {
+        r: [s for s in samples if s.stem.split("_")[0] == r]
+        for r in sorted({s.stem.split("_")[0] for s in samples})
+    }
+    rows = {}  # (kind, variant, recording) -> score_refinement's row
+    for variant in args.variants:
+        for r, subset in recordings.items():
+            for row in score_refinement(
+                engine,
+                dataset,
+                subset,
+                tuple(args.kinds),
+                ("sesam",),
+                quiet=True,
+                options=json.loads(variant),
+            ):
+                rows[row["kind"], variant, r] = row
     lines = []
     for kind in args.kinds:
-        weaks = {s.stem: derive(kind, gts[s.stem], dataset.ignore_index, 0, s.stem) for s in samples}
         for variant in args.variants:
-            labeler = SeSAMLabeler(engine, SeSAMOptions(**json.loads(variant)))
-            scores = {
-                r: (
-                    ConfusionMatrix(dataset.num_classes, dataset.ignore_index),
-                    AddedLabelQuality(dataset.ignore_index),
-                )
-                for r in recordings
-            }
-            for s in track(samples, description=f"{kind} {variant}", transient=True):
-                pred = labeler.refine(images[s.stem], weaks[s.stem]).labels
-                conf, added = scores[s.stem.split("_")[0]]
-                conf.update(pred, gts[s.stem])
-                added.update(weaks[s.stem].sparse_map(), pred, gts[s.stem])
-            for r in recordings:
-                conf, added = scores[r]
-                cells = [kind, variant, f"{r} ({count[r]})", pct(conf.miou()), pct(conf.coverage())]
-                lines.append([*cells, pct(added.precision()), pct(added.recall())])
+            for r, subset in recordings.items():
+                row = rows[kind, variant, r]
+                cells = [kind, variant, f"{r} ({len(subset)})", fmt(row["miou"]), fmt(row["coverage"])]
+                lines.append([*cells, fmt(row["precision"]), fmt(row["recall"])])
     head = (
         "weak kind",
         "SeSAM options",

@@ -24,6 +24,22 @@ def _folder(tmp_path, scene):
     return images, weak
 
 
+def _refine_args(images, weak, out, *extra: str) -> list[str]:
+    """`sesam refine` of a folder on the classical prior, with `extra` flags."""
+    return [
+        "refine",
+        "--images",
+        str(images),
+        "--weak",
+        str(weak),
+        "--out",
+        str(out),
+        "--backend",
+        "classical",
+        *extra,
+    ]
+
+
 def test_refine_folder_resume_report_and_failures(tmp_path, scene, capsys) -> None:
     images, weak = _folder(tmp_path, scene)
     (images / "broken.jpg").write_bytes(b"not an image")
@@ -33,23 +49,7 @@ def test_refine_folder_resume_report_and_failures(tmp_path, scene, capsys) -> No
     )
     Image.fromarray(scene).save(images / "no_labels.png")
     out = tmp_path / "out"
-    args = [
-        "refine",
-        "--images",
-        str(images),
-        "--weak",
-        str(weak),
-        "--out",
-        str(out),
-        "--method",
-        "sesam",
-        "--num-classes",
-        "11",
-        "--report",
-        "--quiet",
-        "--backend",
-        "classical",
-    ]
+    args = _refine_args(images, weak, out, "--method", "sesam", "--num-classes", "11", "--report", "--quiet")
     assert main(args) == 1
     captured = capsys.readouterr()
     assert "3 image(s) failed" in captured.err
@@ -112,18 +112,7 @@ def test_sesam_additions_through_the_cli_equal_in_process(tmp_path, scene) -> No
     ]
     (weak / "a.json").write_text(json.dumps({"version": 1, "width": 480, "height": 360, "points": points}))
     out = tmp_path / "out"
-    args = [
-        "refine",
-        "--images",
-        str(images),
-        "--weak",
-        str(weak),
-        "--out",
-        str(out),
-        "--backend",
-        "classical",
-    ]
-    assert main([*args, "--negatives", "2", "--exclude-conflicts", "--quiet"]) == 0
+    assert main(_refine_args(images, weak, out, "--negatives", "2", "--exclude-conflicts", "--quiet")) == 0
     options = json.loads((out / "summary.json").read_text())["options"]
     assert options["negatives"] == 2 and options["exclude_conflicts"] is True
     weak_labels = load_weak_labels(weak, "a")

@@ -194,8 +194,10 @@ class SeSAMLabeler:
 
     def _anchors(self, weak: WeakLabels) -> tuple[np.ndarray, np.ndarray]:
         """The weak labels' points (Nx2 x, y) and their classes (N): every point, and the points
-        spread along every scribble."""
+        spread along every scribble (none without `negatives`: nothing reads them)."""
         xy, cls = [], []
+        if self.options.negatives <= 0:
+            return np.empty((0, 2)), np.empty(0, dtype=int)
         for p in weak.points:
             xy.append([p.x, p.y])
             cls.append(p.class_id)
