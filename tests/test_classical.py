@@ -14,6 +14,7 @@ from models.engine.base import stability_score
 from models.engine.classical import ClassicalOptions, ClassicalPrior, candidate_logits
 from models.engine.lowres import LOW_RES, low_res_to_probability, mask_to_low_res
 from models.engine.walker import (
+    boundary_connectivity,
     color_likelihood,
     expected_iou,
     laplacian,
@@ -187,6 +188,27 @@ def test_region_graph_of_two_flat_halves() -> None:
     g = region_graph(img, scale=60, sigma=0.0)
     assert g.count == 2 and len(g.edges) == 1 and g.boundary[0] == 40
     assert g.on_border.all() and np.allclose(sorted(g.areas), [1200, 1200])
+
+
+def test_boundary_connectivity_of_an_object_whose_colour_is_also_on_the_border() -> None:
+    """Grey ground, a red square in the middle and a red stripe along the top: the square is cut
+    off from the border (P(background) 0), the stripe and the ground reach along it (the paper's
+    1 - exp(-BndCon^2 / 2), BndCon their border pixels over the root of their area, counted by
+    hand); at a colour scale far beyond the red-grey distance all three are one span."""
+    img = np.full((60, 60, 3), 128, np.uint8)
+    img[20:40, 20:40] = (200, 30, 30)
+    img[:5] = (200, 30, 30)
+    g = region_graph(img, scale=60, sigma=0.0)
+    assert g.count == 3
+    square, stripe, ground = (int(g.labels[y, x]) for y, x in ((30, 30), (2, 30), (50, 50)))
+    p = boundary_connectivity(g, sigma=10.0)
+    assert p[square] == pytest.approx(0.0, abs=1e-12)
+    stripe_border = 60 + 2 * 4  # the top row, and rows 1..4 of the left and right columns
+    ground_border = 4 * 60 - 4 - stripe_border
+    for region, border, area in ((stripe, stripe_border, 300), (ground, ground_border, 3600 - 700)):
+        assert p[region] == pytest.approx(1 - np.exp(-(border**2 / area) / 2))
+    joined = boundary_connectivity(g, sigma=1e6)
+    assert joined == pytest.approx(np.full(3, 1 - np.exp(-(236**2 / 3600) / 2)))
 
 
 def test_candidate_logits_round_trip() -> None:

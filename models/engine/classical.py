@@ -22,8 +22,10 @@ region i belongs to the object:
   the best-scored answer is the box;
 - a first click (one positive point, no box, no mask input) gets an objectness term: colour models
   of the plain walk's answer against the regions on the image border, every region pulled towards
-  P(object | colour) (`click_color_weight`), so the answer spreads over parts of the object that
-  differ from the clicked one but not like the surroundings do;
+  P(object | colour) (`click_color_weight`), mixed with boundary-connectivity saliency
+  (`click_saliency`: a region joined to the image border by gradual colour changes is background,
+  Zhu et al., CVPR 2014), so the answer spreads over parts of the object that differ from the
+  clicked one but not like the surroundings do;
 - mask_logits (an earlier answer, SAM's or ours) pull every region towards it, weight
   `mask_weight` per pixel: this is what makes the next click refine the last answer instead of
   starting over.
@@ -45,7 +47,7 @@ CamVid (`benchmarks/prior_cv.py`; docs/engine.md has the figures). The previous 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,7 @@ from models.engine.types import ImageHandle, Predictions, Prompt
 from models.engine.walker import (
     RegionGraph,
     boundary_band,
+    boundary_connectivity,
     box_candidate_scores,
     box_centre_prior,
     box_doubt,
@@ -152,6 +155,16 @@ class ClassicalOptions:
         "area towards P(object | colour), colour models of the walk's first answer against the regions "
         "on the image border (0: off)",
     )
+    click_saliency: float = setting(
+        0.5,
+        help="share of a first click's objectness target taken from boundary-connectivity saliency "
+        "(1 - P(background), `walker.boundary_connectivity`) instead of the colour models (0: colour only)",
+    )
+    saliency_sigma: float = setting(
+        30.0,
+        help="colour scale (Lab units summed along a path of touching regions) within which regions "
+        "count as one span for boundary connectivity",
+    )
     click_background_prior: float = setting(
         -1.0, help="background_prior of a first click (-1: background_prior)"
     )
@@ -192,6 +205,8 @@ class ClassicalOptions:
             raise ValueError(f"{source}: click_thresholds must be three decreasing values in (0, 1), got {c}")
         if self.click_color_weight < 0:
             raise ValueError(f"{source}: click_color_weight must be >= 0")
+        if not 0 <= self.click_saliency <= 1 or self.saliency_sigma <= 0:
+            raise ValueError(f"{source}: click_saliency must lie in [0, 1] and saliency_sigma be > 0")
         t = tuple(self.thresholds)
         if len(t) != 3 or not all(0 < v < 1 for v in t) or not t[0] > t[1] > t[2]:
             raise ValueError(f"{source}: thresholds must be three decreasing values in (0, 1), got {t}")
@@ -209,12 +224,22 @@ class WalkerImage:
     horizontal: np.ndarray  # Hx(W-1) pixel affinities
     vertical: np.ndarray  # (H-1)xW pixel affinities
     low_res_pixels: tuple[np.ndarray, np.ndarray]  # rows, cols sampled by the low-res cells
+    # saliency_sigma -> N P(background), computed at the image's first click (SeSAM never asks)
+    background: dict[float, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
         lap = self.laplacian
         arrays = (lap.data, lap.indices, lap.indptr, self.horizontal, self.vertical)
-        return self.graph.nbytes + sum(a.nbytes for a in arrays)
+        # one background map counted (one float64 per region): one saliency_sigma per engine
+        return self.graph.nbytes + sum(a.nbytes for a in arrays) + 8 * self.graph.count
+
+    def background_probability(self, sigma: float) -> np.ndarray:
+        """N P(background) of each region by boundary connectivity at colour scale `sigma`, kept
+        with the image (a concurrent first computation only repeats the same work)."""
+        if sigma not in self.background:
+            self.background[sigma] = boundary_connectivity(self.graph, sigma)
+        return self.background[sigma]
 
 
 @dataclass(frozen=True)
@@ -404,13 +429,19 @@ class ClassicalPrior(CachedSegmenter):
         answer holds them), and every region is pulled towards P(object | its colour) with weight
         `click_color_weight` per pixel. Colours unlike the border's are not pulled down, so the answer
         spreads over the parts of an object that differ from the click's region (a person's trousers
-        from a shirt) and stops at what looks like the surroundings."""
+        from a shirt) and stops at what looks like the surroundings. The target mixes in, by
+        `click_saliency`, how little each region is joined to the image border by gradual colour
+        changes (`walker.boundary_connectivity`): trousers whose colour also occurs on the border are
+        still cut off from it by the street around them."""
         o = self.options
         graph = payload.graph
         x = random_walk(payload.laplacian, seeds, pulls.weight, pulls.prior())
-        colour = color_likelihood(graph.colors, graph.areas, x, graph.on_border * (1 - x), o.color_bins)
+        target = color_likelihood(graph.colors, graph.areas, x, graph.on_border * (1 - x), o.color_bins)
+        if o.click_saliency > 0:
+            salient = 1.0 - payload.background_probability(o.saliency_sigma)
+            target = (1 - o.click_saliency) * target + o.click_saliency * salient
         both = _Pulls(pulls.weight, pulls.target)
-        both.add(o.click_color_weight * graph.areas, colour)
+        both.add(o.click_color_weight * graph.areas, target)
         return random_walk(payload.laplacian, seeds, both.weight, both.prior())
 
     def pixel_potentials(
