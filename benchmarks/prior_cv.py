@@ -55,8 +55,9 @@ BOX_GRID = {
     "box_trust_fill": [0.5, 0.6, 0.7],
     "box_fill_prior": [0.5, 0.6, 0.7],
 }
-# name -> settings changed from the defaults, for the first click; the rows before issue 28's
-# saliency term keep it off (click_saliency 0), as they ran then
+# name -> settings changed from the defaults, for the first click; the rows from before the
+# saliency term keep it off (click_saliency 0), as they ran then (with click_color_weight 0 it
+# does nothing, so those rows need no switch)
 NO_SALIENCY = {"click_saliency": 0.0}
 CLICK_ROWS: dict[str, dict] = {
     "candidates 0.7, 0.5, 0.3": {

@@ -209,6 +209,7 @@ def test_boundary_connectivity_of_an_object_whose_colour_is_also_on_the_border()
         assert p[region] == pytest.approx(1 - np.exp(-(border**2 / area) / 2))
     joined = boundary_connectivity(g, sigma=1e6)
     assert joined == pytest.approx(np.full(3, 1 - np.exp(-(236**2 / 3600) / 2)))
+    assert boundary_connectivity(g, sigma=10.0, chunk=2) == pytest.approx(p)  # two chunks, one answer
 
 
 def test_candidate_logits_round_trip() -> None:
@@ -226,6 +227,9 @@ def test_options_are_checked_and_reachable_from_the_engine_config() -> None:
     assert ":40.0:" in engine.namespace
     with pytest.raises(ValueError, match="thresholds"):
         ClassicalOptions(thresholds=(0.5, 0.5, 1.5)).validate()
+    for bad in ({"click_saliency": 1.5}, {"saliency_sigma": 0.0}, {"saliency_sigma": float("nan")}):
+        with pytest.raises(ValueError, match="click_saliency"):
+            ClassicalOptions(**bad).validate()
     with pytest.raises(ValueError, match=r"classical.*scal"):
         EngineConfig.from_mapping({"classical": {"scal": 40}}).validate()
     assert build_engine(EngineConfig(backend="classical-regions")).name == "classical-regions"

@@ -158,7 +158,8 @@ class ClassicalOptions:
     click_saliency: float = setting(
         0.5,
         help="share of a first click's objectness target taken from boundary-connectivity saliency "
-        "(1 - P(background), `walker.boundary_connectivity`) instead of the colour models (0: colour only)",
+        "(1 - P(background), `walker.boundary_connectivity`) instead of the colour models (0: colour only; "
+        "nothing without click_color_weight)",
     )
     saliency_sigma: float = setting(
         30.0,
@@ -205,7 +206,7 @@ class ClassicalOptions:
             raise ValueError(f"{source}: click_thresholds must be three decreasing values in (0, 1), got {c}")
         if self.click_color_weight < 0:
             raise ValueError(f"{source}: click_color_weight must be >= 0")
-        if not 0 <= self.click_saliency <= 1 or self.saliency_sigma <= 0:
+        if not 0 <= self.click_saliency <= 1 or not self.saliency_sigma > 0:  # NaN fails both
             raise ValueError(f"{source}: click_saliency must lie in [0, 1] and saliency_sigma be > 0")
         t = tuple(self.thresholds)
         if len(t) != 3 or not all(0 < v < 1 for v in t) or not t[0] > t[1] > t[2]:
@@ -224,7 +225,8 @@ class WalkerImage:
     horizontal: np.ndarray  # Hx(W-1) pixel affinities
     vertical: np.ndarray  # (H-1)xW pixel affinities
     low_res_pixels: tuple[np.ndarray, np.ndarray]  # rows, cols sampled by the low-res cells
-    # saliency_sigma -> N P(background), computed at the image's first click (SeSAM never asks)
+    # saliency_sigma -> N P(background), computed at the image's first first-click prompt (boxes,
+    # scribbles, several points and mask inputs never ask)
     background: dict[float, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -246,10 +246,10 @@ def boundary_connectivity(graph: RegionGraph, sigma: float, chunk: int = 512) ->
 
     Background spans (road, sky, walls) reach far along the image border for their area; an
     object is cut off from the border by colour changes, even where its colour also occurs there.
-    Paths are followed to 3 sigma (S < 0.012 beyond) in chunks of `chunk` sources, so time and
-    memory grow with the regions within that colour distance, not with N^2."""
+    Paths are followed to 3 sigma (S < 0.012 beyond), `chunk` sources at a time: memory is chunk x N
+    floats, time grows with N times the regions within 3 sigma of each (N^2 at worst)."""
     n = graph.count
-    step = np.maximum(graph.color_distance.astype(np.float64), 1e-6)  # 0 would mean "no edge"
+    step = np.maximum(graph.color_distance.astype(np.float64), 1e-6)  # equal colours: still apart
     edges = sparse.coo_matrix((step, (graph.edges[:, 0], graph.edges[:, 1])), shape=(n, n)).tocsr()
     labels = graph.labels
     ring = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
