@@ -589,6 +589,7 @@ def test_label_studio_shows_the_prediction(live: Live, car: Scene, driven: dict)
     assert brushes, f"no brushlabels in the stored prediction: {json.dumps(record)[:2000]}"
     project, task = driven["project"], driven["task"]["id"]
 
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
     from selenium.webdriver.common.by import By
 
@@ -602,17 +603,23 @@ def test_label_studio_shows_the_prediction(live: Live, car: Scene, driven: dict)
         _until(driver, lambda d: "/user/login" not in d.current_url, "the login did not go through", live)
 
         driver.get(f"{live.ls.url}/projects/{project}/data?tab=1&task={task}")
-        tab = _until(
-            driver,
-            lambda d: d.find_element(
-                By.XPATH,
-                "//*[contains(concat(' ', @class, ' '), ' lsf-annotation-button ')]"
-                "[.//*[starts-with(@title, 'Prediction score')]]",
-            ),
-            f"no tab for the stored prediction in the labeling view of task {task}",
-            live,
+
+        def clicked_tab(d) -> bool:
+            """Find the prediction's tab and click it; the view may re-render between the two (the
+            element found goes stale), so both happen in one try, retried until UI_WAIT_S."""
+            try:
+                d.find_element(
+                    By.XPATH,
+                    "//*[contains(concat(' ', @class, ' '), ' lsf-annotation-button ')]"
+                    "[.//*[starts-with(@title, 'Prediction score')]]",
+                ).click()
+            except StaleElementReferenceException:
+                return False
+            return True
+
+        _until(
+            driver, clicked_tab, f"no tab for the stored prediction in the labeling view of task {task}", live
         )
-        tab.click()
         pointer = ActionBuilder(driver)  # off the tab, onto the page's header: no tooltip over the image
         pointer.pointer_action.move_to_location(VIEWPORT[0] // 2, 8)
         pointer.perform()
