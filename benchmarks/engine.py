@@ -11,8 +11,6 @@ speed does not depend on weights. Prints a table with a ratio column against the
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from segment_anything import SamPredictor
+from timing import median_seconds
 
 from models.engine import Prompt, read_image
 from models.engine.modeling import build_sam
@@ -53,15 +52,6 @@ def make_prompts(h: int, w: int, n: int = 30, seed: int = 0) -> list[Prompt]:
     return prompts
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
 def official_loop(predictor: SamPredictor, prompts: list[Prompt]) -> list[tuple]:
     out = []
     for p in prompts:
@@ -78,20 +68,20 @@ def bench_model(sam_type: str, repeats: int) -> list[dict]:
     torch.set_grad_enabled(False)
 
     predictor = SamPredictor(sam)
-    enc_loop, _ = timed(lambda: predictor.set_image(image), 1)
+    enc_loop, _ = median_seconds(lambda: predictor.set_image(image), 1)
     official_loop(predictor, prompts[:2])  # warm-up
-    dec_loop, loop_out = timed(lambda: official_loop(predictor, prompts), repeats)
+    dec_loop, loop_out = median_seconds(lambda: official_loop(predictor, prompts), repeats)
 
     engine = SamEngine(sam, name=f"sam-{sam_type}")
-    enc_engine, handles = timed(lambda: engine.embed([image]), 1)
+    enc_engine, handles = median_seconds(lambda: engine.embed([image]), 1)
     engine.predict(handles[0], prompts[:2])  # warm-up
     calls_before = engine.stats.decoder_calls
-    dec_engine, engine_out = timed(lambda: engine.predict(handles[0], prompts), repeats)
+    dec_engine, engine_out = median_seconds(lambda: engine.predict(handles[0], prompts), repeats)
     decoder_calls = (engine.stats.decoder_calls - calls_before) // repeats
 
     encoder_calls = engine.stats.encoder_calls
-    enc_warm, warm_handles = timed(lambda: engine.embed([image.copy()]), 1)
-    dec_warm, _ = timed(lambda: engine.predict(warm_handles[0], prompts), repeats)
+    enc_warm, warm_handles = median_seconds(lambda: engine.embed([image.copy()]), 1)
+    dec_warm, _ = median_seconds(lambda: engine.predict(warm_handles[0], prompts), repeats)
     assert engine.stats.encoder_calls == encoder_calls, "a cached image must not be re-encoded"
 
     max_diff = max(float(np.abs(engine_out.low_res_logits[i] - o[2]).max()) for i, o in enumerate(loop_out))

@@ -13,7 +13,7 @@ Run: `python benchmarks/saliency_cost.py`; writes benchmarks/results/saliency_co
 from __future__ import annotations
 
 import argparse
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from clicks import DATA, load
 from PIL import Image
 from tables import markdown_table, write_table
 from threadpoolctl import threadpool_limits
+from timing import median_seconds
 
 from models.engine.classical import ClassicalOptions, ClassicalPrior
 from models.engine.walker import boundary_connectivity
@@ -34,13 +35,6 @@ def enlarged(image: np.ndarray, side: int) -> np.ndarray:
     h, w = image.shape[:2]
     scale = side / max(h, w)
     return np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
-
-
-def timed(fn, *args) -> tuple[float, object]:
-    """(seconds, result) of one call."""
-    start = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - start, out
 
 
 def main() -> None:
@@ -61,15 +55,13 @@ def main() -> None:
                 regions, embed, saliency = [], [], []
                 for image in images:
                     image = image if resize is None else enlarged(image, resize)
-                    seconds, handles = timed(ClassicalPrior(working_side=None).embed, [image])
+                    seconds, handles = median_seconds(
+                        partial(ClassicalPrior(working_side=None).embed, [image]), 1
+                    )
                     graph = handles[0].payload.graph
                     embed.append(seconds)
                     saliency.append(
-                        float(
-                            np.median(
-                                [timed(boundary_connectivity, graph, sigma)[0] for _ in range(args.repeats)]
-                            )
-                        )
+                        median_seconds(partial(boundary_connectivity, graph, sigma), args.repeats)[0]
                     )
                     regions.append(graph.count)
                 ratio = np.array(saliency) / np.array(embed)

@@ -17,9 +17,7 @@ Run: `python benchmarks/sam_family.py [--engines vit_b vit_b:onnx ...] [--repeat
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine import load_image  # noqa: E402 (benchmarks/ is not a package)
 from tables import markdown_table, write_table  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 from models.engine import Prompt  # noqa: E402
 
@@ -94,15 +93,6 @@ def build_torch(name: str):
     return SamEngine(build_sam(name, None), name=name)  # no checkpoint: random init
 
 
-def median_s(call, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def measure(name: str, image: np.ndarray, repeats: int) -> dict[str, float]:
     engine = build(name)
     model = getattr(engine, "model", None)
@@ -112,14 +102,14 @@ def measure(name: str, image: np.ndarray, repeats: int) -> dict[str, float]:
         engine.cache.clear()
         engine.embed([image])
 
-    encode = median_s(embed, repeats)
+    encode = median_seconds(embed, repeats)[0]
     handle = engine.embed([image])[0]
     rng = np.random.default_rng(0)
     h, w = image.shape[:2]
     clicks = [Prompt(points=rng.uniform([0, 0], [w, h], (1, 2)), labels=[1]) for _ in range(16)]
     engine.predict(handle, clicks[:1]), engine.predict(handle, clicks)  # warm-up: first runs of a shape
-    one = median_s(lambda: engine.predict(handle, clicks[:1]), repeats)
-    many = median_s(lambda: engine.predict(handle, clicks), repeats)
+    one = median_seconds(lambda: engine.predict(handle, clicks[:1]), repeats)[0]
+    many = median_seconds(lambda: engine.predict(handle, clicks), repeats)[0]
     fidelity = float("nan")
     if name.endswith(":onnx-int8"):
         from export.quantize import fidelity as int8_fidelity

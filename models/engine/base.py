@@ -39,6 +39,12 @@ def cache_torch_dtype(name: str) -> torch.dtype:
     return CACHE_DTYPES[name]
 
 
+def cache_namespace(name: str, fingerprint: str, cache_dtype: str) -> str:
+    """The cache namespace of a PyTorch SAM engine: `name:fingerprint`, plus `:dtype` for a
+    half-precision cache; float32 keeps the namespace it always had (on-disk label caches hash it)."""
+    return f"{name}:{fingerprint}" + ("" if cache_dtype == "float32" else f":{cache_dtype}")
+
+
 def to_cache(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A tensor to keep in the cache: its own copy (never a view of the encoder's batch) in `dtype`."""
     return t.clone() if t.dtype == dtype else t.to(dtype)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from models.engine.base import (
     DEFAULT_WORKING_SIDE,
     BatchedDecoder,
+    cache_namespace,
     cache_torch_dtype,
     stability_score,
     to_cache,
@@ -91,10 +92,7 @@ class Sam2Engine(BatchedDecoder):
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         with torch.inference_mode():
             self._image_pe = model.sam_prompt_encoder.get_dense_pe()
-        # float32 keeps the namespace it always had (on-disk label caches hash it)
-        self._namespace = f"{name}:{self._fingerprint()}" + (
-            "" if cache_dtype == "float32" else f":{cache_dtype}"
-        )
+        self._namespace = cache_namespace(name, self._fingerprint(), cache_dtype)
 
     @classmethod
     def from_checkpoint(

@@ -21,6 +21,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from models.engine.base import (
     DEFAULT_WORKING_SIDE,
     BatchedDecoder,
+    cache_namespace,
     cache_torch_dtype,
     stability_score,
     to_cache,
@@ -87,10 +88,7 @@ class SamEngine(BatchedDecoder):
             ManyPromptDecoder(sam.mask_decoder, self._image_pe, chunk=decoder_chunk) if fast_decoder else None
         )
         self._resize_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        # float32 keeps the namespace it always had (on-disk label caches hash it)
-        self._namespace = f"{name}:{self._fingerprint()}" + (
-            "" if cache_dtype == "float32" else f":{cache_dtype}"
-        )
+        self._namespace = cache_namespace(name, self._fingerprint(), cache_dtype)
 
     @classmethod
     def from_checkpoint(cls, sam_type: str, checkpoint: str | Path | None, **kwargs) -> SamEngine:

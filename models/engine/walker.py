@@ -144,8 +144,7 @@ def region_graph(
     edge_contrast = np.bincount(inverse, weights=diff) / boundary
     color_distance = np.linalg.norm(colors[edges[:, 0]] - colors[edges[:, 1]], axis=1)
 
-    on_border = np.zeros(count, bool)
-    on_border[np.unique(np.concatenate([seg[0], seg[-1], seg[:, 0], seg[:, -1]]))] = True
+    on_border = border_pixels(seg, count) > 0
     return RegionGraph(
         seg,
         areas,
@@ -157,6 +156,12 @@ def region_graph(
         color_distance.astype(np.float32),
         on_border,
     )
+
+
+def border_pixels(labels: np.ndarray, count: int) -> np.ndarray:
+    """N float: how many pixels of the image's outer ring (each counted once) each region holds."""
+    ring = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
+    return np.bincount(ring, minlength=count).astype(np.float64)
 
 
 def edge_weights(graph: RegionGraph, edge_weight: float, color_weight: float) -> np.ndarray:
@@ -251,9 +256,7 @@ def boundary_connectivity(graph: RegionGraph, sigma: float, chunk: int = 512) ->
     n = graph.count
     step = np.maximum(graph.color_distance.astype(np.float64), 1e-6)  # equal colours: still apart
     edges = sparse.coo_matrix((step, (graph.edges[:, 0], graph.edges[:, 1])), shape=(n, n)).tocsr()
-    labels = graph.labels
-    ring = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
-    border = np.bincount(ring, minlength=n).astype(np.float64)
+    border = border_pixels(graph.labels, n)
     area, length = np.empty(n), np.empty(n)
     for start in range(0, n, chunk):
         sources = np.arange(start, min(n, start + chunk))
