@@ -15,8 +15,17 @@ row with the highest mean mIoU@1 over the three datasets is the default. With `-
 defaults and the chosen row also run full 20-click sessions on the Penn-Fudan train third, reported
 beside it (mIoU@20 and NoC are not part of the rule; docs/engine.md weighs them).
 
-Run: `python benchmarks/prior_cv.py [--protocol box click] [--sessions]`; writes
-benchmarks/results/prior_cv.md and .json.
+Later clicks (`--protocol session`): full 20-click sessions (previous logits fed back, multimask on
+the first click; `training.interactive.simulate_clicks`) on every train instance of the three splits,
+for each row of `SESSION_ROWS` (the settings later clicks read: the pull towards the last answer,
+`click_mask_weight`, and when a contradicting click flips its whole region, `flip_share`; the
+previous defaults are the "before" row); the row with the highest mean mIoU@20 over the three
+datasets is the default. Each row's sessions are stored under runs/prior_cv_sessions/ as they
+finish, so a stopped run resumes and `--rows` splits the rows over processes (delete that folder
+after changing the prior: stored rows are read back, not checked against the code).
+
+Run: `python benchmarks/prior_cv.py [--protocol box click session] [--sessions] [--rows NAME ...]`;
+writes benchmarks/results/prior_cv.md and .json.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -91,7 +101,35 @@ CLICK_ROWS: dict[str, dict] = {
         for share in (0.3, 0.5, 0.7)
         for sigma in (10, 20, 30)
     },
+    # the candidates were chosen before the objectness terms (thresholds row above); again with them
+    **{
+        f"colour 0.001, saliency 0.5 (sigma 30), candidates {', '.join(map(str, ts))}": {
+            "click_color_weight": 0.001,
+            "click_saliency": 0.5,
+            "saliency_sigma": 30.0,
+            "click_thresholds": ts,
+        }
+        for ts in ((0.8, 0.6, 0.4), (0.7, 0.5, 0.3))
+    },
 }
+
+
+# name -> settings changed from the defaults, for the clicks after the first (`--protocol session`)
+SESSION_ROWS: dict[str, dict] = {
+    "before: pull 0.01, flip_share 1": {"click_mask_weight": 0.01, "flip_share": 1.0},
+    "pull 0.003": {"click_mask_weight": 0.003, "flip_share": 1.0},
+    "pull 0.03": {"click_mask_weight": 0.03, "flip_share": 1.0},
+    "pull 0.1": {"click_mask_weight": 0.1, "flip_share": 1.0},
+    "flip_share 0.5": {"click_mask_weight": 0.01, "flip_share": 0.5},
+    "flip_share 0.25": {"click_mask_weight": 0.01, "flip_share": 0.25},
+    "pull 0.03, flip_share 0.5": {"click_mask_weight": 0.03, "flip_share": 0.5},
+}
+SESSION_STORE = ROOT / "runs" / "prior_cv_sessions"
+
+
+def session_file(row: str) -> Path:
+    """Where a session row's results are stored."""
+    return SESSION_STORE / (re.sub(r"[^A-Za-z0-9.]+", "_", row).strip("_") + ".json")
 
 
 def train_sets(every: int) -> dict[str, list[InstanceSample]]:
@@ -337,23 +375,110 @@ def click_protocol(sets: dict[str, list[InstanceSample]], report: dict, sessions
 OLD_CLICK: dict = {"click_color_weight": 0.0}  # the prior before the objectness term
 
 
+# -- later clicks --------------------------------------------------------------------------------
+
+
+def session_protocol(
+    sets: dict[str, list[InstanceSample]], report: dict, only: list[str] | None
+) -> list[str] | None:
+    """20-click sessions of the defaults and every `SESSION_ROWS` row on the three train splits; the
+    row with the highest mean mIoU@20 is chosen. Rows already stored are read back, not rerun;
+    `only` runs just those rows. None until every row is stored (then the table)."""
+    rows_all = SESSION_ROWS
+    unknown = set(only or []) - set(rows_all)
+    if unknown:
+        raise SystemExit(f"--rows: no such session row {sorted(unknown)}; choose from {list(rows_all)}")
+    SESSION_STORE.mkdir(parents=True, exist_ok=True)
+    engine = ClassicalPrior(cache_bytes=8 * 1024**3)
+    base = engine.options
+    items: dict[str, list[tuple]] | None = None
+    for row in only or rows_all:
+        path = session_file(row)
+        if path.exists():
+            continue
+        if items is None:
+            items = {name: first_clicks(engine, samples) for name, samples in sets.items()}
+        engine.options = replace(base, **rows_all[row]).validate()
+        result: dict[str, dict] = {"settings": rows_all[row]}
+        start = time.perf_counter()
+        for name, objs in items.items():
+            runs = [
+                simulate_clicks(engine, handle, truth, 20)
+                for handle, truth, _, _ in track(objs, description=f"{row}: {name}", transient=True)
+            ]
+            result[name] = summarize([r.ious for r in runs], (1, 5, 20), 20)
+        result["minutes"] = (time.perf_counter() - start) / 60
+        atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+        Console().print(row, result)
+    stored = {r: session_file(r) for r in rows_all}
+    if not all(p.exists() for p in stored.values()):
+        missing = [r for r, p in stored.items() if not p.exists()]
+        Console().print(f"sessions still to run: {missing}")
+        return None
+    rows = {r: json.loads(p.read_text()) for r, p in stored.items()}
+    names = list(sets)
+    chosen = max(rows, key=lambda r: np.mean([rows[r][n]["miou@20"] for n in names]))
+    report["session"] = {"rows": rows, "chosen": chosen}
+    table = []
+    for row, r in rows.items():
+        cells = [
+            row + (" (chosen)" if row == chosen else ""),
+            json.dumps(r["settings"]) if r["settings"] else "-",
+        ]
+        cells += [f"{r[n]['miou@20']:.3f}" for n in names]
+        cells += [f"{np.mean([r[n]['miou@20'] for n in names]):.3f}"]
+        cells += [f"{np.mean([r[n][k] for n in names]):.3f}" for k in ("miou@1", "miou@5")]
+        cells += [f"{np.mean([r[n][k] for n in names]):.1f}" for k in ("noc@85", "noc@90")]
+        cells += [" / ".join(f"{r[n]['noc@90']:.1f}" for n in names)]
+        table.append(cells)
+    head = ["row", "settings", *(f"mIoU@20 {n}" for n in names), "mean mIoU@20"]
+    head += ["mean mIoU@1", "mean mIoU@5", "mean NoC@85", "mean NoC@90", "NoC@90 per dataset"]
+    counts = ", ".join(f"{n} {next(iter(rows.values()))[n]['objects']}" for n in names)
+    note = (
+        f"Later clicks on the train splits ({counts} objects): 20-click sessions, the next click at the "
+        "centre of the largest error, previous logits fed back, multimask on the first click only; the "
+        "row with the highest mean mIoU@20 over the three datasets is chosen."
+    )
+    return [note, "", *markdown_table(head, table)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocol", nargs="+", default=["box", "click"], choices=["box", "click"])
+    parser.add_argument(
+        "--protocol", nargs="+", default=["box", "click"], choices=["box", "click", "session"]
+    )
     parser.add_argument("--every", type=int, default=3, help="every n-th Penn-Fudan train image")
     parser.add_argument("--sessions", action="store_true", help="clicks: also 20-click sessions")
+    parser.add_argument(
+        "--rows", nargs="+", help="session: run only these rows (to split them over processes)"
+    )
     args = parser.parse_args()
     sets = train_sets(args.every)
-    store = OUT.with_suffix(".json")
-    report = json.loads(store.read_text()) if store.exists() else {}
-    sections = json.loads(report.pop("_sections", "{}"))
+    report: dict = {}
+    sections: dict[str, list[str]] = {}
     if "box" in args.protocol:
         sections["box"] = box_protocol(sets, report)
     if "click" in args.protocol:
         sections["click"] = click_protocol(sets, report, args.sessions)
-    report["_sections"] = json.dumps(sections)
-    atomic_write_text(store, json.dumps(report, indent=1) + "\n")
-    text = "\n\n".join("\n".join(sections[k]) for k in ("box", "click") if k in sections)
+    if "session" in args.protocol:
+        section = session_protocol(sets, report, args.rows)
+        if section is not None:
+            sections["session"] = section
+    if sections:
+        write_results(report, sections)
+
+
+def write_results(report: dict, sections: dict[str, list[str]]) -> None:
+    """Merge this run's protocols into the stored results (read now, not at start: another run may
+    have written its own protocols meanwhile) and rewrite the table file."""
+    store = OUT.with_suffix(".json")
+    merged = json.loads(store.read_text()) if store.exists() else {}
+    stored = json.loads(merged.pop("_sections", "{}"))
+    merged.update(report)
+    stored.update(sections)
+    merged["_sections"] = json.dumps(stored)
+    atomic_write_text(store, json.dumps(merged, indent=1) + "\n")
+    text = "\n\n".join("\n".join(stored[k]) for k in ("box", "click", "session") if k in stored)
     atomic_write_text(OUT.with_suffix(".md"), text + "\n")
     Console().print(text)
 

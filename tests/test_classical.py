@@ -245,3 +245,56 @@ def test_a_click_against_the_answer_on_a_huge_region_fixes_only_its_pixels(prior
     assert iou(guided.masks[0, 0], red) > 0.9 and guided.masks[0, 0][20, 20]
     fresh = prior.predict(handle, [Prompt(**clicks)], multimask=False)
     assert fresh.masks[0, 0].sum() > 5 * red.sum()  # the background region itself was seeded
+
+
+@pytest.mark.parametrize("flip_share, flips", [(1.25, True), (0.75, False)])
+def test_flip_share_decides_whether_a_contradicting_click_seeds_its_whole_region(
+    touching, flip_share: float, flips: bool
+) -> None:
+    """The earlier answer is the red rectangle; a positive click on the blue one (its region the same
+    area as that answer, to within the noise's few stray pixels) seeds the whole blue region only if
+    its area is at most `flip_share` of the answer's. A click that agrees with the answer always seeds."""
+    img, red, blue = touching
+    engine = ClassicalPrior(options=ClassicalOptions(flip_share=flip_share))
+    payload = engine.embed([img])[0].payload
+    graph = payload.graph
+    node_red, node_blue = int(graph.labels[120, 110]), int(graph.labels[120, 210])
+    assert abs(graph.areas[node_blue] / graph.areas[node_red] - 1) < 0.1  # hand-made: equal rectangles
+    previous = (np.arange(graph.count) == node_red).astype(float)
+    prompt = Prompt(points=[[210.5, 120.5], [110.5, 120.5]], labels=[1, 1])
+    on_blue, on_red = engine.clicks(payload, prompt, previous)
+    assert (on_blue.node, on_red.node) == (node_blue, node_red)
+    assert bool(on_blue.seeds_region) == flips and on_red.seeds_region
+    # the answer follows: the blue region joins whole, or only the pixels near the click and what the
+    # walk draws in at pixel level stay with it
+    guided = Prompt(points=prompt.points, labels=prompt.labels, mask_logits=mask_to_low_res(red))
+    out = engine.predict(engine.embed([img])[0], [guided], multimask=False)
+    assert bool(iou(out.masks[0, 0], red | blue) > 0.9) == flips
+
+
+def test_click_mask_weight_pulls_only_prompts_that_also_have_points(touching) -> None:
+    """`click_mask_weight` replaces `mask_weight` for a mask input that comes with points (the next
+    click of a session) and leaves a mask-only prompt (a coarse weak label) to `mask_weight`."""
+    img, red, blue = touching
+    earlier = mask_to_low_res(red | blue)
+    prompts = {
+        "points": Prompt(points=[[110.5, 120.5], [210.5, 120.5]], labels=[1, 0], mask_logits=earlier),
+        "mask only": Prompt(mask_logits=earlier),
+    }
+    engines = {
+        "default": ClassicalPrior(),
+        "mask_weight": ClassicalPrior(options=ClassicalOptions(mask_weight=0.1)),
+        "click_mask_weight": ClassicalPrior(options=ClassicalOptions(click_mask_weight=0.1)),
+    }
+    logits = {
+        (e, p): engine.predict(engine.embed([img])[0], [prompt], multimask=False).low_res_logits
+        for e, engine in engines.items()
+        for p, prompt in prompts.items()
+    }
+    assert np.array_equal(logits["click_mask_weight", "points"], logits["mask_weight", "points"])
+    assert not np.allclose(logits["click_mask_weight", "points"], logits["default", "points"])
+    assert np.array_equal(logits["click_mask_weight", "mask only"], logits["default", "mask only"])
+    assert not np.allclose(logits["mask_weight", "mask only"], logits["default", "mask only"])
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="click_mask_weight"):
+            ClassicalOptions(click_mask_weight=bad).validate()

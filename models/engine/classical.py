@@ -27,8 +27,8 @@ region i belongs to the object:
   Zhu et al., CVPR 2014), so the answer spreads over parts of the object that differ from the
   clicked one but not like the surroundings do;
 - mask_logits (an earlier answer, SAM's or ours) pull every region towards it, weight
-  `mask_weight` per pixel: this is what makes the next click refine the last answer instead of
-  starting over.
+  `mask_weight` per pixel (`click_mask_weight` where the prompt has points too: the next click of a
+  session): this is what makes the next click refine the last answer instead of starting over.
 
 Then the pixels of the regions along the answer's boundary, and of clicked regions, are solved
 again at pixel level (`walker.refine_pixels`) with the clicked pixels fixed. The three candidates
@@ -39,9 +39,10 @@ offset 1 in logit units). Low-res logits (`candidate_logits`) are 0 at the candi
 so a candidate fed back as `Prompt.mask_logits` carries the walk's probabilities, not just its mask.
 
 Click and box settings were first chosen on Penn-Fudan's train split, the background treatment and
-the thresholds on CamVid train for SeSAM's labels (`benchmarks/classical_sweep.py`); the box-alone
-and first-click settings by cross-validation over the train splits of Penn-Fudan, COCO-mini and
-CamVid (`benchmarks/prior_cv.py`; docs/engine.md has the figures). The previous prior (regions selected whole) stays available as backend
+the thresholds on CamVid train for SeSAM's labels (`benchmarks/classical_sweep.py`); the box-alone,
+first-click and later-click (`click_mask_weight`, `flip_share`) settings by cross-validation over
+the train splits of Penn-Fudan, COCO-mini and CamVid (`benchmarks/prior_cv.py`; docs/engine.md has
+the figures). The previous prior (regions selected whole) stays available as backend
 `classical-regions`.
 """
 
@@ -86,7 +87,8 @@ SINGLE = 0.5  # multimask=False answers the walk's most likely mask: potentials 
 @dataclass
 class ClassicalOptions:
     """Settings of the classical prior (engine option `classical`); chosen on train splits only
-    (Penn-Fudan, CamVid; the box-alone and first-click ones across Penn-Fudan, COCO-mini, CamVid)."""
+    (Penn-Fudan, CamVid; the box-alone, first-click and later-click ones across Penn-Fudan, COCO-mini,
+    CamVid)."""
 
     scale: float = setting(
         60.0, help="Felzenszwalb scale of the graph's regions (smaller: more, finer nodes)"
@@ -108,6 +110,12 @@ class ClassicalOptions:
     )
     mask_weight: float = setting(
         0.01, help="pull towards the mask input per pixel of region area (0: mask_logits ignored)"
+    )
+    click_mask_weight: float = setting(
+        0.03,
+        help="mask_weight of a prompt with points as well as a mask input (the next click of an "
+        "interactive session, the last answer fed back; -1: mask_weight). Mask-only prompts (coarse "
+        "weak labels) keep mask_weight",
     )
     box_weight: float = setting(0.03, help="pull towards the box prior per pixel of region area")
     box_color_share: float = setting(
@@ -142,7 +150,7 @@ class ClassicalOptions:
     pixel_pull: float = setting(0.05, help="pull of a boundary pixel towards its region's potential")
     click_radius: int = setting(3, help="a click fixes the pixels of its region within this radius")
     flip_share: float = setting(
-        1.0,
+        0.5,
         help="a click against the earlier answer flips its whole region only if the region is at most "
         "this share of that answer's area (else it fixes its pixels only)",
     )
@@ -206,6 +214,8 @@ class ClassicalOptions:
             raise ValueError(f"{source}: click_thresholds must be three decreasing values in (0, 1), got {c}")
         if self.click_color_weight < 0:
             raise ValueError(f"{source}: click_color_weight must be >= 0")
+        if not (self.click_mask_weight >= 0 or self.click_mask_weight == -1):  # NaN fails both
+            raise ValueError(f"{source}: click_mask_weight must be >= 0, or -1 (mask_weight)")
         if not 0 <= self.click_saliency <= 1 or not self.saliency_sigma > 0:  # NaN fails both
             raise ValueError(f"{source}: click_saliency must lie in [0, 1] and saliency_sigma be > 0")
         t = tuple(self.thresholds)
@@ -383,8 +393,11 @@ class ClassicalPrior(CachedSegmenter):
             seeds[inside < 0.5] = 0.0
         elif o.border_background:
             seeds[graph.on_border] = 0.0
-        if previous is not None and o.mask_weight > 0:
-            pulls.add(o.mask_weight * graph.areas, previous)
+        mask_weight = o.mask_weight
+        if prompt.points is not None and o.click_mask_weight >= 0:
+            mask_weight = o.click_mask_weight
+        if previous is not None and mask_weight > 0:
+            pulls.add(mask_weight * graph.areas, previous)
         first = self.first_click(prompt)
         background = o.background_prior
         if first and o.click_background_prior >= 0:
