@@ -283,7 +283,8 @@ def test_click_mask_weight_pulls_only_prompts_that_also_have_points(touching) ->
     }
     engines = {
         "default": ClassicalPrior(),
-        "mask_weight": ClassicalPrior(options=ClassicalOptions(mask_weight=0.1)),
+        # -1: prompts with points read mask_weight too (the setting before click_mask_weight existed)
+        "mask_weight": ClassicalPrior(options=ClassicalOptions(mask_weight=0.1, click_mask_weight=-1.0)),
         "click_mask_weight": ClassicalPrior(options=ClassicalOptions(click_mask_weight=0.1)),
     }
     logits = {
