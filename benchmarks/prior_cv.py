@@ -127,6 +127,11 @@ SESSION_ROWS: dict[str, dict] = {
 SESSION_STORE = ROOT / "runs" / "prior_cv_sessions"
 
 
+def row_cells(row: str, settings: dict, chosen: str) -> list[str]:
+    """A table row's first two cells: its name (marked if chosen) and its settings."""
+    return [row + (" (chosen)" if row == chosen else ""), json.dumps(settings) if settings else "-"]
+
+
 def session_file(row: str) -> Path:
     """Where a session row's results are stored."""
     return SESSION_STORE / (re.sub(r"[^A-Za-z0-9.]+", "_", row).strip("_") + ".json")
@@ -347,10 +352,7 @@ def click_protocol(sets: dict[str, list[InstanceSample]], report: dict, sessions
     report["click"] = {"rows": rows, "chosen": chosen}
     table = []
     for row, r in rows.items():
-        cells = [
-            row + (" (chosen)" if row == chosen else ""),
-            json.dumps(r["settings"]) if r["settings"] else "-",
-        ]
+        cells = row_cells(row, r["settings"], chosen)
         cells += [f"{r[n]:.3f}" for n in names]
         cells += [
             f"{np.mean([r[n] for n in names]):.3f}",
@@ -421,10 +423,7 @@ def session_protocol(
     report["session"] = {"rows": rows, "chosen": chosen}
     table = []
     for row, r in rows.items():
-        cells = [
-            row + (" (chosen)" if row == chosen else ""),
-            json.dumps(r["settings"]) if r["settings"] else "-",
-        ]
+        cells = row_cells(row, r["settings"], chosen)
         cells += [f"{r[n]['miou@20']:.3f}" for n in names]
         cells += [f"{np.mean([r[n]['miou@20'] for n in names]):.3f}"]
         cells += [f"{np.mean([r[n][k] for n in names]):.3f}" for k in ("miou@1", "miou@5")]
