@@ -3,6 +3,7 @@ whose objects are known, and the walker's pure parts on graphs small enough to s
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -219,6 +220,39 @@ def test_candidate_logits_round_trip() -> None:
         assert ((logits > 0) == (x > t)).all()
         assert logits.min() == pytest.approx(-8) and logits.max() == pytest.approx(8)
     assert LOW_RES == 256
+
+
+def _perturbed(value: object) -> object:
+    """A valid nearby value of a classical option: a flipped bool, an int one larger, a float 3/4 of
+    itself (0.1 for 0), a tuple of thresholds scaled down (still decreasing, still in (0, 1))."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 0.75 if value > 0 else 0.1
+    if isinstance(value, tuple):
+        return tuple(v * 0.9 for v in value)
+    raise TypeError(f"no perturbation for {value!r}")
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(ClassicalOptions)])
+def test_the_cache_namespace_changes_exactly_when_the_encoding_does(name: str, scene: np.ndarray) -> None:
+    """An option that changes what `_encode` stores must change the cache namespace (else a cached
+    image is read back under other settings); one that does not must leave it alone (else the
+    cache splits for nothing)."""
+    base = ClassicalOptions()
+    other = dataclasses.replace(base, **{name: _perturbed(getattr(base, name))}).validate()
+    image = scene[::3, ::3].copy()
+    a, b = (ClassicalPrior(o)._encode([image])[0] for o in (base, other))
+    same = (
+        np.array_equal(a.graph.labels, b.graph.labels)
+        and a.laplacian.shape == b.laplacian.shape
+        and np.array_equal(a.laplacian.toarray(), b.laplacian.toarray())
+        and np.array_equal(a.horizontal, b.horizontal)
+        and np.array_equal(a.vertical, b.vertical)
+    )
+    assert (ClassicalPrior(base).namespace == ClassicalPrior(other).namespace) == same, name
 
 
 def test_options_are_checked_and_reachable_from_the_engine_config() -> None:

@@ -224,6 +224,10 @@ class ClassicalOptions:
         return self
 
 
+# the options `ClassicalPrior._encode` reads: the cache namespace holds them all
+ENCODING_OPTIONS = ("scale", "sigma", "edge_weight", "color_weight", "pixel_beta")
+
+
 @dataclass(frozen=True)
 class WalkerImage:
     """Per-image state: the region graph, its Laplacian under the engine's edge settings, the pixel
@@ -299,8 +303,9 @@ class ClassicalPrior(CachedSegmenter):
 
     @property
     def namespace(self) -> str:
-        o = self.options
-        return f"classical:{o.scale}:{o.sigma}:{o.edge_weight}:{o.color_weight}"
+        """The cache namespace: every option `_encode` reads (`ENCODING_OPTIONS`), so that a cached
+        image is never read back under other encoding settings."""
+        return ":".join(["classical", *(str(getattr(self.options, k)) for k in ENCODING_OPTIONS)])
 
     def _encode(self, images: list[np.ndarray]) -> list[WalkerImage]:
         o = self.options
