@@ -150,3 +150,20 @@ def test_the_factory_passes_cache_dtype_to_the_sam_engine(camvid_image) -> None:
     prompts.append(Prompt(box=[60.0, 50.0, 300.0, 260.0]))
     ours, theirs = half.predict(b, prompts), full.predict(a, prompts)
     assert np.mean(ours.masks == theirs.masks) >= 0.999
+
+
+@pytest.mark.parametrize("backend, sam_type", [("torch", "tiny"), ("sam2", "sam2.1_hiera_t")])
+def test_a_change_to_any_one_weight_tensor_changes_the_cache_namespace(backend: str, sam_type: str) -> None:
+    """Two models must never share cache keys: a model changed in one deep tensor only (here the
+    encoder's neck, as a fine-tune that freezes the rest would leave it) gets another namespace;
+    the same weights built again get the same one."""
+    from models.engine import EngineConfig, build_engine
+
+    config = EngineConfig(backend=backend, sam_type=sam_type, random_weights=0 if backend == "sam2" else None)
+    engine, again = build_engine(config), build_engine(config)
+    assert engine.namespace == again.namespace
+    neck = again.model.image_encoder.neck  # SAM 1's ViT neck; SAM 2's FPN neck
+    tensor = next(p for name, p in neck.named_parameters() if name.endswith("weight"))
+    with torch.no_grad():
+        tensor.view(-1)[-1] += 1e-3  # the last value: outside any leading slice a hash might read
+    assert type(again)(again.model, name=again.name).namespace != engine.namespace

@@ -8,6 +8,7 @@ asks the backend to decode one group (`_decode_group_into`).
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Sequence
@@ -43,6 +44,25 @@ def cache_namespace(name: str, fingerprint: str, cache_dtype: str) -> str:
     """The cache namespace of a PyTorch SAM engine: `name:fingerprint`, plus `:dtype` for a
     half-precision cache; float32 keeps the namespace it always had (on-disk label caches hash it)."""
     return f"{name}:{fingerprint}" + ("" if cache_dtype == "float32" else f":{cache_dtype}")
+
+
+@torch.no_grad()
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """16 hex digits of a model's weights, so that two models never share cache keys: every
+    parameter and buffer by name and shape, its first 16384 values, and its float64 sum and
+    norm (computed where the weights live: no copy of a large model to the host). A
+    model fine-tuned in any one tensor gets another fingerprint."""
+    digest = hashlib.sha256()
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        flat = tensor.detach().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(flat[:16384].float().cpu().numpy().tobytes())
+        if flat.is_floating_point():
+            norm = torch.linalg.vector_norm(flat, dtype=torch.float64)
+            digest.update(np.array([flat.sum(dtype=torch.float64).item(), norm.item()]).tobytes())
+        else:
+            digest.update(np.array([flat.sum(dtype=torch.int64).item()]).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def to_cache(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -15,7 +15,6 @@ that frame (refinement's mask prompts go through it).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from models.engine.base import (
     cache_torch_dtype,
     stability_score,
     to_cache,
+    weights_fingerprint,
 )
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.lowres import MASK_LOGIT
@@ -108,13 +108,8 @@ class Sam2Engine(BatchedDecoder):
         return self._namespace
 
     def _fingerprint(self) -> str:
-        """Of the weights (so two models never share cache keys): the decoder's IoU token and the
-        encoder's first parameter, whatever the encoder is."""
-        digest = hashlib.sha256()
-        first = next(self.model.image_encoder.parameters())
-        for tensor in (self.model.sam_mask_decoder.iou_token.weight, first):
-            digest.update(tensor.detach().cpu().float().numpy().tobytes()[:65536])
-        return digest.hexdigest()[:16]
+        """Of the weights, all of them (`weights_fingerprint`): two models never share cache keys."""
+        return weights_fingerprint(self.model)
 
     def mask_logits(self, mask: np.ndarray) -> np.ndarray:
         return stretched_mask_logits(mask)

@@ -8,7 +8,6 @@ original size with one precomputed matrix per axis instead of two interpolations
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from models.engine.base import (
     cache_torch_dtype,
     stability_score,
     to_cache,
+    weights_fingerprint,
 )
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.modeling.build import build_sam
@@ -100,15 +100,8 @@ class SamEngine(BatchedDecoder):
         return self._namespace
 
     def _fingerprint(self) -> str:
-        """Of the weights (so two models never share cache keys): the decoder's IoU token and the
-        encoder's first parameter, whatever the encoder is (ViT, TinyViT, ...)."""
-        digest = hashlib.sha256()
-        for tensor in (
-            self.model.mask_decoder.iou_token.weight,
-            next(self.model.image_encoder.parameters()),
-        ):
-            digest.update(tensor.detach().cpu().float().numpy().tobytes()[:65536])
-        return digest.hexdigest()[:16]
+        """Of the weights, all of them (`weights_fingerprint`): two models never share cache keys."""
+        return weights_fingerprint(self.model)
 
     # -- encoder -----------------------------------------------------------------------------
     @torch.inference_mode()
