@@ -92,13 +92,26 @@ def test_naive_sam_labels_are_keyed_by_what_they_depend_on(tmp_path) -> None:
     assert len(other_scales - first) == len(ds)  # another engine: a new folder, nothing reused
     other_options = run("a", naive={"scribble_points": 3}, resume=False)
     assert len(other_options - other_scales - first) == len(ds)
+    # options the engine reads only when it answers, and the working side, are part of the key too
+    decoding = {"backend": "classical", "classical": {"thresholds": [0.9, 0.8, 0.6]}}
+    other_decoding = run("a", engine=decoding, resume=False)
+    assert len(other_decoding - other_options - other_scales - first) == len(ds)
+    other_side = run("a", engine={"backend": "classical", "working_side": 64}, resume=False)
+    assert len(other_side - other_decoding - other_options - other_scales - first) == len(ds)
     points = tiny_dataset()
     points.weak = [derive("points", gt, None, 0, str(i)) for i, gt in enumerate(points.gt)]
     Trainer(
         tiny_config(tmp_path / "a", "naive-sam", iterations=1, resume=False), train_ds=points, val_ds=None
     ).train()
     all_labels = set((tmp_path / "a" / "naive-sam" / "naive_labels").rglob("*.png"))
-    assert len(all_labels) == 4 * len(ds)  # other weak labels for the same stems: redone
+    assert len(all_labels) == 6 * len(ds)  # other weak labels for the same stems: redone
+    moved = tiny_dataset()
+    moved.images = [np.ascontiguousarray(img[:, ::-1]) for img in moved.images]
+    Trainer(
+        tiny_config(tmp_path / "a", "naive-sam", iterations=1, resume=False), train_ds=moved, val_ds=None
+    ).train()
+    after = set((tmp_path / "a" / "naive-sam" / "naive_labels").rglob("*.png"))
+    assert len(after - all_labels) == len(ds)  # other pixels under the same stems: redone
 
 
 def test_resume_with_another_student_names_the_field(tmp_path) -> None:

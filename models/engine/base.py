@@ -158,6 +158,13 @@ class CachedSegmenter(ABC):
         """Distinguishes cache keys of different models that might share one cache."""
         return self.name
 
+    @property
+    def answer_key(self) -> str:
+        """Everything an answer depends on besides the image and the prompts: the model
+        (`namespace`), the working side, and decoding options where a backend has them. Stores of
+        answers (labels on disk) key on it; the embedding cache needs only the first two."""
+        return f"{self.namespace}@{self.working_side}"
+
     # -- hooks -----------------------------------------------------------------------------
     @abstractmethod
     def _encode(self, images: list[np.ndarray]) -> list[Any]: ...

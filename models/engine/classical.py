@@ -48,7 +48,8 @@ the figures). The previous prior (regions selected whole) stays available as bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import json
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -306,6 +307,11 @@ class ClassicalPrior(CachedSegmenter):
         """The cache namespace: every option `_encode` reads (`ENCODING_OPTIONS`), so that a cached
         image is never read back under other encoding settings."""
         return ":".join(["classical", *(str(getattr(self.options, k)) for k in ENCODING_OPTIONS)])
+
+    @property
+    def answer_key(self) -> str:
+        """The namespace and working side, and every option (decoding reads the rest)."""
+        return f"{super().answer_key}:{json.dumps(asdict(self.options), sort_keys=True)}"
 
     def _encode(self, images: list[np.ndarray]) -> list[WalkerImage]:
         o = self.options

@@ -6,7 +6,8 @@ CAM classifier from image tags (cam).
 - fixmatch: weak loss + pseudo-labels of an EMA teacher (confidence >= theta1) on the weak view,
   learned by the student on the strong view.
 - naive-sam: weak loss + labels pre-generated once by the naive SAM labeler (cached on disk under a
-  key of everything they depend on: the engine's model, the labeler's options, the weak labels).
+  key of everything they depend on: the engine (model, working side, decoding options), the
+  labeler's options, the weak labels and the image).
 - sesam (paper 000): EMA teacher (0.999); every `sam_every` (M) iterations the weak labels of the
   batch's images, extended with teacher pixels of confidence >= `sesam.theta2`, are refined by the
   SeSAM labeler; loss = L_weak + w_sam L_SAM + w_pseudo L_pseudo with precedence weak > SAM > pseudo.
@@ -38,6 +39,7 @@ from models.config import from_mapping
 from models.engine import build_engine
 from models.io import UNLABELED, read_label_png, save_png
 from models.labels import NaiveLabeler, NaiveOptions, SeSAMLabeler, SeSAMOptions, confident_labels
+from models.labels.schema import WeakLabels
 from models.labels.sesam import weak_fingerprint
 from models.runtime.device import Precision, resolve_device, to_device
 from models.students.cam import (
@@ -71,11 +73,19 @@ READ_BY = {
 }
 
 
-def naive_cache_dir(out: Path, engine_namespace: str, options: NaiveOptions) -> Path:
-    """Where naive-sam labels live: one folder per (engine model, labeler options), so labels made
-    by another engine or with other options are never reused."""
-    key = json.dumps({"engine": engine_namespace, "options": options.__dict__}, sort_keys=True, default=str)
+def naive_cache_dir(out: Path, engine_answer_key: str, options: NaiveOptions) -> Path:
+    """Where naive-sam labels live: one folder per (engine, labeler options), the engine as its
+    `answer_key` (model, working side, decoding options), so labels made by another engine, at
+    another size or with other options are never reused."""
+    key = json.dumps({"engine": engine_answer_key, "options": options.__dict__}, sort_keys=True, default=str)
     return out / "naive_labels" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def naive_label_name(stem: str, weak: WeakLabels, image_key: str) -> str:
+    """A naive-sam label's file name: the stem, and a hash of the weak labels' content and the
+    image's (its cache key): other weak labels or other pixels under the same stem are redone."""
+    digest = hashlib.sha256(f"{weak_fingerprint(weak)}:{image_key}".encode()).hexdigest()
+    return f"{stem}-{digest[:16]}.png"
 
 
 class SemanticRecipe:
@@ -166,13 +176,12 @@ class SemanticRecipe:
             return
         options = from_mapping(NaiveOptions, c.naive, "naive")
         labeler = NaiveLabeler(self.engine, options)
-        cache = naive_cache_dir(self.out, self.engine.namespace, options)
+        cache = naive_cache_dir(self.out, self.engine.answer_key, options)
         labels = []
         with self.progress("naive SAM labels") as progress:
             task = progress.add_task("naive", total=len(ds), info=self.engine.name)
             for i, stem in enumerate(ds.stems):
-                # the weak labels' content is part of the name: other labels for this stem are redone
-                path = cache / f"{stem}-{weak_fingerprint(ds.weak[i])[:16]}.png"
+                path = cache / naive_label_name(stem, ds.weak[i], self.embedded.keys[i])
                 if path.exists():
                     labels.append(read_label_png(path))
                 else:
