@@ -323,3 +323,39 @@ def test_triton_backend_without_a_server_is_a_clear_error(tiny_export: Path) -> 
         build_engine(EngineConfig(backend="triton", export_dir=str(tiny_export), triton_url="127.0.0.1:9"))
     with pytest.raises(ValueError, match="needs triton_url"):
         build_engine(EngineConfig(backend="triton", export_dir=str(tiny_export)))
+
+
+def test_tensorrt_plans_of_another_precision_get_another_cache_namespace(
+    tiny_export: Path, tmp_path, monkeypatch
+) -> None:
+    """The TensorRT engine keys its cache by the plans it loads (precision, GPU, TensorRT version),
+    not only by the ONNX export they were built from. TensorRT itself is faked here (no GPU): the
+    plan files exist, the runtime records which it was given."""
+    import shutil
+    from types import SimpleNamespace
+
+    import models.engine.sam_tensorrt as sam_tensorrt
+    from models.engine.sam_onnx import OnnxSamEngine
+    from models.runtime.onnx_runtime import load_export_metadata
+    from models.runtime.tensorrt_runtime import engine_filename
+
+    work = tmp_path / "export"
+    shutil.copytree(tiny_export, work)
+    monkeypatch.setattr(sam_tensorrt, "require_tensorrt", lambda: SimpleNamespace(__version__="10.0"))
+    monkeypatch.setattr(sam_tensorrt, "TensorRTModel", lambda path: SimpleNamespace(path=path))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
+    roles = load_export_metadata(work).roles
+    for role in roles:
+        (work / engine_filename(role, "Fake GPU", "10.0", False)).touch()
+    with pytest.raises(ValueError, match="no TensorRT engine"):  # no plan yet for fp16
+        sam_tensorrt.TensorRTSamEngine(work, fp16=True)
+    fp32 = sam_tensorrt.TensorRTSamEngine(work)
+    for role in roles:
+        (work / engine_filename(role, "Fake GPU", "10.0", True)).touch()
+    fp16 = sam_tensorrt.TensorRTSamEngine(work)  # fp16 is preferred once built
+    assert fp16.models["encoder"].path.name.endswith(".fp16.plan")
+    onnx = OnnxSamEngine(work).namespace
+    assert fp32.namespace.startswith(onnx.replace("onnx", "tensorrt", 1))
+    assert (
+        len({fp32.namespace, fp16.namespace, sam_tensorrt.TensorRTSamEngine(work, fp16=False).namespace}) == 2
+    )

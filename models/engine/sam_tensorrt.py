@@ -35,6 +35,9 @@ class TensorRTSamEngine(ExportedSamEngine):
             role: TensorRTModel(find_engine(self.export_dir, role, gpu, trt.__version__, fp16))
             for role in self.metadata.roles
         }
+        # the plan, not only the ONNX it was built from, names the model: an fp16 plan's embeddings
+        # (and labels made from them) are not an fp32 plan's, nor another GPU's or TensorRT's
+        self._namespace = f"{self._namespace}:{self.models['encoder'].path.name.removeprefix('encoder.')}"
 
     def _run_encoder(self, images: np.ndarray) -> dict[str, np.ndarray]:
         return self.models["encoder"].run({"images": images})
