@@ -7,7 +7,8 @@ adds in: B x 32 x 256 x 256 and B x 64 x 128 x 128. B is dynamic.
 
 `Sam2DecoderOnnx`: one image's embedding and high-res maps, shared by B prompts of N points each
 (both dynamic) -> full-size mask logits, IoU predictions and low-res logits, the latter in SAM 2's
-own frame (the image stretched to 256 x 256) and clamped to +-32 as the predictor hands them back.
+own frame (the image stretched to 256 x 256) and clamped to +-32 as the predictor hands them back
+(the full-size logits come from the unclamped ones, as the predictor's masks do).
 Points are in original-image pixels, packed as `SAM2ImagePredictor` packs them: box corners first
 (labels 2, 3), then clicks (1 positive, 0 negative), then one padding point (0, 0) labelled -1 that
 SAM 2's prompt encoder always appends. The original size is an input (`orig_im_size`): the
@@ -96,8 +97,9 @@ class Sam2DecoderOnnx(nn.Module):
             repeat_image=True,
             high_res_features=[high_res_0, high_res_1],
         )
-        low_res = low_res.clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
         size = torch.tensor(float(self.low_res))
         rows = _bilinear_matrix(h, size, self.low_res, size / h.float())
         cols = _bilinear_matrix(w, size, self.low_res, size / w.float())
-        return rows @ low_res @ cols.transpose(0, 1), iou, low_res
+        # as the predictor: full size from the raw logits, only the low-res ones handed back clamped
+        masks = rows @ low_res @ cols.transpose(0, 1)
+        return masks, iou, low_res.clamp(-LOGIT_CLAMP, LOGIT_CLAMP)

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.onnx_export import model_roles, write_metadata
+from export.onnx_export import MAX_POINTS, model_roles, write_metadata
 from models.runtime.onnx_runtime import model_file, read_metadata
 from models.runtime.tensorrt_runtime import engine_filename, require_tensorrt
 
 ENCODER_BATCH = (1, 4, 8)
 DECODER_PROMPTS = (1, 64, 256)
-DECODER_POINTS = (1, 4, 16)
+# point slots of a decoder call (min, opt); the max is the export's point limit plus the tokens a
+# prompt adds to its clicks: SAM 2's two box corners and its padding point (SAM 1: box corners)
+DECODER_POINTS = (1, 4)
+PROMPT_EXTRA_TOKENS = 3
 STUDENT_BATCH = (1, 4, 8)
 STUDENT_SIDE = (32, 512, 2048)
 # orig_im_size is a shape input of the decoder (the output size depends on its values)
@@ -44,9 +47,11 @@ def profile_shapes(
     if role.startswith("decoder"):
         # SAM 2's decoder also takes the image's high-res maps, of fixed shapes
         maps = (metadata or {}).get("encoder_outputs", {"image_embeddings": [256, 64, 64]})
+        limit = int((metadata or {}).get("limits", {}).get("points", MAX_POINTS))
+        points = (*DECODER_POINTS, limit + PROMPT_EXTRA_TOKENS)  # every prompt the service accepts
         return {name: ((1, *shape),) * 3 for name, shape in maps.items()} | {
-            "point_coords": tuple((b, n, 2) for b, n in zip(DECODER_PROMPTS, DECODER_POINTS, strict=True)),
-            "point_labels": tuple((b, n) for b, n in zip(DECODER_PROMPTS, DECODER_POINTS, strict=True)),
+            "point_coords": tuple((b, n, 2) for b, n in zip(DECODER_PROMPTS, points, strict=True)),
+            "point_labels": tuple((b, n) for b, n in zip(DECODER_PROMPTS, points, strict=True)),
             "mask_input": tuple((b, 1, 256, 256) for b in DECODER_PROMPTS),
             "has_mask_input": tuple((b,) for b in DECODER_PROMPTS),
             "orig_im_size": ((2,),) * 3,

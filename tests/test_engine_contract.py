@@ -224,3 +224,36 @@ def test_yaml_config(tmp_path) -> None:
     path.write_text("engine:\n  backend: classical\n  cache_bytes: 1000\n")
     config = EngineConfig.from_yaml(path)
     assert config.backend == "classical" and config.cache_bytes == 1000
+
+
+SLIVER_ENGINES = {
+    "classical": {"backend": "classical"},
+    "torch-tiny": {"backend": "torch", "sam_type": "tiny"},
+    "torch-tiny never reduced": {"backend": "torch", "sam_type": "tiny", "working_side": 0},
+    "onnx-tiny": {"backend": "onnx"},
+    "sam2": {"backend": "sam2", "sam_type": "sam2.1_hiera_t", "random_weights": 0},
+    "light": {"backend": "light", "sam_type": "efficientvit-sam-l0", "random_weights": 0},
+    "light never reduced": {
+        "backend": "light",
+        "sam_type": "efficientvit-sam-l0",
+        "random_weights": 0,
+        "working_side": 0,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(SLIVER_ENGINES))
+def test_slivers_of_extreme_aspect_are_embedded_and_answered(name: str, request) -> None:
+    """An image more than 2048 times longer than wide: SAM's resize rounds its short side to 0
+    pixels (segment-anything's `ResizeLongestSide`); every engine keeps at least one."""
+    settings = dict(SLIVER_ENGINES[name])
+    if settings["backend"] == "onnx":
+        settings["export_dir"] = str(request.getfixturevalue("tiny_export"))
+    engine = build_engine(EngineConfig(**settings))
+    rng = np.random.default_rng(0)
+    for shape in ((1, 5000), (5000, 1), (2, 4097)):
+        image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+        handle = engine.embed([image])[0]
+        point = [[shape[1] / 2, shape[0] / 2]]
+        out = engine.predict(handle, [Prompt(points=point, labels=[1])], multimask=False)
+        assert out.masks.shape == (1, 1, *shape), (name, shape)

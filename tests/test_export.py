@@ -146,6 +146,9 @@ def test_sam2_triton_and_tensorrt_shapes_follow_the_metadata() -> None:
     }
     dec = profile_shapes("decoder", md)
     assert dec["high_res_0"] == ((1, 32, 256, 256),) * 3 and dec["high_res_1"] == ((1, 64, 128, 128),) * 3
+    # every prompt the service accepts fits: its point limit, a box's two corners, SAM 2's padding point
+    assert dec["point_labels"][-1] == (256, 64 + 3)
+    assert profile_shapes("decoder", md | {"limits": {"points": 10}})["point_coords"][-1] == (256, 13, 2)
     assert profile_shapes("encoder", {"image_size": 512})["images"][0] == (1, 3, 512, 512)
     enc = _parse_config(model_config("encoder", "sam_encoder", "onnxruntime_onnx", metadata=md))
     assert [o.name for o in enc.output] == ["image_embeddings", "high_res_0", "high_res_1"]
@@ -359,3 +362,16 @@ def test_tensorrt_plans_of_another_precision_get_another_cache_namespace(
     assert (
         len({fp32.namespace, fp16.namespace, sam_tensorrt.TensorRTSamEngine(work, fp16=False).namespace}) == 2
     )
+
+
+def test_cached_exported_embeddings_own_their_memory(tiny_export: Path, scene) -> None:
+    """Images encoded in one batch are cached one by one: each payload holds its own copy, never a
+    view that keeps the whole batch's encoder output alive while the budget counts one image."""
+    from models.engine.sam_onnx import OnnxSamEngine
+
+    engine = OnnxSamEngine(tiny_export, providers="cpu", encoder_batch=4)
+    handles = engine.embed([scene, scene[::-1].copy(), scene[:, ::-1].copy()])
+    assert engine.stats.encoder_calls == 1
+    for h in handles:
+        assert h.payload.embedding.base is None  # owns its data
+        assert engine.payload_nbytes(h.payload) == h.payload.embedding.nbytes

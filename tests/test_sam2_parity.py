@@ -191,3 +191,54 @@ def test_a_half_precision_cache_halves_the_bytes_and_keeps_the_masks(pair, image
         out = half.predict(handle, [Prompt(**ours)])
         assert np.mean(out.masks[0] == masks) >= 0.999
         assert np.abs(out.low_res_logits[0] - low).max() < 1e-2 and np.abs(out.iou[0] - iou).max() < 1e-3
+
+
+def test_steep_logits_are_upsampled_before_the_clamp(image) -> None:
+    """The predictor makes full-size masks from the raw low-res logits and clamps only the ones it
+    hands back; so must the engine. Random weights give logits of about +-0.4, far from the clamp
+    of 32: the mask heads' last layers are scaled up here (x1000: the masks' signs do not change,
+    so the predictor's masks stay what they were) to reach the clamp as trained weights do."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    model = build_sam2_model("sam2.1_hiera_t", None, random_seed=0)
+    with torch.no_grad():
+        for mlp in model.sam_mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(1000)
+            mlp.layers[-1].bias.mul_(1000)
+    engine, predictor = Sam2Engine(model), SAM2ImagePredictor(model)
+    predictor.set_image(image)
+    theirs, ours = CASES["points"]
+    masks, iou, low = predictor.predict(multimask_output=True, **theirs)
+    assert np.abs(low).max() == 32.0  # the clamp is reached
+    out = engine.predict(image, [Prompt(**ours)])
+    assert (out.masks[0] == masks).mean() >= 0.999  # 93.9 % when the clamp came first
+    assert np.allclose(out.low_res_logits[0], low, rtol=1e-4, atol=1e-3)  # logits 1000x: float noise too
+    assert np.abs(out.iou[0] - iou).max() < 1e-4
+
+
+def test_an_image_over_the_working_side_keeps_its_short_axis() -> None:
+    """SAM 2 stretches each axis to 1024 on its own: an image over the working side (1024) has only
+    its long axis reduced, so the encoder sees nearly what the predictor sees unreduced (the
+    resampling filters differ), where reducing it as SAM 1 does (aspect kept) would shrink the
+    short axis and stretch it back up (low-res logits 0.04 apart on these weights)."""
+    from PIL import Image
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from models.engine import read_image
+    from tests.conftest import require_data
+
+    root = require_data("camvid")
+    stem = (root / "val.txt").read_text().split()[0]
+    big = np.asarray(Image.fromarray(read_image(root / "images" / "val" / f"{stem}.jpg")).resize((1627, 710)))
+    model = build_sam2_model("sam2.1_hiera_t", None, random_seed=0)
+    engine, predictor = Sam2Engine(model), SAM2ImagePredictor(model)
+    predictor.set_image(big)
+    handle = engine.embed([big])[0]
+    assert handle.payload.working_size == (710, 1024)
+    embedding = handle.payload.inner.embedding
+    reference = predictor._features["image_embed"]
+    assert (embedding - reference).abs().mean() < 0.005 * reference.abs().mean()
+    points, labels = POINTS * (3, 2), LABELS  # inside the 1627x710 image
+    _, _, low = predictor.predict(point_coords=points, point_labels=labels, multimask_output=True)
+    out = engine.predict(handle, [Prompt(points=points, labels=labels)])
+    assert np.abs(out.low_res_logits[0] - low).max() < 0.01

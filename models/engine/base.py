@@ -257,14 +257,26 @@ class BatchedDecoder(CachedSegmenter):
     """
 
     decode_batch: int = 64
+    # SAM 2: the encoder stretches each axis to its input side on its own (no aspect kept, no padding)
+    stretches: bool = False
 
     def _reduce(self, image: np.ndarray) -> np.ndarray:
         """SAM's own resize (`ResizeLongestSide`, PIL bilinear) to the working side: at the default
         1024 the encoder sees exactly the pixels it would see unreduced, and only the last step
-        (masks to the image's size) changes, nearest on the mask instead of bilinear on the logits."""
+        (masks to the image's size) changes, nearest on the mask instead of bilinear on the logits.
+        A backend that `stretches` (SAM 2) has each axis reduced on its own to at most the working
+        side, with the antialiased bilinear resize of its own preprocessing (`SAM2Transforms`): an
+        axis shorter than it is kept whole, as SAM 2 would see it, rather than shrunk with the long
+        one and stretched back up."""
         if self.working_side is None or max(image.shape[:2]) <= self.working_side:
             return image
-        from segment_anything.utils.transforms import ResizeLongestSide
+        if self.stretches:
+            h, w = image.shape[:2]
+            t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+            size = (min(h, self.working_side), min(w, self.working_side))
+            t = torch.nn.functional.interpolate(t, size, mode="bilinear", align_corners=False, antialias=True)
+            return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+        from models.engine.transforms import ResizeLongestSide
 
         return ResizeLongestSide(self.working_side).apply_image(image)
 

@@ -29,10 +29,10 @@ from typing import Any, TypedDict
 
 import numpy as np
 import torch
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from models.engine.base import DEFAULT_WORKING_SIDE, BatchedDecoder, stability_score
 from models.engine.cache import DEFAULT_CACHE_BYTES
+from models.engine.transforms import ResizeLongestSide
 from models.engine.types import LOW_RES, Predictions, Prompt
 from models.runtime.onnx_runtime import SAM_KINDS, ExportMetadata, load_export_metadata
 
@@ -115,6 +115,7 @@ class ExportedSamEngine(BatchedDecoder):
         self.export_dir = self.metadata.directory
         self.name = name
         self.family = self.metadata.kind  # sam (SAM 1, light SAM) or sam2
+        self.stretches = self.family == "sam2"  # the working-side reduction follows its preprocessing
         self.image_size = int(self.metadata["image_size"])
         self.transform = ResizeLongestSide(self.image_size)
         self.mean = np.asarray(self.metadata["pixel_mean"], np.float32).reshape(3, 1, 1)
@@ -172,11 +173,13 @@ class ExportedSamEngine(BatchedDecoder):
             features = [outputs[name] for name in self.encoder_outputs]
             self.stats.encoder_calls += 1
             self.stats.images_encoded += len(chunk)
+            # each image's own copy: a view would keep the whole batch's outputs alive in the
+            # cache while the budget counts one image
             out.extend(
                 ExportedImage(
-                    np.ascontiguousarray(features[0][j : j + 1]),
+                    features[0][j : j + 1].copy(),
                     im.shape[:2],
-                    tuple(np.ascontiguousarray(f[j : j + 1]) for f in features[1:]),
+                    tuple(f[j : j + 1].copy() for f in features[1:]),
                 )
                 for j, im in enumerate(chunk)
             )

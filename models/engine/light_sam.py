@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from models.config import lookup
 from models.engine.base import to_cache
 from models.engine.sam_torch import SamEngine, SamImage
+from models.engine.transforms import ResizeLongestSide
 
 LIGHT_TYPES = {
     "efficientvit-sam-l0": "efficientvit-sam-l0",

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from segment_anything.modeling import PromptEncoder
-from segment_anything.utils.transforms import ResizeLongestSide
+
+from models.engine.transforms import ResizeLongestSide
 
 SAM_INPUT = 1024  # SAM's input side; prompts are given in that frame
 EMBED_DIM = 256

@@ -64,6 +64,8 @@ def stretched_mask_logits(mask: np.ndarray, value: float = MASK_LOGIT) -> np.nda
 class Sam2Engine(BatchedDecoder):
     """PromptableSegmenter backed by a `sam2` SAM2Base image model."""
 
+    stretches = True  # SAM2Transforms: each axis to 1024 on its own
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -163,8 +165,8 @@ class Sam2Engine(BatchedDecoder):
         self, payload: Sam2Image, prompts: list[Prompt], multimask: bool, out: Predictions, idx: list[int]
     ) -> None:
         low_res, scores = self._decode_group(payload, prompts, multimask)
-        low_res = low_res.clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
-        out.low_res_logits[idx] = low_res.cpu().numpy()
+        # as the predictor: masks from the raw logits, the low-res logits handed back clamped
+        out.low_res_logits[idx] = low_res.clamp(-LOGIT_CLAMP, LOGIT_CLAMP).cpu().numpy()
         out.iou[idx] = scores.float().cpu().numpy()
         h, w = payload.original_size
         for s in range(0, len(idx), 8):  # full-size logits a few prompts at a time

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from models.engine.base import (
     DEFAULT_WORKING_SIDE,
@@ -29,6 +28,7 @@ from models.engine.base import (
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.modeling.build import build_sam
 from models.engine.modeling.fast_decoder import DEFAULT_CHUNK, ManyPromptDecoder
+from models.engine.transforms import ResizeLongestSide
 from models.engine.types import Predictions, Prompt
 
 MAX_DECODE_BATCH = 64  # prompts per decoder call; bounds the memory of full-size outputs
