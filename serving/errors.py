@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any
 
@@ -55,6 +56,21 @@ def scrub(message: str) -> str:
     return _PATH.sub("<path>", message)[:2000]
 
 
+# the service's own 503 / 504 answers raised while serving the current request: BentoML writes a
+# generic text in place of any 5xx exception's message, so the guard middleware reads the reason
+# (why, and when to retry) from here (`raised_during`)
+_RAISED: ContextVar[list[dict[str, Any]] | None] = ContextVar("sesam_raised_errors", default=None)
+KEPT_5XX = (503, 504)
+
+
+def raised_during() -> list[dict[str, Any]]:
+    """A fresh record of the 503 / 504 bodies `ApiError` builds in this context from now on (the
+    guard middleware calls it once per request; a route run in a worker thread shares the list)."""
+    record: list[dict[str, Any]] = []
+    _RAISED.set(record)
+    return record
+
+
 class ApiError(BentoMLException):
     """An answer other than 2xx: status, message and the request field at fault."""
 
@@ -72,6 +88,9 @@ class ApiError(BentoMLException):
         self.field = field
         self.headers = headers or {}
         self.message = message  # after BentoMLException's __init__, which sets its own
+        record = _RAISED.get()
+        if record is not None and status in KEPT_5XX:
+            record.append(body)
 
     def payload(self) -> dict[str, Any]:
         status = self.error_code.value
@@ -150,7 +169,7 @@ def normalize_body(status: int, raw: bytes, content_type: str = "") -> dict[str,
         message = text.strip() or HTTPStatus(status).phrase
     if field is None and not explicit:
         field = field_of(message)
-    if status >= 500 and status not in (503, 504):
+    if status >= 500 and status not in KEPT_5XX:
         message, field = INTERNAL_MESSAGE, None
     return error_body(status, message, field)
 

@@ -96,3 +96,55 @@ def within(budget_s: float, func: Callable[..., T], *args: Any, **kwargs: Any) -
     """`func` under a cooperative deadline of `budget_s` seconds (checked between chunks)."""
     with deadline(budget_s):
         return func(*args, **kwargs)
+
+
+class DecodeCost:
+    """What one prompt's decode costs on this server, learned from the decodes it serves, so that
+    a /predict whose prompts cannot finish within its deadline is refused before it starts.
+
+    Per prompt, seconds = `fixed` + `per_mpx` x the megapixels of the image's masks (the decoder
+    itself, then the full-size masks); `fixed` is measured on the warm-up's small image, `per_mpx`
+    from every decoded chunk since (a running mean weighted towards recent chunks, `weight`).
+    Thread-safe: lane workers report while requests read."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        import threading
+
+        self.fixed = 0.0
+        self.per_mpx = 0.0
+        self.weight = weight
+        self._seen = False
+        self._lock = threading.Lock()
+
+    def calibrate(self, seconds_per_prompt: float) -> None:
+        """The warm-up's cost per prompt on its small image: the part that does not grow with size."""
+        with self._lock:
+            self.fixed = max(0.0, seconds_per_prompt)
+
+    def observe(self, seconds: float, prompts: int, pixels: int) -> None:
+        """A decode of `prompts` prompts on an image of `pixels` pixels took `seconds`."""
+        if prompts <= 0 or pixels <= 0:
+            return
+        rate = max(0.0, seconds / prompts - self.fixed) / (pixels / 1e6)
+        with self._lock:
+            self.per_mpx = rate if not self._seen else (1 - self.weight) * self.per_mpx + self.weight * rate
+            self._seen = True
+
+    def seconds(self, prompts: int, pixels: int) -> float:
+        """The expected seconds of decoding `prompts` prompts on an image of `pixels` pixels."""
+        with self._lock:
+            return prompts * (self.fixed + self.per_mpx * pixels / 1e6)
+
+    def refuse_over(self, prompts: int, pixels: int, budget_s: float, field: str = "prompts") -> None:
+        """A 413 naming `field` when the expected decode is over `budget_s` (how many would fit)."""
+        need = self.seconds(prompts, pixels)
+        if need <= budget_s:
+            return
+        each = need / prompts
+        fit = max(1, int(budget_s / each)) if each > 0 else prompts
+        raise ApiError(
+            413,
+            f"{field}: {prompts} prompts need about {need:.0f} s on this server ({each:.2f} s each on this "
+            f"image), over the {budget_s:g} s deadline; send at most {fit} per request",
+            field,
+        )

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from serving.errors import error_body, normalize_body
+from serving.errors import code_for, error_body, normalize_body, raised_during
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -274,7 +274,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = self._normalizing(send)
+        send = self._normalizing(send, raised_during())
         path = scope["path"]
         is_open = path in OPEN_PATHS or path == "/ui" or path.startswith(OPEN_PREFIXES)
         needs_key = self.key is not None and not is_open
@@ -347,8 +347,9 @@ class GuardMiddleware:
                 "Content-Type",
             )
 
-    def _normalizing(self, send: Send) -> Send:
-        """`send` that rewrites every error answer to the one error shape."""
+    def _normalizing(self, send: Send, raised: list[dict[str, Any]]) -> Send:
+        """`send` that rewrites every error answer to the one error shape; a 503 / 504 the service
+        raised itself (`raised`) keeps its own body, which BentoML replaced with a generic text."""
         held: dict[str, Any] = {}
         chunks: list[bytes] = []
 
@@ -369,7 +370,8 @@ class GuardMiddleware:
             status = start["status"]
             headers = [(k.lower(), v) for k, v in start.get("headers", [])]
             content_type = dict(headers).get(b"content-type", b"").decode("latin-1")
-            body = normalize_body(status, b"".join(chunks), content_type)
+            own = [b for b in raised if b["error"]["code"] == code_for(status)]
+            body = own[-1] if own else normalize_body(status, b"".join(chunks), content_type)
             kept = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]
             if status == 503 and not any(k == b"retry-after" for k, _ in kept):
                 kept.append((b"retry-after", self.retry_after))

@@ -88,7 +88,7 @@ from serving.config import ServiceConfig
 from serving.errors import ApiError, install_log_filter, normalize_body
 from serving.inputs import prompt_model, strict_options, weak_model
 from serving.label_studio import label_studio_app
-from serving.lanes import Lane
+from serving.lanes import DecodeCost, Lane
 from serving.middleware import GuardMiddleware, RouteSpec
 from serving.ui import ui_app
 
@@ -121,12 +121,17 @@ LIGHT_SLOTS = CONFIG.light_slots or os.cpu_count() or 1
 
 
 # -- work shared by the processes ----------------------------------------------------------------
-def warm_up(engine: Any) -> None:
-    """One embed and one click on a small synthetic image (loads kernels, fills caches)."""
+def warm_up(engine: Any) -> float:
+    """One embed and one click on a small synthetic image (loads kernels, fills caches); then the
+    click again, timed: seconds per prompt on a small image (`DecodeCost.calibrate`)."""
     warm = np.zeros((64, 96, 3), np.uint8)
     warm[16:48, 24:72] = 200
     handle = engine.embed([warm])[0]
-    engine.predict(handle, [Prompt(points=np.array([[48.0, 32.0]]), labels=np.array([1]))])
+    click = [Prompt(points=np.array([[48.0, 32.0]]), labels=np.array([1]))]
+    engine.predict(handle, click)
+    start = time.perf_counter()
+    engine.predict(handle, click)
+    return time.perf_counter() - start
 
 
 def load_student(config: ServiceConfig) -> Segmenter:
@@ -354,7 +359,8 @@ class SegmentationService:
                     "runtime": s.runtime,
                     "class_names": s.class_names,
                 }
-            warm_up(self.engine)
+            self.decode_cost = DecodeCost()  # /predict refused up front when it cannot finish in time
+            self.decode_cost.calibrate(warm_up(self.engine))
         retry = self.config.retry_after_s
         self.predict_lane = Lane("predict", LIGHT_SLOTS, self.config.light_queue, retry)
         self.segment_lane = Lane("segment", LIGHT_SLOTS, self.config.light_queue, retry)
@@ -454,13 +460,16 @@ class SegmentationService:
         """Decode in chunks whose full-size masks stay under max_mask_bytes; encode each chunk's
         masks before the next (memory is O(chunk), not O(prompts))."""
         chunk = chunk_size(handle.original_size, multimask, self.config.max_mask_bytes)
+        pixels = handle.original_size[0] * handle.original_size[1]
         predictions = []
         for start in range(0, len(prompts), chunk):
             check_deadline()
+            began = time.perf_counter()
             try:
                 out = self.engine.predict(handle, prompts[start : start + chunk], multimask=multimask)
             except ValueError as exc:
                 raise ApiError(400, str(exc), "prompts") from None
+            self.decode_cost.observe(time.perf_counter() - began, len(out), pixels)
             for i in range(len(out)):
                 best = int(np.argmax(out.iou[i]))
                 logits_id = uuid.uuid4().hex
@@ -556,6 +565,8 @@ class SegmentationService:
                     "image_id",
                 )
         converted = self.to_prompts(prompts, handle)
+        h, w = handle.original_size
+        self.decode_cost.refuse_over(len(converted), h * w, self.config.light_timeout_s)
         predictions = await self.predict_lane.run(
             self.decode_prompts,
             handle,

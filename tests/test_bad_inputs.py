@@ -647,6 +647,42 @@ def test_503_and_504_follow_the_contract() -> None:
     assert "Traceback" not in crash["error"]["message"]
 
 
+@pytest.mark.parametrize("status", [503, 504])
+def test_the_services_own_503_and_504_keep_their_reason_through_bentoml(status: int) -> None:
+    """BentoML answers any 5xx exception a route raises with a generic text in place of its message
+    (`_bentoml_impl/server/app.py`); the guard middleware puts the service's own 503 / 504 body back
+    (why, and when to retry), for a route run in a worker thread as BentoML runs sync routes. The
+    app below does what BentoML does with the exception."""
+    import anyio
+
+    from serving.errors import ApiError
+    from serving.middleware import GuardMiddleware
+
+    message = "deadline exceeded: ran 0.1 s past its deadline" if status == 504 else "busy: retry after 2 s"
+
+    def route() -> None:
+        raise ApiError(status, message)
+
+    async def bentoml_like(scope, receive, send) -> None:
+        try:
+            await anyio.to_thread.run_sync(route)
+        except ApiError as exc:
+            text = b"An unexpected error has occurred, please check the server log."
+            await send({"type": "http.response.start", "status": exc.error_code.value, "headers": []})
+            await send({"type": "http.response.body", "body": text})
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=GuardMiddleware(bentoml_like))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/predict", json={})
+
+    response = anyio.run(call)
+    assert response.status_code == status
+    assert response.json() == {"error": {"code": CODES[status], "message": message, "field": None}}
+    if status == 503:
+        assert response.headers["retry-after"] == "2"
+
+
 def test_paths_are_scrubbed() -> None:
     from serving.errors import scrub
 

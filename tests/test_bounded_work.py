@@ -468,3 +468,28 @@ def test_rescaled_labels_at_the_far_edge_stay_inside() -> None:
     small.validate(5)
     assert small.boxes[0].box == (0.0, 0.0, 480.0, 360.0) and small.scribbles[0].width == 1
     assert small.scribble_mask(small.scribbles[0])[359, 479]
+
+
+def test_decode_cost_refuses_a_predict_that_cannot_finish_before_it_starts() -> None:
+    """The service learns what a prompt costs (fixed part from the warm-up, per-megapixel part from
+    the decodes it serves) and refuses with a 413 naming `prompts`, and how many would fit, a
+    /predict whose expected decode is over its deadline; one that fits goes through."""
+    from serving.errors import ApiError
+    from serving.lanes import DecodeCost
+
+    cost = DecodeCost(weight=0.5)
+    cost.calibrate(0.05)  # the warm-up: 50 ms a prompt on its small image
+    assert cost.seconds(10, 1_000_000) == pytest.approx(0.5)
+    cost.observe(seconds=1.5, prompts=10, pixels=1_000_000)  # 150 ms each at 1 Mpx: 100 ms per Mpx
+    assert cost.per_mpx == pytest.approx(0.1)
+    cost.observe(seconds=0.9, prompts=3, pixels=2_000_000)  # 300 ms each at 2 Mpx: 125 ms per Mpx
+    assert cost.per_mpx == pytest.approx(0.1125)  # halfway, weight 0.5
+    assert cost.seconds(200, 1_000_000) == pytest.approx(200 * 0.1625)
+    cost.refuse_over(184, 1_000_000, 30.0)  # 29.9 s: fits
+    with pytest.raises(ApiError) as refused:
+        cost.refuse_over(256, 1_000_000, 30.0)  # 41.6 s
+    assert refused.value.error_code == 413 and refused.value.field == "prompts"
+    assert "256 prompts need about 42 s" in refused.value.message
+    assert "send at most 184 per request" in refused.value.message
+    cost.observe(seconds=1.0, prompts=0, pixels=1_000_000)  # nothing decoded: nothing learned
+    assert cost.per_mpx == pytest.approx(0.1125)
