@@ -148,3 +148,18 @@ class DecodeCost:
             f"image), over the {budget_s:g} s deadline; send at most {fit} per request",
             field,
         )
+
+    def refuse_grid_over(self, side: int, budget_s: float, field: str) -> None:
+        """A 413 naming `field` when a labeler's side x side grid of point prompts cannot be decoded
+        within `budget_s` even at the size-independent cost alone (the image's size is not known
+        yet: a lower bound, so nothing that could finish is refused)."""
+        need = side * side * self.seconds(1, 0)
+        if need <= budget_s:
+            return
+        fit = max(1, int((budget_s / max(self.seconds(1, 0), 1e-9)) ** 0.5))
+        raise ApiError(
+            413,
+            f"{field}: a {side}x{side} grid ({side * side} prompts) needs at least {need:.0f} s on this "
+            f"server, over the {budget_s:g} s deadline; use at most {fit} per side",
+            field,
+        )

@@ -511,6 +511,8 @@ class SegmentationService:
                 f"options.points_per_side: {side} makes {side * side} prompts, over the limit of {c.max_weak_labels}",
                 "options.points_per_side",
             )
+        if side:
+            self.decode_cost.refuse_grid_over(side, c.request_timeout_s, "options.points_per_side")
         if method in ("sepl", "weaksam") and c.cam_checkpoint:
             options["cam"] = c.cam_checkpoint
         if method == "weaksam" and c.wsod_checkpoint:

@@ -493,3 +493,19 @@ def test_decode_cost_refuses_a_predict_that_cannot_finish_before_it_starts() -> 
     assert "send at most 184 per request" in refused.value.message
     cost.observe(seconds=1.0, prompts=0, pixels=1_000_000)  # nothing decoded: nothing learned
     assert cost.per_mpx == pytest.approx(0.1125)
+
+
+def test_a_refine_grid_that_cannot_finish_is_refused_before_it_starts() -> None:
+    """SEPL's and WeakSAM's grids of point prompts: refused (413 on options.points_per_side, with the
+    side that would fit) when even the size-independent cost of their prompts is over the deadline."""
+    from serving.errors import ApiError
+    from serving.lanes import DecodeCost
+
+    cost = DecodeCost()
+    cost.calibrate(0.1)
+    cost.refuse_grid_over(34, 120.0, "options.points_per_side")  # 1156 prompts, 115.6 s: fits
+    with pytest.raises(ApiError) as refused:
+        cost.refuse_grid_over(64, 120.0, "options.points_per_side")  # 4096 prompts, 410 s
+    assert refused.value.error_code == 413 and refused.value.field == "options.points_per_side"
+    assert "64x64 grid (4096 prompts) needs at least 410 s" in refused.value.message
+    assert "use at most 34 per side" in refused.value.message
