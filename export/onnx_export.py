@@ -166,6 +166,14 @@ def _onnx_export(
         callback(path.name)
 
 
+def begin_export(out: Path) -> None:
+    """Before the first graph is written: an earlier export's metadata.json goes first, so that an
+    export stopped midway leaves a directory no loader takes for complete (its graphs would be a mix
+    of the old export's and the new one's)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metadata.json").unlink(missing_ok=True)
+
+
 def _file_entry(path: Path) -> dict[str, Any]:
     entry = {"path": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size}
     data = path.with_name(path.name + ".data")
@@ -303,6 +311,7 @@ def export_sam(
     their many-prompt forms for calls without mask inputs (decoder_many.onnx,
     decoder_many_single.onnx) and metadata.json (kind `sam`)."""
     out = Path(out)
+    begin_export(out)
     sam = sam.eval()
     size, prompt_side = sam_sides(sam)
     (embedding,) = _export_encoder_and_decoders(
@@ -343,6 +352,7 @@ def export_sam2(
     from models.engine.sam2_torch import IMAGENET_MEAN, IMAGENET_STD
 
     out = Path(out)
+    begin_export(out)
     model = model.eval()
     size = int(model.image_size)
     features = _export_encoder_and_decoders(
@@ -487,6 +497,7 @@ def _export_student_graph(
     fields: dict[str, Any],
 ) -> dict[str, Any]:
     """student.onnx of any student wrapper and its metadata.json (the common fields, then `fields`)."""
+    begin_export(out)
     _onnx_export(
         wrapper, (example,), out / "student.onnx", STUDENT_INPUTS, outputs, {"images": dynamic}, quiet
     )

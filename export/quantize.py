@@ -45,10 +45,28 @@ def quantize_encoder(directory: str | Path) -> Path:
         extra_options={"MatMulConstBOnly": True},
         use_external_data_format=(source.with_name(source.name + ".data")).exists(),
     )
+    quantized = _quantized_ops(tmp)
+    if not quantized:
+        tmp.unlink(missing_ok=True)
+        Path(str(tmp) + ".data").unlink(missing_ok=True)
+        raise ValueError(
+            f"{directory}: the encoder has no MatMul or Gemm with constant weights, so dynamic int8 would "
+            "write an unchanged copy (EfficientViT-SAM's encoder is convolutions); use the fp32 encoder"
+        )
     tmp.replace(target)
-    md["files"]["encoder_int8"] = _file_entry(target) | {"quantization": "dynamic int8 (MatMul, Gemm)"}
+    md["files"]["encoder_int8"] = _file_entry(target) | {
+        "quantization": f"dynamic int8 (MatMul, Gemm): {quantized} ops"
+    }
     write_metadata(directory, md)
     return target
+
+
+def _quantized_ops(path: Path) -> int:
+    """How many integer ops (MatMulInteger, ConvInteger, ...) a quantized graph holds."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(node.op_type.endswith("Integer") for node in graph.node)
 
 
 def fidelity(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -192,7 +193,8 @@ def test_int8_encoder_and_fidelity(tiny_export: Path, tmp_path: Path) -> None:
     work = tmp_path / "export"
     shutil.copytree(tiny_export, work)
     quantize_encoder(work)
-    assert "encoder_int8" in read_metadata(work)["files"]
+    entry = read_metadata(work)["files"]["encoder_int8"]
+    assert int(entry["quantization"].split(": ")[1].split()[0]) > 0  # "...: N ops", N integer ops
     engine = OnnxSamEngine(work, encoder_file="encoder_int8")
     assert engine.name == "onnx-encoder_int8" and engine.namespace != OnnxSamEngine(work).namespace
     report = fidelity(work, prompts_per_image=2)
@@ -373,3 +375,69 @@ def test_cached_exported_embeddings_own_their_memory(tiny_export: Path, scene) -
     for h in handles:
         assert h.payload.embedding.base is None  # owns its data
         assert engine.payload_nbytes(h.payload) == h.payload.embedding.nbytes
+
+
+def test_int8_is_refused_for_an_encoder_with_nothing_to_quantize(light_export: Path, tmp_path: Path) -> None:
+    """EfficientViT-SAM's encoder is convolutions: dynamic int8 (MatMul, Gemm with constant weights)
+    would write an unchanged copy, so quantize refuses it and registers nothing."""
+    import shutil
+
+    from export.quantize import quantize_encoder
+
+    work = tmp_path / "export"
+    shutil.copytree(light_export, work)
+    with pytest.raises(ValueError, match="no MatMul or Gemm with constant weights"):
+        quantize_encoder(work)
+    assert "encoder_int8" not in read_metadata(work)["files"]
+    assert not any("int8" in p.name for p in work.iterdir())
+
+
+def test_an_interrupted_re_export_leaves_no_export_that_loads(
+    tiny_export: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Re-exporting into a finished export and stopping after the first graph: the old metadata.json
+    went first, so the mix of new and old graphs is not taken for an export."""
+    import shutil
+
+    import export.onnx_export as onnx_export
+    from models.runtime.onnx_runtime import load_export_metadata
+
+    work = tmp_path / "export"
+    shutil.copytree(tiny_export, work)
+    real, written = onnx_export._onnx_export, []
+
+    def stop_after_one(*args, **kwargs) -> None:
+        if written:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+        written.append(args[2])
+
+    monkeypatch.setattr(onnx_export, "_onnx_export", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_export.export_sam_checkpoint("tiny", None, work, random_seed=1)
+    assert [p.name for p in written] == ["encoder.onnx"]
+    with pytest.raises(ValueError, match="not an export directory"):
+        load_export_metadata(work)
+
+
+def test_a_graph_changed_since_the_export_is_refused_at_load(tiny_export: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from models.engine.sam_onnx import OnnxSamEngine
+
+    work = tmp_path / "export"
+    shutil.copytree(tiny_export, work)
+    with (work / "decoder.onnx").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match=r"decoder.onnx \(decoder\) is \d+ bytes, metadata.json says \d+"):
+        OnnxSamEngine(work)
+
+
+def test_verify_fails_a_case_whose_scores_differ() -> None:
+    """IoU scores (and instance scores) count in the verdict, not only logits and masks."""
+    from export.verify import Case, Checks
+
+    case = Case("sam tiny", "x", (4, 4), 1, True, 0.0, 0.0, 1.0, 1e-6)
+    assert Checks().judged(case).passed
+    assert not Checks().judged(replace(case, iou_diff=0.5)).passed
+    assert not Checks().judged(replace(case, max_abs_diff=0.5)).passed

@@ -119,6 +119,18 @@ def _check_fields(path: Path, data: dict[str, Any], kind: str, spec: ExportKind)
         entry = data["files"].get(role)
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise ValueError(f"{path}: no file registered as {role!r}")
+    # a graph replaced or cut short since metadata.json was written (an interrupted re-export, a
+    # copy that stopped): its size no longer matches (sizes only: hashing gigabytes at every load
+    # would cost seconds; the cache namespace still trusts the recorded sha256)
+    for role, entry in data["files"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            continue
+        file, size = path.parent / entry["path"], entry.get("bytes")
+        if isinstance(size, int) and file.is_file() and file.stat().st_size != size:
+            raise ValueError(
+                f"{path}: {entry['path']} ({role}) is {file.stat().st_size} bytes, metadata.json says "
+                f"{size}: the export is incomplete or was changed; export it again"
+            )
 
 
 def load_export_metadata(
