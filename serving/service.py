@@ -414,7 +414,8 @@ class SegmentationService:
             self._file_keys[file_key] = out["key"]
             while len(self._file_keys) > FILE_KEYS:
                 self._file_keys.popitem(last=False)
-        return ImageHandle(out["key"], tuple(out["size"]), self.engine.name, out["payload"]), False
+        size = tuple(out["size"])
+        return ImageHandle(out["key"], size, self.engine.name, out["payload"], self.engine.cache_space), False
 
     def to_prompts(self, prompts: list[Any], handle: ImageHandle) -> list[Prompt]:
         out = []

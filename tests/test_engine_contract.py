@@ -257,3 +257,27 @@ def test_slivers_of_extreme_aspect_are_embedded_and_answered(name: str, request)
         point = [[shape[1] / 2, shape[0] / 2]]
         out = engine.predict(handle, [Prompt(points=point, labels=[1])], multimask=False)
         assert out.masks.shape == (1, 1, *shape), (name, shape)
+
+
+def test_a_handle_from_another_model_of_the_same_name_is_refused(tiny_sam, scene) -> None:
+    """Engines check a handle's cache space (model and working side), not only the backend's name:
+    two SAMs named alike (a fine-tune beside its original, two exports) never decode each other's
+    embeddings; another engine on the same weights (the service's front and heavy lane) does."""
+    import copy
+
+    import torch
+
+    from models.engine.sam_torch import SamEngine
+
+    tuned = copy.deepcopy(tiny_sam)
+    with torch.no_grad():
+        tuned.image_encoder.neck[0].weight.view(-1)[-1] += 1e-3
+    original, other, same = (SamEngine(m, name="sam-tiny") for m in (tiny_sam, tuned, tiny_sam))
+    handle = original.embed([scene])[0]
+    click = [Prompt(points=[[120.0, 130.0]], labels=[1])]
+    with pytest.raises(ValueError, match="embedded by another model"):
+        other.predict(handle, click)
+    assert same.predict(handle, click).masks.shape == (1, 3, *scene.shape[:2])
+    small = SamEngine(tiny_sam, name="sam-tiny", working_side=256)  # same weights, other working side
+    with pytest.raises(ValueError, match="embedded by another model"):
+        small.predict(handle, click)

@@ -159,6 +159,11 @@ class CachedSegmenter(ABC):
         return self.name
 
     @property
+    def cache_space(self) -> str:
+        """What embeddings are keyed by besides the pixels: the model and the working side."""
+        return self.namespace if self.working_side is None else f"{self.namespace}@{self.working_side}"
+
+    @property
     def answer_key(self) -> str:
         """Everything an answer depends on besides the image and the prompts: the model
         (`namespace`), the working side, and decoding options where a backend has them. Stores of
@@ -186,7 +191,7 @@ class CachedSegmenter(ABC):
         if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object:
             raise ValueError("images: expected a sequence of images; wrap a single image in a list")
         arrays = [as_rgb_uint8(img, f"images[{i}]") for i, img in enumerate(images)]
-        space = self.namespace if self.working_side is None else f"{self.namespace}@{self.working_side}"
+        space = self.cache_space
         keys = [content_key(a, space) for a in arrays]
         payloads: dict[str, Any] = {}
         todo: dict[str, np.ndarray] = {}
@@ -208,14 +213,15 @@ class CachedSegmenter(ABC):
                 self.cache.put(key, payload, self.payload_nbytes(payload))
                 payloads[key] = payload
         return [
-            ImageHandle(k, (a.shape[0], a.shape[1]), self.name, payloads[k]) for k, a in zip(keys, arrays)
+            ImageHandle(k, (a.shape[0], a.shape[1]), self.name, payloads[k], space)
+            for k, a in zip(keys, arrays)
         ]
 
     def lookup(self, key: str) -> ImageHandle | None:
         payload = self.cache.peek(key)
         if payload is None:
             return None
-        return ImageHandle(key, self._payload_size(payload), self.name, payload)
+        return ImageHandle(key, self._payload_size(payload), self.name, payload, self.cache_space)
 
     def _payload_size(self, payload: Any) -> tuple[int, int]:
         return tuple(payload.original_size)
@@ -231,6 +237,11 @@ class CachedSegmenter(ABC):
         handle = image if isinstance(image, ImageHandle) else self.embed([image])[0]
         if handle.backend != self.name:
             raise ValueError(f"image handle comes from backend {handle.backend!r}, not {self.name!r}")
+        if handle.space and handle.space != self.cache_space:
+            raise ValueError(
+                f"image handle was embedded by another model ({handle.space!r}, not {self.cache_space!r}): "
+                "embed the image with this engine"
+            )
         prompts = list(prompts) if not isinstance(prompts, Prompt) else prompts
         validate_prompts(prompts, handle.original_size, self.max_prompts)
         if not prompts:
@@ -239,7 +250,7 @@ class CachedSegmenter(ABC):
         if not isinstance(payload, Reduced):
             return self._decode(handle, prompts, multimask)
         (h, w), (wh, ww) = payload.original_size, payload.working_size
-        inner = ImageHandle(handle.key, payload.working_size, handle.backend, payload.inner)
+        inner = ImageHandle(handle.key, payload.working_size, handle.backend, payload.inner, handle.space)
         scaled = [scale_prompt(p, ww / w, wh / h, payload.working_size) for p in prompts]
         out = self._decode(inner, scaled, multimask)
         out.masks = upsample_nearest(out.masks, payload.original_size)

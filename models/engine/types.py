@@ -87,6 +87,9 @@ class ImageHandle:
     original_size: tuple[int, int]  # (H, W)
     backend: str
     payload: Any = field(default=None, repr=False, compare=False)
+    # the cache space it was embedded in (model and working side, `CachedSegmenter.cache_space`):
+    # an engine refuses a handle of another model, even one with its name ("" = not recorded)
+    space: str = field(default="", compare=False)
 
 
 @dataclass
