@@ -100,3 +100,24 @@ def test_a_float16_cache_halves_the_bytes_and_keeps_the_masks(pair, camvid_image
     assert np.mean(out.masks[0] == masks) >= 0.999 and np.abs(out.low_res_logits[0] - low).max() < 1e-2
     with pytest.raises(ValueError, match=r"config: cache_dtype 'int8' unknown; choose one of \['bfloat16',"):
         EngineConfig(backend="light", cache_dtype="int8").validate()
+
+
+def test_wish_prompt_latents_use_the_light_sams_own_prompt_encoder() -> None:
+    """EfficientViT-SAM ships its own copy of SAM's prompt encoder (same tokens, SAM's 1024 frame):
+    WISH's prompt latents come from it, not from the seeded random stand-in."""
+    import torch
+
+    from models.engine.prompt_latents import PromptLatents
+
+    engine = build_engine(EngineConfig(backend="light", sam_type="efficientvit-sam-l0", random_weights=0))
+    latents = PromptLatents.for_engine(engine)
+    assert latents.encoder is engine.model.prompt_encoder and "seeded" not in latents.source
+    ours = latents.points(np.array([[40.0, 30.0]]), (360, 480))
+    coords = torch.tensor([[[40.0 * 1024 / 480, 30.0 * 1024 / 480]]])
+    with torch.no_grad():
+        sparse, _ = engine.model.prompt_encoder(
+            points=(coords, torch.ones(1, 1, dtype=torch.int64)), boxes=None, masks=None
+        )
+    assert torch.allclose(ours, sparse.flatten(1), atol=1e-6)
+    sam2 = build_engine(EngineConfig(backend="sam2", sam_type="sam2.1_hiera_t", random_weights=0))
+    assert "seeded" in PromptLatents.for_engine(sam2).source  # a stretched frame: not SAM's

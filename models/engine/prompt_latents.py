@@ -4,7 +4,8 @@ One point gives SAM's two sparse tokens (the point's, and the "no box" padding t
 point-only prompts); one box gives its two corner tokens. Either way Z is 2 x 256 = 512 numbers,
 so points and boxes share one latent space and one prompt head.
 
-The encoder is the configured SAM checkpoint's own when the engine is a torch SAM; otherwise (the
+The encoder is the configured SAM checkpoint's own when the engine is a torch SAM (SAM 1 or the light
+SAM, whose prompt encoder is SAM's in SAM's 1024 frame); otherwise (SAM 2.1, whose frame is stretched, the
 classical prior, exported engines) a seeded random `PromptEncoder` of SAM's architecture, and
 `source` says so. A random encoder still maps nearby prompts to nearby latents (its positional
 encoding is random Fourier features, which is also what SAM's checkpoint holds: a fixed Gaussian
@@ -23,6 +24,18 @@ from models.engine.transforms import ResizeLongestSide
 
 SAM_INPUT = 1024  # SAM's input side; prompts are given in that frame
 EMBED_DIM = 256
+
+
+def is_sam_prompt_encoder(encoder: Any) -> bool:
+    """SAM's prompt encoder, or a copy of it that gives the same tokens in SAM's 1024 frame
+    (EfficientViT-SAM ships its own class); SAM 2's (`sam_prompt_encoder`, a stretched frame) is not."""
+    if isinstance(encoder, PromptEncoder):
+        return True
+    return (
+        all(hasattr(encoder, a) for a in ("point_embeddings", "not_a_point_embed", "pe_layer"))
+        and tuple(getattr(encoder, "input_image_size", ())) == (SAM_INPUT, SAM_INPUT)
+        and getattr(encoder, "embed_dim", None) == EMBED_DIM
+    )
 
 
 class PromptLatents:
@@ -52,7 +65,7 @@ class PromptLatents:
         """The engine's own prompt encoder when it has one (torch SAM), else `seeded(seed)`."""
         model = getattr(engine, "model", None)
         encoder = getattr(model, "prompt_encoder", None)
-        if isinstance(encoder, PromptEncoder):
+        if is_sam_prompt_encoder(encoder):
             return cls(encoder, f"prompt encoder of {getattr(engine, 'name', 'SAM')}")
         return cls.seeded(seed)
 
