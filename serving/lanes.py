@@ -11,6 +11,7 @@ process at lower CPU priority (docs/serving.md).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -108,8 +109,6 @@ class DecodeCost:
     Thread-safe: lane workers report while requests read."""
 
     def __init__(self, weight: float = 0.2) -> None:
-        import threading
-
         self.fixed = 0.0
         self.per_mpx = 0.0
         self.weight = weight
@@ -153,10 +152,11 @@ class DecodeCost:
         """A 413 naming `field` when a labeler's side x side grid of point prompts cannot be decoded
         within `budget_s` even at the size-independent cost alone (the image's size is not known
         yet: a lower bound, so nothing that could finish is refused)."""
-        need = side * side * self.seconds(1, 0)
+        each = self.seconds(1, 0)
+        need = side * side * each
         if need <= budget_s:
             return
-        fit = max(1, int((budget_s / max(self.seconds(1, 0), 1e-9)) ** 0.5))
+        fit = max(1, int((budget_s / each) ** 0.5))  # need > budget_s >= 0, so each > 0
         raise ApiError(
             413,
             f"{field}: a {side}x{side} grid ({side * side} prompts) needs at least {need:.0f} s on this "

@@ -168,7 +168,7 @@ class CachedSegmenter(ABC):
         """Everything an answer depends on besides the image and the prompts: the model
         (`namespace`), the working side, and decoding options where a backend has them. Stores of
         answers (labels on disk) key on it; the embedding cache needs only the first two."""
-        return f"{self.namespace}@{self.working_side}"
+        return self.cache_space
 
     # -- hooks -----------------------------------------------------------------------------
     @abstractmethod

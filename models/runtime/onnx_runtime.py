@@ -126,9 +126,10 @@ def _check_fields(path: Path, data: dict[str, Any], kind: str, spec: ExportKind)
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             continue
         file, size = path.parent / entry["path"], entry.get("bytes")
-        if isinstance(size, int) and file.is_file() and file.stat().st_size != size:
+        actual = file.stat().st_size if isinstance(size, int) and file.is_file() else size
+        if actual != size:
             raise ValueError(
-                f"{path}: {entry['path']} ({role}) is {file.stat().st_size} bytes, metadata.json says "
+                f"{path}: {entry['path']} ({role}) is {actual} bytes, metadata.json says "
                 f"{size}: the export is incomplete or was changed; export it again"
             )
 
