@@ -148,6 +148,22 @@ class DecodeCost:
             field,
         )
 
+    def refuse_labels_over(self, labels: int, budget_s: float, field: str) -> None:
+        """A 413 naming `field` when `labels` weak labels, each decoded as at least one prompt, cannot
+        be decoded within `budget_s` even at the size-independent cost alone (a lower bound, as for
+        grids: nothing that could finish is refused)."""
+        each = self.seconds(1, 0)
+        need = labels * each
+        if need <= budget_s:
+            return
+        fit = max(1, int(budget_s / each))  # need > budget_s >= 0, so each > 0
+        raise ApiError(
+            413,
+            f"{field}: {labels} weak labels are at least {labels} prompts, at least {need:.0f} s on this "
+            f"server, over the {budget_s:g} s deadline; send at most {fit} per request",
+            field,
+        )
+
     def refuse_grid_over(self, side: int, budget_s: float, field: str) -> None:
         """A 413 naming `field` when a labeler's side x side grid of point prompts cannot be decoded
         within `budget_s` even at the size-independent cost alone (the image's size is not known

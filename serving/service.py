@@ -631,7 +631,13 @@ class SegmentationService:
         label_format: str,
         num_classes: int | None,
     ) -> dict[str, Any]:
-        """Refine in the heavy lane: {labels (encoded as `label_format`), stats, width, height}."""
+        """Refine in the heavy lane: {labels (encoded as `label_format`), stats, width, height}.
+        Weak labels the method decodes one prompt each for (`prompts_each`) that cannot be decoded
+        within the heavy deadline are a 413 on `weak` before the lane is asked."""
+        kinds = LABELERS[method].labeler.prompts_each
+        counted = sum(len(weak.get(kind) or ()) for kind in kinds)
+        if counted:
+            self.decode_cost.refuse_labels_over(counted, self.config.request_timeout_s, "weak")
         request = {
             "image": image,
             "weak": weak,

@@ -509,3 +509,45 @@ def test_a_refine_grid_that_cannot_finish_is_refused_before_it_starts() -> None:
     assert refused.value.error_code == 413 and refused.value.field == "options.points_per_side"
     assert "64x64 grid (4096 prompts) needs at least 410 s" in refused.value.message
     assert "use at most 34 per side" in refused.value.message
+
+
+def test_a_refine_whose_weak_labels_cannot_be_decoded_in_time_is_refused_before_the_lane() -> None:
+    """SeSAM and the naive labeler decode at least one prompt per point, scribble and box: a /refine
+    (or a Label Studio refinement, which goes the same way) with more of them than the heavy deadline
+    fits at the size-independent cost is a 413 on `weak` (with how many fit) before the heavy lane
+    is asked; fewer go through, and methods whose prompts do not follow the labels are not counted."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from serving.errors import ApiError
+    from serving.lanes import DecodeCost
+    from serving.service import SegmentationService
+
+    cost = DecodeCost()
+    cost.calibrate(0.05)  # 50 ms a prompt: 2400 fit in 120 s
+    asked: list[str] = []
+
+    async def heavy(call) -> dict:
+        asked.append("lane")
+        return {}
+
+    server = SimpleNamespace(decode_cost=cost, config=SimpleNamespace(request_timeout_s=120), _heavy=heavy)
+    refine = SegmentationService.inner.refine_bytes
+
+    def send(method: str, weak: dict) -> None:
+        asyncio.run(refine(server, b"", weak, None, method, {}, "png", None))
+
+    point, box = {"x": 1, "y": 1, "class_id": 1}, {"class_id": 2, "box": [0, 0, 4, 4]}
+    scribble = {"class_id": 1, "points": [[0, 0], [3, 3]]}
+    for method in ("sesam", "naive"):
+        with pytest.raises(ApiError) as refused:
+            send(method, {"points": [point] * 2000, "scribbles": [scribble] * 300, "boxes": [box] * 101})
+        assert refused.value.error_code == 413 and refused.value.field == "weak"
+        assert "2401 weak labels are at least 2401 prompts, at least 120 s" in refused.value.message
+        assert "send at most 2400 per request" in refused.value.message
+        assert asked == []
+        send(method, {"points": [point] * 2000, "scribbles": [scribble] * 300, "boxes": [box] * 100})
+        assert asked == ["lane"]
+        asked.clear()
+    send("sepl", {"points": [point] * 4000})  # SEPL's prompts are its grid, bounded on its own
+    assert asked == ["lane"]

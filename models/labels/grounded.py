@@ -209,6 +209,8 @@ def paint_in_order(size: tuple[int, int], found: list[tuple[int, np.ndarray, flo
 class GroundedLabeler:
     name = "grounded"
     reads = frozenset({"tags", "boxes"})
+    # its prompts are the detector's boxes (the user's with box_source user): not counted up front
+    prompts_each: frozenset[str] = frozenset()
 
     def __init__(
         self,

@@ -35,6 +35,8 @@ class NaiveOptions:
 class NaiveLabeler:
     name = "naive"
     reads = frozenset({"points", "scribbles", "boxes", "coarse"})  # weak-label kinds it uses
+    # kinds it decodes one prompt for per label (`sparse_prompts`): what a server counts up front
+    prompts_each = frozenset({"points", "scribbles", "boxes"})
 
     def __init__(self, engine: PromptableSegmenter, options: NaiveOptions | None = None) -> None:
         self.engine = engine

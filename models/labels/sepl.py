@@ -171,6 +171,7 @@ def authors_merge(
 class SEPLLabeler:
     name = "sepl"
     reads = frozenset({"points", "scribbles", "coarse", "tags"})  # pixel map, or tags through CAMs
+    prompts_each: frozenset[str] = frozenset()  # its prompts are a grid (`points_per_side`)
 
     def __init__(
         self,

@@ -116,6 +116,9 @@ class SeSAMLabeler:
 
     name = "sesam"
     reads = frozenset({"points", "scribbles", "boxes", "coarse"})  # weak-label kinds it uses
+    # kinds it decodes one prompt for per label (`sparse_prompts`, step 1; step 2 adds one per
+    # component): a lower bound of its prompts that a server counts up front
+    prompts_each = frozenset({"points", "scribbles", "boxes"})
 
     def __init__(
         self, engine: PromptableSegmenter, options: SeSAMOptions | None = None, initial_cache_size: int = 1024

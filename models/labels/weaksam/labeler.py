@@ -120,6 +120,7 @@ def detections_from_scores(
 class WeakSAMLabeler:
     name = "weaksam"
     reads = frozenset({"tags"})
+    prompts_each: frozenset[str] = frozenset()  # its prompts are a grid (`points_per_side`)
 
     def __init__(
         self,
