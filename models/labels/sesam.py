@@ -20,7 +20,8 @@ classes join every point prompt (not box or mask prompts) as negative clicks. Bo
 for precision (measured in docs/engine.md).
 Then the instance masks are merged (models.labels.merge): overlaps by score (the selected mask's
 compatibility) or left unlabeled, and weak labels always win. All prompts of one stage go to the
-engine in one `predict` (one decoder call per prompt layout).
+engine in one `predict` (chunked by memory); how many decoder calls that makes is the engine's
+choice (SAM 1: one per prompt layout; SAM 2.1 on CPU: one per prompt, where batching does not pay).
 """
 
 from __future__ import annotations
