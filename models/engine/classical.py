@@ -162,7 +162,9 @@ class ClassicalOptions:
         0.001,
         help="objectness of a first click (one positive point, no box, no mask input): pull per pixel of "
         "area towards P(object | colour), colour models of the walk's first answer against the regions "
-        "on the image border (0: off)",
+        "on the image border (0: off). Above the first click's background prior the pulls alone put "
+        "regions into the answer and it floods (benchmarks/results/first_click_scale.md); with "
+        "click_background_prior -1, lowering background_prior lowers the first click's as well",
     )
     click_saliency: float = setting(
         0.5,
