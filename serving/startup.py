@@ -31,10 +31,14 @@ def is_worker() -> bool:
 
 
 def watch_for_fatal_workers() -> None:
-    """In the supervisor: name the fatal file for the workers and exit 3 when one wrote it."""
-    if is_worker() or os.environ.get(FATAL_ENV):
+    """In the supervisor: name the fatal file for the workers and exit 3 when one wrote it. A file
+    named by another process (inherited from a parent that imported the service too: a notebook, a
+    test run) is replaced, else this server's start-up failures would end that parent instead."""
+    if is_worker():
         return
     path = Path(tempfile.gettempdir()) / f"sesam-fatal-{os.getpid()}"
+    if os.environ.get(FATAL_ENV) == str(path):  # this process watches already
+        return
     path.unlink(missing_ok=True)
     os.environ[FATAL_ENV] = str(path)
 

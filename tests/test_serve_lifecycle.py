@@ -59,14 +59,33 @@ def test_missing_student_path_exits_with_one_line(tmp_path) -> None:
 
 
 def test_broken_student_checkpoint_ends_the_server(tmp_path) -> None:
-    """The file exists but is no checkpoint: the worker fails to load it and the server stops (exit 3)."""
+    """The file exists but is no checkpoint: the worker fails to load it and the server stops (exit 3).
+    The server is started with a fatal file inherited from a parent that imported the service too (a
+    notebook, a test run): the server watches its own, and the parent's is left alone."""
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    code, output, seconds = _start_failure(_env(SESAM_STUDENT_CHECKPOINT=str(broken)))
+    parents = tmp_path / "parent-fatal"
+    env = _env(SESAM_STUDENT_CHECKPOINT=str(broken), SESAM_FATAL_FILE=str(parents))
+    code, output, seconds = _start_failure(env)
     assert code == 3, output[-2000:]
     lines = [line for line in output.splitlines() if line.startswith("sesam: start-up failed:")]
     assert len(lines) == 1 and "cannot read the student checkpoint" in lines[0], output[-2000:]
     assert seconds < 60
+    assert not parents.exists()
+
+
+def test_the_supervisor_watches_its_own_fatal_file_once(monkeypatch) -> None:
+    """An inherited fatal file is replaced by this process's own; a second call registers nothing."""
+    from serving import startup
+
+    hooks: list = []
+    monkeypatch.setattr(startup.atexit, "register", hooks.append)
+    monkeypatch.setenv(startup.FATAL_ENV, "/nonexistent/sesam-fatal-1")
+    startup.watch_for_fatal_workers()
+    own = os.environ[startup.FATAL_ENV]
+    assert own.endswith(f"sesam-fatal-{os.getpid()}") and len(hooks) == 1
+    startup.watch_for_fatal_workers()
+    assert os.environ[startup.FATAL_ENV] == own and len(hooks) == 1
 
 
 def test_sesam_serve_forwards_sigterm_and_leaves_no_process(tmp_path) -> None:
