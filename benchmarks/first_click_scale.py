@@ -6,8 +6,8 @@ One positive click at each train instance's interior-most pixel; the prior answe
 candidate. Rows:
 
 - `click_color_weight` fixed for every image (0: no objectness term; 0.001, the default, equals the
-  background prior), and the total pull at the default's ratio of one (both weights halved, both
-  raised by half);
+  background prior), and the total pull at the default's ratio of one (both weights 0.0007, both
+  0.0015);
 - the best weight of the fixed ones per image against the truth: the ceiling of any per-image
   choice of scale;
 - a per-image choice learned from the answers' own shape along the weights (ridge regression of

@@ -482,7 +482,9 @@ class LabelStudioBackend:
         if not body:
             return [], 0.0
         options = self.service.refine_options("sesam")
-        out = await self.service.refine_bytes(data, body, coarse, "sesam", options, "png", len(names))
+        out = await self.service.refine_bytes(
+            data, body, coarse, "sesam", options, "png", len(names), weak_field=f"{where}.annotations"
+        )
 
         def brushes() -> list[dict]:
             labels = decode_labels(out["labels"])

@@ -104,8 +104,10 @@ class DecodeCost:
     a /predict whose prompts cannot finish within its deadline is refused before it starts.
 
     Per prompt, seconds = `fixed` + `per_mpx` x the megapixels of the image's masks (the decoder
-    itself, then the full-size masks); `fixed` is measured on the warm-up's small image, `per_mpx`
-    from every decoded chunk since (a running mean weighted towards recent chunks, `weight`).
+    itself, then the full-size masks); `fixed` is measured on the warm-up's small image with the
+    prompts batched as the engine batches them (a lower bound: a single click costs more),
+    `per_mpx` from every decoded chunk since (a running mean weighted towards recent chunks,
+    `weight`).
     Thread-safe: lane workers report while requests read."""
 
     def __init__(self, weight: float = 0.2) -> None:

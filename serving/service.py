@@ -118,20 +118,25 @@ FILE_KEYS = 4096  # upload hashes remembered -> embedding keys (a re-sent image 
 # `Path | None`), so an optional file is a list of at most one.
 OPTIONAL_FILE = Field(default_factory=list, max_length=1)
 LIGHT_SLOTS = CONFIG.light_slots or os.cpu_count() or 1
+WARM_BATCH = 64  # prompts in the warm-up's timed decode at most (SAM's own decode batch)
 
 
 # -- work shared by the processes ----------------------------------------------------------------
 def warm_up(engine: Any) -> float:
     """One embed and one click on a small synthetic image (loads kernels, fills caches); then the
-    click again, timed: seconds per prompt on a small image (`DecodeCost.calibrate`)."""
+    click repeated as one decoder batch (the engine's `decode_batch`, at most WARM_BATCH), timed:
+    seconds per prompt on a small image when prompts go through the decoder together, as those of
+    a large request do (`DecodeCost.calibrate`: a lower bound per prompt, not one click's time)."""
     warm = np.zeros((64, 96, 3), np.uint8)
     warm[16:48, 24:72] = 200
     handle = engine.embed([warm])[0]
-    click = [Prompt(points=np.array([[48.0, 32.0]]), labels=np.array([1]))]
-    engine.predict(handle, click)
+    click = Prompt(points=np.array([[48.0, 32.0]]), labels=np.array([1]))
+    engine.predict(handle, [click])
+    batch = min(int(getattr(engine, "decode_batch", WARM_BATCH)), WARM_BATCH)
+    batch = max(1, min(batch, getattr(engine, "max_prompts", None) or batch))
     start = time.perf_counter()
-    engine.predict(handle, click)
-    return time.perf_counter() - start
+    engine.predict(handle, [click] * batch)
+    return (time.perf_counter() - start) / batch
 
 
 def load_student(config: ServiceConfig) -> Segmenter:
@@ -630,14 +635,16 @@ class SegmentationService:
         options: dict[str, Any],
         label_format: str,
         num_classes: int | None,
+        weak_field: str = "weak",
     ) -> dict[str, Any]:
         """Refine in the heavy lane: {labels (encoded as `label_format`), stats, width, height}.
         Weak labels the method decodes one prompt each for (`prompts_each`) that cannot be decoded
-        within the heavy deadline are a 413 on `weak` before the lane is asked."""
+        within the heavy deadline are a 413 on `weak_field` (where the request holds them) before
+        the lane is asked."""
         kinds = LABELERS[method].labeler.prompts_each
         counted = sum(len(weak.get(kind) or ()) for kind in kinds)
         if counted:
-            self.decode_cost.refuse_labels_over(counted, self.config.request_timeout_s, "weak")
+            self.decode_cost.refuse_labels_over(counted, self.config.request_timeout_s, weak_field)
         request = {
             "image": image,
             "weak": weak,

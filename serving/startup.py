@@ -21,6 +21,7 @@ from pathlib import Path
 
 FATAL_ENV = "SESAM_FATAL_FILE"
 PREFIX = "sesam: start-up failed: "
+_watching: int | None = None  # the pid whose exit hook is registered (a fork inherits the value)
 
 
 def is_worker() -> bool:
@@ -34,11 +35,11 @@ def watch_for_fatal_workers() -> None:
     """In the supervisor: name the fatal file for the workers and exit 3 when one wrote it. A file
     named by another process (inherited from a parent that imported the service too: a notebook, a
     test run) is replaced, else this server's start-up failures would end that parent instead."""
-    if is_worker():
+    global _watching
+    if is_worker() or _watching == os.getpid():  # a worker, or this process watches already
         return
+    _watching = os.getpid()
     path = Path(tempfile.gettempdir()) / f"sesam-fatal-{os.getpid()}"
-    if os.environ.get(FATAL_ENV) == str(path):  # this process watches already
-        return
     path.unlink(missing_ok=True)
     os.environ[FATAL_ENV] = str(path)
 

@@ -514,8 +514,9 @@ def test_a_refine_grid_that_cannot_finish_is_refused_before_it_starts() -> None:
 def test_a_refine_whose_weak_labels_cannot_be_decoded_in_time_is_refused_before_the_lane() -> None:
     """SeSAM and the naive labeler decode at least one prompt per point, scribble and box: a /refine
     (or a Label Studio refinement, which goes the same way) with more of them than the heavy deadline
-    fits at the size-independent cost is a 413 on `weak` (with how many fit) before the heavy lane
-    is asked; fewer go through, and methods whose prompts do not follow the labels are not counted."""
+    fits at the size-independent cost is a 413 on `weak` (on a Label Studio task's annotations),
+    with how many fit, before the heavy lane is asked; fewer go through, and methods whose prompts
+    do not follow the labels are not counted."""
     import asyncio
     from types import SimpleNamespace
 
@@ -551,3 +552,40 @@ def test_a_refine_whose_weak_labels_cannot_be_decoded_in_time_is_refused_before_
         asked.clear()
     send("sepl", {"points": [point] * 4000})  # SEPL's prompts are its grid, bounded on its own
     assert asked == ["lane"]
+    with pytest.raises(ApiError) as refused:  # Label Studio names where its annotations are
+        asyncio.run(
+            refine(
+                server, b"", {"points": [point] * 2401}, None, "sesam", {}, "png", 2, "tasks[0].annotations"
+            )
+        )
+    assert refused.value.field == "tasks[0].annotations"
+
+
+@pytest.mark.parametrize(
+    ("decode_batch", "max_prompts", "timed"), [(8, None, 8), (8, 4, 4), (1, None, 1), (None, None, 64)]
+)
+def test_the_warm_up_times_a_prompt_as_a_batch_decodes_it(monkeypatch, decode_batch, max_prompts, timed):
+    """The calibration a lower bound per prompt rests on: the warm-up times one decode of the engine's
+    own batch (at most 64 prompts, at most its max_prompts) and divides by it, so an engine that
+    decodes prompts together is not charged one click's per-call overhead for each of them."""
+    import itertools
+
+    import serving.service as service
+
+    calls: list[int] = []
+
+    class Engine:
+        def embed(self, images):
+            return ["handle"]
+
+        def predict(self, handle, prompts):
+            calls.append(len(prompts))
+
+    engine = Engine()
+    engine.max_prompts = max_prompts
+    if decode_batch is not None:
+        engine.decode_batch = decode_batch
+    clock = itertools.count(0.0, 2.0)  # each reading 2 s after the last
+    monkeypatch.setattr(service.time, "perf_counter", lambda: next(clock))
+    assert service.warm_up(engine) == pytest.approx(2.0 / timed)
+    assert calls == [1, timed]

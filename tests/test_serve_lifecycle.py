@@ -75,17 +75,22 @@ def test_broken_student_checkpoint_ends_the_server(tmp_path) -> None:
 
 
 def test_the_supervisor_watches_its_own_fatal_file_once(monkeypatch) -> None:
-    """An inherited fatal file is replaced by this process's own; a second call registers nothing."""
+    """An inherited fatal file (even one named like this process's own, after a pid is reused) is
+    replaced by this process's own; a second call registers nothing."""
     from serving import startup
 
     hooks: list = []
     monkeypatch.setattr(startup.atexit, "register", hooks.append)
+    monkeypatch.setattr(startup, "_watching", None)  # as in a process that has not imported the service
     monkeypatch.setenv(startup.FATAL_ENV, "/nonexistent/sesam-fatal-1")
     startup.watch_for_fatal_workers()
     own = os.environ[startup.FATAL_ENV]
     assert own.endswith(f"sesam-fatal-{os.getpid()}") and len(hooks) == 1
     startup.watch_for_fatal_workers()
     assert os.environ[startup.FATAL_ENV] == own and len(hooks) == 1
+    monkeypatch.setattr(startup, "_watching", None)  # a new process that inherited its own name
+    startup.watch_for_fatal_workers()
+    assert os.environ[startup.FATAL_ENV] == own and len(hooks) == 2
 
 
 def test_sesam_serve_forwards_sigterm_and_leaves_no_process(tmp_path) -> None:
