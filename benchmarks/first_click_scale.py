@@ -57,12 +57,11 @@ def settings() -> dict[str, dict[str, float]]:
 def measure(every: int) -> dict[str, dict[str, np.ndarray]]:
     """Per dataset, per row: N x 5 (IoU, answer area / true area, log area share, border share,
     expected IoU) of the best-scored answer."""
-    rows = settings()
+    engines = {row: ClassicalPrior(options=change) for row, change in settings().items()}
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, samples in train_sets(every).items():
-        embedder = ClassicalPrior(cache_bytes=2 * 1024**3)
-        engines = {row: ClassicalPrior(options=change) for row, change in rows.items()}
-        values: dict[str, list[list[float]]] = {row: [] for row in rows}
+        embedder = ClassicalPrior(cache_bytes=2 * 1024**3)  # one embedding per image, every row reads it
+        values: dict[str, list[list[float]]] = {row: [] for row in engines}
         for handle, truth in embedded_instances(embedder, samples, name):
             x, y = interior_point(truth)
             prompt = Prompt(points=[[x + 0.5, y + 0.5]], labels=[1])

@@ -139,45 +139,44 @@ class DecodeCost:
     def refuse_over(self, prompts: int, pixels: int, budget_s: float, field: str = "prompts") -> None:
         """A 413 naming `field` when the expected decode is over `budget_s` (how many would fit)."""
         need = self.seconds(prompts, pixels)
-        if need <= budget_s:
-            return
-        each = need / prompts
-        fit = max(1, int(budget_s / each)) if each > 0 else prompts
-        raise ApiError(
-            413,
-            f"{field}: {prompts} prompts need about {need:.0f} s on this server ({each:.2f} s each on this "
-            f"image), over the {budget_s:g} s deadline; send at most {fit} per request",
-            field,
-        )
+        if need > budget_s:
+            each = need / prompts
+            fit = max(1, int(budget_s / each)) if each > 0 else prompts
+            _refuse(
+                field,
+                f"{prompts} prompts need about {need:.0f} s on this server ({each:.2f} s each on this image)",
+                budget_s,
+                f"send at most {fit} per request",
+            )
 
     def refuse_labels_over(self, labels: int, budget_s: float, field: str) -> None:
         """A 413 naming `field` when `labels` weak labels, each decoded as at least one prompt, cannot
         be decoded within `budget_s` even at the size-independent cost alone (a lower bound, as for
         grids: nothing that could finish is refused)."""
         each = self.seconds(1, 0)
-        need = labels * each
-        if need <= budget_s:
-            return
-        fit = max(1, int(budget_s / each))  # need > budget_s >= 0, so each > 0
-        raise ApiError(
-            413,
-            f"{field}: {labels} weak labels are at least {labels} prompts, at least {need:.0f} s on this "
-            f"server, over the {budget_s:g} s deadline; send at most {fit} per request",
-            field,
-        )
+        if labels * each > budget_s:  # so each > 0
+            _refuse(
+                field,
+                f"{labels} weak labels are at least {labels} prompts, at least {labels * each:.0f} s on this server",
+                budget_s,
+                f"send at most {max(1, int(budget_s / each))} per request",
+            )
 
     def refuse_grid_over(self, side: int, budget_s: float, field: str) -> None:
         """A 413 naming `field` when a labeler's side x side grid of point prompts cannot be decoded
         within `budget_s` even at the size-independent cost alone (the image's size is not known
         yet: a lower bound, so nothing that could finish is refused)."""
         each = self.seconds(1, 0)
-        need = side * side * each
-        if need <= budget_s:
-            return
-        fit = max(1, int((budget_s / each) ** 0.5))  # need > budget_s >= 0, so each > 0
-        raise ApiError(
-            413,
-            f"{field}: a {side}x{side} grid ({side * side} prompts) needs at least {need:.0f} s on this "
-            f"server, over the {budget_s:g} s deadline; use at most {fit} per side",
-            field,
-        )
+        if side * side * each > budget_s:  # so each > 0
+            _refuse(
+                field,
+                f"a {side}x{side} grid ({side * side} prompts) needs at least {side * side * each:.0f} s on "
+                "this server",
+                budget_s,
+                f"use at most {max(1, int((budget_s / each) ** 0.5))} per side",
+            )
+
+
+def _refuse(field: str, need: str, budget_s: float, advice: str) -> None:
+    """The 413 of work that cannot finish within its deadline: what it needs, and what would fit."""
+    raise ApiError(413, f"{field}: {need}, over the {budget_s:g} s deadline; {advice}", field)
