@@ -144,7 +144,7 @@ class DecodeCost:
             fit = max(1, int(budget_s / each)) if each > 0 else prompts
             _refuse(
                 field,
-                f"{prompts} prompts need about {need:.0f} s on this server ({each:.2f} s each on this image)",
+                f"{prompts} prompts need about {_over(need, budget_s)} s on this server ({each:.2f} s each on this image)",
                 budget_s,
                 f"send at most {fit} per request",
             )
@@ -157,7 +157,8 @@ class DecodeCost:
         if labels * each > budget_s:  # so each > 0
             _refuse(
                 field,
-                f"{labels} weak labels are at least {labels} prompts, at least {labels * each:.0f} s on this server",
+                f"{labels} weak labels are at least {labels} prompts, at least {_over(labels * each, budget_s)} s on "
+                "this server",
                 budget_s,
                 f"send at most {max(1, int(budget_s / each))} per request",
             )
@@ -170,11 +171,21 @@ class DecodeCost:
         if side * side * each > budget_s:  # so each > 0
             _refuse(
                 field,
-                f"a {side}x{side} grid ({side * side} prompts) needs at least {side * side * each:.0f} s on "
+                f"a {side}x{side} grid ({side * side} prompts) needs at least {_over(side * side * each, budget_s)} s on "
                 "this server",
                 budget_s,
                 f"use at most {max(1, int((budget_s / each) ** 0.5))} per side",
             )
+
+
+def _over(seconds: float, budget_s: float) -> str:
+    """`seconds` (over `budget_s`) as text that reads over it: whole seconds unless that rounding
+    would show the deadline itself or less (120.04 s against 120 s reads "120.04", not "120")."""
+    for digits in range(4):
+        text = f"{seconds:.{digits}f}"
+        if float(text) > budget_s:
+            return text
+    return repr(seconds)
 
 
 def _refuse(field: str, need: str, budget_s: float, advice: str) -> None:
