@@ -10,9 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from models.engine.light_sam import LIGHT_TYPES
-from models.engine.modeling.build import sam_model_registry
-from models.engine.modeling.sam2_build import SAM2_CONFIGS
+from models.engine.factory import sam_types
 from models.runtime.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -187,9 +185,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sam",
         help="SAM, SAM 2.1 or the light SAM: encoder + decoders to ONNX (dynamic batch, prompts, points)",
     )
-    p.add_argument(
-        "--sam-type", default="vit_b", choices=sorted([*sam_model_registry, *SAM2_CONFIGS, *LIGHT_TYPES])
-    )
+    p.add_argument("--sam-type", default="vit_b", choices=sorted(sam_types()))
     p.add_argument(
         "--checkpoint",
         default=None,

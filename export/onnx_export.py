@@ -426,15 +426,12 @@ def _source(checkpoint: str | Path | None, random_seed: int | None = None) -> di
 def sam_family(sam_type: str) -> str:
     """The family of a SAM type: `sam` (SAM 1, `sam_model_registry`), `sam2` (SAM 2.1) or `light`
     (EfficientViT-SAM); a ValueError names the known types otherwise."""
-    from models.engine.light_sam import LIGHT_TYPES
-    from models.engine.modeling.build import sam_model_registry
-    from models.engine.modeling.sam2_build import SAM2_CONFIGS
+    from models.engine.factory import sam_types
 
-    for family, types in (("sam", sam_model_registry), ("sam2", SAM2_CONFIGS), ("light", LIGHT_TYPES)):
-        if sam_type in types:
-            return family
-    known = ", ".join(sorted([*sam_model_registry, *SAM2_CONFIGS, *LIGHT_TYPES]))
-    raise ValueError(f"unknown SAM type {sam_type!r}; known: {known}")
+    backend = sam_types().get(sam_type)
+    if backend is None:
+        raise ValueError(f"unknown SAM type {sam_type!r}; known: {', '.join(sorted(sam_types()))}")
+    return "sam" if backend == "torch" else backend
 
 
 def build_family_model(sam_type: str, checkpoint: str | Path | None, seed: int = 0) -> nn.Module:

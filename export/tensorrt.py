@@ -1,8 +1,9 @@
 """TensorRT engines built from an export directory with the TensorRT Python API.
 
 `build_engines(DIR, fp16=...)` parses each ONNX file and builds a serialized engine with one
-optimization profile per model: encoder batch 1..8; decoder prompts 1..256 and points 1..16;
-students batch 1..8 and 32..2048 pixels a side. Under fp16, normalisation, softmax and reduction
+optimization profile per model: encoder batch 1..8; decoder prompts 1..256 and points up to the
+export's point limit + 3 (a box's corners and SAM 2's padding point); students batch 1..8 and
+32..2048 pixels a side. Under fp16, normalisation, softmax and reduction
 layers (LayerNorm, SAM's LayerNorm2d, attention softmax) stay in fp32, the usual cause of fp16 SAM
 engines that drift. Engine files are named by model, GPU and TensorRT version and precision
 (`encoder.NVIDIA_H100_80GB_HBM3.trt10.5.0.fp16.plan`): an engine only runs on the GPU model and

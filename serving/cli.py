@@ -16,6 +16,8 @@ import subprocess
 import sys
 from types import FrameType
 
+from models.engine.factory import ENGINE_BACKENDS
+
 SERVICE = "serving.service:SegmentationService"
 
 
@@ -72,9 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve the HTTP API with BentoML")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
-    p.add_argument(
-        "--backend", default=None, help="auto (default), classical, torch, onnx, tensorrt or triton"
-    )
+    p.add_argument("--backend", default=None, help=f"auto (default) or one of {', '.join(ENGINE_BACKENDS)}")
     p.add_argument("--sam-type", default=None)
     p.add_argument("--sam-checkpoint", default=None)
     p.add_argument("--config", default=None, help="service YAML (engine: / service: sections)")

@@ -59,3 +59,40 @@ def test_predict_reports_bad_input(tmp_path, scene, capsys) -> None:
 def test_no_command_prints_help(capsys) -> None:
     assert main([]) == 2
     assert "predict" in capsys.readouterr().out
+
+
+def test_every_sam_type_reaches_its_backend_from_the_command_line(tmp_path, capsys) -> None:
+    """`--sam-type` takes every type an engine builds (SAM 1, SAM 2.1, the light SAM), `auto` with a
+    checkpoint picks the type's backend, and a type given to another SAM backend is one clear error
+    naming the backend it is for, before any model is built; the backend help names every backend."""
+    import dataclasses
+    import re
+
+    import pytest
+
+    from models.engine import ENGINE_BACKENDS, EngineConfig
+    from models.engine.factory import sam_types
+    from sesam.cli import build_parser
+
+    types = sam_types()
+    assert {"vit_b", "sam2.1_hiera_t", "sam2.1_hiera_b+", "efficientvit-sam-l0"} <= set(types)
+    checkpoint = tmp_path / "weights.pt"
+    checkpoint.write_bytes(b"not read: the config is only validated")
+    parser = build_parser()
+    commands = (["predict", "--image", "x.png"], ["refine", "--images", "i", "--weak", "w", "--out", "o"])
+    for sam_type, backend in types.items():
+        for command in commands:
+            assert parser.parse_args([*command, "--sam-type", sam_type]).sam_type == sam_type
+        config = EngineConfig(sam_type=sam_type, sam_checkpoint=str(checkpoint))
+        assert config.resolved_backend() == backend
+        config.validate()
+        for other in {"torch", "sam2", "light"} - {backend}:
+            with pytest.raises(
+                ValueError,
+                match=re.escape(f"sam_type '{sam_type}' is for backend {backend}; backend {other} takes"),
+            ):
+                EngineConfig(backend=other, sam_type=sam_type).validate()
+    with pytest.raises(ValueError, match="sam_type 'vit_x' is unknown; backend torch takes tiny, vit_b"):
+        EngineConfig(backend="torch", sam_type="vit_x").validate()
+    help_text = next(f for f in dataclasses.fields(EngineConfig) if f.name == "backend").metadata["help"]
+    assert all(name in help_text for name in ENGINE_BACKENDS)

@@ -75,7 +75,9 @@ def test_factory_and_checkpoints(tmp_path: Path) -> None:
     assert isinstance(engine, LightSamEngine) and engine.name == "efficientvit-sam-l0"
     with pytest.raises(ValueError, match=r"backend light with efficientvit-sam-l0 needs sam_checkpoint"):
         build_engine(EngineConfig(backend="light", sam_type="efficientvit-sam-l0"))
-    with pytest.raises(ValueError, match=r"unknown light SAM type 'vit_b'"):
+    with pytest.raises(
+        ValueError, match=r"sam_type 'vit_b' is for backend torch; backend light takes efficientvit-sam-l0"
+    ):
         build_engine(EngineConfig(backend="light", sam_type="vit_b", random_weights=0))
     model = build_light_sam("efficientvit-sam-l0", random_seed=5)
     torch.save(model.state_dict(), tmp_path / "l0.pt")
@@ -99,7 +101,7 @@ def test_a_float16_cache_halves_the_bytes_and_keeps_the_masks(pair, camvid_image
     out = half.predict(handle, [Prompt(points=POINTS, labels=LABELS, box=BOX)])
     assert np.mean(out.masks[0] == masks) >= 0.999 and np.abs(out.low_res_logits[0] - low).max() < 1e-2
     with pytest.raises(ValueError, match=r"config: cache_dtype 'int8' unknown; choose one of \['bfloat16',"):
-        EngineConfig(backend="light", cache_dtype="int8").validate()
+        EngineConfig(backend="light", sam_type="efficientvit-sam-l0", cache_dtype="int8").validate()
 
 
 def test_wish_prompt_latents_use_the_light_sams_own_prompt_encoder() -> None:

@@ -167,7 +167,9 @@ def test_factory_builds_sam2() -> None:
     assert isinstance(engine, Sam2Engine) and engine.name == "sam2.1_hiera_t"
     with pytest.raises(ValueError, match=r"backend sam2 with sam2\.1_hiera_t needs sam_checkpoint"):
         build_engine(EngineConfig(backend="sam2", sam_type="sam2.1_hiera_t"))
-    with pytest.raises(ValueError, match=r"unknown SAM 2\.1 sam_type 'vit_b'"):
+    with pytest.raises(
+        ValueError, match=r"sam_type 'vit_b' is for backend torch; backend sam2 takes sam2\.1_hiera_b\+"
+    ):
         build_engine(EngineConfig(backend="sam2", sam_type="vit_b", random_weights=0))
     config = EngineConfig(sam_type="sam2.1_hiera_t", sam_checkpoint=__file__)
     assert config.resolved_backend() == "sam2"  # auto: a SAM 2.1 type with a checkpoint

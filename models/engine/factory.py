@@ -23,7 +23,8 @@ class EngineConfig:
     backend: str = setting(
         "auto",
         help="`auto` (torch with a checkpoint, else onnx with an export dir, else classical), or one of "
-        "classical, classical-regions, torch, onnx, tensorrt, triton",
+        "classical, classical-regions, torch (SAM 1), sam2 (SAM 2.1), light (EfficientViT-SAM), onnx, "
+        "tensorrt, triton",
     )
     sam_type: str = setting(
         "vit_b",
@@ -83,13 +84,12 @@ class EngineConfig:
     )
 
     def resolved_backend(self) -> str:
-        """auto: torch SAM with a checkpoint, else ONNX with an export directory, else the classical prior."""
+        """auto: with a checkpoint, the backend of its `sam_type` (torch, sam2 or light: `sam_types`),
+        else ONNX with an export directory, else the classical prior."""
         if self.backend != "auto":
             return self.backend
         if self.sam_checkpoint:
-            from models.engine.modeling.sam2_build import is_sam2_type
-
-            return "sam2" if is_sam2_type(self.sam_type) else "torch"
+            return sam_types().get(self.sam_type, "torch")
         return "onnx" if self.export_dir else "classical"
 
     @classmethod
@@ -113,6 +113,12 @@ class EngineConfig:
                 lookup(ENGINE_BACKENDS, self.backend, "backend")
             except ValueError as exc:
                 raise ValueError(f"{source}: {exc}, or auto") from None
+        backend = self.resolved_backend()
+        types = sam_types() if backend in SAM_BACKENDS else {}
+        if types and types.get(self.sam_type) != backend:
+            fits = ", ".join(sorted(k for k, v in types.items() if v == backend))
+            kind = f"is for backend {types[self.sam_type]}" if self.sam_type in types else "is unknown"
+            raise ValueError(f"{source}: sam_type {self.sam_type!r} {kind}; backend {backend} takes {fits}")
         if self.sam_checkpoint and not Path(self.sam_checkpoint).is_file():
             raise ValueError(f"{source}: sam_checkpoint {self.sam_checkpoint!r} is not a file")
         if self.export_dir and not (Path(self.export_dir) / "metadata.json").is_file():
@@ -297,6 +303,21 @@ ENGINE_BACKENDS: dict[str, Callable[[EngineConfig], CachedSegmenter]] = {
     "tensorrt": _build_tensorrt,
     "triton": _build_triton,
 }
+
+
+# the backends that build a SAM from its type and checkpoint, in `sam_types` order
+SAM_BACKENDS = ("torch", "sam2", "light")
+
+
+def sam_types() -> dict[str, str]:
+    """Every SAM type an engine builds -> its backend: SAM 1 (`torch`, `sam_model_registry`), SAM 2.1
+    (`sam2`, `SAM2_CONFIGS`) and the light SAM (`light`, `LIGHT_TYPES`); exported models name theirs."""
+    from models.engine.light_sam import LIGHT_TYPES
+    from models.engine.modeling.build import sam_model_registry
+    from models.engine.modeling.sam2_build import SAM2_CONFIGS
+
+    families = zip(SAM_BACKENDS, (sam_model_registry, SAM2_CONFIGS, LIGHT_TYPES), strict=True)
+    return {name: backend for backend, names in families for name in names}
 
 
 def build_engine(config: EngineConfig | None = None) -> CachedSegmenter:

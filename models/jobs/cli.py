@@ -12,7 +12,7 @@ import numpy as np
 
 from models.config import lookup
 from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, build_engine, read_image
-from models.engine.modeling.build import sam_model_registry
+from models.engine.factory import sam_types
 from models.io import save_png
 from models.jobs.coco import LABEL_STUDIO_PREFIX
 from models.jobs.refine import RefineRun, refine_folder
@@ -67,7 +67,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="auto (default: torch with a checkpoint, onnx with an export dir, else classical)",
     )
     parser.add_argument(
-        "--sam-type", choices=sorted(sam_model_registry), default=None, help="tiny: random weights, tests"
+        "--sam-type",
+        choices=sorted(sam_types()),
+        default=None,
+        help="SAM 1 vit_b/l/h (backend torch), SAM 2.1 sam2.1_hiera_* (backend sam2), efficientvit-sam-l* "
+        "(backend light); tiny: random weights, tests",
     )
     parser.add_argument("--sam-checkpoint", default=None, help="path to an official SAM checkpoint")
     parser.add_argument("--device", default=None, help="cpu or cuda")
