@@ -22,7 +22,8 @@ class EngineConfig:
 
     backend: str = setting(
         "auto",
-        help="`auto` (torch with a checkpoint, else onnx with an export dir, else classical), or one of "
+        help="`auto` (with a checkpoint the SAM backend of its sam_type, else onnx with an export dir, "
+        "else classical), or one of "
         "classical, classical-regions, torch (SAM 1), sam2 (SAM 2.1), light (EfficientViT-SAM), onnx, "
         "tensorrt, triton",
     )

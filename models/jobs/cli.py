@@ -64,7 +64,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=["auto", *ENGINE_BACKENDS],
         default=None,
-        help="auto (default: torch with a checkpoint, onnx with an export dir, else classical)",
+        help="auto (default: with a checkpoint the SAM backend of --sam-type, onnx with an export dir, "
+        "else classical)",
     )
     parser.add_argument(
         "--sam-type",
