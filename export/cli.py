@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from models.config import bounded
 from models.engine.factory import sam_types
 from models.runtime.progress import progress_bar
 
@@ -219,9 +220,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="PyTorch vs ONNX Runtime parity of an export directory")
     p.add_argument("directory")
     p.add_argument("--checkpoint", default=None, help="source checkpoint if not the one in metadata.json")
-    p.add_argument("--atol", type=float, default=1e-4)
-    p.add_argument("--min-agreement", type=float, default=0.999)
-    p.add_argument("--prompts", type=int, nargs="+", default=[1, 5, 64])
+    p.add_argument("--atol", type=bounded(float, 0), default=1e-4)
+    p.add_argument("--min-agreement", type=bounded(float, 0, 1), default=0.999)
+    p.add_argument("--prompts", type=bounded(int, 1), nargs="+", default=[1, 5, 64])
     p.add_argument(
         "--samples",
         type=int,
@@ -241,13 +242,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("directory")
     p.add_argument("--mode", choices=["dynamic", "static"], default="dynamic", help="students only")
     p.add_argument("--calibration", default=None, help="students, static: a folder of calibration images")
-    p.add_argument("--calibration-count", type=int, default=64, help="at most this many calibration images")
+    p.add_argument(
+        "--calibration-count", type=bounded(int, 1), default=64, help="at most this many calibration images"
+    )
     p.set_defaults(func=_quantize)
 
     p = sub.add_parser("tensorrt", help="TensorRT engines from the ONNX files (needs TensorRT + CUDA)")
     p.add_argument("directory")
     p.add_argument("--fp16", action="store_true")
-    p.add_argument("--workspace-gb", type=int, default=4)
+    p.add_argument("--workspace-gb", type=bounded(int, 1), default=4)
     p.set_defaults(func=_tensorrt)
 
     p = sub.add_parser("triton", help="a Triton model repository from an export directory")
@@ -255,5 +258,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repo", required=True, help="model repository directory to write")
     p.add_argument("--platform", choices=["onnx", "tensorrt"], default="onnx")
     p.add_argument("--prefix", default="sam_", help="model name prefix for SAM models")
-    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--instances", type=bounded(int, 1), default=1, help="model instances per GPU or CPU")
     p.set_defaults(func=_triton)

@@ -10,6 +10,7 @@ through the same coercion, and every error names the source, the setting and the
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -148,6 +149,30 @@ def read_yaml(path: str | Path, sections: Sequence[str] = ()) -> dict[str, Any]:
             f"{path}: unknown sections {sorted(set(data) - set(sections))}; expected {list(sections)}"
         )
     return data
+
+
+def bounded(
+    kind: typing.Callable[[str], Any], low: float | None = None, high: float | None = None
+) -> typing.Callable[[str], Any]:
+    """An argparse `type` for a number flag: `kind(text)` within [low, high] (either end open when
+    None); otherwise argparse names the flag and says why (one line, exit 2)."""
+    name = getattr(kind, "__name__", "number")
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
+            if high is None:
+                raise argparse.ArgumentTypeError(f"must be >= {low:g}, got {text}")
+            if low is None:
+                raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must lie in [{low:g}, {high:g}], got {text}")
+        return value
+
+    parse.__name__ = name  # argparse's "invalid <name> value" names the kind
+    return parse
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sesam.cli import main
@@ -68,8 +69,6 @@ def test_every_sam_type_reaches_its_backend_from_the_command_line(tmp_path, caps
     import dataclasses
     import re
 
-    import pytest
-
     from models.engine import ENGINE_BACKENDS, EngineConfig
     from models.engine.factory import sam_types
     from sesam.cli import build_parser
@@ -96,3 +95,40 @@ def test_every_sam_type_reaches_its_backend_from_the_command_line(tmp_path, caps
         EngineConfig(backend="torch", sam_type="vit_x").validate()
     help_text = next(f for f in dataclasses.fields(EngineConfig) if f.name == "backend").metadata["help"]
     assert all(name in help_text for name in ENGINE_BACKENDS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["segment", "--images", "i", "--out", "o", "--threads", "-1"], "--threads"),
+        (["segment", "--images", "i", "--out", "o", "--limit", "0"], "--limit"),
+        (["cam", "--images", "i", "--out", "o", "--background-class", "300"], "--background-class"),
+        (
+            ["weak", "derive", "--dataset", "camvid", "--kind", "points", "--out", "o", "--limit", "-1"],
+            "--limit",
+        ),
+        (["export", "verify", "d", "--atol", "nan"], "--atol"),
+        (["export", "verify", "d", "--min-agreement", "5"], "--min-agreement"),
+        (["export", "quantize", "d", "--calibration-count", "-1"], "--calibration-count"),
+        (["export", "triton", "d", "--repo", "r", "--instances", "0"], "--instances"),
+    ],
+)
+def test_a_number_flag_out_of_range_is_one_usage_error(argv: list[str], flag: str, tmp_path, capsys) -> None:
+    """Out-of-range numbers are refused by the parser, naming the flag (exit 2), before any work:
+    they used to wrap (a background class of 300 written as 44), mean "all" or "none" by command
+    (--limit 0), or end in an unexpected RuntimeError or MemoryError (--threads)."""
+    with pytest.raises(SystemExit) as exited:
+        main([a if a not in ("i", "o", "d", "r") else str(tmp_path / a) for a in argv])
+    assert exited.value.code == 2
+    assert f"argument {flag}: must" in capsys.readouterr().err
+
+
+def test_segment_refuses_a_device_that_is_not_there_before_loading(tmp_path, capsys) -> None:
+    (tmp_path / "i").mkdir()
+    assert (
+        main(
+            ["segment", "--images", str(tmp_path / "i"), "--out", str(tmp_path / "o"), "--device", "cuda:99"]
+        )
+        == 2
+    )
+    assert "device 'cuda:99'" in capsys.readouterr().err

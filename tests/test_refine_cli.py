@@ -185,3 +185,20 @@ def test_derive_refine_then_eval(tmp_path, capsys) -> None:
     assert report["added_pixels"] == added.added and report["added_precision"] == pytest.approx(
         added.precision()
     )
+
+
+def test_set_reaches_sesam_and_an_unknown_option_is_refused(tmp_path, scene, capsys) -> None:
+    """`--set key=value` reaches SeSAM's options as it reaches every other method's (it was dropped
+    for sesam, the default method); an option SeSAM does not have is one error line, exit 2."""
+    images, weak = _folder(tmp_path, scene)
+    out = tmp_path / "out"
+    assert (
+        main(_refine_args(images, weak, out, "--set", "tau2=0.5", "--set", "k=3", "--quiet", "--limit", "1"))
+        == 0
+    )
+    options = json.loads((out / "summary.json").read_text())["options"]
+    assert options["tau2"] == 0.5 and options["k"] == 3
+    capsys.readouterr()
+    assert main(_refine_args(images, weak, tmp_path / "out2", "--set", "nonsense=1", "--quiet")) == 2
+    err = capsys.readouterr().err
+    assert "nonsense" in err and len(err.strip().splitlines()) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.progress import track
 
-from models.config import lookup
+from models.config import bounded, lookup
 from models.io import read_label_png
 from models.labels.schema import load_weak_labels, save_weak_labels
 from training.datasets import CamVid
@@ -247,7 +247,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--out", required=True)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--limit", type=int, default=None)
+    d.add_argument("--limit", type=bounded(int, 1), default=None, help="only the first N images")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=run_derive)
     weak.set_defaults(func=lambda a: (weak.print_help(), 2)[1])
@@ -263,7 +263,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--images", required=True, help="folder of images")
     common.add_argument("--out", required=True, help="output folder (resumable)")
-    common.add_argument("--limit", type=int, default=None, help="only the first N images")
+    common.add_argument("--limit", type=bounded(int, 1), default=None, help="only the first N images")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     common.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting (see docs)"
@@ -328,7 +328,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", default=None, help="results JSON (default: eval_<dataset>_<split>.json beside the detector)"
     )
     ev.add_argument("--device", default="auto", help=DEVICE_HELP)
-    ev.add_argument("--limit", type=int, default=None, help="only the first N images")
+    ev.add_argument("--limit", type=bounded(int, 1), default=None, help="only the first N images")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=run_weaksam_eval)
     ws.set_defaults(func=lambda a: (ws.print_help(), 2)[1])

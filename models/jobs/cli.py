@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.config import lookup
+from models.config import bounded, lookup
 from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, build_engine, read_image
 from models.engine.factory import sam_types
 from models.io import save_png
@@ -23,6 +23,7 @@ from models.labels.merge import OVERLAP_RULES
 from models.labels.sampling import SAMPLERS, TRAINING_ONLY_SAMPLERS
 from models.labels.selection import SELECTORS
 from models.labels.sesam import PROMPT_TYPES
+from models.runtime.device import check_device_name, resolve_device
 from models.students.cam import SHIPPED_CAM
 from models.students.semantic import SHIPPED_SEMANTIC_STUDENT
 
@@ -127,7 +128,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def labeler_options(args: argparse.Namespace) -> dict:
-    """The chosen method's options from the command line (only those the user set)."""
+    """The chosen method's options from the command line (only those the user set; `--set` last)."""
+    from models.config import parse_overrides
+
     if args.method == "sesam":
         names = (
             "k",
@@ -146,9 +149,7 @@ def labeler_options(args: argparse.Namespace) -> dict:
             opts["instance_separation"] = False
         if args.exclude_conflicts:
             opts["exclude_conflicts"] = True
-        return opts
-    from models.config import parse_overrides
-
+        return backend_defaults(args.method, args.backend_name, opts | parse_overrides(args.set))
     names = {
         "naive": ("overlap", "scribble_points"),
         "sepl": ("points_per_side", "pred_iou_thresh", "stability_thresh", "overlap", "rule", "cam"),
@@ -191,7 +192,7 @@ def add_folder_args(parser: argparse.ArgumentParser, overlay: str) -> None:
         "--report", action="store_true", help="write report.html with pictures (implies overlays)"
     )
     parser.add_argument("--overwrite", action="store_true", help="redo images already done (default: resume)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--limit", type=bounded(int, 1), default=None, help="only the first N images")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--ls-image-prefix",
@@ -264,6 +265,10 @@ def run_segment(args: argparse.Namespace) -> int:
     run = segment_run_from_args(args)
     ray = ray_options_from_args(args)
     threads = args.threads or (max(1, int(ray.cpus_per_worker)) if ray is not None else None)
+    if ray is None:  # on Ray the workers' devices count, not this process's
+        resolve_device(args.device)
+    else:
+        check_device_name(args.device, "--device")
     factory = LoadStudent(args.student, args.runtime, args.device, args.providers, args.min_score, threads)
     name = Path(args.student).name
     summary = segment_folder(run, factory, name, quiet=args.quiet, ray=ray)
@@ -427,7 +432,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--min-score", type=float, default=0.5, help="instance students: lowest score kept (0.5)")
     g.add_argument(
         "--threads",
-        type=int,
+        type=bounded(int, 1, 256),
         default=None,
         help="intra-op threads per student (default: all cores; on Ray the actor's CPUs). Answers are "
         "byte-identical between runs with equal thread counts",
@@ -453,11 +458,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="background threshold on normalised CAMs (the checkpoint's)",
     )
     c.add_argument(
-        "--background-class", type=int, default=None, help="the dataset's background id (else 255)"
+        "--background-class",
+        type=bounded(int, 0, 255),
+        default=None,
+        help="the dataset's background id (else 255)",
     )
     c.add_argument("--report", action="store_true", help="write overlays and report.html")
     c.add_argument("--overwrite", action="store_true", help="redo images already done (default: resume)")
-    c.add_argument("--limit", type=int, default=None, help="only the first N images")
+    c.add_argument("--limit", type=bounded(int, 1), default=None, help="only the first N images")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     add_ray_args(c)
     c.set_defaults(func=run_cam)
