@@ -202,3 +202,21 @@ def test_set_reaches_sesam_and_an_unknown_option_is_refused(tmp_path, scene, cap
     assert main(_refine_args(images, weak, tmp_path / "out2", "--set", "nonsense=1", "--quiet")) == 2
     err = capsys.readouterr().err
     assert "nonsense" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_whose_every_image_fails_says_why_once(tmp_path, scene, capsys) -> None:
+    """A problem with the whole run (here: a weak-label folder with nothing in it) fails every image
+    with one reason: stderr gives it once beside the stems, not the stems alone."""
+    from models.jobs.cli import failure_line
+
+    images, _ = _folder(tmp_path, scene)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(_refine_args(images, empty, tmp_path / "out", "--quiet")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sesam refine: 2 image(s) failed: a: ") and "no weak labels for 'a'" in err
+    assert len(err.splitlines()) == 1
+    same = {f"s{i}": "bad checkpoint" for i in range(5)}
+    assert failure_line(same) == "5 image(s) failed: s0, s1, s2 and 2 more: bad checkpoint"
+    mixed = {"a": "x", "b": "y", "c": "x", "d": "z", "e": "w"}
+    assert failure_line(mixed) == "5 image(s) failed: a, c: x; b: y; d: z; 1 other errors (summary.json)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from rich.progress import track
@@ -186,7 +187,12 @@ def run_weaksam_instances(args: argparse.Namespace) -> int:
         args.quiet,
     )
     print(json.dumps(summary, indent=1))
-    return 1 if summary["failed"] else 0
+    if summary["failed"]:
+        from models.jobs.cli import failure_line
+
+        print(f"sesam weaksam instances: {failure_line(summary['failures'])}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _detector_class_names(meta: dict) -> list[str]:

@@ -251,12 +251,23 @@ def report_summary(summary: dict, command: str) -> int:
     """Print a folder job's summary (without the per-image part); exit status 1 when any image failed."""
     print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=1))
     if summary["failed"]:
-        print(
-            f"sesam {command}: {summary['failed']} image(s) failed: " + ", ".join(summary["failures"]),
-            file=sys.stderr,
-        )
+        print(f"sesam {command}: {failure_line(summary['failures'])}", file=sys.stderr)
         return 1
     return 0
+
+
+def failure_line(failures: dict[str, str], shown: int = 3) -> str:
+    """One line for a folder job's failed images (stem -> error), grouped by error, so that a
+    problem with the whole run (a bad checkpoint, no weak labels) reads once with its reason."""
+    by_error: dict[str, list[str]] = {}
+    for stem, error in failures.items():
+        by_error.setdefault(error or "unknown error", []).append(stem)
+    parts = []
+    for error, stems in list(by_error.items())[:shown]:
+        names = ", ".join(stems[:shown]) + (f" and {len(stems) - shown} more" if len(stems) > shown else "")
+        parts.append(f"{names}: {error}")
+    more = f"; {len(by_error) - shown} other errors (summary.json)" if len(by_error) > shown else ""
+    return f"{len(failures)} image(s) failed: " + "; ".join(parts) + more
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -355,7 +366,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--out", required=True, help="output folder for <stem>.png class maps (255 = unlabeled)")
     r.add_argument("--method", choices=sorted(LABELERS), default="sesam")
-    r.add_argument("--num-classes", type=int, default=None, help="reject class ids >= this")
+    r.add_argument("--num-classes", type=bounded(int, 1), default=None, help="reject class ids >= this")
     add_folder_args(r, "weak|refined")
     g = r.add_argument_group("sesam options (paper defaults)")
     g.add_argument("--k", type=int, default=None, help="points per component (5)")
@@ -370,7 +381,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--no-instance-separation", action="store_true")
     g.add_argument("--tau1", type=float, default=None, help="0.3")
     g.add_argument("--tau2", type=float, default=None, help="0.7")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--seed", type=bounded(int, 0), default=None)
     g.add_argument("--scribble-points", type=int, default=None, help="points spread along a scribble (10)")
     g.add_argument("--overlap", choices=OVERLAP_RULES, default=None, help="class overlaps (score)")
     g.add_argument(
