@@ -111,6 +111,11 @@ def test_every_sam_type_reaches_its_backend_from_the_command_line(tmp_path, caps
         (["export", "verify", "d", "--min-agreement", "5"], "--min-agreement"),
         (["export", "quantize", "d", "--calibration-count", "-1"], "--calibration-count"),
         (["export", "triton", "d", "--repo", "r", "--instances", "0"], "--instances"),
+        (
+            ["refine", "--images", "i", "--weak", "d", "--out", "o", "--pred-iou-thresh", "7"],
+            "--pred-iou-thresh",
+        ),
+        (["eval-labels", "--gt", "d", "--pred", "o", "--num-classes", "0"], "--num-classes"),
     ],
 )
 def test_a_number_flag_out_of_range_is_one_usage_error(argv: list[str], flag: str, tmp_path, capsys) -> None:

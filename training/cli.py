@@ -287,7 +287,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train-wsod", parents=[common], help="train the WSOD head (WSDDN + OICR) on proposals"
     )
     t.add_argument("--proposals", required=True, help="the folder `sesam weaksam proposals` wrote")
-    t.add_argument("--num-classes", type=int, required=True)
+    t.add_argument("--num-classes", type=bounded(int, 1), required=True)
     t.set_defaults(func=run_weaksam_train)
     i = ws_sub.add_parser(
         "instances", parents=[common], help="pseudo instance masks (WSIS) as a COCO dataset"
@@ -351,7 +351,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pred", required=True, help="folder of <stem>.png predictions (255 = unlabeled, counts wrong)"
     )
     e.add_argument("--gt", required=True, help="folder of <stem>.png ground truth")
-    e.add_argument("--num-classes", type=int, required=True)
-    e.add_argument("--ignore-index", type=int, default=None)
+    e.add_argument("--num-classes", type=bounded(int, 1), required=True)
+    e.add_argument("--ignore-index", type=bounded(int, 0, 255), default=None)
     e.add_argument("--weak", default=None, help="weak-label folder: also score the labels refinement added")
     e.set_defaults(func=run_eval)

@@ -400,10 +400,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--points-per-side", type=int, default=None, help="sepl / weaksam: grid prompts per side (16)"
     )
     s.add_argument(
-        "--pred-iou-thresh", type=float, default=None, help="sepl: 0.86 (0 with the classical prior)"
+        "--pred-iou-thresh",
+        type=bounded(float, 0, 1),
+        default=None,
+        help="sepl: 0.86 (0 with the classical prior)",
     )
     s.add_argument(
-        "--stability-thresh", type=float, default=None, help="sepl: 0.92 (0 with the classical prior)"
+        "--stability-thresh",
+        type=bounded(float, 0, 1),
+        default=None,
+        help="sepl: 0.92 (0 with the classical prior)",
     )
     s.add_argument("--rule", default=None, help="sepl: paper (default), authors or keep_pseudo")
     s.add_argument(
@@ -440,7 +446,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--runtime", choices=["auto", "torch", "onnx", "tensorrt"], default="auto")
     g.add_argument("--providers", default=None, help="onnx: execution providers, comma-separated")
     g.add_argument("--device", default="cpu", help="torch: cpu or cuda")
-    g.add_argument("--min-score", type=float, default=0.5, help="instance students: lowest score kept (0.5)")
+    g.add_argument(
+        "--min-score",
+        type=bounded(float, 0, 1),
+        default=0.5,
+        help="instance students: lowest score kept (0.5)",
+    )
     g.add_argument(
         "--threads",
         type=bounded(int, 1, 256),
@@ -464,7 +475,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--threshold",
-        type=float,
+        type=bounded(float, 0, 1),
         default=None,
         help="background threshold on normalised CAMs (the checkpoint's)",
     )
