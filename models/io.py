@@ -27,6 +27,13 @@ from PIL import Image
 UNLABELED = 255
 
 
+def missing_file(path: str | Path, what: str) -> str:
+    """Why `path` is not the `what` file asked for: a folder given where a file is meant, or nothing there."""
+    if Path(path).is_dir():
+        return f"{path}: a folder, not a {what} file"
+    return f"{path}: no such {what}"
+
+
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     """Call write(tmp_path) then rename onto `path`, so readers never see a half-written file.
     Makes the parent folders; the file gets the usual permissions (0666 less the umask); the temp
@@ -149,7 +156,7 @@ def load_checkpoint(
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such {what}")
+        raise ValueError(missing_file(path, what))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:

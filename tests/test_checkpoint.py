@@ -260,3 +260,23 @@ def test_export_half_writes_fp16_weights_in_the_new_layout(tmp_path: Path) -> No
         assert stored.dtype == (torch.float16 if value.is_floating_point() else value.dtype), key
         assert torch.equal(stored, value.half() if value.is_floating_point() else value), key
     assert main([*args, "--class-names", "x,y"]) == 2  # 2 names for 3 classes
+
+
+def test_a_folder_given_for_a_checkpoint_is_named_as_a_folder(tmp_path) -> None:
+    """A folder where a checkpoint file is meant is said to be a folder, not reported missing."""
+    import pytest
+
+    from models.engine.modeling.build import CheckpointError, load_state_dict
+    from models.io import load_checkpoint
+    from models.students.cam import cam_predictor
+
+    with pytest.raises(ValueError, match=r": a folder, not a CAM checkpoint file"):
+        load_checkpoint(tmp_path, "cam", what="CAM checkpoint")
+    with pytest.raises(
+        ValueError, match=r"needs a CAM classifier file and .*: a folder, not a checkpoint file"
+    ):
+        cam_predictor(tmp_path)
+    with pytest.raises(CheckpointError, match=r": a folder, not a checkpoint file"):
+        load_state_dict(tmp_path)
+    with pytest.raises(CheckpointError, match=r"nope\.pt: no such checkpoint"):
+        load_state_dict(tmp_path / "nope.pt")

@@ -74,7 +74,7 @@ def test_empty_and_missing_files(tmp_path) -> None:
     empty.touch()
     with pytest.raises(CheckpointError, match=r"empty\.pth: the checkpoint file is empty"):
         build_sam("tiny", empty)
-    with pytest.raises(CheckpointError, match=r"nope\.pth: no such checkpoint file"):
+    with pytest.raises(CheckpointError, match=r"nope\.pth: no such checkpoint"):
         build_sam("tiny", tmp_path / "nope.pth")
 
 

@@ -30,6 +30,7 @@ from models.io import (
     load_checkpoint,
     load_once,
     load_weights,
+    missing_file,
     save_checkpoint,
     weights_state,
 )
@@ -199,7 +200,7 @@ def cam_predictor(path: str | Path | None, user: str = "tags") -> CamPredictor:
     path = Path(path or SHIPPED_CAM)
     if not path.is_file():
         raise ValueError(
-            f"{user}: needs a CAM classifier and {path} does not exist; train one with `sesam train` "
-            "mode cam and give it as the `cam` option"
+            f"{user}: needs a CAM classifier file and {missing_file(path, 'checkpoint')}; train one with "
+            "`sesam train` mode cam and give it as the `cam` option"
         )
     return CamPredictor.cached(path)

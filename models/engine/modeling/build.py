@@ -28,6 +28,7 @@ from segment_anything.modeling import (
 )
 
 from models.config import lookup
+from models.io import missing_file
 
 PROMPT_EMBED_DIM = 256
 IMAGE_SIZE = 1024
@@ -165,7 +166,7 @@ def load_state_dict(
     """Read a checkpoint file into a flat state dict, with errors that name the file."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(missing_file(path, "checkpoint"))
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the checkpoint file is empty")
     if verify_hash:
