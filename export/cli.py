@@ -157,8 +157,10 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def _tensorrt(args: argparse.Namespace) -> int:
     from export.tensorrt import build_engines
+    from models.runtime.onnx_runtime import read_metadata
     from models.runtime.tensorrt_runtime import TensorRTUnavailable
 
+    read_metadata(args.directory)  # a wrong directory is bad input (2), whether or not TensorRT is here
     try:
         built = build_engines(args.directory, fp16=args.fp16, workspace=args.workspace_gb << 30)
     except TensorRTUnavailable as exc:

@@ -103,25 +103,32 @@ def write_repository(
             "`bentoml serve` (SESAM_STUDENT_CHECKPOINT={directory})"
         )
     prefix = "" if md["kind"] == "student" and prefix == "sam_" else prefix
-    written = []
+    # every model's file first, so that a missing one leaves the repository as it was
+    sources: dict[str, tuple[Path, str]] = {}
     for role in model_roles(md):
+        if platform == "onnxruntime_onnx":
+            sources[role] = (model_file(directory, md, role), "model.onnx")
+            continue
+        plans = [e for e in md.get("tensorrt", []) if role in e["files"]]
+        if not plans:
+            raise ValueError(
+                f"{directory}: no TensorRT engine for {role}; run `sesam export tensorrt {directory}`"
+            )
+        sources[role] = (directory / plans[-1]["files"][role], "model.plan")
+    written = []
+    for role, (source, file_name) in sources.items():
         name = prefix + role
         model_dir = out / name
         version = model_dir / "1"
         version.mkdir(parents=True, exist_ok=True)
-        if platform == "onnxruntime_onnx":
-            source = model_file(directory, md, role)
-            shutil.copy2(source, version / "model.onnx")
-            data = source.with_name(source.name + ".data")
-            if data.exists():  # the graph names its sidecar file: keep that name
-                shutil.copy2(data, version / data.name)
-        else:
-            plans = [e for e in md.get("tensorrt", []) if role in e["files"]]
-            if not plans:
-                raise ValueError(
-                    f"{directory}: no TensorRT engine for {role}; run `sesam export tensorrt {directory}`"
-                )
-            shutil.copy2(directory / plans[-1]["files"][role], version / "model.plan")
+        copies = [(source, file_name)]
+        data = source.with_name(source.name + ".data")
+        if platform == "onnxruntime_onnx" and data.exists():  # the graph names its sidecar: keep the name
+            copies.insert(0, (data, data.name))
+        for src, dst in copies:  # each file whole or not at all (Triton may be polling the repository)
+            tmp = version / f".{dst}.tmp"
+            shutil.copy2(src, tmp)
+            tmp.replace(version / dst)
         tmp = model_dir / "config.pbtxt.tmp"
         tmp.write_text(model_config(role, name, platform, instances, metadata=md))
         tmp.replace(model_dir / "config.pbtxt")

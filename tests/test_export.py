@@ -257,6 +257,8 @@ def test_tensorrt_missing_is_a_clear_error(tiny_export: Path, monkeypatch, capsy
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when not installed
     assert main(["export", "tensorrt", str(tiny_export)]) == 3
     assert "TensorRT is not installed" in capsys.readouterr().err
+    assert main(["export", "tensorrt", str(tiny_export / "nope")]) == 2  # a wrong directory comes first
+    assert "not an export directory" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="TensorRT is not installed"):
         build_engine(EngineConfig(backend="tensorrt", export_dir=str(tiny_export)))
 
@@ -313,6 +315,8 @@ def test_triton_repository(tiny_export: Path, student_export: Path, tmp_path: Pa
     assert [i.name for i in dec.input][-1] == "orig_im_size"
     with pytest.raises(ValueError, match="no TensorRT engine for encoder"):
         write_repository(tiny_export, tmp_path / "trt", platform="tensorrt_plan")
+    assert not (tmp_path / "trt").exists()  # nothing written when a model's file is missing
+    assert sorted(p.name for p in (repo / "sam_encoder" / "1").iterdir()) == ["model.onnx"]  # no temporaries
     with pytest.raises(ValueError, match="platform 'bogus' unknown"):
         model_config("encoder", "x", "bogus")
     assert json.loads((tiny_export / "metadata.json").read_text())["kind"] == "sam"
