@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,8 +160,12 @@ def load_checkpoint(
         raise ValueError(missing_file(path, what))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the {what} ({exc})") from exc
+    except Exception as exc:  # torch raises many types here (pickle, zip, EOF, runtime)
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's error says nothing here
+            raise ValueError(
+                f"{path}: cannot read the {what}: not a whole torch.save file (another format, or truncated)"
+            ) from exc
+        raise ValueError(f"{path}: cannot read the {what}, corrupt ({exc})") from exc
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: not a {what}")
     if payload.get("format") != CHECKPOINT_FORMAT:

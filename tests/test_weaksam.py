@@ -662,3 +662,18 @@ def test_wsod_head_and_detector_resume_equals_uninterrupted(tmp_path) -> None:
 def test_wsod_head_and_detector_train_on_cuda(tmp_path, monkeypatch) -> None:
     seen = _train_on("cuda", tmp_path, monkeypatch)
     assert seen == {"params": {"cuda"}, "outputs": {"cuda"}}
+
+
+def test_instances_with_a_bad_pseudo_box_source_stop_before_any_image(tmp_path, capsys) -> None:
+    """`weaksam instances --wsod` naming no checkpoint is one error (exit 2) before any image is
+    processed, and leaves no empty dataset behind (it used to fail every image, write a dataset of
+    none, and say why only on stdout)."""
+    from sesam.cli import main
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "weak").mkdir()
+    out = tmp_path / "out"
+    argv = ["weaksam", "instances", "--images", str(tmp_path / "images"), "--weak", str(tmp_path / "weak")]
+    assert main([*argv, "--out", str(out), "--wsod", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt: no such WSOD checkpoint" in capsys.readouterr().err
+    assert not out.exists()

@@ -168,6 +168,9 @@ def run_weaksam_instances(args: argparse.Namespace) -> int:
     if args.detector:
         options |= {"detector": args.detector, "scorer": "detector"}
     labeler = build_labeler("weaksam", engine, **backend_defaults("weaksam", engine.name, options))
+    # the pseudo-box source is loaded now: a bad path is one error before any image, not a failure
+    # per image and an empty dataset left behind
+    _ = labeler.wsod if args.wsod else labeler.detector if args.detector else None
     if args.class_names:
         names = args.class_names.split(",")
     elif args.detector:

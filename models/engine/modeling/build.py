@@ -174,8 +174,11 @@ def load_state_dict(
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here (pickle, zip, EOF, runtime)
-        kind = "truncated or corrupt" if zipfile.is_zipfile(path) else "not a PyTorch checkpoint"
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({kind}): {exc}") from exc
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's error says nothing here
+            raise CheckpointError(
+                f"{path}: cannot read the checkpoint: not a PyTorch checkpoint, or truncated"
+            ) from exc
+        raise CheckpointError(f"{path}: cannot read the checkpoint (corrupt): {exc}") from exc
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict"):
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
