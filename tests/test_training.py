@@ -449,6 +449,10 @@ def test_config_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="expected key=value"):
         TrainConfig.from_yaml(path, ["iterations"])
     assert TrainConfig.from_yaml(path, ["iterations=7"]).iterations == 7
+    # numbers torch would only refuse once the data is read (or never: 0 classes)
+    for bad in ("lr=-1", "lr=0", "weight_decay=-0.1", "weight_decay=nan", "num_classes=0"):
+        with pytest.raises(ValueError, match=r"lr must be > 0, weight_decay >= 0 and num_classes >= 1"):
+            TrainConfig.from_yaml(path, [bad])
 
 
 def torchrun_sesam(tmp_path: Path, ranks: int, **settings: Any) -> list[dict[str, Any]]:

@@ -152,6 +152,11 @@ class TrainConfig:
             raise ValueError(f"{source}: cam_output_stride must be 8, 16 or 32 and cam_threshold in (0, 1)")
         if self.iterations < 1 or self.batch_size < 1 or self.sam_every < 1:
             raise ValueError(f"{source}: iterations, batch_size and sam_every must be >= 1")
+        if not self.lr > 0 or not self.weight_decay >= 0 or self.num_classes < 1:  # NaN fails too
+            raise ValueError(
+                f"{source}: lr must be > 0, weight_decay >= 0 and num_classes >= 1; got {self.lr}, "
+                f"{self.weight_decay}, {self.num_classes}"
+            )
         if self.lr_schedule not in LR_SCHEDULES or self.lr_warmup < 0:
             raise ValueError(
                 f"{source}: lr_schedule {self.lr_schedule!r} must be one of {LR_SCHEDULES}, lr_warmup >= 0"
@@ -238,9 +243,7 @@ def config_from_yaml(
 ) -> TrainConfig | InstanceTrainConfig:
     """The semantic or the instance config, by the file's (or an override's) `mode`."""
     mode = parse_overrides(overrides or ()).get("mode", read_yaml(path).get("mode"))
-    if mode in INSTANCE_MODES:
-        return InstanceTrainConfig.from_yaml(path, overrides)
-    return TrainConfig.from_yaml(path, overrides)
+    return (InstanceTrainConfig if mode in INSTANCE_MODES else TrainConfig).from_yaml(path, overrides)
 
 
 def build_trainer(cfg: TrainConfig | InstanceTrainConfig) -> TrainLoop:

@@ -190,6 +190,10 @@ class InstanceTrainConfig:
             raise ValueError(f"{source}: input_side {self.input_side} must be a multiple of 32, >= 64")
         if self.iterations < 1 or self.batch_size < 1 or self.sam_every < 1 or self.warmup_iterations < 0:
             raise ValueError(f"{source}: iterations, batch_size, sam_every must be >= 1, warmup >= 0")
+        if not self.lr > 0 or not self.weight_decay >= 0:  # NaN fails too
+            raise ValueError(
+                f"{source}: lr must be > 0 and weight_decay >= 0; got {self.lr}, {self.weight_decay}"
+            )
         if self.lr_schedule not in LR_SCHEDULES or self.lr_warmup < 0:
             raise ValueError(
                 f"{source}: lr_schedule {self.lr_schedule!r} must be one of {LR_SCHEDULES}, lr_warmup >= 0"
