@@ -10,6 +10,7 @@ are written directly elsewhere, e.g. `sesam export verify --json` and some bench
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -40,8 +41,13 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
     Makes the parent folders; the file gets the usual permissions (0666 less the umask); the temp
     file is removed when `write` fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file to write", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)  # its error names the folder in the way
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # name the file asked for, not the temporary
+        raise type(exc)(exc.errno, f"cannot write it ({exc.strerror})", str(path)) from exc
     os.close(fd)
     try:
         write(tmp)

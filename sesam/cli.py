@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from models.runtime.deps import MissingDependency
 from sesam import __version__
@@ -50,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:  # not "[Errno 17] ..."
+        if isinstance(exc, FileExistsError) and not Path(exc.filename).is_dir():
+            return f"{exc.filename}: a file is in the way of a folder to write"
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        return " ".join(f"{' -> '.join(names)}: {exc.strerror}".split())
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

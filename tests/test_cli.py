@@ -137,3 +137,21 @@ def test_segment_refuses_a_device_that_is_not_there_before_loading(tmp_path, cap
         == 2
     )
     assert "device 'cuda:99'" in capsys.readouterr().err
+
+
+def test_an_output_path_in_the_way_is_one_line_naming_it(tmp_path, scene, capsys) -> None:
+    """A file where an output folder is meant, and a folder where an output file is meant, are one
+    line naming the path given (not "[Errno 17] ..." or the name of a temporary file), exit 2."""
+    from models.io import atomic_write_text
+
+    image, blocker = tmp_path / "scene.png", tmp_path / "taken.txt"
+    Image.fromarray(scene).save(image)
+    blocker.write_text("not a folder")
+    assert main(["predict", "--image", str(image), "--point", "10,10", "--out", str(blocker)]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"sesam predict: error: {blocker}: a file is in the way of a folder to write"
+    )
+    with pytest.raises(IsADirectoryError, match="a folder, not a file to write"):
+        atomic_write_text(tmp_path, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.png", "taken.txt"]  # no temporaries
