@@ -131,7 +131,7 @@ def test_refine_rejects_bad_folders(tmp_path, capsys) -> None:
         main(["refine", "--images", str(tmp_path / "none"), "--weak", str(tmp_path), "--out", str(tmp_path)])
         == 2
     )
-    assert "not a folder" in capsys.readouterr().err
+    assert f"--images {tmp_path / 'none'}: not a folder" in capsys.readouterr().err
 
 
 def test_derive_refine_then_eval(tmp_path, capsys) -> None:

@@ -255,7 +255,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--kind", required=True, help="points, scribbles, coarse, boxes or tags (singular works too)"
     )
     d.add_argument("--out", required=True)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=bounded(int, 0), default=0)
     d.add_argument("--limit", type=bounded(int, 1), default=None, help="only the first N images")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=run_derive)

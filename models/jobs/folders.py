@@ -178,6 +178,8 @@ def run_folder(
     each failure as it happens."""
     import time
 
+    if not Path(images).is_dir():
+        raise ValueError(f"--images {images}: not a folder")
     stems = list_images(images)
     if not stems:
         raise ValueError(f"--images {images}: no images found")
