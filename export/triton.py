@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from export.onnx_export import model_roles
+from models.io import missing_file
 from models.runtime.onnx_runtime import model_file, read_metadata
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
@@ -115,6 +116,9 @@ def write_repository(
                 f"{directory}: no TensorRT engine for {role}; run `sesam export tensorrt {directory}`"
             )
         sources[role] = (directory / plans[-1]["files"][role], "model.plan")
+    for role, (source, _) in sources.items():
+        if not source.is_file():
+            raise ValueError(f"{missing_file(source, role + ' model')} (the export is incomplete)")
     written = []
     for role, (source, file_name) in sources.items():
         name = prefix + role

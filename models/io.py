@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,17 @@ from PIL import Image
 
 # the class id of "no label" in every HxW uint8 class map (weak maps, refined maps, pseudo-labels)
 UNLABELED = 255
+
+
+def unreadable(path: str | Path, what: str, exc: BaseException) -> str:
+    """Why torch could not load `path`: torch's own first line for a file torch.save wrote (its zip
+    archive, whole or truncated, or its legacy pickle), else that it is not such a file."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK" or head[:1] == b"\x80":
+        lines = str(exc).strip().splitlines()
+        return f"{path}: cannot read the {what}: {lines[0] if lines else type(exc).__name__}"
+    return f"{path}: cannot read the {what}: not a file torch.save wrote"
 
 
 def missing_file(path: str | Path, what: str) -> str:
@@ -167,11 +177,7 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types here (pickle, zip, EOF, runtime)
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's error says nothing here
-            raise ValueError(
-                f"{path}: cannot read the {what}: not a whole torch.save file (another format, or truncated)"
-            ) from exc
-        raise ValueError(f"{path}: cannot read the {what}, corrupt ({exc})") from exc
+        raise ValueError(unreadable(path, what, exc)) from exc
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: not a {what}")
     if payload.get("format") != CHECKPOINT_FORMAT:

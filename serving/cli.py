@@ -16,8 +16,6 @@ import subprocess
 import sys
 from types import FrameType
 
-from models.engine.factory import ENGINE_BACKENDS
-
 SERVICE = "serving.service:SegmentationService"
 
 
@@ -71,6 +69,8 @@ def supervise(command: list[str], env: dict[str, str], grace_s: float = 30.0) ->
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from models.engine.factory import ENGINE_BACKENDS  # here: importing serving.cli stays light
+
     p = subparsers.add_parser("serve", help="serve the HTTP API with BentoML")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)

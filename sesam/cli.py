@@ -7,7 +7,6 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from models.runtime.deps import MissingDependency
 from sesam import __version__
@@ -52,10 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:  # not "[Errno 17] ..."
-        if isinstance(exc, FileExistsError) and not Path(exc.filename).is_dir():
-            return f"{exc.filename}: a file is in the way of a folder to write"
-        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
-        return " ".join(f"{' -> '.join(names)}: {exc.strerror}".split())
+        names = [
+            os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n) for n in (exc.filename, exc.filename2)
+        ]
+        names = [n for n, raw in zip(names, (exc.filename, exc.filename2), strict=True) if raw is not None]
+        reason = " ".join(exc.strerror.split())
+        if isinstance(exc, FileExistsError) and len(names) == 1 and not os.path.isdir(names[0]):
+            reason = "already exists and is not a folder"
+        return f"{' -> '.join(names)}: {reason}"
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

@@ -205,7 +205,7 @@ def test_a_missing_or_foreign_file_is_an_error_naming_it(kind: str, tmp_path: Pa
         load(missing)
     text = tmp_path / "text.pt"
     text.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match=named(text, f"cannot read the {what}: not a whole torch.save file")):
+    with pytest.raises(ValueError, match=named(text, f"cannot read the {what}: not a file torch.save wrote")):
         load(text)
     other = tmp_path / "other.pt"
     torch.save({"x": torch.zeros(1)}, other)
@@ -280,3 +280,32 @@ def test_a_folder_given_for_a_checkpoint_is_named_as_a_folder(tmp_path) -> None:
         load_state_dict(tmp_path)
     with pytest.raises(CheckpointError, match=r"nope\.pt: no such checkpoint"):
         load_state_dict(tmp_path / "nope.pt")
+
+
+def test_torch_keeps_its_reason_for_a_file_torch_save_wrote(tmp_path) -> None:
+    """A legacy-format torch.save file that weights-only loading refuses keeps torch's reason in
+    the message; a file torch.save never wrote says so instead of torch's internals."""
+    import argparse
+
+    import pytest
+    import torch
+
+    from models.engine.modeling.build import CheckpointError, load_state_dict
+    from models.io import load_checkpoint
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save(
+        {"w": torch.zeros(1), "args": argparse.Namespace()}, legacy, _use_new_zipfile_serialization=False
+    )
+    with pytest.raises(ValueError, match=r"legacy\.pt: cannot read the checkpoint: Weights only load failed"):
+        load_checkpoint(legacy, "student")
+    with pytest.raises(
+        CheckpointError, match=r"legacy\.pt: cannot read the checkpoint: Weights only load failed"
+    ):
+        load_state_dict(legacy, verify_hash=False)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(
+        ValueError, match=r"notes\.pt: cannot read the checkpoint: not a file torch\.save wrote$"
+    ):
+        load_checkpoint(text, "student")

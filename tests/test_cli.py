@@ -74,7 +74,8 @@ def test_every_sam_type_reaches_its_backend_from_the_command_line(tmp_path, caps
     from sesam.cli import build_parser
 
     types = sam_types()
-    assert {"vit_b", "sam2.1_hiera_t", "sam2.1_hiera_b+", "efficientvit-sam-l0"} <= set(types)
+    expected = {"vit_b": "torch", "tiny": "torch", "sam2.1_hiera_t": "sam2", "sam2.1_hiera_b+": "sam2"}
+    assert {k: types[k] for k in expected} == expected and types["efficientvit-sam-l0"] == "light"
     checkpoint = tmp_path / "weights.pt"
     checkpoint.write_bytes(b"not read: the config is only validated")
     parser = build_parser()
@@ -101,6 +102,7 @@ def test_every_sam_type_reaches_its_backend_from_the_command_line(tmp_path, caps
     ("argv", "flag"),
     [
         (["segment", "--images", "i", "--out", "o", "--threads", "-1"], "--threads"),
+        (["segment", "--images", "i", "--out", "o", "--threads", "100000"], "--threads"),
         (["segment", "--images", "i", "--out", "o", "--limit", "0"], "--limit"),
         (["cam", "--images", "i", "--out", "o", "--background-class", "300"], "--background-class"),
         (
@@ -150,8 +152,64 @@ def test_an_output_path_in_the_way_is_one_line_naming_it(tmp_path, scene, capsys
     assert main(["predict", "--image", str(image), "--point", "10,10", "--out", str(blocker)]) == 2
     assert (
         capsys.readouterr().err.strip()
-        == f"sesam predict: error: {blocker}: a file is in the way of a folder to write"
+        == f"sesam predict: error: {blocker}: already exists and is not a folder"
     )
     with pytest.raises(IsADirectoryError, match="a folder, not a file to write"):
         atomic_write_text(tmp_path, "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.png", "taken.txt"]  # no temporaries
+
+
+def test_flags_mend_what_the_environment_alone_would_not_pass(monkeypatch) -> None:
+    """SESAM_* and the flags are validated together: SESAM_BACKEND=sam2 with --sam-type
+    sam2.1_hiera_t, or overridden by --backend torch --sam-type tiny, is a valid engine (the
+    environment alone, sam2 with the default vit_b, is not)."""
+    from models.jobs.cli import engine_config_from_args
+    from sesam.cli import build_parser
+
+    monkeypatch.setenv("SESAM_BACKEND", "sam2")
+    predict = ["predict", "--image", "x.png"]
+    config = engine_config_from_args(
+        build_parser().parse_args([*predict, "--backend", "torch", "--sam-type", "tiny"])
+    )
+    assert (config.backend, config.sam_type) == ("torch", "tiny")
+    config = engine_config_from_args(build_parser().parse_args([*predict, "--sam-type", "sam2.1_hiera_t"]))
+    assert (config.backend, config.sam_type) == ("sam2", "sam2.1_hiera_t")
+    with pytest.raises(
+        ValueError, match=r"environment \+ command line: sam_type 'vit_b' is for backend torch"
+    ):
+        engine_config_from_args(build_parser().parse_args(predict))
+
+
+def test_os_errors_read_as_one_line_naming_their_paths(tmp_path) -> None:
+    """An OSError reads '<path>[ -> <path2>]: <reason>', bytes paths included; only a lone path
+    that exists and is no folder reads 'already exists and is not a folder'."""
+    import errno
+    import os
+
+    from sesam.cli import _one_line
+
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d").mkdir()
+    assert _one_line(FileExistsError(errno.EEXIST, "File exists", str(tmp_path / "f"))) == (
+        f"{tmp_path / 'f'}: already exists and is not a folder"
+    )
+    assert (
+        _one_line(FileExistsError(errno.EEXIST, "File exists", str(tmp_path / "d")))
+        == f"{tmp_path / 'd'}: File exists"
+    )
+    link = FileExistsError(errno.EEXIST, "File exists", "a", None, str(tmp_path / "f"))
+    assert _one_line(link) == f"a -> {tmp_path / 'f'}: File exists"
+    assert _one_line(PermissionError(errno.EACCES, "Permission  denied", os.fsencode("/x y"))) == (
+        "/x y: Permission denied"
+    )
+    assert _one_line(OSError("no errno here")) == "no errno here"
+
+
+def test_importing_the_serve_command_does_not_load_torch() -> None:
+    """`serving.cli` (imported by tests and tools for `serve_command`) stays light."""
+    import subprocess
+    import sys
+
+    code = "import sys, serving.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -316,6 +317,14 @@ def test_triton_repository(tiny_export: Path, student_export: Path, tmp_path: Pa
     with pytest.raises(ValueError, match="no TensorRT engine for encoder"):
         write_repository(tiny_export, tmp_path / "trt", platform="tensorrt_plan")
     assert not (tmp_path / "trt").exists()  # nothing written when a model's file is missing
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_export, partial)
+    (partial / "decoder_single.onnx").unlink()
+    with pytest.raises(
+        ValueError, match=r"decoder_single\.onnx: no such decoder_single model \(the export is incomplete\)"
+    ):
+        write_repository(partial, tmp_path / "repo2")
+    assert not (tmp_path / "repo2").exists()
     assert sorted(p.name for p in (repo / "sam_encoder" / "1").iterdir()) == ["model.onnx"]  # no temporaries
     with pytest.raises(ValueError, match="platform 'bogus' unknown"):
         model_config("encoder", "x", "bogus")

@@ -54,8 +54,8 @@ def test_the_pixel_kernel_becomes_odd_cam_cells() -> None:
     assert ProposalOptions(peak_stride=8).peak_kernel_cells == 17
     with pytest.raises(ValueError, match="peak_kernel_px"):
         ProposalOptions(peak_kernel_px=0).validate()
-    for bad in ({"nms_iou": 5.0}, {"nms_iou": 0.0}, {"min_area": -1}):  # were accepted
-        with pytest.raises(ValueError, match=r"nms_iou .* must lie in \(0, 1\] and min_area be >= 0"):
+    for bad in ({"nms_iou": 5.0}, {"nms_iou": -0.1}, {"min_area": -1}):  # were accepted
+        with pytest.raises(ValueError, match=r"nms_iou .* must lie in \[0, 1\] and min_area be >= 0"):
             ProposalOptions(**bad).validate()
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zipfile
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -28,7 +27,7 @@ from segment_anything.modeling import (
 )
 
 from models.config import lookup
-from models.io import missing_file
+from models.io import missing_file, unreadable
 
 PROMPT_EMBED_DIM = 256
 IMAGE_SIZE = 1024
@@ -174,11 +173,7 @@ def load_state_dict(
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here (pickle, zip, EOF, runtime)
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's error says nothing here
-            raise CheckpointError(
-                f"{path}: cannot read the checkpoint: not a PyTorch checkpoint, or truncated"
-            ) from exc
-        raise CheckpointError(f"{path}: cannot read the checkpoint (corrupt): {exc}") from exc
+        raise CheckpointError(unreadable(path, "checkpoint", exc)) from exc
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict"):
             if wrapper in obj and isinstance(obj[wrapper], Mapping):

@@ -91,8 +91,8 @@ class ProposalOptions:
             raise ValueError(f"{source}: peak_kernel_px {self.peak_kernel_px} must be >= 1 (image pixels)")
         if not 0 <= self.peak_threshold <= 1:
             raise ValueError(f"{source}: peak_threshold {self.peak_threshold} must lie in [0, 1]")
-        if not 0 < self.nms_iou <= 1 or self.min_area < 0:
-            raise ValueError(f"{source}: nms_iou {self.nms_iou} must lie in (0, 1] and min_area be >= 0")
+        if not 0 <= self.nms_iou <= 1 or self.min_area < 0:
+            raise ValueError(f"{source}: nms_iou {self.nms_iou} must lie in [0, 1] and min_area be >= 0")
         if self.candidates not in CANDIDATE_RULES:
             raise ValueError(
                 f"{source}: candidates {self.candidates!r} unknown; choose one of {CANDIDATE_RULES}"
