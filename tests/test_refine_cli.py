@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sesam.cli import main
@@ -220,3 +221,34 @@ def test_a_run_whose_every_image_fails_says_why_once(tmp_path, scene, capsys) ->
     assert failure_line(same) == "5 image(s) failed: s0, s1, s2 and 2 more: bad checkpoint"
     mixed = {"a": "x", "b": "y", "c": "x", "d": "z", "e": "w"}
     assert failure_line(mixed) == "5 image(s) failed: a, c: x; b: y; d: z; 1 other errors (summary.json)"
+
+
+def test_an_interrupted_folder_run_starts_no_more_images(tmp_path) -> None:
+    """Ctrl-C (or any error that ends the run) reaches the folder loop between images: the images
+    in flight finish (their outputs are atomic), the queued ones never start. It used to send and
+    write every queued image before the interrupt took effect."""
+    import threading
+    import time
+
+    from models.jobs.folders import run_local
+
+    started: list[str] = []
+    lock = threading.Lock()
+
+    class Slow:
+        errors = (ValueError,)
+
+        def setup(self) -> None:
+            pass
+
+        def __call__(self, stem: str, path) -> None:
+            with lock:
+                started.append(stem)
+            time.sleep(0.05)
+
+    items = [(f"s{i:02d}", tmp_path / f"s{i:02d}.png") for i in range(40)]
+    with pytest.raises(KeyboardInterrupt):
+        for done, (_stem, _error) in enumerate(run_local(items, Slow(), concurrency=2), start=1):
+            if done == 3:
+                raise KeyboardInterrupt
+    assert 3 <= len(started) <= 6, started  # the three done, those in flight; never the other ~35

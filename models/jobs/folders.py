@@ -68,14 +68,19 @@ def run_local(
     if not items:
         return
     worker.setup()
-    with ThreadPoolExecutor(concurrency) as pool:
-        futures = {pool.submit(worker, stem, path): stem for stem, path in items}
+    pool = ThreadPoolExecutor(concurrency)
+    futures = {pool.submit(worker, stem, path): stem for stem, path in items}
+    finished = False
+    try:
         for future in as_completed(futures):
             try:
                 future.result()
                 yield futures[future], None
             except worker.errors as exc:
                 yield futures[future], str(exc)
+        finished = True
+    finally:  # Ctrl-C, an unexpected error, or the caller stopping: images not yet started never start
+        pool.shutdown(wait=True, cancel_futures=not finished)
 
 
 class _RayActor:
