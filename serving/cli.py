@@ -16,6 +16,8 @@ import subprocess
 import sys
 from types import FrameType
 
+from models.config import bounded
+
 SERVICE = "serving.service:SegmentationService"
 
 
@@ -97,11 +99,18 @@ def add_remote_options(parser: argparse.ArgumentParser, remote) -> None:
     g = parser.add_argument_group("through a running service")
     g.add_argument("--endpoint", default=None, help="service URL, e.g. http://127.0.0.1:3000")
     g.add_argument("--api-key", default=None, help="bearer key (default: $SESAM_API_KEY)")
-    g.add_argument("--concurrency", type=int, default=4, help="requests in flight (4)")
-    g.add_argument("--retries", type=int, default=4, help="retries on connection errors and 5xx (4)")
+    g.add_argument("--concurrency", type=bounded(int, 1, 256), default=4, help="requests in flight (4)")
+    g.add_argument(
+        "--retries",
+        type=bounded(int, 0, 20),
+        default=4,
+        help="retries on connection errors and 500/502/503/504, at most 30 s apart (4)",
+    )
     local = parser.get_default("func")
 
     def run(args: argparse.Namespace) -> int:
+        if args.endpoint is not None and not args.endpoint.strip():
+            raise ValueError("--endpoint is empty (an unset variable?); leave it out to run in-process")
         if args.endpoint and getattr(args, "ray", None):
             raise ValueError("--endpoint and --ray: choose one (the service scales itself)")
         return remote(args) if args.endpoint else local(args)

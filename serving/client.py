@@ -9,8 +9,10 @@
     masks, found = client.segment_instances("people.jpg")  # from an instance student
 
 Images may be a path, encoded bytes or an HxWx3 uint8 array (sent as PNG). Connection errors,
-timeouts and 5xx answers are retried with exponential backoff; 4xx answers raise `ServiceError`
-at once with the server's message (they would fail again).
+timeouts and 500 / 502 / 503 / 504 answers are retried with exponential backoff (at most
+`MAX_BACKOFF_S` between tries, at least what a Retry-After asks, up to 60 s); 4xx answers raise
+`ServiceError` at once with the server's message (they would fail again). `check()` says, before a
+batch, why a URL is not a usable sesam service (no scheme, unreachable, not ready, wrong key).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from models.labels.schema import WeakLabels
 from serving.codec import decode_instances, decode_labels, decode_png, decode_polygons, decode_rle
 
 RETRY_STATUS = frozenset({500, 502, 503, 504})
+MAX_BACKOFF_S = 30.0  # the longest wait between two tries, whatever `retries` is
 
 
 class ServiceError(RuntimeError):
@@ -75,6 +78,14 @@ def _error_message(response: httpx.Response) -> str:
     return str(error if error is not None else body)[:500]
 
 
+def _json_or_empty(response: httpx.Response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 class SesamClient:
     def __init__(
         self,
@@ -105,20 +116,24 @@ class SesamClient:
         fields JSON-encoded), else a JSON body. None values are left out (the server's default)."""
         fields = {k: v for k, v in (data or {}).items() if v is not None}
         form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
-        last, wait_s = "no attempt", 0.0
+        last, last_status, wait_s = "no attempt", None, 0.0
         for attempt in range(self.retries + 1):
-            if attempt:  # exponential backoff, at least what the server's Retry-After asked for
-                time.sleep(max(self.backoff_s * 2 ** (attempt - 1), wait_s))
+            if attempt:  # exponential backoff (capped), at least what the last Retry-After asked for
+                time.sleep(max(min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S), wait_s))
+                wait_s = 0.0
             try:
                 if files:
                     response = self.http.post(route, files=files, data=form)
                 else:
                     response = self.http.post(route, json=fields)
             except httpx.TransportError as exc:  # connection refused / reset, timeouts
-                last = f"{type(exc).__name__}: {exc}"
+                last, last_status = f"{type(exc).__name__}: {exc}", None
                 continue
             if response.status_code in RETRY_STATUS:
-                last = f"{response.status_code}: {_error_message(response)}"
+                last, last_status = (
+                    f"{response.status_code}: {_error_message(response)}",
+                    response.status_code,
+                )
                 try:
                     wait_s = min(float(response.headers.get("retry-after", 0)), 60.0)
                 except ValueError:
@@ -126,14 +141,46 @@ class SesamClient:
                 continue
             if response.status_code >= 400:
                 raise ServiceError(response.status_code, _error_message(response))
-            return response.json()
-        raise ServiceError(None, f"{self.url}{route} failed after {self.retries + 1} attempts ({last})")
+            try:
+                return response.json()
+            except ValueError:
+                raise ServiceError(
+                    response.status_code, f"{self.url}{route} answered no JSON: not a sesam service?"
+                ) from None
+        raise ServiceError(
+            last_status, f"{self.url}{route} failed after {self.retries + 1} attempts ({last})"
+        )
 
     def ready(self) -> bool:
         try:
             return self.http.get("/readyz").status_code == 200
         except httpx.TransportError:
             return False
+
+    def check(self, timeout_s: float = 10.0) -> None:
+        """Raise a ValueError saying why `url` is not a usable sesam service: no http(s) scheme,
+        not reachable, not ready (GET /readyz), or the API key refused (POST /info, the one check
+        of the key before a batch); each within `timeout_s`."""
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{self.url}: give the URL with its scheme, e.g. http://{self.url.split('://')[-1]}"
+            )
+        try:
+            status = self.http.get("/readyz", timeout=timeout_s).status_code
+        except httpx.TransportError as exc:
+            raise ValueError(f"{self.url}: not reachable ({type(exc).__name__}: {exc})") from None
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"{self.url}: not a valid URL ({exc})") from None
+        if status != 200:
+            raise ValueError(f"{self.url}: not ready (GET /readyz answered {status})")
+        try:
+            response = self.http.post("/info", json={}, timeout=timeout_s)
+        except httpx.TransportError as exc:
+            raise ValueError(f"{self.url}: POST /info failed ({type(exc).__name__}: {exc})") from None
+        if response.status_code == 401:
+            raise ValueError(f"{self.url}: the API key is missing or wrong ({_error_message(response)})")
+        if response.status_code != 200 or "backend" not in _json_or_empty(response):
+            raise ValueError(f"{self.url}: not a sesam service (POST /info answered {response.status_code})")
 
     # -- routes ---------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

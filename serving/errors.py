@@ -42,7 +42,8 @@ CODES: dict[int, str] = {
 }
 INTERNAL_MESSAGE = "an unexpected error occurred; the server log has the details"
 # an absolute path: a slash-led run of path characters after a start, space, quote or bracket
-_PATH = re.compile(r"(?:(?<=^)|(?<=[\s'\"(\[=]))/(?:[\w.\-~+@]+/)*[\w.\-~+@]*")
+# a server path: two parts or more ("/embed", a route named in a message, is left as it is)
+_PATH = re.compile(r"(?:(?<=^)|(?<=[\s'\"(\[=]))/(?:[\w.\-~+@]+/)+[\w.\-~+@]*")
 # "field: message" or "field[3].sub: message", the convention of every validation message here
 _FIELD = re.compile(r"^([A-Za-z_][\w]*(?:\[\d+\])*(?:\.[A-Za-z_][\w]*(?:\[\d+\])*)*)\s*[:=]")
 

@@ -692,3 +692,8 @@ def test_paths_are_scrubbed() -> None:
     )
     assert scrub("weak: 3 > 2 and 1/2 of it") == "weak: 3 > 2 and 1/2 of it"
     assert scrub("at /work/main/models/x.py line 3") == "at <path> line 3"
+    # routes are not server paths (the 404 of an evicted image_id used to read "POST the image to <path>")
+    assert (
+        scrub("image_id: 'x' is unknown; POST the image to /embed")
+        == "image_id: 'x' is unknown; POST the image to /embed"
+    )
