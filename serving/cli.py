@@ -106,6 +106,13 @@ def add_remote_options(parser: argparse.ArgumentParser, remote) -> None:
         default=4,
         help="retries on connection errors and 500/502/503/504, at most 30 s apart (4)",
     )
+    g.add_argument(
+        "--timeout",
+        type=bounded(float, 1),
+        default=300.0,
+        help="seconds to wait for one answer before it counts as a failed try (300; the server's own "
+        "deadline for /refine is 120 s)",
+    )
     local = parser.get_default("func")
 
     def run(args: argparse.Namespace) -> int:
@@ -127,7 +134,7 @@ def run_remote_refine(args: argparse.Namespace) -> int:
     stage_weak_args(args)  # an export is read here; the server gets schema weak labels
     run = refine_run_from_args(args, labeler_options(args))
     api_key = args.api_key or os.environ.get("SESAM_API_KEY") or None
-    with SesamClient(args.endpoint, api_key=api_key, retries=args.retries) as client:
+    with SesamClient(args.endpoint, api_key=api_key, timeout_s=args.timeout, retries=args.retries) as client:
         summary = refine_folder_remote(run, client, concurrency=args.concurrency, quiet=args.quiet)
     return report_refine_summary(summary)
 
@@ -139,6 +146,6 @@ def run_remote_segment(args: argparse.Namespace) -> int:
 
     run = segment_run_from_args(args)
     api_key = args.api_key or os.environ.get("SESAM_API_KEY") or None
-    with SesamClient(args.endpoint, api_key=api_key, retries=args.retries) as client:
+    with SesamClient(args.endpoint, api_key=api_key, timeout_s=args.timeout, retries=args.retries) as client:
         summary = segment_folder_remote(run, client, concurrency=args.concurrency, quiet=args.quiet)
     return report_summary(summary, "segment")

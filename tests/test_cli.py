@@ -118,6 +118,7 @@ def test_every_sam_type_reaches_its_backend_from_the_command_line(tmp_path, caps
             "--pred-iou-thresh",
         ),
         (["eval-labels", "--gt", "d", "--pred", "o", "--num-classes", "0"], "--num-classes"),
+        (["segment", "--images", "i", "--out", "o", "--endpoint", "http://x", "--timeout", "0"], "--timeout"),
     ],
 )
 def test_a_number_flag_out_of_range_is_one_usage_error(argv: list[str], flag: str, tmp_path, capsys) -> None:

@@ -252,3 +252,15 @@ def test_an_interrupted_folder_run_starts_no_more_images(tmp_path) -> None:
             if done == 3:
                 raise KeyboardInterrupt
     assert 3 <= len(started) <= 6, started  # the three done, those in flight; never the other ~35
+
+
+def test_an_overlay_folder_that_cannot_be_made_fails_before_any_image(tmp_path, scene, capsys) -> None:
+    """`--overlays` where no folder can be made is one error (exit 2) before any image is refined
+    (it used to fail after the first image's label map was written)."""
+    images, weak = _folder(tmp_path, scene)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    out = tmp_path / "out"
+    assert main(_refine_args(images, weak, out, "--overlays", str(blocker / "sub"), "--quiet")) == 2
+    assert str(blocker) in capsys.readouterr().err
+    assert not list(out.glob("*.png"))

@@ -167,6 +167,9 @@ def process_folder(
         raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
     if not run.weak.is_dir():
         raise ValueError(f"--weak {run.weak}: not a folder")
+    for folder in (run.out, overlay_dir(run)):  # made now: a folder that cannot be made fails before any work
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     meta_dir = run.out / ".meta"
 
     def done(stem: str) -> bool:
