@@ -108,17 +108,17 @@ def write_repository(
     sources: dict[str, tuple[Path, str]] = {}
     for role in model_roles(md):
         if platform == "onnxruntime_onnx":
-            sources[role] = (model_file(directory, md, role), "model.onnx")
-            continue
-        plans = [e for e in md.get("tensorrt", []) if role in e["files"]]
-        if not plans:
-            raise ValueError(
-                f"{directory}: no TensorRT engine for {role}; run `sesam export tensorrt {directory}`"
-            )
-        sources[role] = (directory / plans[-1]["files"][role], "model.plan")
-    for role, (source, _) in sources.items():
+            source, file_name = model_file(directory, md, role), "model.onnx"
+        else:
+            plans = [e for e in md.get("tensorrt", []) if role in e["files"]]
+            if not plans:
+                raise ValueError(
+                    f"{directory}: no TensorRT engine for {role}; run `sesam export tensorrt {directory}`"
+                )
+            source, file_name = directory / plans[-1]["files"][role], "model.plan"
         if not source.is_file():
             raise ValueError(f"{missing_file(source, role + ' model')} (the export is incomplete)")
+        sources[role] = (source, file_name)
     written = []
     for role, (source, file_name) in sources.items():
         name = prefix + role

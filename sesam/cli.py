@@ -51,10 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:  # not "[Errno 17] ..."
-        names = [
-            os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n) for n in (exc.filename, exc.filename2)
-        ]
-        names = [n for n, raw in zip(names, (exc.filename, exc.filename2), strict=True) if raw is not None]
+        given = [n for n in (exc.filename, exc.filename2) if n is not None]
+        names = [os.fsdecode(n) if isinstance(n, (str, bytes)) else str(n) for n in given]
         reason = " ".join(exc.strerror.split())
         if isinstance(exc, FileExistsError) and len(names) == 1 and not os.path.isdir(names[0]):
             reason = "already exists and is not a folder"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.config import from_mapping, load, lookup, read_yaml, setting
+from models.config import env_values, from_mapping, load, lookup, read_yaml, setting
 from models.engine.base import CachedSegmenter
 from models.engine.cache import DEFAULT_CACHE_BYTES
 from models.engine.regions import DEFAULT_SCALES
@@ -98,9 +99,16 @@ class EngineConfig:
         return from_mapping(cls, values, source)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineConfig:
-        """Read SESAM_BACKEND, SESAM_SAM_TYPE, SESAM_SAM_CHECKPOINT, SESAM_DEVICE, SESAM_CACHE_BYTES, ..."""
-        return load(cls, prefix=ENV_PREFIX, env=env, source="environment")
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None
+    ) -> EngineConfig:
+        """Read SESAM_BACKEND, SESAM_SAM_TYPE, SESAM_SAM_CHECKPOINT, SESAM_DEVICE, SESAM_CACHE_BYTES, ...;
+        `flags` (command-line values, None: not given) override them, validated once with them (a flag
+        may mend what the environment alone would not pass, e.g. SESAM_BACKEND=sam2 with --sam-type)."""
+        if flags is None:
+            return load(cls, prefix=ENV_PREFIX, env=env, source="environment")
+        given = {k: v for k, v in flags.items() if v is not None}
+        return from_mapping(cls, env_values(cls, ENV_PREFIX, env) | given, "environment + command line")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> EngineConfig:
@@ -310,6 +318,7 @@ ENGINE_BACKENDS: dict[str, Callable[[EngineConfig], CachedSegmenter]] = {
 SAM_BACKENDS = ("torch", "sam2", "light")
 
 
+@functools.cache  # the registries are fixed; validation and both CLIs ask several times
 def sam_types() -> dict[str, str]:
     """Every SAM type an engine builds -> its backend: SAM 1 (`torch`, `sam_model_registry`), SAM 2.1
     (`sam2`, `SAM2_CONFIGS`) and the light SAM (`light`, `LIGHT_TYPES`); exported models name theirs."""

@@ -21,11 +21,12 @@ DEFAULT_MAX_PIXELS = 64_000_000  # refuse decompression bombs well before memory
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def list_images(directory: str | Path) -> dict[str, Path]:
-    """stem -> path of every image file in a folder, sorted by stem."""
+def list_images(directory: str | Path, what: str = "") -> dict[str, Path]:
+    """stem -> path of every image file in a folder, sorted by stem; `what` (e.g. a flag) leads the
+    error when it is not a folder."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"{directory}: not a folder")
+        raise ValueError(f"{what} {directory}: not a folder".lstrip())
     found = {p.stem: p for p in directory.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
     return dict(sorted(found.items()))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.config import bounded, env_values, from_mapping, lookup
+from models.config import bounded, lookup, parse_overrides
 from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, build_engine, read_image
 from models.engine.factory import sam_types
 from models.io import save_png
@@ -80,14 +80,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
-    """Environment first (SESAM_*), then explicit flags; validated once, together (a flag may mend
-    what the environment alone would not pass, e.g. SESAM_BACKEND=sam2 with --sam-type)."""
-    from models.engine.factory import ENV_PREFIX
-
-    values = env_values(EngineConfig, ENV_PREFIX)
-    flags = {f: getattr(args, f, None) for f in ("backend", "sam_type", "sam_checkpoint", "device")}
-    values |= {f: v for f, v in flags.items() if v is not None}
-    return from_mapping(EngineConfig, values, "environment + command line" if values else "command line")
+    """Environment first (SESAM_*), then explicit flags, validated together (`EngineConfig.from_env`)."""
+    fields = ("backend", "sam_type", "sam_checkpoint", "device")
+    return EngineConfig.from_env(flags={f: getattr(args, f, None) for f in fields})
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -129,8 +124,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def labeler_options(args: argparse.Namespace) -> dict:
     """The chosen method's options from the command line (only those the user set; `--set` last)."""
-    from models.config import parse_overrides
-
     if args.method == "sesam":
         names = (
             "k",
@@ -276,10 +269,11 @@ def run_segment(args: argparse.Namespace) -> int:
     run = segment_run_from_args(args)
     ray = ray_options_from_args(args)
     threads = args.threads or (max(1, int(ray.cpus_per_worker)) if ray is not None else None)
-    check_device_name(args.device, "--device")
     torch_student = args.runtime == "torch" or (args.runtime == "auto" and Path(args.student).is_file())
-    if ray is None and torch_student:  # a device that is not here; on Ray the workers' count
+    if ray is None and torch_student:  # also a device that is not here; on Ray the workers' count
         resolve_device(args.device)
+    else:
+        check_device_name(args.device, "--device")
     factory = LoadStudent(args.student, args.runtime, args.device, args.providers, args.min_score, threads)
     name = Path(args.student).name
     summary = segment_folder(run, factory, name, quiet=args.quiet, ray=ray)

@@ -183,9 +183,7 @@ def run_folder(
     each failure as it happens."""
     import time
 
-    if not Path(images).is_dir():
-        raise ValueError(f"--images {images}: not a folder")
-    stems = list_images(images)
+    stems = list_images(images, "--images")
     if not stems:
         raise ValueError(f"--images {images}: no images found")
     items = list(stems.items())[:limit] if limit else list(stems.items())
