@@ -105,6 +105,7 @@ def test_every_sam_type_reaches_its_backend_from_the_command_line(tmp_path, caps
         (["segment", "--images", "i", "--out", "o", "--threads", "100000"], "--threads"),
         (["segment", "--images", "i", "--out", "o", "--limit", "0"], "--limit"),
         (["cam", "--images", "i", "--out", "o", "--background-class", "300"], "--background-class"),
+        (["cam", "--images", "i", "--out", "o", "--threshold", "1.5"], "--threshold"),
         (
             ["weak", "derive", "--dataset", "camvid", "--kind", "points", "--out", "o", "--limit", "-1"],
             "--limit",
@@ -179,6 +180,26 @@ def test_flags_mend_what_the_environment_alone_would_not_pass(monkeypatch) -> No
         ValueError, match=r"environment \+ command line: sam_type 'vit_b' is for backend torch"
     ):
         engine_config_from_args(build_parser().parse_args(predict))
+
+
+def test_sam_flags_given_to_the_classical_prior_are_refused(monkeypatch, tmp_path, capsys) -> None:
+    """`--sam-type` without a checkpoint (auto resolves to the classical prior) and `--sam-checkpoint`
+    with `--backend classical` exit 2 with one line naming the flag (before: both ran the classical
+    prior without a word)."""
+    from sesam.cli import main
+
+    for name in ("SESAM_BACKEND", "SESAM_SAM_TYPE", "SESAM_SAM_CHECKPOINT", "SESAM_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")  # never read: the engine config is refused first
+    predict = ["predict", "--image", str(image), "--point", "5,5", "--out", str(tmp_path / "o")]
+    assert main([*predict, "--sam-type", "vit_b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--sam-type: backend classical reads no SAM type" in err
+    assert main([*predict, "--backend", "classical", "--sam-checkpoint", __file__]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "backend classical reads no sam_checkpoint" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_os_errors_read_as_one_line_naming_their_paths(tmp_path) -> None:

@@ -192,6 +192,25 @@ def test_factory_defaults_to_classical_and_reads_env(monkeypatch, tmp_path) -> N
         EngineConfig.from_mapping({"cache_bytes": "lots"})
 
 
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"backend": "classical"}, "sam_checkpoint"),
+        ({"backend": "classical-regions"}, "random_weights"),
+        ({"backend": "torch", "sam_type": "tiny"}, "random_weights"),
+        ({"backend": "torch", "sam_type": "tiny"}, "sam_checkpoint_sha256"),
+        ({"backend": "light", "sam_type": "efficientvit-sam-l0"}, "sam_checkpoint_sha256"),
+    ],
+)
+def test_weights_given_to_a_backend_that_reads_none_are_refused(config, field) -> None:
+    """A checkpoint, its hash or a random seed given to a backend that would ignore it is one error
+    naming the field and the backends that read it (before: the classical prior ignored it)."""
+    value = {"sam_checkpoint": __file__, "sam_checkpoint_sha256": "0" * 64, "random_weights": 0}[field]
+    with pytest.raises(ValueError, match=rf"backend {config['backend']} reads no {field} \(backends "):
+        EngineConfig.from_mapping({**config, field: value})
+    EngineConfig.from_mapping(config)  # the same without it is fine
+
+
 def test_factory_classical_scales() -> None:
     """classical_scales configure the previous prior (`classical-regions`)."""
     regions = {"backend": "classical-regions"}

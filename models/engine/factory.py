@@ -128,6 +128,12 @@ class EngineConfig:
             fits = ", ".join(sorted(k for k, v in types.items() if v == backend))
             kind = f"is for backend {types[self.sam_type]}" if self.sam_type in types else "is unknown"
             raise ValueError(f"{source}: sam_type {self.sam_type!r} {kind}; backend {backend} takes {fits}")
+        for field, readers in WEIGHT_FIELDS.items():
+            if getattr(self, field) not in (None, "") and backend not in readers:
+                raise ValueError(
+                    f"{source}: backend {backend} reads no {field} (backends {', '.join(readers)} do); "
+                    "drop it or pick one of those backends"
+                )
         if self.sam_checkpoint and not Path(self.sam_checkpoint).is_file():
             raise ValueError(f"{source}: sam_checkpoint {self.sam_checkpoint!r} is not a file")
         if self.export_dir and not (Path(self.export_dir) / "metadata.json").is_file():
@@ -316,6 +322,13 @@ ENGINE_BACKENDS: dict[str, Callable[[EngineConfig], CachedSegmenter]] = {
 
 # the backends that build a SAM from its type and checkpoint, in `sam_types` order
 SAM_BACKENDS = ("torch", "sam2", "light")
+# the weight settings and the backends that read them: any other backend refuses them, so a
+# checkpoint given to the classical prior is an error, not a silent no-op
+WEIGHT_FIELDS = {
+    "sam_checkpoint": SAM_BACKENDS,
+    "sam_checkpoint_sha256": ("sam2",),
+    "random_weights": ("sam2", "light"),
+}
 
 
 @functools.cache  # the registries are fixed; validation and both CLIs ask several times

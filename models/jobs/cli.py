@@ -12,7 +12,7 @@ import numpy as np
 
 from models.config import bounded, lookup, parse_overrides
 from models.engine import ENGINE_BACKENDS, EngineConfig, Prompt, build_engine, read_image
-from models.engine.factory import sam_types
+from models.engine.factory import SAM_BACKENDS, sam_types
 from models.io import save_png
 from models.jobs.coco import LABEL_STUDIO_PREFIX
 from models.jobs.refine import RefineRun, refine_folder
@@ -82,10 +82,16 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     """Environment first (SESAM_*), then explicit flags, validated together (`EngineConfig.from_env`)."""
     fields = ("backend", "sam_type", "sam_checkpoint", "device")
-    return EngineConfig.from_env(flags={f: getattr(args, f, None) for f in fields})
+    config = EngineConfig.from_env(flags={f: getattr(args, f, None) for f in fields})
+    backend = config.resolved_backend()
+    if getattr(args, "sam_type", None) is not None and backend not in SAM_BACKENDS:
+        why = "auto picks a SAM backend only with --sam-checkpoint" if config.backend == "auto" else "drop it"
+        raise ValueError(f"--sam-type: backend {backend} reads no SAM type ({why}; or name --backend)")
+    return config
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    config = engine_config_from_args(args)  # a bad flag is refused before any file is read
     image = read_image(args.image)
     points = list(args.point or []) + list(args.negative or [])
     labels = [1] * len(args.point or []) + [0] * len(args.negative or [])
@@ -94,7 +100,7 @@ def run_predict(args: argparse.Namespace) -> int:
         labels=np.asarray(labels) if points else None,
         box=np.asarray(args.box, dtype=np.float64) if args.box else None,
     )
-    engine = build_engine(engine_config_from_args(args))
+    engine = build_engine(config)
     out = engine.predict(image, [prompt], multimask=not args.single)
     out_dir = Path(args.out)
     stem = Path(args.image).stem
@@ -283,8 +289,6 @@ def run_segment(args: argparse.Namespace) -> int:
 def run_cam(args: argparse.Namespace) -> int:
     from models.jobs.cam import CamRun, cam_folder
 
-    if args.threshold is not None and not 0 < args.threshold < 1:
-        raise ValueError(f"--threshold must lie in (0, 1), got {args.threshold}")
     run = CamRun(
         images=Path(args.images),
         out=Path(args.out),
@@ -469,9 +473,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--threshold",
-        type=float,
+        type=bounded(float, 0, 1),
         default=None,
-        help="background threshold on normalised CAMs (the checkpoint's)",
+        help="background threshold on normalised CAMs in [0, 1] (default: the checkpoint's; 0: no pixel "
+        "is background)",
     )
     c.add_argument(
         "--background-class",
