@@ -146,6 +146,11 @@ def load_segmenter(
         return InstanceSegmenter(_array_forward(run, 2), meta, runtime, batch_size)
     if runtime not in ("auto", "torch"):
         raise ValueError(f"{path}: runtime {runtime} needs an export directory (sesam export student)")
+    if providers:
+        raise ValueError(
+            f"{path}: providers are read by the onnx runtime of an export directory only; "
+            "a .pt checkpoint runs on torch (device)"
+        )
     if checkpoint_task(path) == "instance":
         model, meta = load_instance_student(path)
         return InstanceSegmenter(torch_instance_forward(model, device), meta, "torch", batch_size)
