@@ -257,6 +257,29 @@ def test_proposals_from_cam_peaks() -> None:
     assert any(np.allclose(b, [50, 36, 90, 60]) for b in props.boxes)
 
 
+def test_weaksam_proposals_refuses_an_output_it_cannot_make_before_any_image(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """An --out that cannot be a folder (under a file) is one line naming it, exit 2, before the
+    first image's proposals are computed (before: after them, at the first write)."""
+    import training.weaksam
+    from models.io import save_png
+    from models.labels.schema import WeakLabels, save_weak_labels
+    from sesam.cli import main
+
+    images, weak = tmp_path / "images", tmp_path / "weak"
+    save_png(np.zeros((32, 32, 3), np.uint8), images / "im0.png")
+    save_weak_labels(WeakLabels(32, 32, tags=[1]), weak, "im0")
+    (tmp_path / "taken").write_text("a file")
+    calls: list[int] = []
+    monkeypatch.setattr(training.weaksam, "weaksam_proposals", lambda *a, **k: calls.append(1))
+    out = tmp_path / "taken" / "proposals"
+    args = ["weaksam", "proposals", "--images", str(images), "--weak", str(weak), "--out", str(out)]
+    assert main([*args, "--cam", "none", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert calls == [] and "\n" not in err and str(tmp_path / "taken") in err
+
+
 # -- the pipeline: proposals -> WSOD head -> pseudo instances (COCO) ------------------------------
 def test_weaksam_pipeline_end_to_end(tmp_path, capsys) -> None:
     """Two tagged images through `sesam weaksam proposals / train-wsod / instances` on the classical

@@ -73,6 +73,7 @@ def folder_proposals(
     stems = list(list_images(images).items())[:limit]
     if not stems:
         raise ValueError(f"--images {images}: no images found")
+    out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before any image's work
     counts, started = [], time.perf_counter()
     with progress_bar("weaksam proposals", disable=quiet) as progress:
         task = progress.add_task("proposals", total=len(stems), info=getattr(engine, "name", ""))
