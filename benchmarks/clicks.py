@@ -38,6 +38,7 @@ from rich.table import Table
 from tables import markdown_table, write_table
 
 from models.engine import ENGINE_BACKENDS, CachedSegmenter, EngineConfig, build_engine
+from models.engine.factory import SAM_BACKENDS
 from training.datasets import COCO_SIZES, INSTANCE_FORMATS, InstanceSample, coco_size, instance_dataset
 from training.interactive import Click, ClickRun, click_session, simulate_clicks, summarize
 
@@ -140,7 +141,7 @@ def build_engines(args: argparse.Namespace) -> dict[str, CachedSegmenter]:
         config = EngineConfig(
             backend=backend,
             sam_type=args.sam_type,
-            sam_checkpoint=args.sam_checkpoint,
+            sam_checkpoint=args.sam_checkpoint if backend in SAM_BACKENDS else None,  # the priors read none
             export_dir=args.export_dir,
             triton_url=args.triton_url,
             device=args.device,

@@ -25,6 +25,7 @@ from rich.table import Table
 from tables import markdown_table
 
 from models.engine import EngineConfig, PromptableSegmenter, build_engine, read_image
+from models.engine.factory import SAM_BACKENDS
 from models.io import atomic_write_text, read_label_png
 from models.labels import build_labeler
 from training.datasets import CamVid, Sample
@@ -142,12 +143,12 @@ def main() -> None:
     dataset, samples = load_split(args.root, args.split)
     samples = samples[: args.limit]
     rows: list[dict[str, Any]] = []
-    for i, backend in enumerate(args.backends):
+    for i, backend in enumerate(args.backends):  # the checkpoint goes to the SAM backends only
         engine = build_engine(
             EngineConfig(
                 backend=backend,
                 sam_type=args.sam_type,
-                sam_checkpoint=args.sam_checkpoint,
+                sam_checkpoint=args.sam_checkpoint if backend in SAM_BACKENDS else None,
                 cache_bytes=2 * 1024**3,
                 classical_scales=args.classical_scales if backend == "classical-regions" else None,
                 classical=(args.classical_options or {}) if backend == "classical" else {},

@@ -180,3 +180,24 @@ def test_box2mask_on_a_folder_writes_per_size_rows(tmp_path: Path) -> None:
     table = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| data val")]
     assert {cells[2]: (cells[3], cells[4]) for cells in table} == expected
     assert all(cells[1] == "filled box" for cells in table)
+
+
+def test_quality_benchmarks_give_the_sam_checkpoint_to_sam_backends_only(tmp_path: Path) -> None:
+    """`--engines classical torch --sam-checkpoint X` compares the prior with SAM in one run: the
+    prior is built without the checkpoint (it reads none, and refuses one)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import argparse
+
+        from clicks import build_engines
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    args = argparse.Namespace(
+        engines=["classical"],
+        sam_type="vit_b",
+        sam_checkpoint=__file__,  # a file: the SAM backends would load it, the prior must not see it
+        export_dir=None,
+        triton_url=None,
+        device="cpu",
+    )
+    assert build_engines(args)["classical"].name == "classical"
