@@ -204,10 +204,15 @@ class ServiceConfig:
                 setattr(self, name, None)
             elif value is not None and not Path(value).exists():
                 raise ValueError(f"{source}: {name} {value!r} does not exist")
-        from models.students.runtime import RUNTIMES
+        from models.students.runtime import RUNTIMES, check_providers
 
         if self.student_runtime not in RUNTIMES:
             raise ValueError(f"{source}: student_runtime {self.student_runtime!r} must be one of {RUNTIMES}")
+        if self.student_checkpoint:  # none: no student, nothing reads the providers
+            try:
+                check_providers(self.student_checkpoint, self.student_providers)
+            except ValueError as exc:
+                raise ValueError(f"{source}: student_providers: {exc}") from None
         if self.api_key is not None and len(self.api_key) < 8:
             raise ValueError(f"{source}: api_key must be at least 8 characters")
 

@@ -132,6 +132,22 @@ def test_a_number_flag_out_of_range_is_one_usage_error(argv: list[str], flag: st
     assert f"argument {flag}: must" in capsys.readouterr().err
 
 
+def test_segment_refuses_providers_for_a_pt_student_before_ray_starts(tmp_path, capsys, monkeypatch) -> None:
+    """--providers with a .pt student (the default) is one line, exit 2, checked before any worker
+    starts: on Ray it was first raised inside an actor, as a Ray traceback."""
+    import models.jobs.segment
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("segment_folder ran")
+
+    monkeypatch.setattr(models.jobs.segment, "segment_folder", no_run)
+    (tmp_path / "i").mkdir()
+    argv = ["segment", "--images", str(tmp_path / "i"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--providers", "CPUExecutionProvider", "--ray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "providers are read by the onnx runtime" in err
+
+
 def test_segment_refuses_a_device_that_is_not_there_before_loading(tmp_path, capsys) -> None:
     (tmp_path / "i").mkdir()
     assert (

@@ -559,6 +559,13 @@ def test_service_config_from_yaml_and_env(tmp_path) -> None:
     with pytest.raises(ValueError, match="cannot read"):
         ServiceConfig.load({"SESAM_CONFIG": str(tmp_path / "missing.yaml")})
     assert ServiceConfig.load({"SESAM_STUDENT_CHECKPOINT": "none"}).student_checkpoint is None
+    # providers with the shipped .pt student: refused at load (start-up exit 2), not in the worker
+    with pytest.raises(
+        ValueError, match=r"student_providers: .*camvid_student\.pt: providers are read by the onnx"
+    ):
+        ServiceConfig.load({"SESAM_STUDENT_PROVIDERS": "CPUExecutionProvider"})
+    none = {"SESAM_STUDENT_CHECKPOINT": "none", "SESAM_STUDENT_PROVIDERS": "CPUExecutionProvider"}
+    assert ServiceConfig.load(none).student_checkpoint is None  # no student reads them
     assert (
         ServiceConfig.load({}).batching is False
     )  # auto: batching does not pay on CPU (benchmarks/serve_load.py)

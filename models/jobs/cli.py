@@ -271,6 +271,7 @@ def failure_line(failures: dict[str, str], shown: int = 3) -> str:
 
 def run_segment(args: argparse.Namespace) -> int:
     from models.jobs.segment import LoadStudent, segment_folder
+    from models.students.runtime import check_providers
 
     run = segment_run_from_args(args)
     ray = ray_options_from_args(args)
@@ -280,6 +281,7 @@ def run_segment(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     else:
         check_device_name(args.device, "--device")
+    check_providers(args.student, args.providers)  # here, not first inside a Ray worker
     factory = LoadStudent(args.student, args.runtime, args.device, args.providers, args.min_score, threads)
     name = Path(args.student).name
     summary = segment_folder(run, factory, name, quiet=args.quiet, ray=ray)

@@ -106,6 +106,16 @@ def has_tensorrt_engine(directory: Path) -> bool:
     return True
 
 
+def check_providers(source: str | Path, providers: Sequence[str] | str | None) -> None:
+    """ONNX Runtime providers are read only from an export directory's runtime: given with a `.pt`
+    checkpoint (run by torch) they are an error, not silently ignored."""
+    if providers and not Path(source).is_dir():
+        raise ValueError(
+            f"{source}: providers are read by the onnx runtime of an export directory only; "
+            "a .pt checkpoint runs on torch (device)"
+        )
+
+
 def load_segmenter(
     source: str | Path,
     runtime: str = "auto",
@@ -146,11 +156,7 @@ def load_segmenter(
         return InstanceSegmenter(_array_forward(run, 2), meta, runtime, batch_size)
     if runtime not in ("auto", "torch"):
         raise ValueError(f"{path}: runtime {runtime} needs an export directory (sesam export student)")
-    if providers:
-        raise ValueError(
-            f"{path}: providers are read by the onnx runtime of an export directory only; "
-            "a .pt checkpoint runs on torch (device)"
-        )
+    check_providers(path, providers)
     if checkpoint_task(path) == "instance":
         model, meta = load_instance_student(path)
         return InstanceSegmenter(torch_instance_forward(model, device), meta, "torch", batch_size)
@@ -158,4 +164,4 @@ def load_segmenter(
     return StudentSegmenter(torch_semantic_forward(model, device), meta, "torch", batch_size)
 
 
-__all__ = ["RUNTIMES", "Segmenter", "checkpoint_task", "load_segmenter"]
+__all__ = ["RUNTIMES", "Segmenter", "check_providers", "checkpoint_task", "load_segmenter"]
