@@ -35,7 +35,9 @@ class EngineConfig:
         "(backend light): efficientvit-sam-l0, -l1, -l2",
     )
     sam_checkpoint: str | None = setting(
-        None, help="path to an official SAM checkpoint (torch backend) or SAM 2.1 checkpoint (sam2 backend)"
+        None,
+        help="path to an official checkpoint: SAM 1 (torch backend), SAM 2.1 (sam2) or EfficientViT-SAM "
+        "(light); any other backend refuses it",
     )
     sam_checkpoint_sha256: str | None = setting(
         None,
@@ -44,8 +46,8 @@ class EngineConfig:
     )
     random_weights: int | None = setting(
         None,
-        help="sam2: build with random weights from this seed instead of a checkpoint (tests and speed "
-        "benchmarks only: its masks mean nothing)",
+        help="sam2, light: build with random weights from this seed instead of a checkpoint (tests and "
+        "speed benchmarks only: its masks mean nothing); any other backend refuses it",
     )
     device: str = setting(
         "cpu",
