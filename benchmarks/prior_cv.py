@@ -21,8 +21,9 @@ for each row of `SESSION_ROWS` (the settings later clicks read: the pull towards
 `click_mask_weight`, and when a contradicting click flips its whole region, `flip_share`; the
 previous defaults are the "before" row); the row with the highest mean mIoU@20 over the three
 datasets is the default. Each row's sessions are stored under runs/prior_cv_sessions/ as they
-finish, so a stopped run resumes and `--rows` splits the rows over processes (delete that folder
-after changing the prior: stored rows are read back, not checked against the code).
+finish, so a stopped run resumes and `--rows` splits the rows over processes (a stored row is read
+back only if it ran with the row's settings; delete that folder after changing the prior's code:
+the code itself is not checked).
 
 Run: `python benchmarks/prior_cv.py [--protocol box click session] [--sessions] [--rows NAME ...]`;
 writes benchmarks/results/prior_cv.md and .json.
@@ -69,7 +70,10 @@ BOX_GRID = {
 # saliency term keep it off (click_saliency 0), as they ran then (with click_color_weight 0 it
 # does nothing, so those rows need no switch)
 NO_SALIENCY = {"click_saliency": 0.0}
-CLICK_ROWS: dict[str, dict] = {
+# every row from before the seventh pass ran without refits (`click_refits` 0, pinned below so that
+# they reproduce now that the default refits twice)
+NO_REFITS = {"click_refits": 0}
+_EARLIER_CLICK_ROWS: dict[str, dict] = {
     "candidates 0.7, 0.5, 0.3": {
         "click_color_weight": 0.0,
         "click_thresholds": (0.7, 0.5, 0.3),
@@ -112,17 +116,35 @@ CLICK_ROWS: dict[str, dict] = {
         for ts in ((0.8, 0.6, 0.4), (0.7, 0.5, 0.3))
     },
 }
+CLICK_ROWS: dict[str, dict] = {
+    **{name: {**setting, **NO_REFITS} for name, setting in _EARLIER_CLICK_ROWS.items()},
+    # issue 28, seventh pass: the objectness colour models refitted on the objectness walk's own
+    # answer (GrabCut's refit, as boxes do), at the chosen saliency share and beside it
+    **{
+        f"colour 0.001, saliency {share} (sigma 30), refits {n}": {
+            "click_color_weight": 0.001,
+            "click_saliency": share,
+            "saliency_sigma": 30.0,
+            "click_refits": n,
+        }
+        for share, n in ((0.5, 1), (0.5, 2), (0.3, 1), (0.7, 1))
+    },
+}
 
 
-# name -> settings changed from the defaults, for the clicks after the first (`--protocol session`)
+# name -> settings changed from the defaults, for the clicks after the first (`--protocol session`);
+# chosen in the third pass, their first click without refits (as they ran)
 SESSION_ROWS: dict[str, dict] = {
-    "before: pull 0.01, flip_share 1": {"click_mask_weight": 0.01, "flip_share": 1.0},
-    "pull 0.003": {"click_mask_weight": 0.003, "flip_share": 1.0},
-    "pull 0.03": {"click_mask_weight": 0.03, "flip_share": 1.0},
-    "pull 0.1": {"click_mask_weight": 0.1, "flip_share": 1.0},
-    "flip_share 0.5": {"click_mask_weight": 0.01, "flip_share": 0.5},
-    "flip_share 0.25": {"click_mask_weight": 0.01, "flip_share": 0.25},
-    "pull 0.03, flip_share 0.5": {"click_mask_weight": 0.03, "flip_share": 0.5},
+    name: {**setting, **NO_REFITS}
+    for name, setting in {
+        "before: pull 0.01, flip_share 1": {"click_mask_weight": 0.01, "flip_share": 1.0},
+        "pull 0.003": {"click_mask_weight": 0.003, "flip_share": 1.0},
+        "pull 0.03": {"click_mask_weight": 0.03, "flip_share": 1.0},
+        "pull 0.1": {"click_mask_weight": 0.1, "flip_share": 1.0},
+        "flip_share 0.5": {"click_mask_weight": 0.01, "flip_share": 0.5},
+        "flip_share 0.25": {"click_mask_weight": 0.01, "flip_share": 0.25},
+        "pull 0.03, flip_share 0.5": {"click_mask_weight": 0.03, "flip_share": 0.5},
+    }.items()
 }
 SESSION_STORE = ROOT / "runs" / "prior_cv_sessions"
 
@@ -135,6 +157,11 @@ def row_cells(row: str, settings: dict, chosen: str) -> list[str]:
 def session_file(row: str) -> Path:
     """Where a session row's results are stored."""
     return SESSION_STORE / (re.sub(r"[^A-Za-z0-9.]+", "_", row).strip("_") + ".json")
+
+
+def stored_with(path: Path, settings: dict) -> bool:
+    """Whether a session row is stored, run with `settings` (compared as JSON: tuples are lists)."""
+    return path.exists() and json.loads(path.read_text())["settings"] == json.loads(json.dumps(settings))
 
 
 def train_sets(every: int) -> dict[str, list[InstanceSample]]:
@@ -374,7 +401,7 @@ def click_protocol(sets: dict[str, list[InstanceSample]], report: dict, sessions
     return [note, "", *markdown_table(head, table)]
 
 
-OLD_CLICK: dict = {"click_color_weight": 0.0}  # the prior before the objectness term
+OLD_CLICK: dict = {"click_color_weight": 0.0, **NO_REFITS}  # the prior before the objectness term
 
 
 # -- later clicks --------------------------------------------------------------------------------
@@ -396,7 +423,7 @@ def session_protocol(
     items: dict[str, list[tuple]] | None = None
     for row in only or rows_all:
         path = session_file(row)
-        if path.exists():
+        if stored_with(path, rows_all[row]):
             continue
         if items is None:
             items = {name: first_clicks(engine, samples) for name, samples in sets.items()}
@@ -413,8 +440,8 @@ def session_protocol(
         atomic_write_text(path, json.dumps(result, indent=1) + "\n")
         Console().print(row, result)
     stored = {r: session_file(r) for r in rows_all}
-    if not all(p.exists() for p in stored.values()):
-        missing = [r for r, p in stored.items() if not p.exists()]
+    missing = [r for r, p in stored.items() if not stored_with(p, rows_all[r])]
+    if missing:
         Console().print(f"sessions still to run: {missing}")
         return None
     rows = {r: json.loads(p.read_text()) for r, p in stored.items()}

@@ -264,9 +264,32 @@ def test_options_are_checked_and_reachable_from_the_engine_config() -> None:
     for bad in ({"click_saliency": 1.5}, {"saliency_sigma": 0.0}, {"saliency_sigma": float("nan")}):
         with pytest.raises(ValueError, match="click_saliency"):
             ClassicalOptions(**bad).validate()
+    with pytest.raises(ValueError, match="click_refits"):
+        ClassicalOptions(click_refits=-1).validate()
     with pytest.raises(ValueError, match=r"classical.*scal"):
         EngineConfig.from_mapping({"classical": {"scal": 40}}).validate()
     assert build_engine(EngineConfig(backend="classical-regions")).name == "classical-regions"
+
+
+def test_click_refits_reach_the_first_click_only(scene) -> None:
+    """The objectness colour models are refitted (`click_refits`) only for a first click (one
+    positive point, nothing else): its potentials move with the count, while two clicks, a box or a
+    negative point give the same potentials whatever the count."""
+    engines = {n: ClassicalPrior(dataclasses.replace(ClassicalOptions(), click_refits=n)) for n in (0, 2)}
+    handles = {n: e.embed([scene])[0] for n, e in engines.items()}
+
+    def potentials(n: int, prompt: Prompt) -> np.ndarray:
+        payload = handles[n].payload
+        return engines[n].potentials(payload, prompt, engines[n].clicks(payload, prompt, None), None)
+
+    first = Prompt(points=[[100.5, 100.5]], labels=[1])
+    assert np.abs(potentials(0, first) - potentials(2, first)).max() > 1e-3
+    for other in (
+        Prompt(points=[[100.5, 100.5], [300.5, 200.5]], labels=[1, 1]),
+        Prompt(box=[60, 60, 160, 160]),
+        Prompt(points=[[100.5, 100.5]], labels=[0]),
+    ):
+        np.testing.assert_array_equal(potentials(0, other), potentials(2, other))
 
 
 def test_a_click_against_the_answer_on_a_huge_region_fixes_only_its_pixels(prior, touching) -> None:

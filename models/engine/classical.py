@@ -25,7 +25,8 @@ region i belongs to the object:
   P(object | colour) (`click_color_weight`), mixed with boundary-connectivity saliency
   (`click_saliency`: a region joined to the image border by gradual colour changes is background,
   Zhu et al., CVPR 2014), so the answer spreads over parts of the object that differ from the
-  clicked one but not like the surroundings do;
+  clicked one but not like the surroundings do; the colour models are refitted on that answer
+  `click_refits` times (each refit one more walk);
 - mask_logits (an earlier answer, SAM's or ours) pull every region towards it, weight
   `mask_weight` per pixel (`click_mask_weight` where the prompt has points too: the next click of a
   session): this is what makes the next click refine the last answer instead of starting over.
@@ -177,6 +178,11 @@ class ClassicalOptions:
         help="colour scale (Lab units summed along a path of touching regions) within which regions "
         "count as one span for boundary connectivity",
     )
+    click_refits: int = setting(
+        2,
+        help="a first click: the objectness colour models refitted on the objectness walk's own answer "
+        "this many times (as box_refits; each refit is one more walk)",
+    )
     click_background_prior: float = setting(
         -1.0, help="background_prior of a first click (-1: background_prior)"
     )
@@ -201,8 +207,10 @@ class ClassicalOptions:
             )
         if not 0 <= self.box_color_share <= 1 or self.box_spread <= 0:
             raise ValueError(f"{source}: box_color_share must lie in [0, 1] and box_spread be > 0")
-        if self.color_bins < 1 or self.box_refits < 0 or self.click_radius < 0:
-            raise ValueError(f"{source}: color_bins must be >= 1, box_refits and click_radius >= 0")
+        if self.color_bins < 1 or min(self.box_refits, self.click_refits, self.click_radius) < 0:
+            raise ValueError(
+                f"{source}: color_bins must be >= 1, box_refits, click_refits and click_radius >= 0"
+            )
         if self.pixel_beta < 0 or self.pixel_pull <= 0 or not 0 < self.clicked_pull <= 1:
             raise ValueError(f"{source}: pixel_beta must be >= 0, pixel_pull > 0, clicked_pull in (0, 1]")
         b = tuple(self.box_thresholds)
@@ -460,17 +468,19 @@ class ClassicalPrior(CachedSegmenter):
         from a shirt) and stops at what looks like the surroundings. The target mixes in, by
         `click_saliency`, how little each region is joined to the image border by gradual colour
         changes (`walker.boundary_connectivity`): trousers whose colour also occurs on the border are
-        still cut off from it by the street around them."""
+        still cut off from it by the street around them. The colour models are then refitted on the
+        objectness walk's own answer `click_refits` times, a walk each (as GrabCut refits)."""
         o = self.options
         graph = payload.graph
         x = random_walk(payload.laplacian, seeds, pulls.weight, pulls.prior())
-        target = color_likelihood(graph.colors, graph.areas, x, graph.on_border * (1 - x), o.color_bins)
-        if o.click_saliency > 0:
-            salient = 1.0 - payload.background_probability(o.saliency_sigma)
+        salient = 1.0 - payload.background_probability(o.saliency_sigma) if o.click_saliency > 0 else 0.0
+        for _ in range(1 + o.click_refits):
+            target = color_likelihood(graph.colors, graph.areas, x, graph.on_border * (1 - x), o.color_bins)
             target = (1 - o.click_saliency) * target + o.click_saliency * salient
-        both = _Pulls(pulls.weight, pulls.target)
-        both.add(o.click_color_weight * graph.areas, target)
-        return random_walk(payload.laplacian, seeds, both.weight, both.prior())
+            both = _Pulls(pulls.weight, pulls.target)
+            both.add(o.click_color_weight * graph.areas, target)
+            x = random_walk(payload.laplacian, seeds, both.weight, both.prior())
+        return x
 
     def pixel_potentials(
         self, payload: WalkerImage, prompt: Prompt, clicks: list[Click], x: np.ndarray
