@@ -37,6 +37,11 @@ def run_serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value:
             env[name] = value
+    if args.sam_type:  # the server would ignore it on a prior: one line here, before it starts
+        from models.jobs.cli import check_sam_type_flag
+        from serving.config import ServiceConfig
+
+        check_sam_type_flag(ServiceConfig.load(env).engine)
     return supervise(serve_command(args.host, args.port), env)
 
 

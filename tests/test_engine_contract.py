@@ -211,6 +211,21 @@ def test_weights_given_to_a_backend_that_reads_none_are_refused(config, field) -
     EngineConfig.from_mapping(config)  # the same without it is fine
 
 
+def test_auto_with_random_weights_picks_the_backend_of_the_sam_type() -> None:
+    """auto reads random weights as it reads a checkpoint (before: it resolved to the classical
+    prior, which ignored them); SAM 1 takes no random seed, and says so."""
+    assert (
+        EngineConfig.from_mapping({"sam_type": "sam2.1_hiera_t", "random_weights": 0}).resolved_backend()
+        == "sam2"
+    )
+    light = {"sam_type": "efficientvit-sam-l0", "random_weights": 3}
+    assert EngineConfig.from_mapping(light).resolved_backend() == "light"
+    with pytest.raises(
+        ValueError, match=r"backend torch reads no random_weights \(backends sam2, light do\)"
+    ):
+        EngineConfig.from_mapping({"sam_type": "vit_b", "random_weights": 0})
+
+
 def test_factory_classical_scales() -> None:
     """classical_scales configure the previous prior (`classical-regions`)."""
     regions = {"backend": "classical-regions"}

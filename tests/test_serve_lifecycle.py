@@ -58,6 +58,23 @@ def test_missing_student_path_exits_with_one_line(tmp_path) -> None:
     assert "Traceback" not in output
 
 
+def test_sesam_serve_refuses_a_sam_type_its_engine_would_ignore(monkeypatch, capsys) -> None:
+    """`sesam serve --sam-type vit_b` without a checkpoint (auto resolves to the classical prior)
+    is one line, exit 2, and no server is started (before: the prior served, the flag ignored)."""
+    import serving.cli
+    from sesam.cli import main
+
+    for name in ("SESAM_BACKEND", "SESAM_CONFIG", "SESAM_SAM_CHECKPOINT", "SESAM_SAM_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    started: list[list[str]] = []
+    monkeypatch.setattr(serving.cli, "supervise", lambda command, env: started.append(command) or 0)
+    assert main(["serve", "--sam-type", "vit_b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--sam-type: backend classical reads no SAM type" in err
+    assert started == []
+    assert main(["serve", "--backend", "torch", "--sam-type", "tiny"]) == 0 and len(started) == 1
+
+
 def test_broken_student_checkpoint_ends_the_server(tmp_path) -> None:
     """The file exists but is no checkpoint: the worker fails to load it and the server stops (exit 3).
     The server is started with a fatal file inherited from a parent that imported the service too (a

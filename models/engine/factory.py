@@ -23,7 +23,8 @@ class EngineConfig:
 
     backend: str = setting(
         "auto",
-        help="`auto` (with a checkpoint the SAM backend of its sam_type, else onnx with an export dir, "
+        help="`auto` (with a checkpoint or random weights the SAM backend of its sam_type, else onnx with an "
+        "export dir, "
         "else classical), or one of "
         "classical, classical-regions, torch (SAM 1), sam2 (SAM 2.1), light (EfficientViT-SAM), onnx, "
         "tensorrt, triton",
@@ -88,11 +89,11 @@ class EngineConfig:
     )
 
     def resolved_backend(self) -> str:
-        """auto: with a checkpoint, the backend of its `sam_type` (torch, sam2 or light: `sam_types`),
-        else ONNX with an export directory, else the classical prior."""
+        """auto: with a checkpoint or random weights, the backend of its `sam_type` (torch, sam2 or
+        light: `sam_types`), else ONNX with an export directory, else the classical prior."""
         if self.backend != "auto":
             return self.backend
-        if self.sam_checkpoint:
+        if self.sam_checkpoint or self.random_weights is not None:
             return sam_types().get(self.sam_type, "torch")
         return "onnx" if self.export_dir else "classical"
 

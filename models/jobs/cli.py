@@ -83,11 +83,17 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     """Environment first (SESAM_*), then explicit flags, validated together (`EngineConfig.from_env`)."""
     fields = ("backend", "sam_type", "sam_checkpoint", "device")
     config = EngineConfig.from_env(flags={f: getattr(args, f, None) for f in fields})
+    if getattr(args, "sam_type", None) is not None:
+        check_sam_type_flag(config)
+    return config
+
+
+def check_sam_type_flag(config: EngineConfig) -> None:
+    """A `--sam-type` flag is refused where the engine it configures is no SAM (it would be ignored)."""
     backend = config.resolved_backend()
-    if getattr(args, "sam_type", None) is not None and backend not in SAM_BACKENDS:
+    if backend not in SAM_BACKENDS:
         why = "auto picks a SAM backend only with --sam-checkpoint" if config.backend == "auto" else "drop it"
         raise ValueError(f"--sam-type: backend {backend} reads no SAM type ({why}; or name --backend)")
-    return config
 
 
 def run_predict(args: argparse.Namespace) -> int:
