@@ -34,6 +34,7 @@ from export.quantize import fidelity, quantize_encoder  # noqa: E402
 from export.verify import random_prompts, sample_images  # noqa: E402
 from models.engine.sam_onnx import OnnxSamEngine  # noqa: E402
 from models.engine.sam_torch import SamEngine  # noqa: E402
+from models.io import atomic_write_text  # noqa: E402
 from models.runtime.onnx_runtime import read_metadata  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def main() -> None:
         table.add_row(part, runtime, f"{seconds:.3f}", f"{speedup:.2f}x", note)
         lines.append(f"| {part} | {runtime} | {seconds:.3f} | {speedup:.2f}x | {note} |")
     Console().print(table)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from models.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
@@ -394,8 +396,6 @@ def main() -> None:
     args = parser.parse_args()
     images = test_images()
     if args.part in ("all", "neighbour"):
-        from models.io import atomic_write_text
-
         atomic_write_text(Path(args.neighbour_out), "\n".join(neighbour(args, images)) + "\n")
         if args.part == "neighbour":
             return
@@ -444,7 +444,7 @@ def main() -> None:
             table.add_row(*row)
             lines.append("| " + " | ".join(row) + " |")
     Console().print(table)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(json.dumps(results, indent=1))
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from models.config import bounded
 from models.engine.factory import sam_types
+from models.io import atomic_write_text
 from models.runtime.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -120,7 +121,7 @@ def _verify(args: argparse.Namespace) -> int:
         )
     Console().print(table)
     if args.json:
-        Path(args.json).write_text(json.dumps(as_rows(cases), indent=1))
+        atomic_write_text(args.json, json.dumps(as_rows(cases), indent=1))
     failed = [c for c in cases if not c.passed]
     if failed:
         print(

@@ -4,8 +4,7 @@ checkpoints and their weights, a per-process cache of models read from disk, and
 
 Written once here and used by refinement, training, export, serving and the benchmarks. Every
 writer here goes through `atomic_write`: to a temp file in the target's folder, then renamed onto
-it, so a reader never sees half a file and a crash leaves the earlier file whole. (A few side files
-are written directly elsewhere, e.g. `sesam export verify --json` and some benchmark tables.)
+it, so a reader never sees half a file and a crash leaves the earlier file whole.
 """
 
 from __future__ import annotations

@@ -115,8 +115,14 @@ def test_sesam_cam_writes_maps_and_report(tmp_path, capsys) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["done"] == 1 and "i1" in summary["failures"] and (out / "report.html").exists()
     assert summary["per_image"]["i0"]["tags"] == [1, 2] and summary["per_image"]["i0"]["threshold"] == 0.3
-    assert main([*args, "--quiet"]) == 0  # without --weak: predicted classes; i0 resumes
+    assert main([*args, "--weak", str(weak), "--quiet"]) == 1  # the same run resumes: i0 is done
     assert json.loads((out / "summary.json").read_text())["skipped_existing"] == 1
+    # another run into the same folder (without --weak: predicted classes) would skip i0, made with
+    # the weak tags, and name options that never ran on it: refused, unless --overwrite
+    assert main([*args, "--quiet"]) == 2
+    assert main([*args, "--quiet", "--overwrite"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_existing"] == 0 and summary["per_image"]["i0"]["tags_from"] == "predicted"
 
 
 class HandMadeCams:

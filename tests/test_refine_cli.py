@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,3 +265,44 @@ def test_an_overlay_folder_that_cannot_be_made_fails_before_any_image(tmp_path, 
     assert main(_refine_args(images, weak, out, "--overlays", str(blocker / "sub"), "--quiet")) == 2
     assert str(blocker) in capsys.readouterr().err
     assert not list(out.glob("*.png"))
+
+
+def test_a_folder_of_another_run_is_refused_not_resumed(tmp_path, scene, capsys) -> None:
+    """Resume is for the same run: refining into a folder made with another method or other
+    options would skip every image as done and write a summary naming what never ran on them; it
+    is one error naming what differs (exit 2), and --overwrite redoes every image."""
+    images, weak = _folder(tmp_path, scene)
+    out = tmp_path / "out"
+    assert main(_refine_args(images, weak, out, "--method", "sesam", "--num-classes", "11", "--quiet")) == 0
+    other = _refine_args(images, weak, out, "--method", "naive", "--num-classes", "11", "--quiet")
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert "holds the outputs of another run" in err and 'method: "sesam" -> "naive"' in err
+    assert json.loads((out / "summary.json").read_text())["method"] == "sesam"  # left as it was
+    assert main([*other, "--overwrite"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "naive" and summary["refined"] == 2 and summary["skipped_existing"] == 0
+
+
+def test_a_restaged_export_leaves_no_labels_of_the_earlier_one(tmp_path, scene) -> None:
+    """A labeling tool's export is staged afresh on every run: an image the new export does not
+    cover has no weak labels (before: the earlier export's staged file was read)."""
+    from models.jobs.refine import stage_weak_labels
+
+    def export(path: Path, names: list[str]) -> Path:
+        images = [
+            {"id": i + 1, "file_name": f"{n}.png", "width": 480, "height": 360} for i, n in enumerate(names)
+        ]
+        boxes = [
+            {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [70, 80, 110, 100], "iscrowd": 0}
+            for i in range(len(names))
+        ]
+        coco = {"images": images, "annotations": boxes, "categories": [{"id": 1, "name": "thing"}]}
+        path.write_text(json.dumps(coco))
+        return path
+
+    out = tmp_path / "out"
+    folder, _ = stage_weak_labels(export(tmp_path / "two.json", ["a", "b"]), "coco-boxes", out)
+    assert sorted(p.stem for p in folder.iterdir()) == ["a", "b"]
+    folder, _ = stage_weak_labels(export(tmp_path / "one.json", ["a"]), "coco-boxes", out)
+    assert sorted(p.stem for p in folder.iterdir()) == ["a"]

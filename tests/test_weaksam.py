@@ -280,6 +280,34 @@ def test_weaksam_proposals_refuses_an_output_it_cannot_make_before_any_image(
     assert calls == [] and "\n" not in err and str(tmp_path / "taken") in err
 
 
+def test_weaksam_outputs_of_another_run_are_refused_and_a_missing_weak_folder_is_one_line(
+    tmp_path, capsys
+) -> None:
+    """`weaksam proposals` into a folder made with other options is refused, naming them (before:
+    every image was skipped as done and the summary named options that never ran); `weaksam
+    instances` with no --weak folder is one line before any image (before: a failure per image and
+    an empty dataset written)."""
+    from models.io import save_png
+    from models.labels.schema import WeakLabels, save_weak_labels
+    from sesam.cli import main
+
+    images, weak, out = tmp_path / "images", tmp_path / "weak", tmp_path / "proposals"
+    rng = np.random.default_rng(0)
+    save_png(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), images / "im0.png")
+    save_weak_labels(WeakLabels(48, 64, tags=[1]), weak, "im0")
+    args = ["weaksam", "proposals", "--images", str(images), "--weak", str(weak), "--out", str(out)]
+    args += ["--cam", "none", "--quiet", "--set", "peak_threshold=0.9"]
+    assert main([*args, "--set", "points_per_side=2"]) == 0
+    assert main([*args, "--set", "points_per_side=2"]) == 0  # the same run resumes
+    capsys.readouterr()
+    assert main([*args, "--set", "points_per_side=3"]) == 2
+    err = capsys.readouterr().err
+    assert "holds the outputs of another run" in err and "options" in err and "empty it first" in err
+    instances = ["weaksam", "instances", "--images", str(images), "--weak", str(tmp_path / "none")]
+    assert main([*instances, "--out", str(tmp_path / "coco"), "--class-names", "a,b", "--quiet"]) == 2
+    assert "--weak" in capsys.readouterr().err and not (tmp_path / "coco").exists()
+
+
 # -- the pipeline: proposals -> WSOD head -> pseudo instances (COCO) ------------------------------
 def test_weaksam_pipeline_end_to_end(tmp_path, capsys) -> None:
     """Two tagged images through `sesam weaksam proposals / train-wsod / instances` on the classical

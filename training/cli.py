@@ -138,6 +138,7 @@ def run_weaksam_proposals(args: argparse.Namespace) -> int:
         options,
         args.limit,
         args.quiet,
+        cam_source=args.cam,
     )
     print(json.dumps(summary, indent=1))
     return 0

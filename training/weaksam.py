@@ -32,6 +32,7 @@ import numpy as np
 from models.engine import PromptableSegmenter, read_image
 from models.engine.validation import list_images
 from models.io import encode_rle, save_json
+from models.jobs.folders import claim_output
 from models.labels.schema import load_weak_labels
 from models.labels.weaksam.labeler import WeakSAMLabeler
 from models.labels.weaksam.proposals import ProposalOptions, weaksam_proposals
@@ -66,6 +67,7 @@ def folder_proposals(
     options: ProposalOptions,
     limit: int | None = None,
     quiet: bool = False,
+    cam_source: str | None = None,
 ) -> dict[str, Any]:
     """`out/<stem>.json` {boxes, scores, sources, tags} for every image (the first `limit`), and
     `out/summary.json`; an image whose proposals file exists is skipped (resume). Every image needs
@@ -73,7 +75,10 @@ def folder_proposals(
     stems = list(list_images(images).items())[:limit]
     if not stems:
         raise ValueError(f"--images {images}: no images found")
-    out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before any image's work
+    run = {"engine": getattr(engine, "name", "?"), "options": asdict(options), "weak": str(weak)}
+    claim_output(
+        out, run | {"cam": cam_source}, overwrite=None
+    )  # also makes it: fails before any image's work
     counts, started = [], time.perf_counter()
     with progress_bar("weaksam proposals", disable=quiet) as progress:
         task = progress.add_task("proposals", total=len(stems), info=getattr(engine, "name", ""))
@@ -136,6 +141,10 @@ def pseudo_instances(
     stems = list(list_images(images).items())[:limit]
     if not stems:
         raise ValueError(f"--images {images}: no images found")
+    if not weak.is_dir():
+        raise ValueError(f"--weak {weak}: not a folder")
+    run = {"engine": labeler.engine.name, "options": asdict(labeler.options), "weak": str(weak)}
+    claim_output(out, run | {"class_names": class_names, "split": split}, overwrite=None)
     state, image_dir = out / ".images", out / split
     image_dir.mkdir(parents=True, exist_ok=True)
     failures: dict[str, str] = {}

@@ -17,7 +17,7 @@ import numpy as np
 
 from models.engine import read_image
 from models.io import atomic_write, save_json, save_png
-from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
+from models.jobs.folders import RayOptions, claim_output, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
 from models.jobs.visualize import label_overlay, side_by_side
 from models.labels.schema import load_weak_labels
@@ -107,6 +107,8 @@ def cam_folder(run: CamRun, quiet: bool = False, ray: RayOptions | None = None) 
     if run.weak is not None and not run.weak.is_dir():
         raise ValueError(f"--weak {run.weak}: not a folder")
     CamPredictor.cached(run.checkpoint)  # a bad checkpoint fails here, once, naming the file
+    what = {"checkpoint": str(run.checkpoint), "threshold": run.threshold, "weak": str(run.weak)}
+    claim_output(run.out, what | {"background_class": run.background_class}, run.overwrite)
     result = run_folder(run.images, run.limit, done, CamWorker(run), "cam", quiet, 1, ray)
     header = {"checkpoint": str(run.checkpoint), "threshold": run.threshold}
     summary = write_summary(run.out, result, header, "done", ray)

@@ -182,6 +182,7 @@ def refine_run_from_args(args: argparse.Namespace, options: dict) -> RefineRun:
         limit=args.limit,
         options=options,
         image_prefix=args.ls_image_prefix,
+        weak_source=getattr(args, "weak_source", None),
     )
 
 
@@ -319,6 +320,7 @@ def stage_weak_args(args: argparse.Namespace) -> None:
     from models.jobs.refine import stage_weak_labels
 
     weak_format = args.weak_format or ("cvat" if Path(args.weak).suffix.lower() == ".xml" else "folder")
+    args.weak_source = None if weak_format == "folder" else Path(args.weak)
     args.weak, class_names = stage_weak_labels(Path(args.weak), weak_format, Path(args.out))
     if class_names is not None and args.num_classes is None:
         args.num_classes = len(class_names)

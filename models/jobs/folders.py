@@ -204,6 +204,35 @@ def run_folder(
     )
 
 
+RUN_RECORD = ".run.json"  # what made a folder's outputs: a resume must be the same run
+
+
+def claim_output(out: Path, run: dict[str, Any], overwrite: bool | None) -> None:
+    """Resume only the run that made `out`: `out/.run.json` records `run` (the inputs and options that
+    decide the outputs). A folder holding another run's outputs is refused, naming what differs
+    (else its images would be skipped as done and the summary would name options that never ran
+    on them); `overwrite` redoes every image and replaces the record (None: the command has no
+    --overwrite). A folder made before records existed is claimed as it is."""
+    record = out / RUN_RECORD
+    run = json.loads(json.dumps(run, default=str))
+    if record.exists() and not overwrite:
+        before = json.loads(record.read_text())
+        changed = sorted(k for k in before.keys() | run.keys() if before.get(k) != run.get(k))
+        if changed:
+
+            def short(value: Any) -> str:
+                text = json.dumps(value)
+                return text if len(text) <= 60 else text[:57] + "..."
+
+            diff = "; ".join(f"{k}: {short(before.get(k))} -> {short(run.get(k))}" for k in changed)
+            redo = "--overwrite to redo every image" if overwrite is not None else "empty it first"
+            raise ValueError(
+                f"--out {out}: holds the outputs of another run ({diff}); give another --out, or {redo}"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(run, record)
+
+
 def per_image_stats(out: Path, result: FolderResult) -> dict[str, dict[str, Any]]:
     """The `.meta/<stem>.json` stats of every image the job holds an answer for (failed ones left out)."""
     metas = {stem: out / ".meta" / f"{stem}.json" for stem, _ in result.items if stem not in result.failures}

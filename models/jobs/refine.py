@@ -8,6 +8,7 @@ stats (what makes a run resumable), `summary.json`, and with overlays `overlays/
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 from models.engine import PromptableSegmenter, read_image
 from models.io import save_json, save_png
 from models.jobs.coco import LABEL_STUDIO_PREFIX, write_answer_files
-from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
+from models.jobs.folders import RayOptions, claim_output, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
 from models.jobs.visualize import class_palette, label_overlay, side_by_side
 from models.labels.common import check_weak_kinds
@@ -39,6 +40,7 @@ class RefineRun:
     limit: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     image_prefix: str = LABEL_STUDIO_PREFIX  # label_studio.json's image URL: this + the file name
+    weak_source: Path | None = None  # the labeling tool's export `weak` was staged from, if any
 
 
 # (image HxWx3 uint8, its weak labels, the image file) -> (HxW uint8 label map, stats)
@@ -60,6 +62,8 @@ def stage_weak_labels(source: Path, weak_format: str, out: Path) -> tuple[Path, 
         raise ValueError(f"--weak {source}: a {weak_format} export must be a file")
     read = lookup(WEAK_FORMATS, weak_format, "weak-label format")(source)
     folder = out / ".weak"
+    if folder.is_dir():  # staged afresh: labels of an earlier export must not outlive it
+        shutil.rmtree(folder)
     for stem, weak in read.labels.items():
         save_weak_labels(weak, folder, stem)
     meta = {"classes": read.class_names, "category_ids": read.category_ids, "image_ids": read.image_ids}
@@ -170,6 +174,10 @@ def process_folder(
     for folder in (run.out, overlay_dir(run)):  # made now: a folder that cannot be made fails before any work
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+    weak = {"weak": str(run.weak_source or run.weak), "num_classes": run.num_classes}
+    claim_output(
+        run.out, {"method": run.method, "options": run.options, "engine": engine_name} | weak, run.overwrite
+    )
     meta_dir = run.out / ".meta"
 
     def done(stem: str) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 from models.engine import read_image
 from models.io import decode_rle, instance_records, save_json, save_png
 from models.jobs.coco import LABEL_STUDIO_PREFIX, answer_names, coco_tasks, write_answer_files
-from models.jobs.folders import RayOptions, overlay_dir, run_folder, write_summary
+from models.jobs.folders import RayOptions, claim_output, overlay_dir, run_folder, write_summary
 from models.jobs.report import write_html_report
 from models.jobs.visualize import label_overlay, overlay_masks, side_by_side
 
@@ -130,6 +130,7 @@ def segment_folder(
     """Segment every image of `run.images` (skipping those done unless `run.overwrite`); returns
     (and writes) the summary."""
     meta_dir = run.out / ".meta"
+    claim_output(run.out, {"student": student_name, "min_score": run.min_score}, run.overwrite)
 
     def done(stem: str) -> bool:
         outputs = output_files(run.out, stem)
