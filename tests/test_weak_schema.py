@@ -42,6 +42,21 @@ def test_round_trip(tmp_path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_saving_a_stem_again_leaves_exactly_the_new_labels(tmp_path) -> None:
+    """Writing a stem's weak labels replaces what the folder held for it: points written over a
+    coarse mask (`sesam weak derive` of another kind into the same folder) read back as points
+    only (before: the old PNG was merged in on reading), and a coarse mask over points as coarse."""
+    weak = _weak()
+    coarse_only = WeakLabels(30, 40, coarse=weak.coarse)
+    points_only = WeakLabels(30, 40, points=[PointLabel(3.5, 4, 1)])
+    save_weak_labels(coarse_only, tmp_path, "img")
+    assert [p.name for p in save_weak_labels(points_only, tmp_path, "img")] == ["img.json"]
+    assert load_weak_labels(tmp_path, "img", (30, 40), num_classes=3).kinds() == ["points"]
+    save_weak_labels(coarse_only, tmp_path, "img")
+    assert load_weak_labels(tmp_path, "img", (30, 40), num_classes=3).kinds() == ["coarse"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png"]
+
+
 def test_scribble_raster_and_sparse_map() -> None:
     weak = _weak()
     stroke = weak.scribble_mask(weak.scribbles[0])

@@ -339,14 +339,19 @@ def load_weak_labels(
 
 
 def save_weak_labels(weak: WeakLabels, directory: str | Path, stem: str) -> list[Path]:
-    """Write `<stem>.json` (when any sparse kind is present) and `<stem>.png` (when coarse is)."""
+    """Write `<stem>.json` (when any sparse kind is present) and `<stem>.png` (when coarse is), and
+    remove the stem's other file if `weak` has none of its kinds: the folder then holds exactly
+    `weak` for the stem (a file left from another derivation would be merged in on reading)."""
     directory = Path(directory)
     written = []
     sparse = weak.to_json()
+    files = {"json": directory / f"{stem}.json", "png": directory / f"{stem}.png"}
     if set(sparse) - {"version", "width", "height", "instances"}:
-        save_json(sparse, directory / f"{stem}.json")
-        written.append(directory / f"{stem}.json")
+        save_json(sparse, files["json"])
+        written.append(files["json"])
     if weak.coarse is not None:
-        save_png(weak.coarse, directory / f"{stem}.png")
-        written.append(directory / f"{stem}.png")
+        save_png(weak.coarse, files["png"])
+        written.append(files["png"])
+    for path in set(files.values()) - set(written):
+        path.unlink(missing_ok=True)
     return written
