@@ -399,6 +399,32 @@ def test_resume_checkpoint_is_a_train_state_with_the_generators(tmp_path) -> Non
         run(tmp_path / "old", 4)
 
 
+def test_metrics_log_lists_each_iteration_once_after_a_resume_or_a_fresh_start(tmp_path) -> None:
+    """A run killed after logging past its last checkpoint logs those iterations again when it
+    resumes: metrics.csv keeps only the rows before the resumed iteration, so it equals a straight
+    run's iterations; `resume: false` into the same folder starts the log over (before: rows were
+    appended, duplicated and mixed across runs)."""
+    from training.loop import LoopSettings, TrainLoop
+
+    def run(out: Path, iterations: int, resume: bool = True) -> None:
+        settings = LoopSettings(
+            "toy", str(out), iterations, 0.1, 0, checkpoint_every=2, quiet=True, resume=resume, log_every=1
+        )
+        TrainLoop(settings, _GlobalDrawsRecipe()).train()
+
+    def iterations(out: Path) -> list[int]:
+        return [int(line.split(",")[0]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+
+    run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    with (tmp_path / "b" / "metrics.csv").open("a") as f:
+        f.write("2,0.01,0.5,0.1\r\n")  # logged by a run killed before its next checkpoint
+    run(tmp_path / "b", 4)
+    assert iterations(tmp_path / "b") == iterations(tmp_path / "a") == [0, 1, 2, 3]
+    run(tmp_path / "b", 2, resume=False)
+    assert iterations(tmp_path / "b") == [0, 1]
+
+
 def test_resume_refuses_other_settings(tmp_path) -> None:
     ds = tiny_dataset()
     Trainer(tiny_config(tmp_path, "fixmatch", iterations=2), train_ds=ds, val_ds=None).train()

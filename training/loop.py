@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import random
@@ -29,7 +30,7 @@ import torch.distributed as dist
 from rich.progress import Progress
 from torch import nn
 
-from models.io import atomic_write, load_checkpoint, save_checkpoint
+from models.io import atomic_write, atomic_write_text, load_checkpoint, save_checkpoint
 from models.runtime.progress import progress_bar
 
 # settings a resumed run may change: the budget, bookkeeping, where data and outputs live
@@ -361,6 +362,23 @@ class TrainLoop:
             raise ValueError(f"{path}: cannot resume from this checkpoint ({exc})") from exc
         return True
 
+    def _trim_log(self, start: int) -> None:
+        """metrics.csv keeps only the rows before `start` (atomically): a resumed run logs again the
+        iterations after its checkpoint, a fresh one (start 0) starts an empty log, so no iteration
+        is ever listed twice and no earlier run's rows are mixed in."""
+        path = self.out / "metrics.csv"
+        if self.rank != 0 or not path.exists():
+            return
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [rows[0], *(r for r in rows[1:] if r and int(float(r[0])) < start)] if rows and start else []
+        if not kept:
+            path.unlink()
+            return
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(kept)
+        atomic_write_text(path, buffer.getvalue())
+
     def _log(self, row: dict[str, Any]) -> None:
         if self.rank != 0:
             return
@@ -393,6 +411,7 @@ class TrainLoop:
         if resumed and self._rng is not None and self.world == 1:
             set_rng_state(self._rng)
         start = self.resumed_at = self.iteration + 1 if resumed else 0
+        self._trim_log(start)
         timer, seconds = time.perf_counter(), []
         with self.progress(f"train {c.mode}") as progress:
             task = progress.add_task("train", total=c.iterations, completed=start, info="")
