@@ -306,3 +306,17 @@ def test_a_restaged_export_leaves_no_labels_of_the_earlier_one(tmp_path, scene) 
     assert sorted(p.stem for p in folder.iterdir()) == ["a", "b"]
     folder, _ = stage_weak_labels(export(tmp_path / "one.json", ["a"]), "coco-boxes", out)
     assert sorted(p.stem for p in folder.iterdir()) == ["a"]
+
+
+def test_a_report_asked_on_a_resumed_run_draws_the_missing_overlays(tmp_path, scene) -> None:
+    """Images done by a run without overlays are done again when a report is asked for, so the
+    report never links a picture that was not drawn (before: all skipped, every picture broken)."""
+    images, weak = _folder(tmp_path, scene)
+    out = tmp_path / "out"
+    assert main(_refine_args(images, weak, out, "--num-classes", "11", "--quiet")) == 0
+    assert main(_refine_args(images, weak, out, "--num-classes", "11", "--quiet", "--report")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["refined"] == 2 and summary["skipped_existing"] == 0
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png"]
+    assert main(_refine_args(images, weak, out, "--num-classes", "11", "--quiet", "--report")) == 0
+    assert json.loads((out / "summary.json").read_text())["skipped_existing"] == 2

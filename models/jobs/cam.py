@@ -17,7 +17,14 @@ import numpy as np
 
 from models.engine import read_image
 from models.io import atomic_write, save_json, save_png
-from models.jobs.folders import RayOptions, claim_output, overlay_dir, run_folder, write_summary
+from models.jobs.folders import (
+    RayOptions,
+    claim_output,
+    overlay_dir,
+    overlay_missing,
+    run_folder,
+    write_summary,
+)
 from models.jobs.report import write_html_report
 from models.jobs.visualize import label_overlay, side_by_side
 from models.labels.schema import load_weak_labels
@@ -100,9 +107,8 @@ def cam_folder(run: CamRun, quiet: bool = False, ray: RayOptions | None = None) 
     meta_dir = run.out / ".meta"
 
     def done(stem: str) -> bool:
-        return (
-            not run.overwrite and (meta_dir / f"{stem}.json").exists() and (run.out / f"{stem}.npz").exists()
-        )
+        outputs = (meta_dir / f"{stem}.json").exists() and (run.out / f"{stem}.npz").exists()
+        return not run.overwrite and outputs and not overlay_missing(run, stem)
 
     if run.weak is not None and not run.weak.is_dir():
         raise ValueError(f"--weak {run.weak}: not a folder")

@@ -49,6 +49,13 @@ def overlay_dir(run: FolderOutputs) -> Path | None:
     return run.overlays or (run.out / "overlays" if run.report else None)
 
 
+def overlay_missing(run: FolderOutputs, stem: str) -> bool:
+    """Whether the overlay the run wants for `stem` is not drawn yet: an image done by an earlier run
+    without overlays is done again, so a report never links a picture that is not there."""
+    overlays = overlay_dir(run)
+    return overlays is not None and not (overlays / f"{stem}.png").exists()
+
+
 @dataclass
 class RayOptions:
     """Where and how wide a Ray run goes."""

@@ -20,7 +20,14 @@ import numpy as np
 from models.engine import PromptableSegmenter, read_image
 from models.io import save_json, save_png
 from models.jobs.coco import LABEL_STUDIO_PREFIX, write_answer_files
-from models.jobs.folders import RayOptions, claim_output, overlay_dir, run_folder, write_summary
+from models.jobs.folders import (
+    RayOptions,
+    claim_output,
+    overlay_dir,
+    overlay_missing,
+    run_folder,
+    write_summary,
+)
 from models.jobs.report import write_html_report
 from models.jobs.visualize import class_palette, label_overlay, side_by_side
 from models.labels.common import check_weak_kinds
@@ -181,9 +188,8 @@ def process_folder(
     meta_dir = run.out / ".meta"
 
     def done(stem: str) -> bool:
-        return (
-            not run.overwrite and (run.out / f"{stem}.png").exists() and (meta_dir / f"{stem}.json").exists()
-        )
+        outputs = (run.out / f"{stem}.png").exists() and (meta_dir / f"{stem}.json").exists()
+        return not run.overwrite and outputs and not overlay_missing(run, stem)
 
     worker = RefineWorker(run, make_refine_one, errors)
     result = run_folder(run.images, run.limit, done, worker, f"refine {run.method}", quiet, concurrency, ray)

@@ -20,7 +20,14 @@ import numpy as np
 from models.engine import read_image
 from models.io import decode_rle, instance_records, save_json, save_png
 from models.jobs.coco import LABEL_STUDIO_PREFIX, answer_names, coco_tasks, write_answer_files
-from models.jobs.folders import RayOptions, claim_output, overlay_dir, run_folder, write_summary
+from models.jobs.folders import (
+    RayOptions,
+    claim_output,
+    overlay_dir,
+    overlay_missing,
+    run_folder,
+    write_summary,
+)
 from models.jobs.report import write_html_report
 from models.jobs.visualize import label_overlay, overlay_masks, side_by_side
 
@@ -134,7 +141,8 @@ def segment_folder(
 
     def done(stem: str) -> bool:
         outputs = output_files(run.out, stem)
-        return not run.overwrite and (meta_dir / f"{stem}.json").exists() and any(p.exists() for p in outputs)
+        answered = (meta_dir / f"{stem}.json").exists() and any(p.exists() for p in outputs)
+        return not run.overwrite and answered and not overlay_missing(run, stem)
 
     worker = SegmentWorker(run, make_segment_one, errors)
     result = run_folder(run.images, run.limit, done, worker, "segment", quiet, concurrency, ray)
