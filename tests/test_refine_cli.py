@@ -320,3 +320,21 @@ def test_a_report_asked_on_a_resumed_run_draws_the_missing_overlays(tmp_path, sc
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png"]
     assert main(_refine_args(images, weak, out, "--num-classes", "11", "--quiet", "--report")) == 0
     assert json.loads((out / "summary.json").read_text())["skipped_existing"] == 2
+
+
+def test_the_run_record_blocks_only_images_made_another_way(tmp_path, scene, monkeypatch) -> None:
+    """A run that made no image (every image failed) does not block its corrected rerun; one weak
+    folder given relative or absolute is one run; an --overwrite run stopped after one image
+    resumes as the new run (it redoes the image the earlier run made, not skips it)."""
+    images, weak = _folder(tmp_path, scene)
+    out = tmp_path / "out"
+    assert main(_refine_args(images, weak, out, "--num-classes", "3", "--quiet")) == 1  # class 4 >= 3
+    assert main(_refine_args(images, weak, out, "--num-classes", "11", "--quiet")) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(_refine_args(images, "weak", out, "--num-classes", "11", "--quiet")) == 0
+    assert json.loads((out / "summary.json").read_text())["skipped_existing"] == 2
+    naive = _refine_args(images, weak, out, "--num-classes", "11", "--quiet", "--method", "naive")
+    assert main([*naive, "--overwrite", "--limit", "1"]) == 0  # stands for a run stopped after "a"
+    assert main(naive) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "naive" and summary["skipped_existing"] == 1 and summary["refined"] == 1

@@ -371,7 +371,14 @@ class TrainLoop:
             return
         with path.open(newline="") as f:
             rows = list(csv.reader(f))
-        kept = [rows[0], *(r for r in rows[1:] if r and int(float(r[0])) < start)] if rows and start else []
+
+        def before(row: list[str]) -> bool:  # a torn or unreadable row (a crash mid-write) is dropped
+            try:
+                return len(row) == len(rows[0]) and int(float(row[0])) < start
+            except ValueError:
+                return False
+
+        kept = [rows[0], *filter(before, rows[1:])] if rows and start else []
         if not kept:
             path.unlink()
             return

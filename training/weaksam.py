@@ -32,7 +32,7 @@ import numpy as np
 from models.engine import PromptableSegmenter, read_image
 from models.engine.validation import list_images
 from models.io import encode_rle, save_json
-from models.jobs.folders import claim_output
+from models.jobs.folders import claim_output, resolved
 from models.labels.schema import load_weak_labels
 from models.labels.weaksam.labeler import WeakSAMLabeler
 from models.labels.weaksam.proposals import ProposalOptions, weaksam_proposals
@@ -75,10 +75,9 @@ def folder_proposals(
     stems = list(list_images(images).items())[:limit]
     if not stems:
         raise ValueError(f"--images {images}: no images found")
-    run = {"engine": getattr(engine, "name", "?"), "options": asdict(options), "weak": str(weak)}
-    claim_output(
-        out, run | {"cam": cam_source}, overwrite=None
-    )  # also makes it: fails before any image's work
+    run = {"engine": getattr(engine, "name", "?"), "options": asdict(options), "weak": resolved(weak)}
+    cam = resolved(cam_source) if cam_source not in (None, "none") else None
+    claim_output(out, run | {"cam": cam}, overwrite=None, state=".")  # makes it: fails before any work
     counts, started = [], time.perf_counter()
     with progress_bar("weaksam proposals", disable=quiet) as progress:
         task = progress.add_task("proposals", total=len(stems), info=getattr(engine, "name", ""))
@@ -143,8 +142,8 @@ def pseudo_instances(
         raise ValueError(f"--images {images}: no images found")
     if not weak.is_dir():
         raise ValueError(f"--weak {weak}: not a folder")
-    run = {"engine": labeler.engine.name, "options": asdict(labeler.options), "weak": str(weak)}
-    claim_output(out, run | {"class_names": class_names, "split": split}, overwrite=None)
+    run = {"engine": labeler.engine.name, "options": asdict(labeler.options), "weak": resolved(weak)}
+    claim_output(out, run | {"class_names": class_names, "split": split}, overwrite=None, state=".images")
     state, image_dir = out / ".images", out / split
     image_dir.mkdir(parents=True, exist_ok=True)
     failures: dict[str, str] = {}

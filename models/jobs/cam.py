@@ -22,6 +22,7 @@ from models.jobs.folders import (
     claim_output,
     overlay_dir,
     overlay_missing,
+    resolved,
     run_folder,
     write_summary,
 )
@@ -113,7 +114,7 @@ def cam_folder(run: CamRun, quiet: bool = False, ray: RayOptions | None = None) 
     if run.weak is not None and not run.weak.is_dir():
         raise ValueError(f"--weak {run.weak}: not a folder")
     CamPredictor.cached(run.checkpoint)  # a bad checkpoint fails here, once, naming the file
-    what = {"checkpoint": str(run.checkpoint), "threshold": run.threshold, "weak": str(run.weak)}
+    what = {"checkpoint": resolved(run.checkpoint), "threshold": run.threshold, "weak": resolved(run.weak)}
     claim_output(run.out, what | {"background_class": run.background_class}, run.overwrite)
     result = run_folder(run.images, run.limit, done, CamWorker(run), "cam", quiet, 1, ray)
     header = {"checkpoint": str(run.checkpoint), "threshold": run.threshold}

@@ -15,6 +15,7 @@ folders, e.g. a shared filesystem).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -214,15 +215,20 @@ def run_folder(
 RUN_RECORD = ".run.json"  # what made a folder's outputs: a resume must be the same run
 
 
-def claim_output(out: Path, run: dict[str, Any], overwrite: bool | None) -> None:
+def claim_output(out: Path, run: dict[str, Any], overwrite: bool | None, state: str = ".meta") -> None:
     """Resume only the run that made `out`: `out/.run.json` records `run` (the inputs and options that
-    decide the outputs). A folder holding another run's outputs is refused, naming what differs
-    (else its images would be skipped as done and the summary would name options that never ran
-    on them); `overwrite` redoes every image and replaces the record (None: the command has no
-    --overwrite). A folder made before records existed is claimed as it is."""
+    decide the outputs; paths given resolved). A folder whose per-image state (`out/<state>/*.json`,
+    written last for each image) comes from another run is refused, naming what differs (else its
+    images would be skipped as done and the summary would name options that never ran on them); a
+    folder with no image done yet is claimed whatever it recorded (a run that failed before any
+    image does not block its corrected rerun). `overwrite` (None: the command has none) clears the
+    state, so an interrupted overwrite resumes as the new run, and replaces the record. A folder
+    made before records existed is claimed as it is."""
     record = out / RUN_RECORD
     run = json.loads(json.dumps(run, default=str))
-    if record.exists() and not overwrite:
+    folder = out / state
+    holds = folder.is_dir() and any(p.name not in (RUN_RECORD, "summary.json") for p in folder.glob("*.json"))
+    if record.exists() and holds and not overwrite:
         before = json.loads(record.read_text())
         changed = sorted(k for k in before.keys() | run.keys() if before.get(k) != run.get(k))
         if changed:
@@ -236,8 +242,15 @@ def claim_output(out: Path, run: dict[str, Any], overwrite: bool | None) -> None
             raise ValueError(
                 f"--out {out}: holds the outputs of another run ({diff}); give another --out, or {redo}"
             )
+    if overwrite and folder.is_dir():
+        shutil.rmtree(folder)
     out.mkdir(parents=True, exist_ok=True)
     save_json(run, record)
+
+
+def resolved(path: str | Path | None) -> str | None:
+    """A path as a run record keeps it: absolute, so one folder given two ways is one run."""
+    return None if path is None else str(Path(path).resolve())
 
 
 def per_image_stats(out: Path, result: FolderResult) -> dict[str, dict[str, Any]]:

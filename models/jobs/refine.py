@@ -25,6 +25,7 @@ from models.jobs.folders import (
     claim_output,
     overlay_dir,
     overlay_missing,
+    resolved,
     run_folder,
     write_summary,
 )
@@ -181,7 +182,7 @@ def process_folder(
     for folder in (run.out, overlay_dir(run)):  # made now: a folder that cannot be made fails before any work
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-    weak = {"weak": str(run.weak_source or run.weak), "num_classes": run.num_classes}
+    weak = {"weak": resolved(run.weak_source or run.weak), "num_classes": run.num_classes}
     claim_output(
         run.out, {"method": run.method, "options": run.options, "engine": engine_name} | weak, run.overwrite
     )
