@@ -306,6 +306,13 @@ def test_a_restaged_export_leaves_no_labels_of_the_earlier_one(tmp_path, scene) 
     assert sorted(p.stem for p in folder.iterdir()) == ["a", "b"]
     folder, _ = stage_weak_labels(export(tmp_path / "one.json", ["a"]), "coco-boxes", out)
     assert sorted(p.stem for p in folder.iterdir()) == ["a"]
+    # a folder refined from other weak labels is refused before its staging is replaced
+    images, weak = _folder(tmp_path, scene)
+    done = tmp_path / "done"
+    assert main(_refine_args(images, weak, done, "--num-classes", "11", "--quiet")) == 0
+    with pytest.raises(ValueError, match="holds the outputs of another run"):
+        stage_weak_labels(export(tmp_path / "other.json", ["a"]), "coco-boxes", done)
+    assert not (done / ".weak").exists() and not (done / "classes.json").exists()
 
 
 def test_a_report_asked_on_a_resumed_run_draws_the_missing_overlays(tmp_path, scene) -> None:

@@ -321,7 +321,7 @@ def stage_weak_args(args: argparse.Namespace) -> None:
 
     weak_format = args.weak_format or ("cvat" if Path(args.weak).suffix.lower() == ".xml" else "folder")
     args.weak_source = None if weak_format == "folder" else Path(args.weak)
-    args.weak, class_names = stage_weak_labels(Path(args.weak), weak_format, Path(args.out))
+    args.weak, class_names = stage_weak_labels(Path(args.weak), weak_format, Path(args.out), args.overwrite)
     if class_names is not None and args.num_classes is None:
         args.num_classes = len(class_names)
 

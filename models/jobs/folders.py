@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,37 +215,51 @@ def run_folder(
 RUN_RECORD = ".run.json"  # what made a folder's outputs: a resume must be the same run
 
 
-def claim_output(out: Path, run: dict[str, Any], overwrite: bool | None, state: str = ".meta") -> None:
-    """Resume only the run that made `out`: `out/.run.json` records `run` (the inputs and options that
-    decide the outputs; paths given resolved). A folder whose per-image state (`out/<state>/*.json`,
-    written last for each image) comes from another run is refused, naming what differs (else its
-    images would be skipped as done and the summary would name options that never ran on them); a
-    folder with no image done yet is claimed whatever it recorded (a run that failed before any
-    image does not block its corrected rerun). `overwrite` (None: the command has none) clears the
-    state, so an interrupted overwrite resumes as the new run, and replaces the record. A folder
-    made before records existed is claimed as it is."""
+def check_claim(
+    out: Path,
+    run: dict[str, Any],
+    overwrite: bool | None,
+    state: str = ".meta",
+    keys: Iterable[str] | None = None,
+) -> None:
+    """Refuse a folder whose per-image state (`out/<state>/*.json`, written last for each image) was
+    made by a run other than `run` (compared on `keys`, default all), naming what differs; a folder
+    with no image done yet, one made before records existed, or `overwrite` passes."""
     record = out / RUN_RECORD
-    run = json.loads(json.dumps(run, default=str))
     folder = out / state
     holds = folder.is_dir() and any(p.name not in (RUN_RECORD, "summary.json") for p in folder.glob("*.json"))
-    if record.exists() and holds and not overwrite:
-        before = json.loads(record.read_text())
-        changed = sorted(k for k in before.keys() | run.keys() if before.get(k) != run.get(k))
-        if changed:
+    if not record.exists() or not holds or overwrite:
+        return
+    run = json.loads(json.dumps(run, default=str))
+    before = json.loads(record.read_text())
+    compared = set(keys) if keys is not None else before.keys() | run.keys()
+    changed = sorted(k for k in compared if before.get(k) != run.get(k))
+    if changed:
 
-            def short(value: Any) -> str:
-                text = json.dumps(value)
-                return text if len(text) <= 60 else text[:57] + "..."
+        def short(value: Any) -> str:
+            text = json.dumps(value)
+            return text if len(text) <= 60 else text[:57] + "..."
 
-            diff = "; ".join(f"{k}: {short(before.get(k))} -> {short(run.get(k))}" for k in changed)
-            redo = "--overwrite to redo every image" if overwrite is not None else "empty it first"
-            raise ValueError(
-                f"--out {out}: holds the outputs of another run ({diff}); give another --out, or {redo}"
-            )
-    if overwrite and folder.is_dir():
-        shutil.rmtree(folder)
+        diff = "; ".join(f"{k}: {short(before.get(k))} -> {short(run.get(k))}" for k in changed)
+        redo = "--overwrite to redo every image" if overwrite is not None else "empty it first"
+        raise ValueError(
+            f"--out {out}: holds the outputs of another run ({diff}); give another --out, or {redo}"
+        )
+
+
+def claim_output(out: Path, run: dict[str, Any], overwrite: bool | None, state: str = ".meta") -> None:
+    """Resume only the run that made `out`: `out/.run.json` records `run` (the inputs and options that
+    decide the outputs; paths given resolved). A folder whose images were made by another run is
+    refused (`check_claim`: else its images would be skipped as done and the summary would name
+    options that never ran on them); a folder with no image done yet is claimed whatever it recorded
+    (a run that failed before any image does not block its corrected rerun). `overwrite` (None: the
+    command has none) clears the state, so an interrupted overwrite resumes as the new run, and
+    replaces the record. A folder made before records existed is claimed as it is."""
+    check_claim(out, run, overwrite, state)
+    if overwrite and (out / state).is_dir():
+        shutil.rmtree(out / state)
     out.mkdir(parents=True, exist_ok=True)
-    save_json(run, record)
+    save_json(json.loads(json.dumps(run, default=str)), out / RUN_RECORD)
 
 
 def resolved(path: str | Path | None) -> str | None:

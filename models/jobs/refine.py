@@ -22,6 +22,7 @@ from models.io import save_json, save_png
 from models.jobs.coco import LABEL_STUDIO_PREFIX, write_answer_files
 from models.jobs.folders import (
     RayOptions,
+    check_claim,
     claim_output,
     overlay_dir,
     overlay_missing,
@@ -55,7 +56,9 @@ class RefineRun:
 RefineOne = Callable[[np.ndarray, WeakLabels, Path], tuple[np.ndarray, dict[str, Any]]]
 
 
-def stage_weak_labels(source: Path, weak_format: str, out: Path) -> tuple[Path, list[str] | None]:
+def stage_weak_labels(
+    source: Path, weak_format: str, out: Path, overwrite: bool = False
+) -> tuple[Path, list[str] | None]:
     """The folder of weak labels a refine run reads, and the class names when the source names them.
 
     `weak_format` "folder": `source` is already such a folder. Otherwise `source` is a labeling
@@ -68,6 +71,8 @@ def stage_weak_labels(source: Path, weak_format: str, out: Path) -> tuple[Path, 
 
     if not source.is_file():
         raise ValueError(f"--weak {source}: a {weak_format} export must be a file")
+    # a folder whose images came from other weak labels is refused before its staging is replaced
+    check_claim(out, {"weak": resolved(source)}, overwrite, keys=["weak"])
     read = lookup(WEAK_FORMATS, weak_format, "weak-label format")(source)
     folder = out / ".weak"
     if folder.is_dir():  # staged afresh: labels of an earlier export must not outlive it
