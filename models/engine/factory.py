@@ -24,10 +24,8 @@ class EngineConfig:
     backend: str = setting(
         "auto",
         help="`auto` (with a checkpoint or random weights the SAM backend of its sam_type, else onnx with an "
-        "export dir, "
-        "else classical), or one of "
-        "classical, classical-regions, torch (SAM 1), sam2 (SAM 2.1), light (EfficientViT-SAM), onnx, "
-        "tensorrt, triton",
+        "export dir, else classical), or one of classical, classical-regions, torch (SAM 1), sam2 (SAM 2.1), "
+        "light (EfficientViT-SAM), onnx, tensorrt, triton",
     )
     sam_type: str = setting(
         "vit_b",

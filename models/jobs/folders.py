@@ -215,6 +215,11 @@ def run_folder(
 RUN_RECORD = ".run.json"  # what made a folder's outputs: a resume must be the same run
 
 
+def _as_record(run: dict[str, Any]) -> dict[str, Any]:
+    """`run` as `.run.json` keeps it (JSON types: tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(run, default=str))
+
+
 def check_claim(
     out: Path,
     run: dict[str, Any],
@@ -230,7 +235,7 @@ def check_claim(
     holds = folder.is_dir() and any(p.name not in (RUN_RECORD, "summary.json") for p in folder.glob("*.json"))
     if not record.exists() or not holds or overwrite:
         return
-    run = json.loads(json.dumps(run, default=str))
+    run = _as_record(run)
     before = json.loads(record.read_text())
     compared = set(keys) if keys is not None else before.keys() | run.keys()
     changed = sorted(k for k in compared if before.get(k) != run.get(k))
@@ -255,11 +260,12 @@ def claim_output(out: Path, run: dict[str, Any], overwrite: bool | None, state: 
     (a run that failed before any image does not block its corrected rerun). `overwrite` (None: the
     command has none) clears the state, so an interrupted overwrite resumes as the new run, and
     replaces the record. A folder made before records existed is claimed as it is."""
-    check_claim(out, run, overwrite, state)
-    if overwrite and (out / state).is_dir():
+    record = _as_record(run)
+    check_claim(out, record, overwrite, state)
+    if overwrite and state not in ("", ".") and (out / state).is_dir():  # a state subfolder, never `out`
         shutil.rmtree(out / state)
     out.mkdir(parents=True, exist_ok=True)
-    save_json(json.loads(json.dumps(run, default=str)), out / RUN_RECORD)
+    save_json(record, out / RUN_RECORD)
 
 
 def resolved(path: str | Path | None) -> str | None:
